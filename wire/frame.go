@@ -1,0 +1,171 @@
+package wire
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Errors from FrameReader. Each one leaves the stream at an unknown position,
+// so the connection must be closed.
+var (
+	ErrFrameTooLong = errors.New("wire: frame exceeds the maximum size")
+	ErrTruncated    = errors.New("wire: stream ended inside a frame")
+	ErrIdle         = errors.New("wire: no frame within the idle timeout")
+)
+
+// Defaults for FrameReaderOptions.
+const (
+	DefaultMaxFrame     = 8 << 10
+	DefaultIdleGap      = 10 * time.Millisecond
+	DefaultFrameTimeout = 5 * time.Second
+)
+
+// FrameReaderOptions bounds a FrameReader. Zero values take the defaults.
+type FrameReaderOptions struct {
+	// MaxFrame is the largest frame accepted, in bytes of wire text
+	// (default 8 KiB, about 248 blocks; a reading needs 8).
+	MaxFrame int
+	// IdleGap ends a frame when no byte follows its last block for this long
+	// (default 10 ms). The legacy stream has no delimiter: a frame ends at a
+	// block not followed by '+', known for sure only when the next byte
+	// arrives. The gap must be shorter than the devices' send interval (50 ms).
+	IdleGap time.Duration
+	// FrameTimeout bounds the time from a frame's first byte to its last
+	// (default 5 s); a slower frame is an error.
+	FrameTimeout time.Duration
+	// IdleTimeout bounds the wait for the first byte of a frame; zero waits
+	// for ever. Exceeding it returns ErrIdle.
+	IdleTimeout time.Duration
+}
+
+func (o *FrameReaderOptions) setDefaults() {
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = DefaultMaxFrame
+	}
+	if o.IdleGap <= 0 {
+		o.IdleGap = DefaultIdleGap
+	}
+	if o.FrameTimeout <= 0 {
+		o.FrameTimeout = DefaultFrameTimeout
+	}
+}
+
+// readDeadliner is what FrameReader needs of a net.Conn to time frames.
+type readDeadliner interface {
+	SetReadDeadline(t time.Time) error
+}
+
+// FrameReader cuts a legacy byte stream into frames: 32 hex characters per
+// block, blocks joined by '+', frames back to back with nothing between them.
+// When the source has read deadlines (a net.Conn), a frame also ends after
+// IdleGap without a further byte; otherwise it ends when the next frame's
+// first byte or the end of the stream arrives.
+type FrameReader struct {
+	br   *bufio.Reader
+	dl   readDeadliner
+	opts FrameReaderOptions
+	buf  []byte
+}
+
+// NewFrameReader returns a FrameReader reading from r.
+func NewFrameReader(r io.Reader, opts FrameReaderOptions) *FrameReader {
+	opts.setDefaults()
+	fr := &FrameReader{br: bufio.NewReaderSize(r, 1024), opts: opts}
+	fr.dl, _ = r.(readDeadliner)
+	return fr
+}
+
+// Buffered returns the number of bytes read from the source but not yet framed.
+func (fr *FrameReader) Buffered() int { return fr.br.Buffered() }
+
+// Next returns the next frame's wire text. The slice is valid until the next
+// call. At a clean end of stream it returns io.EOF; any other error means the
+// stream is unusable.
+func (fr *FrameReader) Next() ([]byte, error) {
+	fr.buf = fr.buf[:0]
+	if err := fr.deadline(fr.opts.IdleTimeout); err != nil {
+		return nil, err
+	}
+	var frameDeadline time.Time
+	for {
+		// One block of hex digits.
+		for range 2 * BlockSize {
+			c, err := fr.br.ReadByte()
+			if err != nil {
+				return nil, fr.readError(err)
+			}
+			if !IsHexDigit(c) {
+				return nil, fmt.Errorf("%w: byte %d is %s", ErrNotHex, len(fr.buf), quoteByte(c))
+			}
+			if len(fr.buf) >= fr.opts.MaxFrame {
+				return nil, fmt.Errorf("%w (%d bytes)", ErrFrameTooLong, fr.opts.MaxFrame)
+			}
+			if len(fr.buf) == 0 && fr.dl != nil {
+				frameDeadline = time.Now().Add(fr.opts.FrameTimeout)
+				if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
+					return nil, err
+				}
+			}
+			fr.buf = append(fr.buf, c)
+		}
+		// After a block: '+' continues the frame, anything else starts the next.
+		gap := fr.br.Buffered() == 0 && fr.dl != nil
+		if gap {
+			if err := fr.dl.SetReadDeadline(time.Now().Add(fr.opts.IdleGap)); err != nil {
+				return nil, err
+			}
+		}
+		next, err := fr.br.Peek(1)
+		if err != nil || next[0] != '+' {
+			// Timeout, end of stream or a next frame: this frame is complete.
+			// A real read error surfaces again on the next call.
+			return fr.buf, nil
+		}
+		if gap {
+			if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
+				return nil, err
+			}
+		}
+		_, _ = fr.br.ReadByte()
+		if len(fr.buf) >= fr.opts.MaxFrame {
+			return nil, fmt.Errorf("%w (%d bytes)", ErrFrameTooLong, fr.opts.MaxFrame)
+		}
+		fr.buf = append(fr.buf, '+')
+	}
+}
+
+func (fr *FrameReader) deadline(d time.Duration) error {
+	if fr.dl == nil {
+		return nil
+	}
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	return fr.dl.SetReadDeadline(t)
+}
+
+func (fr *FrameReader) readError(err error) error {
+	if len(fr.buf) == 0 {
+		if errors.Is(err, io.EOF) {
+			return io.EOF
+		}
+		if isTimeout(err) {
+			return fmt.Errorf("%w: %w", ErrIdle, err)
+		}
+		return err
+	}
+	if errors.Is(err, io.EOF) {
+		// Not io.EOF itself: callers take that for a clean end of stream.
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("%w after %d bytes: %w", ErrTruncated, len(fr.buf), err)
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}

@@ -1,0 +1,3 @@
+module github.com/medpipe/medpipe/wire
+
+go 1.26
