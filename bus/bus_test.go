@@ -1,0 +1,165 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func startServer(t *testing.T) (*Embedded, jetstream.JetStream) {
+	t.Helper()
+	e, err := StartEmbedded(EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, js, err := Connect(ctx, ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return e, js
+}
+
+func TestEnsureStreams(t *testing.T) {
+	_, js := startServer(t)
+	ctx := t.Context()
+	n, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 4})
+	if err != nil || n != 4 {
+		t.Fatalf("create: %d %v", n, err)
+	}
+	// A stage without an opinion adopts the stream's partition count.
+	if n, err := EnsureStreams(ctx, js, StreamOptions{}); err != nil || n != 4 {
+		t.Fatalf("adopt: %d %v", n, err)
+	}
+	// Limits are brought up to date.
+	if _, err := EnsureStreams(ctx, js, StreamOptions{RawMaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := js.Stream(ctx, StreamRaw)
+	if cfg := s.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Compression != jetstream.S2Compression || cfg.Storage != jetstream.FileStorage {
+		t.Fatalf("RAW config %+v", cfg)
+	}
+	// A contradicting partition count is a clear error.
+	if _, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 8}); !errors.Is(err, ErrStreamMismatch) {
+		t.Fatalf("mismatch: %v", err)
+	}
+	// So is a stream of the same name with other storage.
+	if err := js.DeleteStream(ctx, StreamDeadLetter); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamDeadLetter, Subjects: []string{SubjectDeadLetterPrefix + ">"}, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureStreams(ctx, js, StreamOptions{}); !errors.Is(err, ErrStreamMismatch) {
+		t.Fatalf("storage mismatch: %v", err)
+	}
+}
+
+func TestEmbeddedBusyPort(t *testing.T) {
+	e, _ := startServer(t)
+	port := e.Server.Addr().(interface{ String() string }).String()
+	_, p, _ := splitPort(port)
+	_, err := StartEmbedded(EmbeddedOptions{Port: p, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
+	var pe *PortError
+	if !errors.As(err, &pe) || pe.Listener != "nats" || !errors.Is(err, ErrPortInUse) {
+		t.Fatalf("got %v, want a PortError for nats", err)
+	}
+}
+
+func splitPort(addr string) (string, int, error) {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			p, err := strconv.Atoi(addr[i+1:])
+			return addr[:i], p, err
+		}
+	}
+	return "", 0, fmt.Errorf("no port in %q", addr)
+}
+
+// TestConsumePartitionsOrder publishes to several partitions and checks that
+// every message is handled once, in order per partition, and acked only
+// after its completion.
+func TestConsumePartitionsOrder(t *testing.T) {
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	parts, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const perPartition = 500
+	for i := range perPartition {
+		for p := range parts {
+			if _, err := js.PublishAsync(RawSubject(p), []byte(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-js.PublishAsyncComplete()
+
+	var mu sync.Mutex
+	next := make([]int, parts)
+	var bad []string
+	total := 0
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ConsumePartitions(runCtx, js, ConsumeOptions{
+			Stage: "test", Stream: StreamRaw, Partitions: parts, Filter: RawSubject, MaxInFlight: 16,
+			Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
+				p, _ := strconv.Atoi(m.Subject()[len(SubjectRawPrefix):])
+				i, _ := strconv.Atoi(string(m.Data()))
+				mu.Lock()
+				defer mu.Unlock()
+				if i != next[p] {
+					bad = append(bad, fmt.Sprintf("partition %d: got %d, want %d", p, i, next[p]))
+				}
+				next[p] = i + 1
+				total++
+				if total == parts*perPartition {
+					stop()
+				}
+				return nil, nil
+			},
+		})
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) > 0 {
+		t.Fatalf("%d out of order, first: %s", len(bad), bad[0])
+	}
+	if total != parts*perPartition {
+		t.Fatalf("handled %d, want %d", total, parts*perPartition)
+	}
+	// Everything was acked: no pending messages remain.
+	deadline := time.Now().Add(5 * time.Second)
+	for p := range parts {
+		for {
+			c, err := js.Consumer(ctx, StreamRaw, "test-"+strconv.Itoa(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := c.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumAckPending == 0 && info.NumPending == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("partition %d: %d unacked, %d pending", p, info.NumAckPending, info.NumPending)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

@@ -1,0 +1,85 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultURL is where stages look for NATS unless told otherwise.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// ConnectOptions configures Connect.
+type ConnectOptions struct {
+	// URLs is a comma-separated list of NATS server URLs (DefaultURL when empty).
+	URLs string
+	// Name identifies the connection in the server's monitoring.
+	Name string
+	// MaxPendingPublishes bounds asynchronous JetStream publishes awaiting
+	// their ack (default 4096); publishing blocks beyond it, which is how a
+	// slow JetStream slows the stages in front of it.
+	MaxPendingPublishes int
+	// Options are extra nats.go options (credentials, TLS).
+	Options []nats.Option
+	// Log receives connection events; nil uses slog.Default().
+	Log *slog.Logger
+}
+
+// Connect connects to NATS, reconnecting for ever after losing the
+// connection, and returns the connection and its JetStream context.
+func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
+	if o.URLs == "" {
+		o.URLs = DefaultURL
+	}
+	if o.MaxPendingPublishes <= 0 {
+		o.MaxPendingPublishes = 4096
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	opts := append([]nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}, o.Options...)
+	nc, err := nats.Connect(o.URLs, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus: connect to NATS at %s: %w", redactURLs(o.URLs), err)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(o.MaxPendingPublishes),
+		jetstream.WithPublishAsyncTimeout(30*time.Second),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("bus: jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// redactURLs hides passwords in a comma-separated URL list.
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// RedactURLs hides passwords in a comma-separated URL list, for logs.
+func RedactURLs(urls string) string { return redactURLs(urls) }

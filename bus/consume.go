@@ -1,0 +1,179 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Completion reports when the output produced for a message is durable, so
+// that the message's source can be acknowledged. It is the Go shape of
+// Redpanda Connect's AckFunc, seen from the source's side.
+type Completion interface {
+	Wait(ctx context.Context) error
+}
+
+// HandleFunc processes one message in partition order. It returns a
+// Completion for its output (nil when there is nothing to wait for), or an
+// error when the message could not be processed now; it is then redelivered.
+type HandleFunc func(ctx context.Context, msg jetstream.Msg) (Completion, error)
+
+// ConsumeOptions configures ConsumePartitions.
+type ConsumeOptions struct {
+	// Stage names the durable consumers: <Stage>-<partition>.
+	Stage string
+	// Stream is the stream to consume.
+	Stream string
+	// Partitions is the partition count in force (see EnsureStreams).
+	Partitions int
+	// Filter returns the subject filter of partition p.
+	Filter func(p int) string
+	// MaxInFlight bounds, per partition, the messages handled but not yet
+	// acknowledged (default 512). When it is reached the partition waits.
+	MaxInFlight int
+	// DrainTimeout bounds how long in-flight work may take to finish after
+	// the context is cancelled (default 10 s); unfinished messages are
+	// redelivered later, never lost.
+	DrainTimeout time.Duration
+	// Handle is called for every message, in order within a partition.
+	Handle HandleFunc
+	// Log receives errors; nil uses slog.Default().
+	Log *slog.Logger
+}
+
+// ConsumePartitions creates or updates the stage's durable consumer for
+// every partition and reads them all until ctx is cancelled, then stops
+// pulling, finishes what is in flight and returns. Within a partition,
+// messages are handled in stream order and acknowledged in that order once
+// their Completion reports success; with several processes, each partition
+// is pinned to one of them at a time and moves when its worker goes away.
+func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOptions) error {
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 512
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 10 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	consumers := make([]jetstream.Consumer, o.Partitions)
+	for p := range consumers {
+		cfg := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
+		c, err := js.CreateOrUpdateConsumer(ctx, o.Stream, cfg)
+		if err != nil {
+			return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, o.Stream, err)
+		}
+		consumers[p] = c
+	}
+	// Work already taken on finishes after ctx is cancelled, within DrainTimeout.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopTimer := context.AfterFunc(ctx, func() { time.AfterFunc(o.DrainTimeout, cancelWork) })
+	defer stopTimer()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(consumers))
+	for p, c := range consumers {
+		wg.Go(func() {
+			if err := consumePartition(ctx, work, c, p, o); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return errors.Join(collect(errs)...)
+}
+
+func collect(errs <-chan error) []error {
+	var out []error
+	for err := range errs {
+		out = append(out, err)
+	}
+	return out
+}
+
+type inFlight struct {
+	msg  jetstream.Msg
+	done Completion
+}
+
+func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o ConsumeOptions) error {
+	it, err := c.Messages(
+		jetstream.PullPriorityGroup(PriorityGroup),
+		jetstream.PullMaxMessages(o.MaxInFlight),
+		jetstream.PullExpiry(5*time.Second),
+	)
+	if err != nil {
+		return fmt.Errorf("bus: %s partition %d: %w", o.Stage, p, err)
+	}
+	stop := context.AfterFunc(ctx, it.Drain) // deliver what is buffered, pull no more
+	defer stop()
+
+	pending := make(chan inFlight, o.MaxInFlight)
+	var acker sync.WaitGroup
+	acker.Go(func() { ackInOrder(work, pending, o.Log) })
+	defer acker.Wait()
+	defer close(pending)
+
+	for {
+		msg, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		if err != nil {
+			// Missed heartbeats and the like: the iterator recovers by itself.
+			o.Log.Debug("pull", "stage", o.Stage, "partition", p, "err", err)
+			if work.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		done, err := o.Handle(work, msg)
+		if err != nil {
+			o.Log.Warn("message not processed; will be redelivered", "stage", o.Stage, "partition", p, "err", err)
+			_ = msg.NakWithDelay(time.Second)
+			continue
+		}
+		pending <- inFlight{msg, done}
+	}
+}
+
+// ackInOrder acknowledges messages in the order they were handled, each once
+// its output is durable.
+func ackInOrder(ctx context.Context, pending <-chan inFlight, log *slog.Logger) {
+	for f := range pending {
+		if f.done != nil {
+			if err := f.done.Wait(ctx); err != nil {
+				log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
+				if ctx.Err() == nil {
+					_ = f.msg.NakWithDelay(time.Second)
+				}
+				continue
+			}
+		}
+		_ = f.msg.Ack()
+	}
+}
+
+// PubAck adapts a JetStream publish future to a Completion.
+func PubAck(f jetstream.PubAckFuture) Completion { return pubAck{f} }
+
+type pubAck struct{ f jetstream.PubAckFuture }
+
+func (p pubAck) Wait(ctx context.Context) error {
+	select {
+	case <-p.f.Ok():
+		return nil
+	case err := <-p.f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,157 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedOptions configures an in-process nats-server. Ports: 0 takes the
+// default, -1 picks a free port, and for MQTT and monitoring a negative
+// value other than -1 disables the listener.
+type EmbeddedOptions struct {
+	// Host to listen on (default 127.0.0.1).
+	Host string
+	// Port for NATS clients (default 4222).
+	Port int
+	// MQTTPort for MQTT 3.1.1 clients (default 1883; -2 disables).
+	MQTTPort int
+	// HTTPPort for nats-server's monitoring endpoints (default 8222; -2 disables).
+	HTTPPort int
+	// StoreDir holds JetStream's files (required).
+	StoreDir string
+	// ServerName (default "medpipe"); MQTT requires one.
+	ServerName string
+	// MaxStore bounds JetStream file storage in bytes (0: nats-server's default).
+	MaxStore int64
+	// Logging turns on nats-server's own log lines.
+	Logging bool
+}
+
+// Embedded is a running in-process nats-server.
+type Embedded struct {
+	Server *server.Server
+	// MQTTAddr is host:port of the MQTT listener, empty when disabled.
+	MQTTAddr string
+	// MonitorAddr is host:port of the monitoring listener, empty when disabled.
+	MonitorAddr string
+}
+
+// ClientURL is the URL NATS clients connect to.
+func (e *Embedded) ClientURL() string { return e.Server.ClientURL() }
+
+// MQTTURL is the URL MQTT clients connect to (tcp://host:port).
+func (e *Embedded) MQTTURL() string { return "tcp://" + e.MQTTAddr }
+
+// Shutdown stops the server and waits for it.
+func (e *Embedded) Shutdown() {
+	e.Server.Shutdown()
+	e.Server.WaitForShutdown()
+}
+
+// ErrPortInUse is returned when a listener's port is taken.
+var ErrPortInUse = errors.New("port in use")
+
+// PortError names the listener whose port could not be had.
+type PortError struct {
+	Listener string // "nats", "mqtt", "monitoring"
+	Addr     string
+	Err      error
+}
+
+func (e *PortError) Error() string {
+	return fmt.Sprintf("%s listener on %s: %v", e.Listener, e.Addr, e.Err)
+}
+
+func (e *PortError) Unwrap() error { return e.Err }
+
+// StartEmbedded starts nats-server in-process with JetStream, and MQTT and
+// monitoring unless disabled, and waits until it accepts clients.
+func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
+	if o.StoreDir == "" {
+		return nil, errors.New("bus: embedded server needs a JetStream store directory")
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.ServerName == "" {
+		o.ServerName = "medpipe"
+	}
+	var err error
+	if o.Port, err = pickPort("nats", o.Host, o.Port, 4222); err != nil {
+		return nil, err
+	}
+	if o.MQTTPort, err = pickPort("mqtt", o.Host, o.MQTTPort, 1883); err != nil {
+		return nil, err
+	}
+	if o.HTTPPort, err = pickPort("monitoring", o.Host, o.HTTPPort, 8222); err != nil {
+		return nil, err
+	}
+	opts := &server.Options{
+		ServerName: o.ServerName,
+		Host:       o.Host,
+		Port:       o.Port,
+		JetStream:  true,
+		StoreDir:   o.StoreDir,
+		NoSigs:     true,
+		NoLog:      !o.Logging,
+		MaxPayload: 1 << 20,
+	}
+	if o.MaxStore > 0 {
+		opts.JetStreamMaxStore = o.MaxStore
+	}
+	e := &Embedded{}
+	if o.MQTTPort > 0 {
+		opts.MQTT.Host, opts.MQTT.Port = o.Host, o.MQTTPort
+		e.MQTTAddr = net.JoinHostPort(o.Host, strconv.Itoa(o.MQTTPort))
+	}
+	if o.HTTPPort > 0 {
+		opts.HTTPHost, opts.HTTPPort = o.Host, o.HTTPPort
+		e.MonitorAddr = net.JoinHostPort(o.Host, strconv.Itoa(o.HTTPPort))
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: embedded nats-server: %w", err)
+	}
+	if o.Logging {
+		s.ConfigureLogger()
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("bus: embedded nats-server did not become ready within 10s")
+	}
+	e.Server = s
+	return e, nil
+}
+
+// pickPort resolves a port option: 0 is the default, -1 a free port, below
+// -1 disabled (returned as 0). A fixed port is checked so that a busy one
+// gives a PortError rather than a server that silently lacks a listener.
+func pickPort(name, host string, port, def int) (int, error) {
+	switch {
+	case port == 0:
+		port = def
+	case port == -1:
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return 0, &PortError{name, host, err}
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		return port, nil
+	case port < -1:
+		return 0, nil
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return 0, &PortError{name, addr, fmt.Errorf("%w: %w", ErrPortInUse, err)}
+	}
+	l.Close()
+	return port, nil
+}

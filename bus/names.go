@@ -1,0 +1,80 @@
+package bus
+
+import (
+	"hash/fnv"
+	"strconv"
+)
+
+// Stream names.
+const (
+	StreamRaw        = "RAW"        // frames as devices sent them, still encrypted
+	StreamReadings   = "READINGS"   // decrypted, validated readings
+	StreamDeadLetter = "DEADLETTER" // frames that could not become readings, with a reason
+)
+
+// Subject layout. RAW and READINGS are partitioned so that one consumer per
+// partition, pinned to one worker at a time, keeps each connection's and each
+// device's messages in order while workers scale out.
+const (
+	SubjectRawPrefix        = "medpipe.raw."        // + partition
+	SubjectReadingsPrefix   = "medpipe.readings."   // + partition + "." + device
+	SubjectDeadLetterPrefix = "medpipe.deadletter." // + reason
+)
+
+// Header names carried by RAW messages (and copied to DEADLETTER).
+const (
+	HeaderConn     = "Medpipe-Conn"     // connection id, unique across edges and restarts
+	HeaderFrameSeq = "Medpipe-Frame"    // 1-based frame number within the connection
+	HeaderRemote   = "Medpipe-Remote"   // device address as the edge saw it (host:port)
+	HeaderLocal    = "Medpipe-Local"    // the edge's local address of the connection
+	HeaderReceived = "Medpipe-Received" // RFC 3339 time the edge read the frame's end
+	HeaderProtocol = "Medpipe-Protocol" // wire protocol of the frame, e.g. ProtocolLegacy
+	HeaderDevice   = "Medpipe-Device"   // device id, where known
+	HeaderReason   = "Medpipe-Reason"   // DEADLETTER: why the frame was rejected (a Reason)
+	HeaderError    = "Medpipe-Error"    // DEADLETTER: the error text (never secrets)
+	HeaderRawSeq   = "Medpipe-Raw-Seq"  // DEADLETTER: the frame's RAW stream sequence
+)
+
+// Protocol values for HeaderProtocol.
+const (
+	ProtocolLegacy = "legacy"
+)
+
+// Reason says why a frame went to DEADLETTER.
+type Reason string
+
+// Dead-letter reasons.
+const (
+	ReasonUnknownDevice Reason = "unknown_device" // no key opens the frame
+	ReasonAmbiguous     Reason = "ambiguous"      // more than one key opens the frame
+	ReasonMalformed     Reason = "malformed"      // not hex blocks, or missing headers
+	ReasonInvalid       Reason = "invalid"        // decrypts, but is not a valid reading
+)
+
+// DefaultPartitions is the number of RAW and READINGS partitions a new
+// installation gets; it bounds how many workers of one stage share the load.
+const DefaultPartitions = 16
+
+// Partition maps a key (connection id for RAW, device id for READINGS) to
+// one of n partitions with FNV-1a.
+func Partition(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}
+
+// RawSubject is the RAW subject of partition p.
+func RawSubject(p int) string { return SubjectRawPrefix + strconv.Itoa(p) }
+
+// ReadingsSubject is the READINGS subject of device id in partition p.
+func ReadingsSubject(p int, device string) string {
+	return SubjectReadingsPrefix + strconv.Itoa(p) + "." + device
+}
+
+// ReadingsPartitionFilter selects every device of READINGS partition p.
+func ReadingsPartitionFilter(p int) string {
+	return SubjectReadingsPrefix + strconv.Itoa(p) + ".>"
+}
+
+// DeadLetterSubject is the DEADLETTER subject for reason r.
+func DeadLetterSubject(r Reason) string { return SubjectDeadLetterPrefix + string(r) }

@@ -1,0 +1,78 @@
+package bus
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Reading is a READINGS message: one validated device reading with where and
+// when it arrived. It is JSON on the bus.
+type Reading struct {
+	Device   string  `json:"device"`
+	Protocol string  `json:"protocol"`
+	Variant  string  `json:"variant,omitempty"` // legacy: pico or pseudo
+	Values   Values  `json:"values"`            // the text the device sent
+	Numbers  Numbers `json:"numbers"`           // the same values as numbers
+	// Received is when the edge read the frame.
+	Received time.Time `json:"received"`
+	Conn     string    `json:"conn"`
+	FrameSeq uint64    `json:"frame_seq"`
+	RawSeq   uint64    `json:"raw_seq"`
+	Remote   string    `json:"remote"`
+	Local    string    `json:"local"`
+}
+
+// Values holds a reading's values as the device formatted them.
+type Values struct {
+	Temp     string `json:"Temp"`
+	TempMcu  string `json:"TempMcu"`
+	PulseSig string `json:"PulseSig"`
+	AcelX    string `json:"Acel_x"`
+	AcelY    string `json:"Acel_y"`
+	AcelZ    string `json:"Acel_z"`
+	TempMpu  string `json:"TempMpu"`
+}
+
+// Numbers holds a reading's values as numbers.
+type Numbers struct {
+	Temp     float64 `json:"Temp"`
+	TempMcu  float64 `json:"TempMcu"`
+	PulseSig float64 `json:"PulseSig"`
+	AcelX    float64 `json:"Acel_x"`
+	AcelY    float64 `json:"Acel_y"`
+	AcelZ    float64 `json:"Acel_z"`
+	TempMpu  float64 `json:"TempMpu"`
+}
+
+// SetWire fills Values and Numbers from a validated device reading.
+func (r *Reading) SetWire(w *wire.Reading) {
+	r.Values = Values{w[wire.Temp], w[wire.TempMcu], w[wire.PulseSig], w[wire.AcelX], w[wire.AcelY], w[wire.AcelZ], w[wire.TempMpu]}
+	r.Numbers = Numbers{w.Float(wire.Temp), w.Float(wire.TempMcu), w.Float(wire.PulseSig), w.Float(wire.AcelX), w.Float(wire.AcelY), w.Float(wire.AcelZ), w.Float(wire.TempMpu)}
+}
+
+// Wire returns the values as a wire.Reading.
+func (v *Values) Wire() wire.Reading {
+	return wire.Reading{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
+}
+
+// MarshalReading encodes r for READINGS.
+func MarshalReading(r *Reading) ([]byte, error) { return json.Marshal(r) }
+
+// UnmarshalReading decodes and checks a READINGS message.
+func UnmarshalReading(b []byte) (*Reading, error) {
+	var r Reading
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("bus: READINGS message: %w", err)
+	}
+	if !wire.ValidID(r.Device) {
+		return nil, fmt.Errorf("bus: READINGS message: invalid device id %q", r.Device)
+	}
+	w := r.Values.Wire()
+	if err := w.Validate(); err != nil {
+		return nil, fmt.Errorf("bus: READINGS message: %w", err)
+	}
+	return &r, nil
+}
