@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/medpipe/medpipe/bus"
+)
+
+// logFlags configures slog.
+type logFlags struct {
+	format string
+	level  string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+}
+
+// natsFlags are the flags of every stage that talks to NATS.
+type natsFlags struct {
+	urls    string
+	streams bus.StreamOptions
+}
+
+func (n *natsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated")
+	n.registerStreams(fs)
+}
+
+func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
+	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams', %d for new ones)", bus.DefaultPartitions))
+	fs.IntVar(&n.streams.Replicas, "replicas", 1, "stream replicas (3 on a JetStream cluster)")
+	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
+	fs.Int64Var(&n.streams.RawMaxBytes, "raw-max-bytes", bus.DefaultRawMaxBytes, "RAW size limit in bytes; the oldest frames go first")
+	fs.DurationVar(&n.streams.ReadingsMaxAge, "readings-max-age", bus.DefaultReadingsMaxAge, "how long READINGS keeps readings")
+}
+
+// connect connects to NATS and creates or verifies the streams. It returns
+// the partition count in force.
+func (n *natsFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, int, error) {
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	parts, err := bus.EnsureStreams(sctx, js, n.streams)
+	if err != nil {
+		nc.Close()
+		return nil, nil, 0, err
+	}
+	return nc, js, parts, nil
+}
+
+// healthCheck reports whether one part of a process is working.
+type healthCheck struct {
+	name  string
+	check func() error
+}
+
+// natsHealth reports a NATS connection's state.
+func natsHealth(nc *nats.Conn) healthCheck {
+	return healthCheck{"nats", func() error {
+		if s := nc.Status(); s != nats.CONNECTED {
+			return fmt.Errorf("%s", s)
+		}
+		return nil
+	}}
+}
+
+// newRegistry returns a Prometheus registry with Go runtime and process metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// opsServer serves /metrics and /healthz.
+type opsServer struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// listenOps binds the metrics and health endpoint. An empty address disables it.
+func listenOps(addr string, reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics/health listener on %s (change --http): %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		var failed []string
+		for _, c := range checks {
+			if err := c.check(); err != nil {
+				failed = append(failed, c.name+": "+err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(failed) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, strings.Join(failed, "\n"))
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
+}
+
+// Addr is where the endpoint listens ("" when disabled).
+func (o *opsServer) Addr() string {
+	if o == nil {
+		return ""
+	}
+	return o.ln.Addr().String()
+}
+
+// serve runs until ctx is cancelled.
+func (o *opsServer) serve(ctx context.Context) {
+	if o == nil {
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = o.srv.Shutdown(sctx)
+	}()
+	if err := o.srv.Serve(o.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		slog.Error("metrics/health server", "err", err)
+	}
+}

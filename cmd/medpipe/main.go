@@ -1,0 +1,73 @@
+// Command medpipe carries telemetry from wearable medical devices to MQTT.
+//
+//	device ──TCP──▶ ingest ──RAW──▶ decrypt ×N ──READINGS──▶ publish ──MQTT──▶ dashboards
+//
+// Run `medpipe up --simulate 100` for everything in one process on an
+// embedded NATS server, or each stage on its own against external NATS and
+// MQTT. `medpipe <command> -h` documents every flag; each flag also reads
+// the environment variable MEDPIPE_<FLAG> (upper case, '-' as '_').
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// command is one medpipe subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+var commands = []command{
+	{"up", "run the whole pipeline in one process on an embedded NATS server with MQTT", runUp},
+	{"ingest", "run the TCP edge: device frames → JetStream RAW", runIngest},
+	{"decrypt", "run decrypt workers: RAW → READINGS (and DEADLETTER)", runDecrypt},
+	{"publish", "run the MQTT bridge: READINGS → MQTT topics", runPublish},
+	{"simulate", "run simulated legacy devices against an ingest edge", runSimulate},
+	{"version", "print the version", runVersion},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+	default:
+		fmt.Fprintln(os.Stderr, "medpipe:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	usage(stderr)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "medpipe carries telemetry from wearable medical devices to MQTT.\n\nUsage: medpipe <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun `medpipe <command> -h` for its flags. Every flag can also be set with MEDPIPE_<FLAG> in the environment.\n")
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// medpipeBinary builds the medpipe command once per test run.
+func medpipeBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "medpipe-bin-"); buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(buildDir, "medpipe")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// proc is a medpipe process started by a test.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProc runs the medpipe binary with args; the process is killed at
+// cleanup if still running, and its output is logged when the test fails.
+func startProc(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(medpipeBinary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	p := &proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", name, p.out.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop(t *testing.T, within time.Duration) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case err := <-p.done:
+		p.done <- err // for cleanup
+		if err != nil {
+			t.Errorf("%s exited with %v", p.name, err)
+		}
+	case <-time.After(within):
+		t.Errorf("%s did not stop within %v", p.name, within)
+	}
+}
+
+// waitHealthy polls a /healthz endpoint until it answers 200.
+func waitHealthy(ctx context.Context, t *testing.T, addr string) {
+	t.Helper()
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s/healthz not healthy: %v", addr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestHelpListsEveryFlagWithItsEnvironmentVariable(t *testing.T) {
+	for _, c := range commands {
+		if c.name == "version" {
+			continue
+		}
+		t.Run(c.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := c.run(context.Background(), []string{"-h"}, &out, &out)
+			if err == nil {
+				t.Fatal("-h: want flag.ErrHelp")
+			}
+			fs := newFlagSet(c.name, "", &bytes.Buffer{})
+			help := out.String()
+			if !strings.Contains(help, "--log-level") || !strings.Contains(help, "MEDPIPE_LOG_LEVEL") {
+				t.Fatalf("help lacks common flags:\n%s", help)
+			}
+			_ = fs
+			for _, line := range strings.Split(help, "\n") {
+				if strings.HasPrefix(strings.TrimSpace(line), "--") && !strings.Contains(help, envName(strings.Fields(line)[0][2:])) {
+					t.Errorf("flag %s has no environment variable in help", line)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvironmentFallback(t *testing.T) {
+	t.Setenv("MEDPIPE_LOG_FORMAT", "yaml")
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"simulate", "--keys", filepath.Join(t.TempDir(), "k")}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "yaml") {
+		t.Fatalf("MEDPIPE_LOG_FORMAT=yaml not applied: %v", err)
+	}
+	// A flag on the command line wins over the environment.
+	err = run(context.Background(), []string{"simulate", "--log-format", "json", "--keys", filepath.Join(t.TempDir(), "k"), "--devices", "1", "--count", "1", "--server", "127.0.0.1:1"}, &out, &out)
+	if err != nil && strings.Contains(err.Error(), "yaml") {
+		t.Fatalf("command line did not win: %v", err)
+	}
+}

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/ingest"
+	"github.com/medpipe/medpipe/publish"
+	"github.com/medpipe/medpipe/wire"
+)
+
+// runner is a stage: it works until its context is cancelled, then drains.
+type runner interface {
+	Run(ctx context.Context) error
+}
+
+// runAll runs the stages and the ops server until ctx is cancelled and every
+// stage has drained. A stage that fails cancels the others.
+func runAll(ctx context.Context, ops *opsServer, stages map[string]runner) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for name, s := range stages {
+		wg.Go(func() {
+			// A stage stopped by the cancellation it was asked to obey has not failed.
+			if err := s.Run(ctx); err != nil && !(ctx.Err() != nil && errors.Is(err, context.Canceled)) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				mu.Unlock()
+				cancel()
+			}
+		})
+	}
+	wg.Go(func() { ops.serve(ctx) })
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ingestFlags configures the TCP edge.
+type ingestFlags struct {
+	listen      string
+	maxConns    int
+	maxFrame    int
+	idleGap     time.Duration
+	idleTimeout time.Duration
+}
+
+func (f *ingestFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
+	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
+	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
+	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
+}
+
+func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) ingest.Options {
+	return ingest.Options{
+		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxFrame: f.maxFrame,
+		IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+	}
+}
+
+// decryptFlags configures the decrypt workers.
+type decryptFlags struct {
+	keys        string
+	maxInFlight int
+}
+
+func (f *decryptFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}")
+	fs.IntVar(&f.maxInFlight, "max-inflight", 512, "frames in flight per partition")
+}
+
+func (f *decryptFlags) options(devs []wire.Device, parts int, log *slog.Logger, reg prometheus.Registerer) decrypt.Options {
+	return decrypt.Options{Keys: devs, Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "decrypt"), Metrics: reg}
+}
+
+// publishFlags configures the MQTT bridge.
+type publishFlags struct {
+	mqtt         string
+	user         string
+	passwordFile string
+	clientID     string
+	prefix       string
+	qos          int
+	retain       bool
+	jsonTopic    bool
+	addressEvery int
+	maxInFlight  int
+}
+
+func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
+	fs.StringVar(&f.mqtt, "mqtt", defaultMQTT, "MQTT broker URL: tcp://host:port or ssl://host:port")
+	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username")
+	fs.StringVar(&f.passwordFile, "mqtt-password-file", "", "file holding the MQTT password")
+	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
+	fs.StringVar(&f.prefix, "prefix", "Pico", "first level of every MQTT topic")
+	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
+	fs.BoolVar(&f.retain, "retain", false, "publish with the retained flag")
+	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
+	fs.IntVar(&f.addressEvery, "address-every", 50, "publish a device's addresses on its first reading and every this many")
+	fs.IntVar(&f.maxInFlight, "publish-inflight", 512, "readings in flight to the broker per partition")
+}
+
+func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
+	if f.qos < 0 || f.qos > 2 {
+		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
+	}
+	var password string
+	if f.passwordFile != "" {
+		b, err := os.ReadFile(f.passwordFile)
+		if err != nil {
+			return publish.Options{}, fmt.Errorf("--mqtt-password-file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	return publish.Options{
+		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password},
+		Prefix: f.prefix, QoS: byte(f.qos), Retain: f.retain, JSONTopic: f.jsonTopic, AddressEvery: f.addressEvery,
+		Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "publish"), Metrics: reg,
+	}, nil
+}
+
+// readKeysFile loads a keys file, warning when others may read it.
+func readKeysFile(path string, log *slog.Logger) ([]wire.Device, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--keys: %w", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 {
+		log.Warn("keys file is readable by group or others; chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
+	}
+	devs, err := wire.ReadKeys(f)
+	if err != nil {
+		return nil, fmt.Errorf("--keys %s: %w", path, err)
+	}
+	return devs, nil
+}
+
+// commonFlags are those of every long-running command.
+type commonFlags struct {
+	http string
+	log  logFlags
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet, defaultHTTP string) {
+	fs.StringVar(&c.http, "http", defaultHTTP, "address of the /metrics and /healthz endpoint (empty: off)")
+	c.log.register(fs)
+}
+
+func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("ingest", "The TCP edge: frames legacy device streams and stores them, still encrypted, in JetStream RAW.", stderr)
+	var common commonFlags
+	var nf natsFlags
+	var inf ingestFlags
+	common.register(fs, ":9101")
+	nf.register(fs)
+	inf.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	nc, js, parts, err := nf.connect(ctx, "medpipe-ingest", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg := newRegistry()
+	edge, err := ingest.New(js, inf.options(parts, log, reg))
+	if err != nil {
+		return fmt.Errorf("%w (change --listen)", err)
+	}
+	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"ingest", edge.Health})
+	if err != nil {
+		return err
+	}
+	log.Info("medpipe ingest started", "devices", edge.Addr().String(), "nats", nc.ConnectedUrlRedacted(), "partitions", parts, "http", ops.Addr())
+	return runAll(ctx, ops, map[string]runner{"ingest": edge})
+}
+
+func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("decrypt", "Decrypt workers: identify each frame's device, decrypt and validate it, publish the reading to READINGS.", stderr)
+	var common commonFlags
+	var nf natsFlags
+	var df decryptFlags
+	common.register(fs, ":9102")
+	nf.register(fs)
+	df.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if df.keys == "" {
+		return errors.New("--keys is required: the device keys file")
+	}
+	devs, err := readKeysFile(df.keys, log)
+	if err != nil {
+		return err
+	}
+	nc, js, parts, err := nf.connect(ctx, "medpipe-decrypt", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg := newRegistry()
+	w, err := decrypt.New(js, df.options(devs, parts, log, reg))
+	if err != nil {
+		return err
+	}
+	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"decrypt", w.Health})
+	if err != nil {
+		return err
+	}
+	log.Info("medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "devices", len(devs), "partitions", parts, "http", ops.Addr())
+	return runAll(ctx, ops, map[string]runner{"decrypt": w})
+}
+
+func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("publish", "The MQTT bridge: republishes READINGS into the MQTT topics dashboards subscribe to.", stderr)
+	var common commonFlags
+	var nf natsFlags
+	var pf publishFlags
+	common.register(fs, ":9103")
+	nf.register(fs)
+	pf.register(fs, "tcp://127.0.0.1:1883")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	nc, js, parts, err := nf.connect(ctx, "medpipe-publish", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg := newRegistry()
+	opts, err := pf.options(parts, log, reg)
+	if err != nil {
+		return err
+	}
+	b, err := publish.New(js, opts)
+	if err != nil {
+		return err
+	}
+	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"mqtt", b.Health})
+	if err != nil {
+		return err
+	}
+	log.Info("medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "mqtt", bus.RedactURLs(pf.mqtt), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts, "http", ops.Addr())
+	return runAll(ctx, ops, map[string]runner{"publish": b})
+}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/ingest"
+	"github.com/medpipe/medpipe/publish"
+	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/wire"
+)
+
+// upPortFlags names the flag that moves each embedded listener.
+var upPortFlags = map[string]string{"nats": "--nats-port", "mqtt": "--mqtt-port", "monitoring": "--monitor-port"}
+
+func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("up", "The whole pipeline in one process: an embedded nats-server (JetStream, MQTT) plus ingest, decrypt and publish,\noptionally with simulated devices so data flows at once.", stderr)
+	var (
+		common                      commonFlags
+		nf                          natsFlags
+		inf                         ingestFlags
+		df                          decryptFlags
+		pf                          publishFlags
+		dataDir, host               string
+		natsPort, mqttPort, monPort int
+		simulate                    int
+		rate                        float64
+		variant                     string
+		statusEvery                 time.Duration
+	)
+	common.register(fs, ":9100")
+	fs.StringVar(&dataDir, "data-dir", "medpipe-data", "JetStream store and generated simulator keys")
+	fs.StringVar(&host, "host", "127.0.0.1", "address the embedded NATS, MQTT and monitoring listeners bind to (0.0.0.0 for other machines)")
+	fs.IntVar(&natsPort, "nats-port", 4222, "embedded NATS client port")
+	fs.IntVar(&mqttPort, "mqtt-port", 1883, "embedded MQTT port (MQTT 3.1.1)")
+	fs.IntVar(&monPort, "monitor-port", 8222, "embedded nats-server monitoring port (-2: off)")
+	nf.registerStreams(fs)
+	inf.register(fs)
+	df.register(fs)
+	pf.register(fs, "")
+	fs.IntVar(&simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
+	fs.Float64Var(&rate, "rate", 20, "readings per second of each simulated device")
+	fs.StringVar(&variant, "variant", "mixed", "legacy variant of simulated devices: pico, pseudo or mixed")
+	fs.DurationVar(&statusEvery, "status-every", 5*time.Second, "status line interval (0: off)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	devs, sims, err := upDevices(df.keys, dataDir, simulate, variant, log)
+	if err != nil {
+		return err
+	}
+
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{
+		Host: host, Port: natsPort, MQTTPort: mqttPort, HTTPPort: monPort,
+		StoreDir: filepath.Join(dataDir, "jetstream"),
+	})
+	var pe *bus.PortError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%w: another process has it; change %s", err, upPortFlags[pe.Listener])
+	}
+	if err != nil {
+		return err
+	}
+	defer e.Shutdown()
+
+	nf.urls = e.ClientURL()
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up", Log: log, Options: []nats.Option{nats.InProcessServer(e.Server)}})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	parts, err := bus.EnsureStreams(sctx, js, nf.streams)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	reg := newRegistry()
+	edge, err := ingest.New(js, inf.options(parts, log, reg))
+	if err != nil {
+		return fmt.Errorf("%w: change --listen", err)
+	}
+	worker, err := decrypt.New(js, df.options(devs, parts, log, reg))
+	if err != nil {
+		return err
+	}
+	if pf.mqtt == "" {
+		pf.mqtt = "tcp://" + loopbackAddr(e.MQTTAddr)
+	}
+	popts, err := pf.options(parts, log, reg)
+	if err != nil {
+		return err
+	}
+	bridge, err := publish.New(js, popts)
+	if err != nil {
+		return err
+	}
+	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
+	if err != nil {
+		return err
+	}
+	stages := map[string]runner{"ingest": edge, "decrypt": worker, "publish": bridge}
+	if len(sims) > 0 {
+		fleet, err := simulator.NewFleet(simulator.Options{Server: loopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
+		if err != nil {
+			return err
+		}
+		stages["simulate"] = fleet
+	}
+	log.Info("medpipe up",
+		"devices", edge.Addr().String(), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
+		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", len(devs), "simulated", len(sims), "partitions", parts)
+	if len(devs) == 0 {
+		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
+	}
+	if statusEvery > 0 {
+		go statusLine(ctx, log, reg, statusEvery)
+	}
+	err = runAll(ctx, ops, stages)
+	log.Info("medpipe up stopped", "err", err)
+	return err
+}
+
+// upDevices returns the keys decrypt uses (the keys file's plus simulated
+// ones) and the simulated devices.
+func upDevices(keysFile, dataDir string, n int, variant string, log *slog.Logger) ([]wire.Device, []simulator.Device, error) {
+	var devs []wire.Device
+	if keysFile != "" {
+		var err error
+		if devs, err = readKeysFile(keysFile, log); err != nil {
+			return nil, nil, err
+		}
+	}
+	if n <= 0 {
+		return devs, nil, nil
+	}
+	simKeys, err := simulator.LoadOrCreateKeys(filepath.Join(dataDir, "simulated-keys.jsonl"), n, "sim")
+	if err != nil {
+		return nil, nil, fmt.Errorf("simulated device keys: %w", err)
+	}
+	known := map[string]bool{}
+	for _, d := range devs {
+		known[d.ID] = true
+	}
+	sims := make([]simulator.Device, len(simKeys))
+	for i, d := range simKeys {
+		v, err := pickVariant(variant, i)
+		if err != nil {
+			return nil, nil, err
+		}
+		sims[i] = simulator.Device{Device: d, Variant: v}
+		if !known[d.ID] {
+			devs = append(devs, d)
+		}
+	}
+	return devs, sims, nil
+}
+
+// pickVariant returns the variant of the i-th simulated device.
+func pickVariant(variant string, i int) (wire.Variant, error) {
+	if variant == "mixed" {
+		return wire.Pico + wire.Variant(i%2), nil
+	}
+	v, err := wire.ParseVariant(variant)
+	if err != nil {
+		return 0, fmt.Errorf("--variant: %w", err)
+	}
+	return v, nil
+}
+
+// loopbackAddr turns a wildcard listen address into one a local client can dial.
+func loopbackAddr(addr string) string {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(h); h == "" || ip != nil && ip.IsUnspecified() {
+		h = "127.0.0.1"
+	}
+	return net.JoinHostPort(h, p)
+}
+
+// statusLine logs the pipeline's counters and rates every interval.
+func statusLine(ctx context.Context, log *slog.Logger, g prometheus.Gatherer, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	names := []struct{ label, metric string }{
+		{"frames_in", "medpipe_ingest_frames_total"},
+		{"readings_out", "medpipe_decrypt_readings_total"},
+		{"mqtt_messages", "medpipe_publish_mqtt_messages_total"},
+		{"dead_letters", "medpipe_decrypt_deadletters_total"},
+	}
+	errorMetrics := []string{"medpipe_ingest_connection_errors_total", "medpipe_ingest_publish_errors_total", "medpipe_decrypt_publish_errors_total", "medpipe_publish_mqtt_errors_total"}
+	prev := map[string]float64{}
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			sums := gatherSums(g)
+			secs := now.Sub(last).Seconds()
+			last = now
+			attrs := []any{}
+			for _, n := range names {
+				v := sums[n.metric]
+				attrs = append(attrs, n.label, strconv.FormatFloat(v, 'f', 0, 64)+" ("+strconv.FormatFloat((v-prev[n.metric])/secs, 'f', 0, 64)+"/s)")
+				prev[n.metric] = v
+			}
+			var errs float64
+			for _, m := range errorMetrics {
+				errs += sums[m]
+			}
+			attrs = append(attrs, "errors", errs, "connections", sums["medpipe_ingest_connections_active"])
+			log.Info("status", attrs...)
+		}
+	}
+}
+
+// gatherSums sums every counter and gauge by metric name over its labels.
+func gatherSums(g prometheus.Gatherer) map[string]float64 {
+	out := map[string]float64{}
+	mfs, err := g.Gather()
+	if err != nil {
+		return out
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				out[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[mf.GetName()] += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (Mosquitto from Debian's
+# packages), checks formatting, vet and staticcheck, runs every module's tests
+# and a short run of every fuzz target. Usage: ./scripts/test.sh
+# Environment: FUZZTIME (per fuzz target, default 3s), TEST_TIMEOUT (default 30m).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK_VERSION=v0.8.2 # staticcheck 2026.2.2: supports Go 1.26
+FUZZTIME=${FUZZTIME:-3s}
+TEST_TIMEOUT=${TEST_TIMEOUT:-30m}
+
+log() { printf '\n== %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- what the tests need -------------------------------------------------
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+	log "installing mosquitto (Debian package)"
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
+fi
+# The package starts a broker on :1883, which would take `medpipe up`'s port.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+	as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
+	echo "mosquitto could not be installed: the tests need it" >&2
+	exit 1
+fi
+
+mapfile -t MODULES < <(go list -m -f '{{.Dir}}')
+PKGS=()
+for m in "${MODULES[@]}"; do PKGS+=("$m/..."); done
+
+# --- static checks ---------------------------------------------------------
+log "gofmt"
+unformatted=$(gofmt -l "${MODULES[@]}")
+if [ -n "$unformatted" ]; then
+	echo "not gofmt'ed:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+log "go vet"
+go vet "${PKGS[@]}"
+log "staticcheck $STATICCHECK_VERSION"
+go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" "${PKGS[@]}"
+
+# --- tests -------------------------------------------------------------------
+log "go test"
+go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
+
+log "fuzz targets, $FUZZTIME each"
+for m in "${MODULES[@]}"; do
+	while IFS= read -r pkg; do
+		dir=$(go list -f '{{.Dir}}' "$pkg")
+		for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+			echo "-- $pkg $target"
+			go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg"
+		done
+	done < <(go list "$m/...")
+done
+log "all tests passed"

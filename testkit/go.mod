@@ -1,0 +1,5 @@
+module github.com/medpipe/medpipe/testkit
+
+go 1.26
+
+
