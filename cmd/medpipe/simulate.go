@@ -52,9 +52,9 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	sims := make([]simulator.Device, len(devs))
 	for i, d := range devs {
-		v, err := pickVariant(variant, i)
+		v, err := simulator.VariantOf(variant, i)
 		if err != nil {
-			return err
+			return fmt.Errorf("--variant: %w", err)
 		}
 		sims[i] = simulator.Device{Device: d, Variant: v}
 	}

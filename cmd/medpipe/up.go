@@ -162,9 +162,9 @@ func upDevices(keysFile, dataDir string, n int, variant string, log *slog.Logger
 	}
 	sims := make([]simulator.Device, len(simKeys))
 	for i, d := range simKeys {
-		v, err := pickVariant(variant, i)
+		v, err := simulator.VariantOf(variant, i)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--variant: %w", err)
 		}
 		sims[i] = simulator.Device{Device: d, Variant: v}
 		if !known[d.ID] {
@@ -172,18 +172,6 @@ func upDevices(keysFile, dataDir string, n int, variant string, log *slog.Logger
 		}
 	}
 	return devs, sims, nil
-}
-
-// pickVariant returns the variant of the i-th simulated device.
-func pickVariant(variant string, i int) (wire.Variant, error) {
-	if variant == "mixed" {
-		return wire.Pico + wire.Variant(i%2), nil
-	}
-	v, err := wire.ParseVariant(variant)
-	if err != nil {
-		return 0, fmt.Errorf("--variant: %w", err)
-	}
-	return v, nil
 }
 
 // loopbackAddr turns a wildcard listen address into one a local client can dial.

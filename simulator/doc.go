@@ -1,0 +1,6 @@
+// Package simulator runs simulated legacy medical devices: each its own TCP
+// connection to the ingest edge, its own key and variant, sending encrypted
+// readings at a set rate and reconnecting with capped exponential backoff
+// when the edge goes away. It is what `medpipe up --simulate` and
+// `medpipe simulate` run.
+package simulator

@@ -1,0 +1,203 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Options configures a Fleet.
+type Options struct {
+	// Server is the edge's host:port.
+	Server string
+	// Devices are the simulated devices.
+	Devices []Device
+	// Rate is readings per second per device (default 20, like today's devices).
+	Rate float64
+	// Duration stops the fleet after this long; 0 runs until ctx is cancelled.
+	Duration time.Duration
+	// Count stops each device after this many readings; 0 is no limit.
+	Count int
+	// Ramp spreads connection starts over this long (default min(1 s, N ms)).
+	Ramp time.Duration
+	// Seed makes the signals deterministic.
+	Seed int64
+	// Log receives connection events; nil uses slog.Default().
+	Log *slog.Logger
+}
+
+// Stats is a snapshot of a fleet's counters.
+type Stats struct {
+	Devices, Connected int
+	Sent, Reconnects   uint64
+	Errors             uint64
+}
+
+// Fleet runs simulated devices.
+type Fleet struct {
+	o          Options
+	connected  atomic.Int64
+	sent       atomic.Uint64
+	reconnects atomic.Uint64
+	errors     atomic.Uint64
+}
+
+// NewFleet checks the options.
+func NewFleet(o Options) (*Fleet, error) {
+	if o.Server == "" {
+		return nil, errors.New("simulator: no server address")
+	}
+	if len(o.Devices) == 0 {
+		return nil, errors.New("simulator: no devices")
+	}
+	if o.Rate <= 0 {
+		o.Rate = 20
+	}
+	if o.Ramp <= 0 {
+		o.Ramp = min(time.Second, time.Duration(len(o.Devices))*time.Millisecond)
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	for _, d := range o.Devices {
+		if d.Variant != wire.Pico && d.Variant != wire.Pseudo {
+			return nil, fmt.Errorf("simulator: device %s has no variant", d.ID)
+		}
+	}
+	return &Fleet{o: o}, nil
+}
+
+// Stats returns the fleet's counters.
+func (f *Fleet) Stats() Stats {
+	return Stats{
+		Devices: len(f.o.Devices), Connected: int(f.connected.Load()),
+		Sent: f.sent.Load(), Reconnects: f.reconnects.Load(), Errors: f.errors.Load(),
+	}
+}
+
+// Run runs every device until Duration, Count or ctx ends it. It returns
+// ctx's error when cancelled, nil when the devices finished.
+func (f *Fleet) Run(ctx context.Context) error {
+	if f.o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.o.Duration)
+		defer cancel()
+	}
+	var wg sync.WaitGroup
+	step := f.o.Ramp / time.Duration(len(f.o.Devices))
+	for i, d := range f.o.Devices {
+		wg.Go(func() { f.runDevice(ctx, i, d, time.Duration(i)*step) })
+	}
+	wg.Wait()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) && f.o.Duration > 0 {
+		return nil
+	}
+	return ctx.Err()
+}
+
+// device is one device's loop state.
+type device struct {
+	f       *Fleet
+	d       Device
+	key     *wire.LegacyKey
+	sig     *Signal
+	rng     *rand.Rand
+	conn    net.Conn
+	buf     []byte
+	plain   []byte
+	backoff time.Duration
+	// everConnected tells a reconnection from a first connection.
+	everConnected bool
+}
+
+func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Duration) {
+	dev := &device{
+		f: f, d: d, key: wire.NewLegacyKey(d.Device),
+		sig: NewSignal(f.o.Seed*1_000_003+int64(i), f.o.Rate),
+		rng: rand.New(rand.NewPCG(uint64(f.o.Seed), uint64(i))),
+	}
+	defer dev.disconnect()
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	interval := time.Duration(float64(time.Second) / f.o.Rate)
+	next := time.Now().Add(delay)
+	for seq := uint64(1); f.o.Count == 0 || seq <= uint64(f.o.Count); {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if dev.conn == nil && !dev.connect(ctx) {
+			timer.Reset(dev.nextBackoff())
+			continue
+		}
+		if err := dev.send(seq); err != nil {
+			f.errors.Add(1)
+			f.o.Log.Debug("device write failed; reconnecting", "device", d.ID, "err", err)
+			dev.disconnect()
+			timer.Reset(dev.nextBackoff())
+			continue
+		}
+		seq++
+		// ±10% jitter around the schedule, without drifting from it.
+		next = next.Add(interval)
+		jitter := time.Duration((dev.rng.Float64() - 0.5) * 0.2 * float64(interval))
+		timer.Reset(max(0, time.Until(next.Add(jitter))))
+	}
+}
+
+func (dev *device) connect(ctx context.Context) bool {
+	var dialer net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := dialer.DialContext(dctx, "tcp", dev.f.o.Server)
+	if err != nil {
+		dev.f.errors.Add(1)
+		return false
+	}
+	if dev.everConnected {
+		dev.f.reconnects.Add(1)
+	}
+	dev.everConnected = true
+	dev.conn = c
+	dev.backoff = 0
+	dev.f.connected.Add(1)
+	return true
+}
+
+func (dev *device) disconnect() {
+	if dev.conn != nil {
+		dev.conn.Close()
+		dev.conn = nil
+		dev.f.connected.Add(-1)
+	}
+}
+
+// nextBackoff returns a full-jitter exponential backoff: 100 ms doubling to 5 s.
+func (dev *device) nextBackoff() time.Duration {
+	dev.backoff = min(max(2*dev.backoff, 100*time.Millisecond), 5*time.Second)
+	return time.Duration(dev.rng.Int64N(int64(dev.backoff)) + 1)
+}
+
+// send writes reading seq as one frame in one write, like the firmware.
+func (dev *device) send(seq uint64) error {
+	r := dev.sig.Next(seq)
+	dev.plain = r.AppendJSON(dev.plain[:0])
+	dev.buf = dev.key.Seal(dev.buf[:0], dev.d.Variant, dev.plain)
+	if err := dev.conn.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := dev.conn.Write(dev.buf); err != nil {
+		return err
+	}
+	dev.f.sent.Add(1)
+	return nil
+}

@@ -1,0 +1,127 @@
+package simulator
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Device is one simulated device.
+type Device struct {
+	wire.Device
+	Variant wire.Variant
+}
+
+const keyAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// randomKeyText fills b with characters from keyAlphabet drawn from crypto/rand.
+func randomKeyText(b []byte) error {
+	max := big.NewInt(int64(len(keyAlphabet)))
+	for i := range b {
+		n, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return fmt.Errorf("simulator: random key: %w", err)
+		}
+		b[i] = keyAlphabet[n.Int64()]
+	}
+	return nil
+}
+
+// newDevice makes device number i (from 1) with a fresh random key and IV.
+func newDevice(prefix string, i int) (wire.Device, error) {
+	d := wire.Device{ID: fmt.Sprintf("%s-%05d", prefix, i)}
+	if !wire.ValidID(d.ID) {
+		return d, fmt.Errorf("simulator: prefix %q makes the invalid device id %q", prefix, d.ID)
+	}
+	if err := randomKeyText(d.Key[:]); err != nil {
+		return d, err
+	}
+	return d, randomKeyText(d.IV[:])
+}
+
+// GenerateDevices makes n devices with ids "<prefix>-00001"… and random
+// 16-character alphanumeric keys and IVs. variant is "pico", "pseudo" or
+// "mixed" (alternating pico, pseudo).
+func GenerateDevices(n int, prefix string, variant string) ([]Device, error) {
+	out := make([]Device, n)
+	for i := range out {
+		d, err := newDevice(prefix, i+1)
+		if err != nil {
+			return nil, err
+		}
+		v, err := VariantOf(variant, i)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = Device{Device: d, Variant: v}
+	}
+	return out, nil
+}
+
+// VariantOf returns the variant of the i-th device of a fleet: variant
+// itself, or alternating pico and pseudo for "mixed".
+func VariantOf(variant string, i int) (wire.Variant, error) {
+	if variant == "mixed" {
+		return wire.Pico + wire.Variant(i%2), nil
+	}
+	return wire.ParseVariant(variant)
+}
+
+// LoadOrCreateKeys returns the first n devices of the keys file at path,
+// creating the file (mode 0600, directory 0700) or appending generated
+// devices when it holds fewer than n.
+func LoadOrCreateKeys(path string, n int, prefix string) ([]wire.Device, error) {
+	var devs []wire.Device
+	f, err := os.Open(path)
+	switch {
+	case err == nil:
+		devs, err = wire.ReadKeys(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("simulator: %s: %w", path, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("simulator: %w", err)
+	}
+	if len(devs) >= n {
+		return devs[:n], nil
+	}
+	ids := map[string]bool{}
+	for _, d := range devs {
+		ids[d.ID] = true
+	}
+	var add []byte
+	for i := 1; len(devs) < n; i++ {
+		d, err := newDevice(prefix, i)
+		if err != nil {
+			return nil, err
+		}
+		if ids[d.ID] {
+			continue
+		}
+		devs = append(devs, d)
+		add = wire.AppendKeyLine(add, d)
+	}
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: %w", err)
+	}
+	if _, err := out.Write(add); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("simulator: write %s: %w", path, err)
+	}
+	if err := out.Close(); err != nil {
+		return nil, fmt.Errorf("simulator: write %s: %w", path, err)
+	}
+	return devs, nil
+}

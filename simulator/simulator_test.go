@@ -1,0 +1,276 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// edge is a minimal stand-in for the ingest edge: it frames and decrypts
+// what arrives with the devices' keys and counts readings per device.
+type edge struct {
+	ln    net.Listener
+	keys  map[string]*wire.LegacyKey
+	mu    sync.Mutex
+	got   map[string]int
+	bad   []string
+	conns []net.Conn
+}
+
+func startEdge(t *testing.T, devs []Device) *edge {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &edge{ln: ln, keys: map[string]*wire.LegacyKey{}, got: map[string]int{}}
+	for _, d := range devs {
+		e.keys[d.ID] = wire.NewLegacyKey(d.Device)
+	}
+	t.Cleanup(func() { e.ln.Close(); e.dropAll() })
+	go e.serve()
+	return e
+}
+
+func (e *edge) serve() {
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			return
+		}
+		e.mu.Lock()
+		e.conns = append(e.conns, c)
+		e.mu.Unlock()
+		go e.handle(c)
+	}
+}
+
+func (e *edge) handle(c net.Conn) {
+	defer c.Close()
+	fr := wire.NewFrameReader(c, wire.FrameReaderOptions{})
+	var id string // a connection carries one device: remember its key
+	for {
+		f, err := fr.Next()
+		if err != nil {
+			return
+		}
+		ct, err := wire.DecodeFrame(nil, f)
+		if err != nil {
+			e.fail(err.Error())
+			return
+		}
+		ok := false
+		for did, k := range e.keys {
+			if id != "" && did != id {
+				continue
+			}
+			r, _, err := k.Open(nil, ct, wire.Pico)
+			if err == nil && r.Validate() == nil {
+				id, ok = did, true
+				break
+			}
+		}
+		e.mu.Lock()
+		if ok {
+			e.got[id]++
+		} else {
+			e.bad = append(e.bad, "frame opened by no key")
+		}
+		e.mu.Unlock()
+	}
+}
+
+func (e *edge) fail(s string) {
+	e.mu.Lock()
+	e.bad = append(e.bad, s)
+	e.mu.Unlock()
+}
+
+func (e *edge) dropAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, c := range e.conns {
+		c.Close()
+	}
+	e.conns = nil
+}
+
+func (e *edge) counts() (map[string]int, []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range e.got {
+		out[k] = v
+	}
+	return out, append([]string(nil), e.bad...)
+}
+
+func TestFleetSendsEveryReading(t *testing.T) {
+	devs, err := GenerateDevices(20, "t", "mixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEdge(t, devs)
+	f, err := NewFleet(Options{Server: e.ln.Addr().String(), Devices: devs, Rate: 500, Count: 50, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := f.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.Stats(); st.Sent != 20*50 {
+		t.Fatalf("sent %d, want %d (%+v)", st.Sent, 20*50, st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, bad := e.counts()
+		if len(bad) > 0 {
+			t.Fatalf("edge rejected frames: %v", bad[0])
+		}
+		complete := len(got) == len(devs)
+		for _, n := range got {
+			complete = complete && n == 50
+		}
+		if complete {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("per-device readings %v, want 50 each for %d devices", got, len(devs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestFleetReconnects(t *testing.T) {
+	devs, err := GenerateDevices(5, "r", "pico")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEdge(t, devs)
+	f, err := NewFleet(Options{Server: e.ln.Addr().String(), Devices: devs, Rate: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	waitFor(t, func() bool { return f.Stats().Sent >= 50 })
+	e.dropAll() // the edge goes away for every connection at once
+	before := f.Stats().Sent
+	waitFor(t, func() bool { st := f.Stats(); return st.Reconnects >= 5 && st.Sent >= before+100 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := f.Stats(); st.Connected != 0 {
+		t.Fatalf("%d connections left open", st.Connected)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestGenerateDevices(t *testing.T) {
+	devs, err := GenerateDevices(100, "sim", "mixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for i, d := range devs {
+		if ids[d.ID] || !wire.ValidID(d.ID) {
+			t.Fatalf("id %q repeated or invalid", d.ID)
+		}
+		ids[d.ID] = true
+		for _, c := range append(d.Key[:], d.IV[:]...) {
+			if !strings.ContainsRune(keyAlphabet, rune(c)) {
+				t.Fatalf("key byte %q not alphanumeric", c)
+			}
+		}
+		if want := wire.Pico + wire.Variant(i%2); d.Variant != want {
+			t.Fatalf("device %d variant %v, want %v", i, d.Variant, want)
+		}
+	}
+	if devs[0].Key == devs[1].Key {
+		t.Fatal("two devices share a key")
+	}
+	if _, err := GenerateDevices(1, "bad.prefix", "pico"); err == nil {
+		t.Fatal("accepted a prefix that makes invalid ids")
+	}
+}
+
+func TestLoadOrCreateKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "keys.jsonl")
+	first, err := LoadOrCreateKeys(path, 3, "sim")
+	if err != nil || len(first) != 3 {
+		t.Fatalf("create: %d %v", len(first), err)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v %v, want 0600", st.Mode().Perm(), err)
+	}
+	again, err := LoadOrCreateKeys(path, 2, "sim")
+	if err != nil || len(again) != 2 || again[0] != first[0] || again[1] != first[1] {
+		t.Fatal("second call did not reuse the file's keys")
+	}
+	more, err := LoadOrCreateKeys(path, 5, "sim")
+	if err != nil || len(more) != 5 || more[2] != first[2] {
+		t.Fatalf("extend: %d %v", len(more), err)
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	if n := strings.Count(string(b), "\n"); n != 5 {
+		t.Fatalf("file has %d lines, want 5", n)
+	}
+}
+
+func TestSignal(t *testing.T) {
+	a, b := NewSignal(42, 20), NewSignal(42, 20)
+	sawNegative := false
+	for seq := uint64(1); seq <= 2000; seq++ {
+		ra, rb := a.Next(seq), b.Next(seq)
+		if ra != rb {
+			t.Fatalf("seq %d: same seed, different readings", seq)
+		}
+		if err := ra.Validate(); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+		for f := range wire.NumFields {
+			v := ra[f]
+			if strings.HasPrefix(v, "-") {
+				sawNegative = true
+				if dec := len(v) - strings.IndexByte(v, '.') - 1; dec != 2 {
+					t.Fatalf("negative %q has %d decimals, want 2", v, dec)
+				}
+			} else if dec := len(v) - strings.IndexByte(v, '.') - 1; dec != 3 {
+				t.Fatalf("%s %q has %d decimals, want 3", f, v, dec)
+			}
+		}
+		if temp := ra.Float(wire.Temp); temp < 35.5 || temp > 38 {
+			t.Fatalf("body temperature %v out of range", temp)
+		}
+	}
+	if !sawNegative {
+		t.Fatal("accelerometer never negative: noise missing")
+	}
+}
