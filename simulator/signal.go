@@ -3,7 +3,6 @@ package simulator
 import (
 	"math"
 	"math/rand/v2"
-	"strconv"
 
 	"github.com/medpipe/medpipe/wire"
 )
@@ -53,25 +52,12 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 	pulse := 1.0 + 1.7*math.Exp(-math.Pow((beat-0.15)/0.05, 2)) + 0.4*math.Exp(-math.Pow((beat-0.45)/0.08, 2)) + (s.rng.Float64()-0.5)*0.05
 	warm := 1 - math.Exp(-t/s.mcuWarmup)
 	return wire.Reading{
-		format(body),
-		format(s.ambient + 6*warm + (s.rng.Float64()-0.5)*0.2),
-		format(pulse),
-		format((s.rng.Float64() - 0.5) * 0.04),
-		format((s.rng.Float64() - 0.5) * 0.04),
-		format(0.98 + (s.rng.Float64()-0.5)*0.04),
-		format(s.ambient + 3*warm + (s.rng.Float64()-0.5)*0.2),
+		wire.FormatValue(body),
+		wire.FormatValue(s.ambient + 6*warm + (s.rng.Float64()-0.5)*0.2),
+		wire.FormatValue(pulse),
+		wire.FormatValue((s.rng.Float64() - 0.5) * 0.04),
+		wire.FormatValue((s.rng.Float64() - 0.5) * 0.04),
+		wire.FormatValue(0.98 + (s.rng.Float64()-0.5)*0.04),
+		wire.FormatValue(s.ambient + 3*warm + (s.rng.Float64()-0.5)*0.2),
 	}
-}
-
-// format writes a value as the Pico firmware does: three decimals, but two
-// for negative numbers.
-func format(v float64) string {
-	if v < 0 {
-		s := strconv.FormatFloat(v, 'f', 2, 64)
-		if s == "-0.00" {
-			return "0.000"
-		}
-		return s
-	}
-	return strconv.FormatFloat(v, 'f', 3, 64)
 }
