@@ -1,11 +1,9 @@
 package simulator
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"os"
 	"path/filepath"
 
@@ -18,31 +16,9 @@ type Device struct {
 	Variant wire.Variant
 }
 
-const keyAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-// randomKeyText fills b with characters from keyAlphabet drawn from crypto/rand.
-func randomKeyText(b []byte) error {
-	max := big.NewInt(int64(len(keyAlphabet)))
-	for i := range b {
-		n, err := rand.Int(rand.Reader, max)
-		if err != nil {
-			return fmt.Errorf("simulator: random key: %w", err)
-		}
-		b[i] = keyAlphabet[n.Int64()]
-	}
-	return nil
-}
-
 // newDevice makes device number i (from 1) with a fresh random key and IV.
 func newDevice(prefix string, i int) (wire.Device, error) {
-	d := wire.Device{ID: fmt.Sprintf("%s-%05d", prefix, i)}
-	if !wire.ValidID(d.ID) {
-		return d, fmt.Errorf("simulator: prefix %q makes the invalid device id %q", prefix, d.ID)
-	}
-	if err := randomKeyText(d.Key[:]); err != nil {
-		return d, err
-	}
-	return d, randomKeyText(d.IV[:])
+	return wire.NewRandomDevice(fmt.Sprintf("%s-%05d", prefix, i))
 }
 
 // GenerateDevices makes n devices with ids "<prefix>-00001"… and random

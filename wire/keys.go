@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,4 +124,40 @@ func AppendKeyLine(dst []byte, d Device) []byte {
 	}{d.ID, string(d.Key[:]), string(d.IV[:])})
 	dst = append(dst, b...)
 	return append(dst, '\n')
+}
+
+// secretAlphabet is what generated keys and IVs are made of: legacy devices
+// store them as 16 printable characters.
+const secretAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// RandomSecret returns 16 alphanumeric characters from crypto/rand (about
+// 95 bits), the form of a device key or IV.
+func RandomSecret() ([16]byte, error) {
+	var out [16]byte
+	var b [1]byte
+	for i := 0; i < len(out); {
+		if _, err := rand.Read(b[:]); err != nil {
+			return out, fmt.Errorf("wire: random secret: %w", err)
+		}
+		if int(b[0]) >= 256-256%len(secretAlphabet) { // reject to keep the draw uniform
+			continue
+		}
+		out[i] = secretAlphabet[int(b[0])%len(secretAlphabet)]
+		i++
+	}
+	return out, nil
+}
+
+// NewRandomDevice returns a device with a fresh random key and IV.
+func NewRandomDevice(id string) (Device, error) {
+	if !ValidID(id) {
+		return Device{}, fmt.Errorf("wire: invalid device id %q", id)
+	}
+	d := Device{ID: id}
+	var err error
+	if d.Key, err = RandomSecret(); err != nil {
+		return d, err
+	}
+	d.IV, err = RandomSecret()
+	return d, err
 }

@@ -31,6 +31,7 @@ var commands = []command{
 	{"ingest", "run the TCP edge: device frames → JetStream RAW", runIngest},
 	{"decrypt", "run decrypt workers: RAW → READINGS (and DEADLETTER)", runDecrypt},
 	{"publish", "run the MQTT bridge: READINGS → MQTT topics", runPublish},
+	{"keys", "manage the device registry: import, add, list, rotate, revoke, export", runKeys},
 	{"simulate", "run simulated legacy devices against an ingest edge", runSimulate},
 	{"version", "print the version", runVersion},
 }
