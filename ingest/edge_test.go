@@ -1,0 +1,295 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
+)
+
+const parts = 4
+
+type harness struct {
+	js   jetstream.JetStream
+	edge *Edge
+	reg  *prometheus.Registry
+	stop func() error
+}
+
+func start(t testing.TB, o Options) *harness {
+	t.Helper()
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	ctx := context.Background()
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if _, err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Partitions: parts}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	o.Listen, o.Partitions, o.Metrics = "127.0.0.1:0", parts, reg
+	edge, err := New(js, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- edge.Run(rctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
+	t.Cleanup(func() { _ = stop() })
+	return &harness{js: js, edge: edge, reg: reg, stop: stop}
+}
+
+var testDev = wire.Device{ID: "dev", Key: [16]byte([]byte("1234567890123456")), IV: [16]byte([]byte("AAAAAAAAAAAAAAAA"))}
+
+func frame(i int) []byte {
+	r := wire.Reading{fmt.Sprintf("%d.000", i), "1", "1", "1", "1", "1", "1"}
+	return wire.NewLegacyKey(testDev).Seal(nil, wire.Pico, r.AppendJSON(nil))
+}
+
+// rawMessages reads every message in RAW.
+func rawMessages(t testing.TB, js jetstream.JetStream, want int) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for len(out) < want {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("after %d of %d RAW messages: %v", len(out), want, err)
+		}
+		out = append(out, m)
+	}
+	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
+		t.Fatalf("extra RAW message: %q", m.Data())
+	}
+	return out
+}
+
+func dial(t testing.TB, h *harness) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", h.edge.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestFramesLandInRaw: concurrent connections, frames byte for byte, with
+// headers, per-connection sequence, partition subject and nothing extra.
+func TestFramesLandInRaw(t *testing.T) {
+	h := start(t, Options{})
+	const conns, perConn = 5, 20
+	var wg sync.WaitGroup
+	for range conns {
+		c := dial(t, h)
+		wg.Go(func() {
+			for i := 1; i <= perConn; i++ {
+				if _, err := c.Write(frame(i)); err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	msgs := rawMessages(t, h.js, conns*perConn)
+	next := map[string]int{}
+	for _, m := range msgs {
+		hd := m.Headers()
+		id := hd.Get(bus.HeaderConn)
+		next[id]++
+		if got := hd.Get(bus.HeaderFrameSeq); got != strconv.Itoa(next[id]) {
+			t.Fatalf("conn %s: frame seq %s, want %d", id, got, next[id])
+		}
+		if string(m.Data()) != string(frame(next[id])) {
+			t.Fatalf("conn %s frame %d differs from what was sent", id, next[id])
+		}
+		if want := bus.RawSubject(bus.Partition(id, parts)); m.Subject() != want {
+			t.Fatalf("subject %s, want %s", m.Subject(), want)
+		}
+		if hd.Get(bus.HeaderProtocol) != bus.ProtocolLegacy || hd.Get(jetstream.MsgIDHeader) != id+":"+hd.Get(bus.HeaderFrameSeq) {
+			t.Fatalf("headers %v", hd)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, hd.Get(bus.HeaderReceived)); err != nil {
+			t.Fatalf("received header: %v", err)
+		}
+		if !strings.HasPrefix(hd.Get(bus.HeaderRemote), "127.0.0.1:") || hd.Get(bus.HeaderLocal) != h.edge.Addr().String() {
+			t.Fatalf("addresses %s %s", hd.Get(bus.HeaderRemote), hd.Get(bus.HeaderLocal))
+		}
+	}
+	if len(next) != conns {
+		t.Fatalf("%d connection ids, want %d", len(next), conns)
+	}
+}
+
+func TestFraming(t *testing.T) {
+	tests := []struct {
+		name   string
+		writes [][]byte
+		want   []string
+	}{
+		{"two frames in one write", [][]byte{append(frame(1), frame(2)...)}, []string{string(frame(1)), string(frame(2))}},
+		{"split inside a block", [][]byte{frame(3)[:40], frame(3)[40:]}, []string{string(frame(3))}},
+		{"frame then silence", [][]byte{frame(4)}, []string{string(frame(4))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t, Options{})
+			c := dial(t, h)
+			for _, w := range tt.writes {
+				if _, err := c.Write(w); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(30 * time.Millisecond) // longer than the idle gap
+			}
+			msgs := rawMessages(t, h.js, len(tt.want))
+			for i, m := range msgs {
+				if string(m.Data()) != tt.want[i] {
+					t.Fatalf("frame %d: %q", i, m.Data())
+				}
+			}
+		})
+	}
+}
+
+// TestBadInputClosesOnlyThatConnection.
+func TestBadInputClosesOnlyThatConnection(t *testing.T) {
+	tests := []struct {
+		name, reason string
+		data         []byte
+	}{
+		{"non-hex", "not_hex", []byte("zz" + strings.Repeat("0", 40))},
+		{"over-long", "too_long", []byte(strings.Repeat(strings.Repeat("a", 32)+"+", 40))},
+		{"plus then close", "truncated", append(frame(1)[:32], '+')},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t, Options{MaxFrame: 1024})
+			good := dial(t, h)
+			bad := dial(t, h)
+			if _, err := bad.Write(tt.data); err != nil {
+				t.Fatal(err)
+			}
+			if tt.reason == "truncated" {
+				bad.(*net.TCPConn).CloseWrite()
+			}
+			bad.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := bad.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+				t.Fatalf("bad connection not closed by the edge: %v", err)
+			}
+			if _, err := good.Write(frame(7)); err != nil {
+				t.Fatal(err)
+			}
+			msgs := rawMessages(t, h.js, 1)
+			if string(msgs[0].Data()) != string(frame(7)) {
+				t.Fatal("good connection's frame lost")
+			}
+			if got := testutil.ToFloat64(h.edge.m.connErrors.WithLabelValues(tt.reason)); got != 1 {
+				t.Fatalf("connection_errors_total{reason=%s} = %v", tt.reason, got)
+			}
+		})
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func TestMaxConns(t *testing.T) {
+	h := start(t, Options{MaxConns: 2})
+	a, b := dial(t, h), dial(t, h)
+	a.Write(frame(1))
+	b.Write(frame(1))
+	rawMessages(t, h.js, 2) // both are being served
+	c := dial(t, h)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("third connection not closed: %v", err)
+	}
+	if got := testutil.ToFloat64(h.edge.m.rejected); got != 1 {
+		t.Fatalf("rejected = %v", got)
+	}
+}
+
+// TestShutdownDrains: frames written before the cancel are in RAW when Run returns.
+func TestShutdownDrains(t *testing.T) {
+	h := start(t, Options{})
+	c := dial(t, h)
+	var all []byte
+	for i := 1; i <= 200; i++ {
+		all = append(all, frame(i)...)
+	}
+	if _, err := c.Write(all); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	rawMessages(t, h.js, 200)
+}
+
+func TestBusyAddress(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = New(nil, Options{Listen: l.Addr().String(), Partitions: 1})
+	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("got %v, want an error naming %s", err, l.Addr())
+	}
+}
+
+// BenchmarkEdgeFrames measures frames/s from one loopback connection into
+// embedded JetStream (file storage).
+func BenchmarkEdgeFrames(b *testing.B) {
+	h := start(b, Options{})
+	c := dial(b, h)
+	f := frame(1)
+	batch := make([]byte, 0, len(f)*100)
+	for range 100 {
+		batch = append(batch, f...)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(f)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i += 100 {
+		if _, err := c.Write(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	want := float64((b.N + 99) / 100 * 100)
+	for testutil.ToFloat64(h.edge.m.frames) < want {
+		time.Sleep(time.Millisecond)
+	}
+	<-h.js.PublishAsyncComplete()
+}
