@@ -49,6 +49,7 @@ const (
 	ReasonAmbiguous     Reason = "ambiguous"      // more than one key opens the frame
 	ReasonMalformed     Reason = "malformed"      // not hex blocks, or missing headers
 	ReasonInvalid       Reason = "invalid"        // decrypts, but is not a valid reading
+	ReasonRevoked       Reason = "revoked"        // the device's key was revoked
 )
 
 // DefaultPartitions is the number of RAW and READINGS partitions a new

@@ -164,6 +164,3 @@ func (o *opsServer) serve(ctx context.Context) {
 		slog.Error("metrics/health server", "err", err)
 	}
 }
-
-// slogTo is a plain text logger for short-lived commands.
-func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

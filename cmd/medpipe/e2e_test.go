@@ -32,8 +32,8 @@ func makeDevices(n int, variant wire.Variant, prefix string) []testDevice {
 	for i := range out {
 		var d wire.Device
 		d.ID = fmt.Sprintf("%s-%02d", prefix, i+1)
-		copy(d.Key[:], fmt.Sprintf("key-%s-%06d", prefix, i)[:16])
-		copy(d.IV[:], fmt.Sprintf("iv-%s-%07d", prefix, i)[:16])
+		copy(d.Key[:], fmt.Sprintf("k%-9s%06d", prefix, i)) // 16 characters, unique per device
+		copy(d.IV[:], fmt.Sprintf("v%-9s%06d", prefix, i))
 		out[i] = testDevice{d, variant}
 	}
 	return out

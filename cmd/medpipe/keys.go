@@ -31,7 +31,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		replicas    int
 		showSecrets bool
 		configOut   string
+		lf          logFlags
 	)
+	lf.register(fs)
 	fs.StringVar(&urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated")
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
@@ -58,10 +60,13 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else if len(rest) != 1 {
 		return fmt.Errorf("keys %s: unexpected argument %q", sub, rest[1])
 	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
 	var devs []wire.Device
 	if sub == "import" {
-		var err error
-		if devs, err = readKeysFile(arg, slogTo(stderr)); err != nil {
+		if devs, err = readKeysFile(arg, log); err != nil {
 			return err
 		}
 	}

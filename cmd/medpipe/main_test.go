@@ -174,7 +174,7 @@ func TestEnvironmentFallback(t *testing.T) {
 		t.Fatalf("MEDPIPE_LOG_FORMAT=yaml not applied: %v", err)
 	}
 	// A flag on the command line wins over the environment.
-	err = run(context.Background(), []string{"simulate", "--log-format", "json", "--keys", filepath.Join(t.TempDir(), "k"), "--devices", "1", "--count", "1", "--server", "127.0.0.1:1"}, &out, &out)
+	err = run(context.Background(), []string{"simulate", "--log-format", "json", "--keys", filepath.Join(t.TempDir(), "k"), "--devices", "1", "--duration", "300ms", "--server", "127.0.0.1:1"}, &out, &out)
 	if err != nil && strings.Contains(err.Error(), "yaml") {
 		t.Fatalf("command line did not win: %v", err)
 	}

@@ -130,7 +130,7 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	}
 	return publish.Options{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password},
-		Prefix: f.prefix, QoS: byte(f.qos), Retain: f.retain, JSONTopic: f.jsonTopic, AddressEvery: f.addressEvery,
+		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, AddressEvery: f.addressEvery,
 		Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "publish"), Metrics: reg,
 	}, nil
 }

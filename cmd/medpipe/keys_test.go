@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
+)
+
+func TestKeysCommand(t *testing.T) {
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	keysFile := filepath.Join(t.TempDir(), "keys.jsonl")
+	const secret = "SeCrEt0123456789"
+	lines := `{ "id":"iot_med_dev_01", "key":"` + secret + `", "iv":"AAAAAAAAAAAAAAAA"}` + "\n" +
+		`{ "id":"iot_med_dev_02", "key":"AAAAAAAAAAAAAAAA", "iv":"AAAAAAAAAAAAAAAA"}` + "\n"
+	if err := os.WriteFile(keysFile, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(args ...string) (string, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if err := run(t.Context(), append([]string{"keys", "--nats", e.ClientURL()}, args...), &out, &errOut); err != nil {
+			t.Fatalf("keys %v: %v\n%s", args, err, errOut.String())
+		}
+		return out.String(), errOut.String()
+	}
+	if out, _ := keys("import", keysFile); !strings.HasPrefix(out, "added 2, changed 0, unchanged 0") {
+		t.Fatalf("import: %s", out)
+	}
+	if out, _ := keys("import", keysFile); !strings.HasPrefix(out, "added 0, changed 0, unchanged 2") {
+		t.Fatalf("import again: %s", out)
+	}
+	out, _ := keys("add", "new-device")
+	devs, err := wire.ReadKeys(strings.NewReader(out))
+	if err != nil || len(devs) != 1 || devs[0].ID != "new-device" {
+		t.Fatalf("add printed %q: %v", out, err)
+	}
+	cfg := filepath.Join(t.TempDir(), "dev.jsonl")
+	out, _ = keys("--config-out", cfg, "rotate", "new-device")
+	if strings.Contains(out, string(devs[0].Key[:])) {
+		t.Fatal("rotate with --config-out printed a key")
+	}
+	if st, err := os.Stat(cfg); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("config file: %v %v", st, err)
+	}
+	list, _ := keys("list")
+	if strings.Contains(list, secret) || !strings.Contains(list, "iot_med_dev_01") || !strings.Contains(list, "new-device") {
+		t.Fatalf("list:\n%s", list)
+	}
+	if list, _ := keys("--show-secrets", "list"); !strings.Contains(list, secret) {
+		t.Fatalf("list --show-secrets lacks the key:\n%s", list)
+	}
+	keys("revoke", "iot_med_dev_02")
+	exported, _ := keys("export")
+	if strings.Contains(exported, "iot_med_dev_02") || !strings.Contains(exported, secret) {
+		t.Fatalf("export:\n%s", exported)
+	}
+}

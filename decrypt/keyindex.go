@@ -1,0 +1,140 @@
+package decrypt
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Errors from KeyIndex.Identify.
+var (
+	ErrUnknownDevice = errors.New("decrypt: no device key opens the frame")
+	ErrInvalid       = errors.New("decrypt: the frame decrypts but is not a valid reading")
+	ErrAmbiguous     = errors.New("decrypt: more than one device key opens the frame")
+)
+
+// indexEntry is one device with its pre-expanded key.
+type indexEntry struct {
+	id      string
+	key     *wire.LegacyKey
+	revoked bool
+}
+
+// KeyIndex holds every device's pre-expanded legacy key. It is safe for
+// concurrent use and can be changed while workers read it.
+type KeyIndex struct {
+	mu   sync.RWMutex
+	list []*indexEntry // searched in order; compact for the first-block scan
+	pos  map[string]int
+}
+
+// NewKeyIndex indexes devs.
+func NewKeyIndex(devs []wire.Device) *KeyIndex {
+	ix := &KeyIndex{pos: make(map[string]int, len(devs))}
+	for _, d := range devs {
+		ix.Put(d, false)
+	}
+	return ix
+}
+
+// Len returns the number of devices, revoked ones included.
+func (ix *KeyIndex) Len() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ix.list)
+}
+
+// Put adds or replaces a device's key; revoked devices stay identifiable so
+// their frames can be refused as revoked rather than unknown.
+func (ix *KeyIndex) Put(d wire.Device, revoked bool) {
+	e := &indexEntry{id: d.ID, key: wire.NewLegacyKey(d), revoked: revoked}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if i, ok := ix.pos[d.ID]; ok {
+		ix.list[i] = e
+		return
+	}
+	ix.pos[d.ID] = len(ix.list)
+	ix.list = append(ix.list, e)
+}
+
+// Delete removes a device.
+func (ix *KeyIndex) Delete(id string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	i, ok := ix.pos[id]
+	if !ok {
+		return
+	}
+	last := len(ix.list) - 1
+	ix.list[i] = ix.list[last]
+	ix.pos[ix.list[i].id] = i
+	ix.list = ix.list[:last]
+	delete(ix.pos, id)
+}
+
+// Lookup returns a device's key and whether it is revoked.
+func (ix *KeyIndex) Lookup(id string) (key *wire.LegacyKey, revoked bool, ok bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	i, ok := ix.pos[id]
+	if !ok {
+		return nil, false, false
+	}
+	return ix.list[i].key, ix.list[i].revoked, true
+}
+
+// Identified is the outcome of a key search.
+type Identified struct {
+	Device  string
+	Key     *wire.LegacyKey
+	Revoked bool
+	Variant wire.Variant
+	Reading wire.Reading
+	// Candidates is how many keys' first block looked like a reading.
+	Candidates int
+}
+
+// Identify finds the device whose key opens ct (binary ciphertext). It
+// decrypts only the first block per key, then fully opens the candidates
+// whose first block looks like the start of a reading: that check lets a
+// wrong key through about once in 2^29, so the full check is what decides.
+func (ix *KeyIndex) Identify(buf, ct []byte) (Identified, error) {
+	var first [wire.BlockSize]byte
+	var cands []*indexEntry
+	ix.mu.RLock()
+	for _, e := range ix.list {
+		e.key.FirstBlock(&first, ct)
+		if wire.LooksLikeReading(&first) {
+			cands = append(cands, e)
+		}
+	}
+	ix.mu.RUnlock()
+	return resolve(buf, ct, cands)
+}
+
+// resolve fully opens each candidate and keeps the one that gives a valid reading.
+func resolve(buf, ct []byte, cands []*indexEntry) (Identified, error) {
+	out := Identified{Candidates: len(cands)}
+	if len(cands) == 0 {
+		return out, ErrUnknownDevice
+	}
+	found := 0
+	for _, e := range cands {
+		r, v, err := e.key.Open(buf, ct, wire.Pico)
+		if err != nil {
+			continue
+		}
+		found++
+		out.Device, out.Key, out.Revoked, out.Variant, out.Reading = e.id, e.key, e.revoked, v, r
+	}
+	switch found {
+	case 0:
+		out.Device = cands[0].id // the likeliest sender, for the dead letter
+		return out, ErrInvalid
+	case 1:
+		return out, nil
+	}
+	return out, ErrAmbiguous
+}

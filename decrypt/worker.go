@@ -1,0 +1,222 @@
+// Package decrypt holds medpipe's decrypt workers: they read RAW, identify
+// each frame's device (a key search only for a connection's first frame),
+// decrypt and validate the reading and publish it to READINGS; frames that
+// cannot become readings go to DEADLETTER with a reason. Workers are
+// stateless beyond caches: any number of them, in any number of processes,
+// share RAW's partitions.
+package decrypt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Options configures a Worker. Zero values take the defaults given.
+type Options struct {
+	// Keys are the devices' keys (from the keys file).
+	Keys []wire.Device
+	// Index, when set, is used instead of one built from Keys (it can be
+	// updated live, e.g. from the registry).
+	Index *KeyIndex
+	// Partitions is the partition count in force (see bus.EnsureStreams).
+	Partitions int
+	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
+	MaxInFlight int
+	// ConnCacheSize bounds the remembered connection → device pairs (default 100000).
+	ConnCacheSize int
+	// DrainTimeout bounds in-flight work after cancellation (default 10 s).
+	DrainTimeout time.Duration
+	// Log receives errors; nil uses slog.Default().
+	Log *slog.Logger
+	// Metrics registers the worker's metrics; nil registers nowhere.
+	Metrics prometheus.Registerer
+}
+
+// Worker decrypts RAW into READINGS.
+type Worker struct {
+	js    jetstream.JetStream
+	o     Options
+	ix    *KeyIndex
+	cache *connCache
+	m     *metrics
+	log   *slog.Logger
+	bufs  sync.Pool
+}
+
+// New checks the options and builds the key index.
+func New(js jetstream.JetStream, o Options) (*Worker, error) {
+	if o.Partitions <= 0 {
+		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 512
+	}
+	if o.ConnCacheSize < 2 {
+		o.ConnCacheSize = 100000
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	ix := o.Index
+	if ix == nil {
+		ix = NewKeyIndex(o.Keys)
+	}
+	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: newMetrics(o.Metrics, ix), log: o.Log}
+	w.bufs.New = func() any { return &scratch{} }
+	return w, nil
+}
+
+// Index is the worker's key index.
+func (w *Worker) Index() *KeyIndex { return w.ix }
+
+// Health returns nil while NATS is connected.
+func (w *Worker) Health() error {
+	if s := w.js.Conn().Status(); s != nats.CONNECTED {
+		return fmt.Errorf("nats %s", s)
+	}
+	return nil
+}
+
+// Run consumes RAW until ctx is cancelled, then drains in-flight frames.
+func (w *Worker) Run(ctx context.Context) error {
+	return bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
+		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
+		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Log: w.log,
+	})
+}
+
+// scratch is reused per frame: handlers run concurrently across partitions.
+type scratch struct{ ct, plain []byte }
+
+// rawFrame is a RAW message's parts that a reading or dead letter carries on.
+type rawFrame struct {
+	msg      jetstream.Msg
+	seq      uint64
+	conn     string
+	frameSeq uint64
+}
+
+func (w *Worker) handle(_ context.Context, msg jetstream.Msg) (bus.Completion, error) {
+	w.m.frames.Inc()
+	meta, err := msg.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
+	}
+	f := rawFrame{msg: msg, seq: meta.Sequence.Stream}
+	h := msg.Headers()
+	f.conn = h.Get(bus.HeaderConn)
+	f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64)
+	switch {
+	case f.conn == "" || err != nil:
+		return w.deadLetter(f, bus.ReasonMalformed, "", errors.New("missing connection or frame headers"))
+	case h.Get(bus.HeaderProtocol) != "" && h.Get(bus.HeaderProtocol) != bus.ProtocolLegacy:
+		return w.deadLetter(f, bus.ReasonMalformed, "", fmt.Errorf("unsupported protocol %q", h.Get(bus.HeaderProtocol)))
+	}
+	sc := w.bufs.Get().(*scratch)
+	defer w.bufs.Put(sc)
+	sc.ct, err = wire.DecodeFrame(sc.ct[:0], msg.Data())
+	if err != nil {
+		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	}
+	id, known, err := w.identify(sc, f.conn)
+	switch {
+	case errors.Is(err, ErrUnknownDevice):
+		return w.deadLetter(f, bus.ReasonUnknownDevice, "", err)
+	case errors.Is(err, ErrAmbiguous):
+		w.m.ambiguous.Inc()
+		return w.deadLetter(f, bus.ReasonAmbiguous, "", err)
+	case err != nil:
+		return w.deadLetter(f, bus.ReasonInvalid, id.Device, err)
+	case id.Revoked:
+		return w.deadLetter(f, bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
+	}
+	if !known {
+		w.cache.put(f.conn, connDevice{id.Device, id.Variant})
+	}
+	return w.publishReading(f, &id)
+}
+
+// identify opens the frame with the connection's known key, or searches.
+// known reports that the connection's cached device opened it.
+func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
+	if c, ok := w.cache.get(conn); ok {
+		if key, revoked, ok := w.ix.Lookup(c.device); ok {
+			r, v, err := key.Open(sc.plain, sc.ct, c.variant)
+			if err == nil {
+				w.m.cacheHits.Inc()
+				return Identified{Device: c.device, Key: key, Revoked: revoked, Variant: v, Reading: r}, v == c.variant, nil
+			}
+		}
+		// Another device on the same connection, or a rotated key: search.
+		w.m.cacheMisses.Inc()
+	}
+	w.m.searches.Inc()
+	id, err := w.ix.Identify(sc.plain, sc.ct)
+	w.m.candidates.Add(float64(id.Candidates))
+	return id, false, err
+}
+
+func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, error) {
+	h := f.msg.Headers()
+	r := bus.Reading{
+		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
+		Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
+		Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal),
+	}
+	r.Received, _ = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
+	r.SetWire(&id.Reading)
+	data, err := bus.MarshalReading(&r)
+	if err != nil {
+		return nil, err
+	}
+	out := &nats.Msg{
+		Subject: bus.ReadingsSubject(bus.Partition(id.Device, w.o.Partitions), id.Device),
+		Data:    data,
+		Header:  nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
+	}
+	fut, err := w.js.PublishMsgAsync(out)
+	if err != nil {
+		w.m.publishErrors.Inc()
+		return nil, fmt.Errorf("decrypt: publish reading: %w", err)
+	}
+	w.m.readings.WithLabelValues(id.Variant.String()).Inc()
+	return bus.PubAck(fut), nil
+}
+
+// deadLetter stores the frame in DEADLETTER with why it failed; RAW is acked
+// once it is stored, so a bad frame is not retried for ever.
+func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause error) (bus.Completion, error) {
+	h := nats.Header{}
+	for k, v := range f.msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			h[k] = v
+		}
+	}
+	h.Set(bus.HeaderReason, string(reason))
+	h.Set(bus.HeaderError, cause.Error())
+	h.Set(bus.HeaderRawSeq, strconv.FormatUint(f.seq, 10))
+	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(f.seq, 10))
+	if device != "" {
+		h.Set(bus.HeaderDevice, device)
+	}
+	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h})
+	if err != nil {
+		w.m.publishErrors.Inc()
+		return nil, fmt.Errorf("decrypt: publish dead letter: %w", err)
+	}
+	w.m.deadLetters.WithLabelValues(string(reason)).Inc()
+	w.log.Debug("frame dead-lettered", "reason", reason, "conn", f.conn, "frame", f.frameSeq, "err", cause)
+	return bus.PubAck(fut), nil
+}

@@ -1,0 +1,285 @@
+// Package publish is medpipe's MQTT bridge: it reads READINGS and
+// republishes every reading into the topic layout today's dashboards
+// subscribe to, acknowledging a reading only once the broker has all of
+// its MQTT messages.
+package publish
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/bus"
+)
+
+// MQTTOptions says how to reach the broker.
+type MQTTOptions struct {
+	// URL is tcp://host:port or ssl://host:port (default tcp://127.0.0.1:1883).
+	URL string
+	// ClientID identifies the session (default medpipe-publish-<random>).
+	ClientID string
+	// Username and Password authenticate; the password is never logged.
+	Username, Password string
+	// ConnectTimeout bounds one connection attempt (default 10 s).
+	ConnectTimeout time.Duration
+}
+
+// Options configures a Bridge. Zero values take the defaults given.
+type Options struct {
+	MQTT MQTTOptions
+	// Prefix is the first topic level (default "Pico").
+	Prefix string
+	// QoS of every message (default 1). At QoS 0 a reading is acked once
+	// handed to the connection, so a broker failure can lose it.
+	QoS byte
+	// QoSSet marks QoS as given, so that 0 is not taken for "default".
+	QoSSet bool
+	// Retain sets the retained flag.
+	Retain bool
+	// JSONTopic also publishes each reading as JSON on <prefix>/<id>/reading.
+	JSONTopic bool
+	// AddressEvery publishes a device's addresses on its first reading and
+	// every AddressEvery readings after (default 50).
+	AddressEvery int
+	// Partitions is the partition count in force (see bus.EnsureStreams).
+	Partitions int
+	// MaxInFlight bounds readings in flight per partition (default 256).
+	MaxInFlight int
+	// MaxInFlightMessages bounds MQTT messages awaiting the broker's ack
+	// over all partitions (default 16384; MQTT packet ids allow 65535).
+	MaxInFlightMessages int
+	// DrainTimeout bounds in-flight work after cancellation (default 10 s).
+	DrainTimeout time.Duration
+	// Log receives connection events; nil uses slog.Default().
+	Log *slog.Logger
+	// Metrics registers the bridge's metrics; nil registers nowhere.
+	Metrics prometheus.Registerer
+}
+
+// Bridge republishes READINGS to MQTT.
+type Bridge struct {
+	js     jetstream.JetStream
+	o      Options
+	log    *slog.Logger
+	m      *metrics
+	client mqtt.Client
+	window chan struct{} // one slot per MQTT message in flight
+
+	connected atomic.Bool
+	epoch     atomic.Uint64 // connection losses so far
+
+	countsMu sync.Mutex
+	counts   map[string]uint64 // readings seen per device
+
+	barrierMu     sync.Mutex
+	lastBarrierAt time.Time // when the last successful barrier was sent
+}
+
+// New checks the options; it does not connect.
+func New(js jetstream.JetStream, o Options) (*Bridge, error) {
+	if o.Partitions <= 0 {
+		return nil, errors.New("publish: Partitions must be set (see bus.EnsureStreams)")
+	}
+	if o.MQTT.URL == "" {
+		o.MQTT.URL = "tcp://127.0.0.1:1883"
+	}
+	if o.MQTT.ClientID == "" {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		o.MQTT.ClientID = "medpipe-publish-" + hex.EncodeToString(b)
+	}
+	if o.MQTT.ConnectTimeout <= 0 {
+		o.MQTT.ConnectTimeout = 10 * time.Second
+	}
+	if o.Prefix == "" {
+		o.Prefix = "Pico"
+	}
+	if o.QoS == 0 && !o.QoSSet {
+		o.QoS = 1
+	}
+	if o.QoS > 2 {
+		return nil, fmt.Errorf("publish: QoS %d: want 0, 1 or 2", o.QoS)
+	}
+	if o.AddressEvery <= 0 {
+		o.AddressEvery = 50
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 256
+	}
+	if o.MaxInFlightMessages <= 0 {
+		o.MaxInFlightMessages = 16384
+	}
+	if o.MaxInFlightMessages > 60000 {
+		return nil, fmt.Errorf("publish: MaxInFlightMessages %d exceeds MQTT's packet id space", o.MaxInFlightMessages)
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages)}
+	b.m = newMetrics(o.Metrics, &b.connected)
+	return b, nil
+}
+
+// Health returns nil while the broker is connected.
+func (b *Bridge) Health() error {
+	if !b.connected.Load() {
+		return errors.New("mqtt broker not connected")
+	}
+	return nil
+}
+
+// barrierTopic is where the bridge publishes its barriers: outside the
+// prefix, so dashboards never see them.
+func (b *Bridge) barrierTopic() string { return "medpipe/barrier/" + b.o.MQTT.ClientID }
+
+// Run connects to the broker (retrying until ctx ends), republishes
+// READINGS until ctx is cancelled, drains and disconnects.
+func (b *Bridge) Run(ctx context.Context) error {
+	opts := mqtt.NewClientOptions().
+		AddBroker(b.o.MQTT.URL).
+		SetClientID(b.o.MQTT.ClientID).
+		SetUsername(b.o.MQTT.Username).
+		SetPassword(b.o.MQTT.Password).
+		// A persistent session and an ordered store let paho resend
+		// unacknowledged messages, in order, after a reconnect.
+		SetCleanSession(false).
+		SetStore(mqtt.NewOrderedMemoryStore()).
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		SetMaxReconnectInterval(2 * time.Second).
+		SetConnectTimeout(b.o.MQTT.ConnectTimeout).
+		SetKeepAlive(15 * time.Second).
+		SetWriteTimeout(10 * time.Second).
+		SetOnConnectHandler(func(mqtt.Client) {
+			b.connected.Store(true)
+			b.log.Info("mqtt connected", "broker", bus.RedactURLs(b.o.MQTT.URL), "client_id", b.o.MQTT.ClientID)
+		}).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			b.epoch.Add(1)
+			b.connected.Store(false)
+			b.m.reconnects.Inc()
+			b.log.Warn("mqtt connection lost; reconnecting", "err", err)
+		})
+	b.client = mqtt.NewClient(opts)
+	tok := b.client.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("publish: connect to %s: %w", bus.RedactURLs(b.o.MQTT.URL), err)
+		}
+	case <-ctx.Done():
+		b.client.Disconnect(0)
+		return nil
+	}
+	defer b.client.Disconnect(1000)
+	return bus.ConsumePartitions(ctx, b.js, bus.ConsumeOptions{
+		Stage: "publish", Stream: bus.StreamReadings, Partitions: b.o.Partitions, Filter: bus.ReadingsPartitionFilter,
+		MaxInFlight: b.o.MaxInFlight, DrainTimeout: b.o.DrainTimeout, Handle: b.handle, Log: b.log,
+	})
+}
+
+// seen counts a device's readings and reports whether this one carries the addresses.
+func (b *Bridge) seen(device string) bool {
+	b.countsMu.Lock()
+	defer b.countsMu.Unlock()
+	n := b.counts[device]
+	b.counts[device] = n + 1
+	return n%uint64(b.o.AddressEvery) == 0
+}
+
+func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion, error) {
+	r, err := bus.UnmarshalReading(msg.Data())
+	if err != nil {
+		// Not a reading: nothing to republish; keep it from blocking the partition.
+		b.m.invalid.Inc()
+		b.log.Error("READINGS message is not a reading; skipped", "subject", msg.Subject(), "err", err)
+		return nil, nil
+	}
+	msgs := Topics(make([]Message, 0, 12), b.o.Prefix, r, b.seen(r.Device), b.o.JSONTopic)
+	for range msgs {
+		select {
+		case b.window <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c := &delivery{b: b, epoch: b.epoch.Load(), tokens: make([]mqtt.Token, len(msgs))}
+	for i, m := range msgs {
+		c.tokens[i] = b.client.Publish(m.Topic, b.o.QoS, b.o.Retain, m.Payload)
+	}
+	b.m.readings.Inc()
+	b.m.messages.Add(float64(len(msgs)))
+	return c, nil
+}
+
+// delivery is one reading's MQTT publishes; it completes when the broker
+// has all of them.
+type delivery struct {
+	b      *Bridge
+	epoch  uint64
+	tokens []mqtt.Token
+}
+
+func (d *delivery) Wait(ctx context.Context) error {
+	defer func() {
+		for range d.tokens {
+			<-d.b.window
+		}
+	}()
+	for _, t := range d.tokens {
+		select {
+		case <-t.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := t.Error(); err != nil {
+			d.b.m.errors.Inc()
+			return fmt.Errorf("publish: mqtt: %w", err)
+		}
+	}
+	if d.b.o.QoS > 0 && d.b.epoch.Load() != d.epoch {
+		// The connection was lost meanwhile: paho completes the tokens of
+		// messages it resends before the broker acks them. A barrier
+		// acked on the new connection proves the broker has them.
+		return d.b.barrier(ctx, time.Now())
+	}
+	return nil
+}
+
+// barrier waits until a QoS 1 message sent after since is acknowledged
+// without a connection loss in between; concurrent waiters share barriers.
+func (b *Bridge) barrier(ctx context.Context, since time.Time) error {
+	b.barrierMu.Lock()
+	defer b.barrierMu.Unlock()
+	for b.lastBarrierAt.Before(since) {
+		b.m.barriers.Inc()
+		epoch, sentAt := b.epoch.Load(), time.Now()
+		t := b.client.Publish(b.barrierTopic(), 1, false, []byte{})
+		select {
+		case <-t.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if t.Error() == nil && b.epoch.Load() == epoch {
+			b.lastBarrierAt = sentAt
+			return nil
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}

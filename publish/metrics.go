@@ -1,0 +1,35 @@
+package publish
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	readings, messages, errors, reconnects, barriers, invalid prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_publish_" + name, Help: help})
+	}
+	m := &metrics{
+		readings:   c("readings_total", "Readings republished to MQTT."),
+		messages:   c("mqtt_messages_total", "MQTT messages published."),
+		errors:     c("mqtt_errors_total", "MQTT publishes that failed; their readings are redelivered."),
+		reconnects: c("reconnects_total", "MQTT connection losses."),
+		barriers:   c("barrier_waits_total", "Barrier messages sent to confirm delivery after a reconnect."),
+		invalid:    c("invalid_readings_total", "READINGS messages that were not readings."),
+	}
+	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_publish_mqtt_connected", Help: "1 while the broker is connected."}, func() float64 {
+		if connected.Load() {
+			return 1
+		}
+		return 0
+	})
+	if reg != nil {
+		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, up)
+	}
+	return m
+}

@@ -1,0 +1,71 @@
+package publish
+
+import (
+	"encoding/json"
+	"net"
+	"time"
+
+	"github.com/medpipe/medpipe/bus"
+)
+
+// Message is one MQTT message to publish.
+type Message struct {
+	Topic   string
+	Payload []byte
+}
+
+// The value topics, in publishing order, with the field each carries.
+var valueTopics = []struct {
+	suffix string
+	value  func(v *bus.Values) string
+}{
+	{"/Physiological_Data/Temperature", func(v *bus.Values) string { return v.Temp }},
+	{"/Physiological_Data/Pulse_Signal", func(v *bus.Values) string { return v.PulseSig }},
+	{"/Physiological_Data/Accelerometer/x", func(v *bus.Values) string { return v.AcelX }},
+	{"/Physiological_Data/Accelerometer/y", func(v *bus.Values) string { return v.AcelY }},
+	{"/Physiological_Data/Accelerometer/z", func(v *bus.Values) string { return v.AcelZ }},
+	{"/Internal_Device_Data/Temperature/MCU", func(v *bus.Values) string { return v.TempMcu }},
+	{"/Internal_Device_Data/Temperature/MPU", func(v *bus.Values) string { return v.TempMpu }},
+}
+
+// jsonReading is the payload of <prefix>/<id>/reading: the values as the
+// device sent them and when the edge received them.
+type jsonReading struct {
+	Device   string     `json:"device"`
+	Values   bus.Values `json:"values"`
+	Received time.Time  `json:"received"`
+}
+
+// Topics appends the MQTT messages of one reading, in publishing order: the
+// seven value topics, then (withAddresses) the device's and the edge's
+// addresses, then (jsonTopic) the whole reading as one JSON message.
+func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTopic bool) []Message {
+	base := prefix + "/" + r.Device
+	for _, t := range valueTopics {
+		dst = append(dst, Message{base + t.suffix, []byte(t.value(&r.Values))})
+	}
+	if withAddresses {
+		rh, rp := splitAddr(r.Remote)
+		lh, lp := splitAddr(r.Local)
+		dst = append(dst,
+			Message{base + "/Ip_address", []byte(rh)},
+			Message{base + "/Port_address", []byte(rp)},
+			Message{base + "/Internal_Server/Ip_address", []byte(lh)},
+			Message{base + "/Internal_Server/Port_address", []byte(lp)},
+		)
+	}
+	if jsonTopic {
+		b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received})
+		dst = append(dst, Message{base + "/reading", b})
+	}
+	return dst
+}
+
+// splitAddr splits host:port, tolerating an address without a port.
+func splitAddr(a string) (host, port string) {
+	h, p, err := net.SplitHostPort(a)
+	if err != nil {
+		return a, ""
+	}
+	return h, p
+}
