@@ -81,8 +81,13 @@ type Bridge struct {
 	countsMu sync.Mutex
 	counts   map[string]uint64 // readings seen per device
 
-	barrierMu     sync.Mutex
-	lastBarrierAt time.Time // when the last successful barrier was sent
+	store *trackingStore
+	// gate is closed from a connection loss until the new connection has
+	// delivered everything paho resends: paho reports "connected" before it
+	// resends its stored messages, so a publish made then could overtake them.
+	gateMu  sync.Mutex
+	gate    chan struct{} // closed while publishing is allowed
+	cleared atomic.Uint64 // the latest epoch whose resent messages are all acknowledged
 }
 
 // New checks the options; it does not connect.
@@ -125,7 +130,7 @@ func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages)}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	b.m = newMetrics(o.Metrics, &b.connected)
 	return b, nil
 }
@@ -138,10 +143,6 @@ func (b *Bridge) Health() error {
 	return nil
 }
 
-// barrierTopic is where the bridge publishes its barriers: outside the
-// prefix, so dashboards never see them.
-func (b *Bridge) barrierTopic() string { return "medpipe/barrier/" + b.o.MQTT.ClientID }
-
 // Run connects to the broker (retrying until ctx ends), republishes
 // READINGS until ctx is cancelled, drains and disconnects.
 func (b *Bridge) Run(ctx context.Context) error {
@@ -153,7 +154,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		// A persistent session and an ordered store let paho resend
 		// unacknowledged messages, in order, after a reconnect.
 		SetCleanSession(false).
-		SetStore(mqtt.NewOrderedMemoryStore()).
+		SetStore(b.store).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
@@ -164,9 +165,17 @@ func (b *Bridge) Run(ctx context.Context) error {
 		SetOnConnectHandler(func(mqtt.Client) {
 			b.connected.Store(true)
 			b.log.Info("mqtt connected", "broker", bus.RedactURLs(b.o.MQTT.URL), "client_id", b.o.MQTT.ClientID)
+			go b.reopen(ctx, b.epoch.Load())
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			b.gateMu.Lock()
 			b.epoch.Add(1)
+			select {
+			case <-b.gate:
+				b.gate = make(chan struct{})
+			default:
+			}
+			b.gateMu.Unlock()
 			b.connected.Store(false)
 			b.m.reconnects.Inc()
 			b.log.Warn("mqtt connection lost; reconnecting", "err", err)
@@ -207,6 +216,14 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		return nil, nil
 	}
 	msgs := Topics(make([]Message, 0, 12), b.o.Prefix, r, b.seen(r.Device), b.o.JSONTopic)
+	b.gateMu.Lock()
+	gate, epoch := b.gate, b.epoch.Load() // consistent: a loss changes both under gateMu
+	b.gateMu.Unlock()
+	select {
+	case <-gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	for range msgs {
 		select {
 		case b.window <- struct{}{}:
@@ -214,7 +231,7 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			return nil, ctx.Err()
 		}
 	}
-	c := &delivery{b: b, epoch: b.epoch.Load(), tokens: make([]mqtt.Token, len(msgs))}
+	c := &delivery{b: b, epoch: epoch, tokens: make([]mqtt.Token, len(msgs))}
 	for i, m := range msgs {
 		c.tokens[i] = b.client.Publish(m.Topic, b.o.QoS, b.o.Retain, m.Payload)
 	}
@@ -249,37 +266,38 @@ func (d *delivery) Wait(ctx context.Context) error {
 		}
 	}
 	if d.b.o.QoS > 0 && d.b.epoch.Load() != d.epoch {
-		// The connection was lost meanwhile: paho completes the tokens of
-		// messages it resends before the broker acks them. A barrier
-		// acked on the new connection proves the broker has them.
-		return d.b.barrier(ctx, time.Now())
+		// The connection was lost meanwhile, and paho completes the tokens of
+		// messages it resends before the broker acks them: wait until a new
+		// connection has had every resent message acknowledged.
+		d.b.m.barriers.Inc()
+		for d.b.cleared.Load() <= d.epoch {
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 	}
 	return nil
 }
 
-// barrier waits until a QoS 1 message sent after since is acknowledged
-// without a connection loss in between; concurrent waiters share barriers.
-func (b *Bridge) barrier(ctx context.Context, since time.Time) error {
-	b.barrierMu.Lock()
-	defer b.barrierMu.Unlock()
-	for b.lastBarrierAt.Before(since) {
-		b.m.barriers.Inc()
-		epoch, sentAt := b.epoch.Load(), time.Now()
-		t := b.client.Publish(b.barrierTopic(), 1, false, []byte{})
-		select {
-		case <-t.Done():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if t.Error() == nil && b.epoch.Load() == epoch {
-			b.lastBarrierAt = sentAt
-			return nil
-		}
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// reopen lets publishing resume once the connection of the given epoch has
+// had everything in paho's store acknowledged.
+func (b *Bridge) reopen(ctx context.Context, epoch uint64) {
+	select {
+	case <-b.store.drained():
+	case <-ctx.Done():
+		return
 	}
-	return nil
+	b.gateMu.Lock()
+	defer b.gateMu.Unlock()
+	if b.epoch.Load() != epoch { // lost again meanwhile: the next connection reopens
+		return
+	}
+	b.cleared.Store(epoch)
+	select {
+	case <-b.gate:
+	default:
+		close(b.gate)
+	}
 }

@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		messages:   c("mqtt_messages_total", "MQTT messages published."),
 		errors:     c("mqtt_errors_total", "MQTT publishes that failed; their readings are redelivered."),
 		reconnects: c("reconnects_total", "MQTT connection losses."),
-		barriers:   c("barrier_waits_total", "Barrier messages sent to confirm delivery after a reconnect."),
+		barriers:   c("resume_waits_total", "Readings whose delivery was confirmed only after a reconnect drained paho's store."),
 		invalid:    c("invalid_readings_total", "READINGS messages that were not readings."),
 	}
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_publish_mqtt_connected", Help: "1 while the broker is connected."}, func() float64 {

@@ -1,0 +1,331 @@
+package publish
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/wire"
+)
+
+func reading(dev string, i int) *bus.Reading {
+	r := &bus.Reading{Device: dev, Protocol: bus.ProtocolLegacy, Remote: "192.0.2.7:40001", Local: "10.0.0.1:9998", RawSeq: uint64(i), Received: time.Unix(1764000000, 0).UTC()}
+	w := wire.Reading{fmt.Sprintf("36.%03d", i%1000), "23.700", fmt.Sprintf("%d.000", i), "0.000", "-0.02", "0.980", "23.400"}
+	r.SetWire(&w)
+	return r
+}
+
+func TestTopics(t *testing.T) {
+	r := reading("dev-1", 5)
+	tests := []struct {
+		name      string
+		addresses bool
+		json      bool
+		remote    string
+		want      []string
+	}{
+		{name: "values only", want: []string{
+			"P/dev-1/Physiological_Data/Temperature=36.005",
+			"P/dev-1/Physiological_Data/Pulse_Signal=5.000",
+			"P/dev-1/Physiological_Data/Accelerometer/x=0.000",
+			"P/dev-1/Physiological_Data/Accelerometer/y=-0.02",
+			"P/dev-1/Physiological_Data/Accelerometer/z=0.980",
+			"P/dev-1/Internal_Device_Data/Temperature/MCU=23.700",
+			"P/dev-1/Internal_Device_Data/Temperature/MPU=23.400",
+		}},
+		{name: "with addresses, IPv6 device", addresses: true, remote: "[::1]:5000", want: []string{
+			"P/dev-1/Ip_address=::1", "P/dev-1/Port_address=5000",
+			"P/dev-1/Internal_Server/Ip_address=10.0.0.1", "P/dev-1/Internal_Server/Port_address=9998",
+		}},
+		{name: "json topic", json: true, want: []string{
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z"}`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rr := *r
+			if tt.remote != "" {
+				rr.Remote = tt.remote
+			}
+			msgs := Topics(nil, "P", &rr, tt.addresses, tt.json)
+			var got []string
+			for _, m := range msgs[7:] {
+				got = append(got, m.Topic+"="+string(m.Payload))
+			}
+			want := tt.want
+			if !tt.addresses && !tt.json {
+				got = got[:0]
+				for _, m := range msgs {
+					got = append(got, m.Topic+"="+string(m.Payload))
+				}
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+type env struct {
+	js    jetstream.JetStream
+	e     *bus.Embedded
+	parts int
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	parts, err := bus.EnsureStreams(t.Context(), js, bus.StreamOptions{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{js, e, parts}
+}
+
+// publishReadings puts n readings of each device on READINGS as decrypt would.
+func (v *env) publishReadings(t *testing.T, devs []string, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		for _, d := range devs {
+			b, _ := bus.MarshalReading(reading(d, i))
+			msg := &nats.Msg{Subject: bus.ReadingsSubject(bus.Partition(d, v.parts), d), Data: b}
+			if _, err := v.js.PublishMsgAsync(msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-v.js.PublishAsyncComplete()
+}
+
+func (v *env) runBridge(t *testing.T, o Options) (stop func()) {
+	t.Helper()
+	o.Partitions = v.parts
+	b, err := New(v.js, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("bridge: %v", err)
+		}
+	})
+	t.Cleanup(stop)
+	return stop
+}
+
+// checkOrder asserts that each device's value topics carry readings
+// from..to in order; duplicates (at-least-once) are counted, not failed.
+func checkOrder(t *testing.T, msgs []testkit.Message, devs []string, n int, allowDuplicates bool) {
+	t.Helper()
+	dups := 0
+	for _, d := range devs {
+		var seqs []string
+		for _, m := range msgs {
+			if m.Topic == "Pico/"+d+"/Physiological_Data/Pulse_Signal" {
+				seqs = append(seqs, m.Payload)
+			}
+		}
+		next := 0
+		for _, s := range seqs {
+			switch {
+			case s == fmt.Sprintf("%d.000", next):
+				next++
+			case allowDuplicates && seqNum(s) < next:
+				dups++
+			default:
+				t.Fatalf("%s: got reading %s, want %d.000 (out of order or extra); sequence %v", d, s, next, seqs)
+			}
+		}
+		if next != n {
+			t.Fatalf("%s: %d of %d readings arrived in order", d, next, n)
+		}
+	}
+	t.Logf("%d duplicate readings (at-least-once)", dups)
+}
+
+func seqNum(s string) int {
+	var n int
+	fmt.Sscanf(s, "%d.000", &n)
+	return n
+}
+
+func TestBridgeOnEmbeddedMQTT(t *testing.T) {
+	v := newEnv(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: v.e.MQTTURL(), Filter: "Pico/#", ClientID: "col", QoS: 1, CleanSession: true})
+	devs := []string{"a", "b", "c"}
+	const n = 120
+	v.publishReadings(t, devs, 0, n)
+	v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}})
+	want := len(devs) * (n*7 + 4*3) // addresses on readings 1, 51, 101
+	if err := col.WaitLen(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := col.Len(); got != want {
+		t.Fatalf("%d messages, want exactly %d", got, want)
+	}
+	checkOrder(t, col.Messages(), devs, n, false)
+	waitNothingPending(t, v)
+}
+
+func waitNothingPending(t *testing.T, v *env) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p := range v.parts {
+		for {
+			c, err := v.js.Consumer(t.Context(), bus.StreamReadings, fmt.Sprintf("publish-%d", p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := c.Info(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumAckPending == 0 && info.NumPending == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("partition %d: %d unacked, %d pending", p, info.NumAckPending, info.NumPending)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func TestBridgeOnMosquitto(t *testing.T) {
+	v := newEnv(t)
+	m := testkit.StartMosquitto(t, testkit.MosquittoOptions{})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: m.URL(), Filter: "Pico/#", ClientID: "col", QoS: 1, CleanSession: true})
+	devs := []string{"a", "b"}
+	const n = 200
+	v.runBridge(t, Options{MQTT: MQTTOptions{URL: m.URL()}, JSONTopic: true})
+	v.publishReadings(t, devs, 0, n)
+	want := len(devs) * (n*8 + 4*4)
+	if err := col.WaitLen(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := col.Len(); got != want {
+		t.Fatalf("%d messages, want exactly %d", got, want)
+	}
+	checkOrder(t, col.Messages(), devs, n, false)
+	waitNothingPending(t, v)
+}
+
+// TestBridgeSurvivesMosquittoRestart stops the broker while readings flow
+// and starts it again: every reading arrives, in order per device.
+func TestBridgeSurvivesMosquittoRestart(t *testing.T) {
+	v := newEnv(t)
+	m := testkit.StartMosquitto(t, testkit.MosquittoOptions{Persistence: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: m.URL(), Filter: "Pico/#", ClientID: "restart-col", QoS: 1, CleanSession: false})
+	devs := []string{"a", "b", "c"}
+	const n = 300
+	v.runBridge(t, Options{MQTT: MQTTOptions{URL: m.URL(), ClientID: "restart-bridge"}})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; i < n; i += 10 { // readings keep flowing through the outage
+			v.publishReadings(t, devs, i, 10)
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	if err := col.WaitLen(ctx, 500); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	time.Sleep(2 * time.Second)
+	m.Start()
+	wg.Wait()
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		if missing := missingReadings(col.Messages(), devs, n); missing == 0 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d readings never arrived after the restart", missing)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkOrder(t, col.Messages(), devs, n, true)
+	waitNothingPending(t, v)
+}
+
+func missingReadings(msgs []testkit.Message, devs []string, n int) int {
+	have := map[string]bool{}
+	for _, m := range msgs {
+		have[m.Topic+"="+m.Payload] = true
+	}
+	missing := 0
+	for _, d := range devs {
+		for i := range n {
+			if !have["Pico/"+d+"/Physiological_Data/Pulse_Signal="+fmt.Sprintf("%d.000", i)] {
+				missing++
+			}
+		}
+	}
+	return missing
+}
+
+// TestBridgeDrain: cancelling while readings are in flight returns, and
+// everything READINGS counts as acked was delivered.
+func TestBridgeDrain(t *testing.T) {
+	v := newEnv(t)
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: v.e.MQTTURL(), Filter: "Pico/+/Physiological_Data/Pulse_Signal", ClientID: "col", QoS: 1, CleanSession: true})
+	devs := []string{"a", "b", "c", "d"}
+	v.publishReadings(t, devs, 0, 500)
+	stop := v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}})
+	if err := col.WaitLen(t.Context(), 100); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	acked := len(devs) * 500 // every reading, less those not yet acknowledged
+	for p := range v.parts {
+		c, err := v.js.Consumer(t.Context(), bus.StreamReadings, fmt.Sprintf("publish-%d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked -= int(info.NumPending) + info.NumAckPending
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := col.Len(); got < acked {
+		t.Fatalf("%d readings delivered, but READINGS acked at least %d", got, acked)
+	}
+}
+
+func BenchmarkTopics(b *testing.B) {
+	r := reading("iot_med_dev_01", 1)
+	dst := make([]Message, 0, 12)
+	b.ReportAllocs()
+	for b.Loop() {
+		dst = Topics(dst[:0], "Pico", r, false, false)
+	}
+}
