@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
 
 	"github.com/medpipe/medpipe/wire"
@@ -161,5 +162,20 @@ func BenchmarkIdentify(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkIndexMemory reports the heap a key index of 100,000 devices holds.
+func BenchmarkIndexMemory(b *testing.B) {
+	devs := benchDevices(100000)
+	var before, after runtime.MemStats
+	for b.Loop() {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		ix := NewKeyIndex(devs)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(ix.Len()), "B/device")
+		runtime.KeepAlive(ix)
 	}
 }
