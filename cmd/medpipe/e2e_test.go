@@ -45,7 +45,7 @@ func testReading(i int) wire.Reading {
 	return wire.Reading{
 		fmt.Sprintf("%.3f", 36+float64(i%1000)/1000), // Temp
 		fmt.Sprintf("%.3f", 23+float64(i)/100),       // TempMcu
-		fmt.Sprintf("%d.000", i),                      // PulseSig: the sequence itself
+		fmt.Sprintf("%d.000", i),                     // PulseSig: the sequence itself
 		"0.000",
 		fmt.Sprintf("%.2f", -float64(i%90)/100),
 		"0.980",
