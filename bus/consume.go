@@ -107,7 +107,9 @@ type inFlight struct {
 func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o ConsumeOptions) error {
 	it, err := c.Messages(
 		jetstream.PullPriorityGroup(PriorityGroup),
-		jetstream.PullMaxMessages(o.MaxInFlight),
+		// Messages waiting in the client's buffer get no in-progress acks;
+		// keep it small so a stalled partition exposes few to redelivery.
+		jetstream.PullMaxMessages(min(o.MaxInFlight, 32)),
 		jetstream.PullExpiry(5*time.Second),
 	)
 	if err != nil {
@@ -117,8 +119,10 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 	defer stop()
 
 	pending := make(chan inFlight, o.MaxInFlight)
+	var live inFlightSet
 	var acker sync.WaitGroup
-	acker.Go(func() { ackInOrder(work, pending, o.Log) })
+	acker.Go(func() { ackInOrder(work, pending, &live, o.Log) })
+	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 	defer acker.Wait()
 	defer close(pending)
 
@@ -141,14 +145,17 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 			_ = msg.NakWithDelay(time.Second)
 			continue
 		}
+		live.add(msg)
 		pending <- inFlight{msg, done}
 	}
 }
 
 // ackInOrder acknowledges messages in the order they were handled, each once
 // its output is durable.
-func ackInOrder(ctx context.Context, pending <-chan inFlight, log *slog.Logger) {
+func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, log *slog.Logger) {
+	defer live.close()
 	for f := range pending {
+		live.remove(f.msg)
 		if f.done != nil {
 			if err := f.done.Wait(ctx); err != nil {
 				log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
@@ -159,6 +166,74 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, log *slog.Logger) 
 			}
 		}
 		_ = f.msg.Ack()
+	}
+}
+
+// inFlightSet is the messages of a partition handled but not yet acked.
+type inFlightSet struct {
+	mu     sync.Mutex
+	msgs   map[jetstream.Msg]time.Time
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (s *inFlightSet) init() {
+	if s.msgs == nil {
+		s.msgs = map[jetstream.Msg]time.Time{}
+		s.closed = make(chan struct{})
+	}
+}
+
+func (s *inFlightSet) add(m jetstream.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.init()
+	s.msgs[m] = time.Now()
+}
+
+func (s *inFlightSet) remove(m jetstream.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.msgs, m)
+}
+
+func (s *inFlightSet) close() {
+	s.mu.Lock()
+	s.init()
+	s.mu.Unlock()
+	s.once.Do(func() { close(s.closed) })
+}
+
+// keepAlive tells the server, every interval, that messages held longer
+// than interval are still being worked on, so they are not redelivered
+// while this worker lives. A dead worker sends nothing and its messages
+// come due after AckWait.
+func (s *inFlightSet) keepAlive(ctx context.Context, interval time.Duration) {
+	s.mu.Lock()
+	s.init()
+	closed := s.closed
+	s.mu.Unlock()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-closed:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			var old []jetstream.Msg
+			for m, since := range s.msgs {
+				if now.Sub(since) >= interval {
+					old = append(old, m)
+				}
+			}
+			s.mu.Unlock()
+			for _, m := range old {
+				_ = m.InProgress()
+			}
+		}
 	}
 }
 

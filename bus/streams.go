@@ -185,6 +185,14 @@ const PriorityGroup = "medpipe"
 // stopped pulling before another worker takes it over.
 const DefaultPinnedTTL = 10 * time.Second
 
+// DefaultAckWait is how long a delivered message may go unacknowledged
+// before it is redelivered. It is shorter than DefaultPinnedTTL on purpose:
+// when a worker dies, its unacknowledged messages are due again before its
+// partition moves, so the next worker receives them first and order holds.
+// Workers that legitimately wait longer (a broker outage) say so with
+// in-progress acks.
+const DefaultAckWait = 6 * time.Second
+
 // ConsumerConfig is the durable pull consumer that stage reads partition p
 // with: explicit acks, pinned to one worker at a time so that the
 // partition's messages are processed in order.
@@ -195,7 +203,7 @@ func ConsumerConfig(stage string, p int, filter string, maxAckPending int) jetst
 		FilterSubject:  filter,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        30 * time.Second,
+		AckWait:        DefaultAckWait,
 		MaxDeliver:     -1,
 		MaxAckPending:  maxAckPending,
 		PriorityPolicy: jetstream.PriorityPolicyPinned,

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -30,6 +31,10 @@ type Options struct {
 	// Index, when set, is used instead of one built from Keys (it can be
 	// updated live, e.g. from the registry).
 	Index *KeyIndex
+	// Registry, when set, is the source of keys: the index is filled from it
+	// before consuming starts and follows every change (add, rotate, revoke)
+	// while the worker runs.
+	Registry *registry.Registry
 	// Partitions is the partition count in force (see bus.EnsureStreams).
 	Partitions int
 	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
@@ -91,10 +96,33 @@ func (w *Worker) Health() error {
 
 // Run consumes RAW until ctx is cancelled, then drains in-flight frames.
 func (w *Worker) Run(ctx context.Context) error {
+	if w.o.Registry != nil {
+		ready := make(chan struct{})
+		watchErr := make(chan error, 1)
+		go func() { watchErr <- w.o.Registry.Watch(ctx, w.apply, sync.OnceFunc(func() { close(ready) })) }()
+		select {
+		case <-ready: // every known device is indexed: frames are not refused as unknown at start
+		case err := <-watchErr:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+		w.log.Info("key index loaded from the registry", "devices", w.ix.Len())
+	}
 	return bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
 		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Log: w.log,
 	})
+}
+
+// apply brings one registry change into the index.
+func (w *Worker) apply(r registry.Record, deleted bool) {
+	if deleted {
+		w.ix.Delete(r.ID)
+		return
+	}
+	w.ix.Put(r.Device(), r.IsRevoked())
+	w.m.registryUpdates.Inc()
 }
 
 // scratch is reused per frame: handlers run concurrently across partitions.

@@ -190,6 +190,7 @@ func (dev *device) nextBackoff() time.Duration {
 // send writes reading seq as one frame in one write, like the firmware.
 func (dev *device) send(seq uint64) error {
 	r := dev.sig.Next(seq)
+	EncodeSeq(&r, seq)
 	dev.plain = r.AppendJSON(dev.plain[:0])
 	dev.buf = dev.key.Seal(dev.buf[:0], dev.d.Variant, dev.plain)
 	if err := dev.conn.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {

@@ -57,7 +57,7 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 		wire.FormatValue(pulse),
 		wire.FormatValue((s.rng.Float64() - 0.5) * 0.04),
 		wire.FormatValue((s.rng.Float64() - 0.5) * 0.04),
-		wire.FormatValue(0.98 + (s.rng.Float64()-0.5)*0.04),
+		wire.FormatValue(math.Abs(0.98 + (s.rng.Float64()-0.5)*0.04)), // never negative: carries sequence digits
 		wire.FormatValue(s.ambient + 3*warm + (s.rng.Float64()-0.5)*0.2),
 	}
 }

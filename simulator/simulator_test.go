@@ -274,3 +274,18 @@ func TestSignal(t *testing.T) {
 		t.Fatal("accelerometer never negative: noise missing")
 	}
 }
+
+func TestSeqRoundTrip(t *testing.T) {
+	s := NewSignal(3, 20)
+	for _, seq := range []uint64{1, 9, 10, 1234, 9999, 10000, 12345} {
+		r := s.Next(seq)
+		EncodeSeq(&r, seq)
+		if err := r.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := DecodeSeq(SeqValues(&r))
+		if !ok || got != seq%SeqModulus {
+			t.Fatalf("seq %d decoded as %d %v from %v", seq, got, ok, r)
+		}
+	}
+}
