@@ -163,6 +163,11 @@ type pipeline struct {
 }
 
 func startPipeline(t *testing.T, devs []wire.Device, mqttURL func(e *bus.Embedded) string) *pipeline {
+	return startPipelineWith(t, mqttURL, func(_ jetstream.JetStream, o *decrypt.Options) { o.Keys = devs })
+}
+
+// startPipelineWith lets the test set the decrypt options (keys, registry).
+func startPipelineWith(t *testing.T, mqttURL func(e *bus.Embedded) string, keys func(jetstream.JetStream, *decrypt.Options)) *pipeline {
 	t.Helper()
 	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
 	if err != nil {
@@ -183,7 +188,9 @@ func startPipeline(t *testing.T, devs []wire.Device, mqttURL func(e *bus.Embedde
 	if err != nil {
 		t.Fatal(err)
 	}
-	worker, err := decrypt.New(js, decrypt.Options{Keys: devs, Partitions: parts})
+	dopts := decrypt.Options{Partitions: parts}
+	keys(js, &dopts)
+	worker, err := decrypt.New(js, dopts)
 	if err != nil {
 		t.Fatal(err)
 	}
