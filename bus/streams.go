@@ -211,3 +211,27 @@ func ConsumerConfig(stage string, p int, filter string, maxAckPending int) jetst
 		PinnedTTL:      DefaultPinnedTTL,
 	}
 }
+
+// ConnBucket is the KV bucket that shares, across decrypt workers, which
+// device each connection carries, so that a worker taking over a partition
+// opens a known connection's frames without a key search.
+const ConnBucket = "MEDPIPE_CONNS"
+
+// DefaultConnTTL is how long a connection → device entry lives.
+const DefaultConnTTL = 6 * time.Hour
+
+// OpenConnStore creates or binds the connection → device bucket: memory
+// storage (it is a cache), entries expiring after DefaultConnTTL.
+func OpenConnStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      ConnBucket,
+		Description: "medpipe: device carried by each connection, shared by decrypt workers",
+		TTL:         DefaultConnTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: open bucket %s: %w", ConnBucket, err)
+	}
+	return kv, nil
+}

@@ -9,7 +9,7 @@ import (
 type metrics struct {
 	frames, searches, candidates, ambiguous prometheus.Counter
 	cacheHits, cacheMisses, publishErrors   prometheus.Counter
-	registryUpdates                         prometheus.Counter
+	registryUpdates, sharedHits             prometheus.Counter
 	readings, deadLetters                   *prometheus.CounterVec
 }
 
@@ -25,6 +25,7 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) *metrics {
 		cacheHits:       c("cache_hits_total", "Frames opened with their connection's known key."),
 		cacheMisses:     c("cache_misses_total", "Frames their connection's known key did not open."),
 		publishErrors:   c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
+		sharedHits:      c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates: c("registry_updates_total", "Device registry changes applied to the key index."),
 		readings:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_readings_total", Help: "Readings published, by legacy variant."}, []string{"variant"}),
 		deadLetters:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_deadletters_total", Help: "Frames sent to DEADLETTER, by reason."}, []string{"reason"}),
@@ -34,7 +35,7 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) *metrics {
 	}
 	devices := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."}, func() float64 { return float64(ix.Len()) })
 	if reg != nil {
-		reg.MustRegister(m.frames, m.searches, m.candidates, m.ambiguous, m.cacheHits, m.cacheMisses, m.publishErrors, m.registryUpdates, m.readings, m.deadLetters, devices)
+		reg.MustRegister(m.frames, m.searches, m.candidates, m.ambiguous, m.cacheHits, m.cacheMisses, m.publishErrors, m.registryUpdates, m.sharedHits, m.readings, m.deadLetters, devices)
 	}
 	return m
 }

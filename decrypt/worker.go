@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,10 @@ type Options struct {
 	// before consuming starts and follows every change (add, rotate, revoke)
 	// while the worker runs.
 	Registry *registry.Registry
+	// Conns, when set, shares connection → device pairs with every other
+	// worker (see bus.OpenConnStore): a connection's device is searched for
+	// once, whichever worker its frames reach.
+	Conns jetstream.KeyValue
 	// Partitions is the partition count in force (see bus.EnsureStreams).
 	Partitions int
 	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
@@ -62,6 +67,15 @@ type Worker struct {
 
 // New checks the options and builds the key index.
 func New(js jetstream.JetStream, o Options) (*Worker, error) {
+	if js == nil {
+		return nil, errors.New("decrypt: no JetStream context")
+	}
+	return newWorker(js, o)
+}
+
+// newWorker is New without the JetStream check, so that tests can drive
+// the examine path alone.
+func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if o.Partitions <= 0 {
 		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
 	}
@@ -78,7 +92,11 @@ func New(js jetstream.JetStream, o Options) (*Worker, error) {
 	if ix == nil {
 		ix = NewKeyIndex(o.Keys)
 	}
-	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: newMetrics(o.Metrics, ix), log: o.Log}
+	m, err := newMetrics(o.Metrics, ix)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log}
 	w.bufs.New = func() any { return &scratch{} }
 	return w, nil
 }
@@ -125,15 +143,83 @@ func (w *Worker) apply(r registry.Record, deleted bool) {
 	w.m.registryUpdates.Inc()
 }
 
-// scratch is reused per frame: handlers run concurrently across partitions.
+// scratch is one frame's working memory. Handlers run concurrently, one
+// goroutine per partition, so each takes its own from a pool rather than
+// sharing a buffer.
 type scratch struct{ ct, plain []byte }
 
-// rawFrame is a RAW message's parts that a reading or dead letter carries on.
+// rawFrame is what a RAW message's headers say about its frame: what a
+// reading or a dead letter carries on.
 type rawFrame struct {
-	msg      jetstream.Msg
-	seq      uint64
 	conn     string
 	frameSeq uint64
+	received time.Time
+	remote   string
+	local    string
+}
+
+// errMalformedHeaders marks RAW messages whose edge headers are missing or garbled.
+var errMalformedHeaders = errors.New("decrypt: RAW headers")
+
+// parseRawHeaders reads the headers the edge sets on every RAW message.
+// The connection, frame number and receive time are required; the
+// protocol, when given, must be legacy.
+func parseRawHeaders(h nats.Header) (rawFrame, error) {
+	f := rawFrame{conn: h.Get(bus.HeaderConn), remote: h.Get(bus.HeaderRemote), local: h.Get(bus.HeaderLocal)}
+	if f.conn == "" {
+		return f, fmt.Errorf("%w: missing %s", errMalformedHeaders, bus.HeaderConn)
+	}
+	var err error
+	if f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64); err != nil || f.frameSeq == 0 {
+		return f, fmt.Errorf("%w: %s %q is not a frame number", errMalformedHeaders, bus.HeaderFrameSeq, h.Get(bus.HeaderFrameSeq))
+	}
+	if f.received, err = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived)); err != nil {
+		return f, fmt.Errorf("%w: %s %q is not an RFC 3339 time", errMalformedHeaders, bus.HeaderReceived, h.Get(bus.HeaderReceived))
+	}
+	if p := h.Get(bus.HeaderProtocol); p != "" && p != bus.ProtocolLegacy {
+		return f, fmt.Errorf("%w: unsupported %s %q", errMalformedHeaders, bus.HeaderProtocol, p)
+	}
+	return f, nil
+}
+
+// verdict is what becomes of one frame: a reading (reason empty) or a dead
+// letter with its reason, the device when known, and the error.
+type verdict struct {
+	reason bus.Reason
+	id     Identified
+	err    error
+}
+
+// examine parses a RAW message's headers and frame and identifies the
+// device. It touches no network, so that it can be fuzzed alone.
+func (w *Worker) examine(sc *scratch, h nats.Header, data []byte) (rawFrame, verdict) {
+	f, err := parseRawHeaders(h)
+	if err != nil {
+		return f, verdict{reason: bus.ReasonMalformed, err: err}
+	}
+	sc.ct, err = wire.DecodeFrame(sc.ct[:0], data)
+	if err != nil {
+		return f, verdict{reason: bus.ReasonMalformed, err: err}
+	}
+	if need := 2 * len(sc.ct); cap(sc.plain) < need { // what Open needs, so it does not allocate
+		sc.plain = make([]byte, need)
+	}
+	id, known, err := w.identify(sc, f.conn)
+	switch {
+	case errors.Is(err, ErrUnknownDevice):
+		return f, verdict{reason: bus.ReasonUnknownDevice, err: err}
+	case errors.Is(err, ErrAmbiguous):
+		w.m.ambiguous.Inc()
+		return f, verdict{reason: bus.ReasonAmbiguous, err: err}
+	case err != nil:
+		return f, verdict{reason: bus.ReasonInvalid, id: id, err: err}
+	case id.Revoked:
+		return f, verdict{reason: bus.ReasonRevoked, id: id, err: errors.New("decrypt: device key revoked")}
+	}
+	if !known {
+		w.cache.put(f.conn, connDevice{id.Device, id.Variant})
+	}
+	return f, verdict{id: id}
 }
 
 func (w *Worker) handle(_ context.Context, msg jetstream.Msg) (bus.Completion, error) {
@@ -142,42 +228,18 @@ func (w *Worker) handle(_ context.Context, msg jetstream.Msg) (bus.Completion, e
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
 	}
-	f := rawFrame{msg: msg, seq: meta.Sequence.Stream}
-	h := msg.Headers()
-	f.conn = h.Get(bus.HeaderConn)
-	f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64)
-	switch {
-	case f.conn == "" || err != nil:
-		return w.deadLetter(f, bus.ReasonMalformed, "", errors.New("missing connection or frame headers"))
-	case h.Get(bus.HeaderProtocol) != "" && h.Get(bus.HeaderProtocol) != bus.ProtocolLegacy:
-		return w.deadLetter(f, bus.ReasonMalformed, "", fmt.Errorf("unsupported protocol %q", h.Get(bus.HeaderProtocol)))
-	}
+	rawSeq := meta.Sequence.Stream
 	sc := w.bufs.Get().(*scratch)
-	defer w.bufs.Put(sc)
-	sc.ct, err = wire.DecodeFrame(sc.ct[:0], msg.Data())
-	if err != nil {
-		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	f, v := w.examine(sc, msg.Headers(), msg.Data())
+	w.bufs.Put(sc) // nothing below refers to it: readings hold copies
+	if v.reason != "" {
+		return w.deadLetter(msg, rawSeq, f, v)
 	}
-	id, known, err := w.identify(sc, f.conn)
-	switch {
-	case errors.Is(err, ErrUnknownDevice):
-		return w.deadLetter(f, bus.ReasonUnknownDevice, "", err)
-	case errors.Is(err, ErrAmbiguous):
-		w.m.ambiguous.Inc()
-		return w.deadLetter(f, bus.ReasonAmbiguous, "", err)
-	case err != nil:
-		return w.deadLetter(f, bus.ReasonInvalid, id.Device, err)
-	case id.Revoked:
-		return w.deadLetter(f, bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
-	}
-	if !known {
-		w.cache.put(f.conn, connDevice{id.Device, id.Variant})
-	}
-	return w.publishReading(f, &id)
+	return w.publishReading(rawSeq, f, &v.id)
 }
 
 // identify opens the frame with the connection's known key, or searches.
-// known reports that the connection's cached device opened it.
+// known reports that the connection's cached device and variant opened it.
 func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
 	if c, ok := w.cache.get(conn); ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
@@ -187,7 +249,8 @@ func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
 				return Identified{Device: c.device, Key: key, Revoked: revoked, Variant: v, Reading: r}, v == c.variant, nil
 			}
 		}
-		// Another device on the same connection, or a rotated key: search.
+		// Another device on the same connection (the old desktop
+		// simulator multiplexes several), or a rotated key: search.
 		w.m.cacheMisses.Inc()
 	}
 	w.m.searches.Inc()
@@ -196,23 +259,22 @@ func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
 	return id, false, err
 }
 
-func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, error) {
-	h := f.msg.Headers()
+func (w *Worker) publishReading(rawSeq uint64, f rawFrame, id *Identified) (bus.Completion, error) {
 	r := bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
-		Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
-		Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal),
+		Received: f.received, Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: rawSeq,
+		Remote: f.remote, Local: f.local,
 	}
-	r.Received, _ = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
 	r.SetWire(&id.Reading)
 	data, err := bus.MarshalReading(&r)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}
 	out := &nats.Msg{
 		Subject: bus.ReadingsSubject(bus.Partition(id.Device, w.o.Partitions), id.Device),
 		Data:    data,
-		Header:  nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
+		// The id makes a redelivered frame's reading a duplicate JetStream drops.
+		Header: nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(rawSeq, 10)}},
 	}
 	fut, err := w.js.PublishMsgAsync(out)
 	if err != nil {
@@ -223,28 +285,32 @@ func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, err
 	return bus.PubAck(fut), nil
 }
 
-// deadLetter stores the frame in DEADLETTER with why it failed; RAW is acked
-// once it is stored, so a bad frame is not retried for ever.
-func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause error) (bus.Completion, error) {
+// deadLetter stores the frame as received in DEADLETTER with why it failed;
+// RAW is acked once it is stored, so a bad frame is not retried for ever.
+func (w *Worker) deadLetter(msg jetstream.Msg, rawSeq uint64, f rawFrame, v verdict) (bus.Completion, error) {
 	h := nats.Header{}
-	for k, v := range f.msg.Headers() {
-		if k != jetstream.MsgIDHeader {
-			h[k] = v
+	for k, vals := range msg.Headers() {
+		// The edge's message id and any other JetStream control header
+		// (expected stream, TTL...) would act on the DEADLETTER publish.
+		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
+			h[k] = vals
 		}
 	}
-	h.Set(bus.HeaderReason, string(reason))
-	h.Set(bus.HeaderError, cause.Error())
-	h.Set(bus.HeaderRawSeq, strconv.FormatUint(f.seq, 10))
-	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(f.seq, 10))
-	if device != "" {
-		h.Set(bus.HeaderDevice, device)
+	h.Set(bus.HeaderReason, string(v.reason))
+	h.Set(bus.HeaderError, v.err.Error()) // texts built here and in wire never hold key material
+	h.Set(bus.HeaderRawSeq, strconv.FormatUint(rawSeq, 10))
+	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(rawSeq, 10))
+	if v.id.Device != "" {
+		h.Set(bus.HeaderDevice, v.id.Device)
+	} else {
+		h.Del(bus.HeaderDevice)
 	}
-	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h})
+	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(v.reason), Data: msg.Data(), Header: h})
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish dead letter: %w", err)
 	}
-	w.m.deadLetters.WithLabelValues(string(reason)).Inc()
-	w.log.Debug("frame dead-lettered", "reason", reason, "conn", f.conn, "frame", f.frameSeq, "err", cause)
+	w.m.deadLetters.WithLabelValues(string(v.reason)).Inc()
+	w.log.Debug("frame dead-lettered", "reason", v.reason, "conn", f.conn, "frame", f.frameSeq, "err", v.err)
 	return bus.PubAck(fut), nil
 }

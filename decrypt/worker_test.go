@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/wire"
@@ -220,7 +221,7 @@ func FuzzHandleFrame(f *testing.F) {
 		if err != nil {
 			return
 		}
-		id, _, err := w.identify(&scratch{ct: ct}, conn)
+		id, _, err := w.identify(context.Background(), &scratch{ct: ct}, conn)
 		if err != nil {
 			return
 		}
@@ -229,4 +230,46 @@ func FuzzHandleFrame(f *testing.F) {
 		}
 		w.cache.put(conn, connDevice{id.Device, id.Variant})
 	})
+}
+
+// TestSharedConnCache: a worker that takes over a connection another worker
+// identified opens its frames without a key search.
+func TestSharedConnCache(t *testing.T) {
+	js := setup(t)
+	devs := loadKeys(t)
+	conns, err := bus.OpenConnStore(t.Context(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() (*Worker, func()) {
+		w, err := New(js, Options{Keys: devs, Partitions: parts, Conns: conns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		return w, func() { cancel(); <-done }
+	}
+	first, stopFirst := run()
+	for i := 1; i <= 5; i++ {
+		publishRaw(t, js, "shared-conn", i, wireFrame(devs[2], wire.Pseudo, i))
+	}
+	streamMsgs(t, js, bus.StreamReadings, 5)
+	stopFirst()
+	if got := testutil.ToFloat64(first.m.searches); got != 1 {
+		t.Fatalf("first worker searched %v times, want once", got)
+	}
+	second, stopSecond := run()
+	defer stopSecond()
+	for i := 6; i <= 10; i++ {
+		publishRaw(t, js, "shared-conn", i, wireFrame(devs[2], wire.Pseudo, i))
+	}
+	streamMsgs(t, js, bus.StreamReadings, 10)
+	if got := testutil.ToFloat64(second.m.searches); got != 0 {
+		t.Fatalf("second worker searched %v times, want none", got)
+	}
+	if got := testutil.ToFloat64(second.m.sharedHits); got != 1 {
+		t.Fatalf("second worker shared-cache hits %v, want 1", got)
+	}
 }
