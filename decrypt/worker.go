@@ -67,15 +67,6 @@ type Worker struct {
 
 // New checks the options and builds the key index.
 func New(js jetstream.JetStream, o Options) (*Worker, error) {
-	if js == nil {
-		return nil, errors.New("decrypt: no JetStream context")
-	}
-	return newWorker(js, o)
-}
-
-// newWorker is New without the JetStream check, so that tests can drive
-// the examine path alone.
-func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if o.Partitions <= 0 {
 		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
 	}
@@ -92,11 +83,7 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if ix == nil {
 		ix = NewKeyIndex(o.Keys)
 	}
-	m, err := newMetrics(o.Metrics, ix)
-	if err != nil {
-		return nil, err
-	}
-	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log}
+	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: newMetrics(o.Metrics, ix), log: o.Log}
 	w.bufs.New = func() any { return &scratch{} }
 	return w, nil
 }
@@ -143,105 +130,67 @@ func (w *Worker) apply(r registry.Record, deleted bool) {
 	w.m.registryUpdates.Inc()
 }
 
-// scratch is one frame's working memory. Handlers run concurrently, one
-// goroutine per partition, so each takes its own from a pool rather than
-// sharing a buffer.
+// scratch is reused per frame: handlers run concurrently across partitions.
 type scratch struct{ ct, plain []byte }
 
-// rawFrame is what a RAW message's headers say about its frame: what a
-// reading or a dead letter carries on.
+// rawFrame is a RAW message's parts that a reading or dead letter carries on.
 type rawFrame struct {
+	msg      jetstream.Msg
+	seq      uint64
 	conn     string
 	frameSeq uint64
-	received time.Time
-	remote   string
-	local    string
 }
 
-// errMalformedHeaders marks RAW messages whose edge headers are missing or garbled.
-var errMalformedHeaders = errors.New("decrypt: RAW headers")
-
-// parseRawHeaders reads the headers the edge sets on every RAW message.
-// The connection, frame number and receive time are required; the
-// protocol, when given, must be legacy.
-func parseRawHeaders(h nats.Header) (rawFrame, error) {
-	f := rawFrame{conn: h.Get(bus.HeaderConn), remote: h.Get(bus.HeaderRemote), local: h.Get(bus.HeaderLocal)}
-	if f.conn == "" {
-		return f, fmt.Errorf("%w: missing %s", errMalformedHeaders, bus.HeaderConn)
-	}
-	var err error
-	if f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64); err != nil || f.frameSeq == 0 {
-		return f, fmt.Errorf("%w: %s %q is not a frame number", errMalformedHeaders, bus.HeaderFrameSeq, h.Get(bus.HeaderFrameSeq))
-	}
-	if f.received, err = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived)); err != nil {
-		return f, fmt.Errorf("%w: %s %q is not an RFC 3339 time", errMalformedHeaders, bus.HeaderReceived, h.Get(bus.HeaderReceived))
-	}
-	if p := h.Get(bus.HeaderProtocol); p != "" && p != bus.ProtocolLegacy {
-		return f, fmt.Errorf("%w: unsupported %s %q", errMalformedHeaders, bus.HeaderProtocol, p)
-	}
-	return f, nil
-}
-
-// verdict is what becomes of one frame: a reading (reason empty) or a dead
-// letter with its reason, the device when known, and the error.
-type verdict struct {
-	reason bus.Reason
-	id     Identified
-	err    error
-}
-
-// examine parses a RAW message's headers and frame and identifies the
-// device. It touches no network, so that it can be fuzzed alone.
-func (w *Worker) examine(sc *scratch, h nats.Header, data []byte) (rawFrame, verdict) {
-	f, err := parseRawHeaders(h)
-	if err != nil {
-		return f, verdict{reason: bus.ReasonMalformed, err: err}
-	}
-	sc.ct, err = wire.DecodeFrame(sc.ct[:0], data)
-	if err != nil {
-		return f, verdict{reason: bus.ReasonMalformed, err: err}
-	}
-	if need := 2 * len(sc.ct); cap(sc.plain) < need { // what Open needs, so it does not allocate
-		sc.plain = make([]byte, need)
-	}
-	id, known, err := w.identify(sc, f.conn)
-	switch {
-	case errors.Is(err, ErrUnknownDevice):
-		return f, verdict{reason: bus.ReasonUnknownDevice, err: err}
-	case errors.Is(err, ErrAmbiguous):
-		w.m.ambiguous.Inc()
-		return f, verdict{reason: bus.ReasonAmbiguous, err: err}
-	case err != nil:
-		return f, verdict{reason: bus.ReasonInvalid, id: id, err: err}
-	case id.Revoked:
-		return f, verdict{reason: bus.ReasonRevoked, id: id, err: errors.New("decrypt: device key revoked")}
-	}
-	if !known {
-		w.cache.put(f.conn, connDevice{id.Device, id.Variant})
-	}
-	return f, verdict{id: id}
-}
-
-func (w *Worker) handle(_ context.Context, msg jetstream.Msg) (bus.Completion, error) {
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion, error) {
 	w.m.frames.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
 	}
-	rawSeq := meta.Sequence.Stream
-	sc := w.bufs.Get().(*scratch)
-	f, v := w.examine(sc, msg.Headers(), msg.Data())
-	w.bufs.Put(sc) // nothing below refers to it: readings hold copies
-	if v.reason != "" {
-		return w.deadLetter(msg, rawSeq, f, v)
+	f := rawFrame{msg: msg, seq: meta.Sequence.Stream}
+	h := msg.Headers()
+	f.conn = h.Get(bus.HeaderConn)
+	f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64)
+	switch {
+	case f.conn == "" || err != nil:
+		return w.deadLetter(f, bus.ReasonMalformed, "", errors.New("missing connection or frame headers"))
+	case h.Get(bus.HeaderProtocol) != "" && h.Get(bus.HeaderProtocol) != bus.ProtocolLegacy:
+		return w.deadLetter(f, bus.ReasonMalformed, "", fmt.Errorf("unsupported protocol %q", h.Get(bus.HeaderProtocol)))
 	}
-	return w.publishReading(rawSeq, f, &v.id)
+	sc := w.bufs.Get().(*scratch)
+	defer w.bufs.Put(sc)
+	sc.ct, err = wire.DecodeFrame(sc.ct[:0], msg.Data())
+	if err != nil {
+		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	}
+	id, known, err := w.identify(ctx, sc, f.conn)
+	switch {
+	case errors.Is(err, ErrUnknownDevice):
+		return w.deadLetter(f, bus.ReasonUnknownDevice, "", err)
+	case errors.Is(err, ErrAmbiguous):
+		w.m.ambiguous.Inc()
+		return w.deadLetter(f, bus.ReasonAmbiguous, "", err)
+	case err != nil:
+		return w.deadLetter(f, bus.ReasonInvalid, id.Device, err)
+	case id.Revoked:
+		return w.deadLetter(f, bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
+	}
+	if !known {
+		w.remember(ctx, f.conn, connDevice{id.Device, id.Variant})
+	}
+	return w.publishReading(f, &id)
 }
 
 // identify opens the frame with the connection's known key, or searches.
-// known reports that the connection's cached device and variant opened it.
-func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
-	if c, ok := w.cache.get(conn); ok {
+// known reports that the connection's cached device opened it.
+func (w *Worker) identify(ctx context.Context, sc *scratch, conn string) (Identified, bool, error) {
+	c, ok := w.cache.get(conn)
+	if !ok {
+		if c, ok = w.shared(ctx, conn); ok {
+			w.cache.put(conn, c)
+		}
+	}
+	if ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
 			r, v, err := key.Open(sc.plain, sc.ct, c.variant)
 			if err == nil {
@@ -249,8 +198,7 @@ func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
 				return Identified{Device: c.device, Key: key, Revoked: revoked, Variant: v, Reading: r}, v == c.variant, nil
 			}
 		}
-		// Another device on the same connection (the old desktop
-		// simulator multiplexes several), or a rotated key: search.
+		// Another device on the same connection, or a rotated key: search.
 		w.m.cacheMisses.Inc()
 	}
 	w.m.searches.Inc()
@@ -259,22 +207,52 @@ func (w *Worker) identify(sc *scratch, conn string) (Identified, bool, error) {
 	return id, false, err
 }
 
-func (w *Worker) publishReading(rawSeq uint64, f rawFrame, id *Identified) (bus.Completion, error) {
+// shared looks a connection up in the bucket shared by all workers.
+func (w *Worker) shared(ctx context.Context, conn string) (connDevice, bool) {
+	if w.o.Conns == nil {
+		return connDevice{}, false
+	}
+	e, err := w.o.Conns.Get(ctx, conn)
+	if err != nil {
+		return connDevice{}, false
+	}
+	id, variant, ok := strings.Cut(string(e.Value()), " ")
+	v, err := wire.ParseVariant(variant)
+	if !ok || err != nil {
+		return connDevice{}, false
+	}
+	w.m.sharedHits.Inc()
+	return connDevice{id, v}, true
+}
+
+// remember caches a connection's device here and for the other workers.
+func (w *Worker) remember(ctx context.Context, conn string, d connDevice) {
+	w.cache.put(conn, d)
+	if w.o.Conns == nil {
+		return
+	}
+	if _, err := w.o.Conns.Put(ctx, conn, []byte(d.device+" "+d.variant.String())); err != nil {
+		w.log.Warn("could not share a connection's device", "conn", conn, "err", err)
+	}
+}
+
+func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, error) {
+	h := f.msg.Headers()
 	r := bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
-		Received: f.received, Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: rawSeq,
-		Remote: f.remote, Local: f.local,
+		Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
+		Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal),
 	}
+	r.Received, _ = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
 	r.SetWire(&id.Reading)
 	data, err := bus.MarshalReading(&r)
 	if err != nil {
-		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
+		return nil, err
 	}
 	out := &nats.Msg{
 		Subject: bus.ReadingsSubject(bus.Partition(id.Device, w.o.Partitions), id.Device),
 		Data:    data,
-		// The id makes a redelivered frame's reading a duplicate JetStream drops.
-		Header: nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(rawSeq, 10)}},
+		Header:  nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
 	}
 	fut, err := w.js.PublishMsgAsync(out)
 	if err != nil {
@@ -285,32 +263,28 @@ func (w *Worker) publishReading(rawSeq uint64, f rawFrame, id *Identified) (bus.
 	return bus.PubAck(fut), nil
 }
 
-// deadLetter stores the frame as received in DEADLETTER with why it failed;
-// RAW is acked once it is stored, so a bad frame is not retried for ever.
-func (w *Worker) deadLetter(msg jetstream.Msg, rawSeq uint64, f rawFrame, v verdict) (bus.Completion, error) {
+// deadLetter stores the frame in DEADLETTER with why it failed; RAW is acked
+// once it is stored, so a bad frame is not retried for ever.
+func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause error) (bus.Completion, error) {
 	h := nats.Header{}
-	for k, vals := range msg.Headers() {
-		// The edge's message id and any other JetStream control header
-		// (expected stream, TTL...) would act on the DEADLETTER publish.
-		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
-			h[k] = vals
+	for k, v := range f.msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			h[k] = v
 		}
 	}
-	h.Set(bus.HeaderReason, string(v.reason))
-	h.Set(bus.HeaderError, v.err.Error()) // texts built here and in wire never hold key material
-	h.Set(bus.HeaderRawSeq, strconv.FormatUint(rawSeq, 10))
-	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(rawSeq, 10))
-	if v.id.Device != "" {
-		h.Set(bus.HeaderDevice, v.id.Device)
-	} else {
-		h.Del(bus.HeaderDevice)
+	h.Set(bus.HeaderReason, string(reason))
+	h.Set(bus.HeaderError, cause.Error())
+	h.Set(bus.HeaderRawSeq, strconv.FormatUint(f.seq, 10))
+	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(f.seq, 10))
+	if device != "" {
+		h.Set(bus.HeaderDevice, device)
 	}
-	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(v.reason), Data: msg.Data(), Header: h})
+	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h})
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish dead letter: %w", err)
 	}
-	w.m.deadLetters.WithLabelValues(string(v.reason)).Inc()
-	w.log.Debug("frame dead-lettered", "reason", v.reason, "conn", f.conn, "frame", f.frameSeq, "err", v.err)
+	w.m.deadLetters.WithLabelValues(string(reason)).Inc()
+	w.log.Debug("frame dead-lettered", "reason", reason, "conn", f.conn, "frame", f.frameSeq, "err", cause)
 	return bus.PubAck(fut), nil
 }
