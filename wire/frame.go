@@ -72,9 +72,19 @@ type FrameReader struct {
 
 // NewFrameReader returns a FrameReader reading from r.
 func NewFrameReader(r io.Reader, opts FrameReaderOptions) *FrameReader {
+	dl, _ := r.(readDeadliner)
+	return NewFrameReaderFrom(bufio.NewReaderSize(r, 1024), dl, opts)
+}
+
+// NewFrameReaderFrom returns a FrameReader on an existing buffered reader
+// (one that already peeked at the stream, say), timing frames with conn's
+// read deadlines when conn is not nil.
+func NewFrameReaderFrom(br *bufio.Reader, conn interface{ SetReadDeadline(time.Time) error }, opts FrameReaderOptions) *FrameReader {
 	opts.setDefaults()
-	fr := &FrameReader{br: bufio.NewReaderSize(r, 1024), opts: opts}
-	fr.dl, _ = r.(readDeadliner)
+	fr := &FrameReader{br: br, opts: opts}
+	if conn != nil {
+		fr.dl = conn
+	}
 	return fr
 }
 
