@@ -38,6 +38,7 @@ const (
 // Protocol values for HeaderProtocol.
 const (
 	ProtocolLegacy = "legacy"
+	ProtocolV2     = "v2"
 )
 
 // Reason says why a frame went to DEADLETTER.
@@ -50,6 +51,8 @@ const (
 	ReasonMalformed     Reason = "malformed"      // not hex blocks, or missing headers
 	ReasonInvalid       Reason = "invalid"        // decrypts, but is not a valid reading
 	ReasonRevoked       Reason = "revoked"        // the device's key was revoked
+	ReasonTampered      Reason = "tampered"       // v2: the authentication tag does not match
+	ReasonReplayed      Reason = "replayed"       // v2: sequence number at or below the device's high-water mark
 )
 
 // DefaultPartitions is the number of RAW and READINGS partitions a new

@@ -4,6 +4,7 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -65,6 +66,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 20000
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = wire.DefaultMaxFrame
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
@@ -227,35 +231,68 @@ func (e *Edge) untrack(c net.Conn) {
 	e.m.active.Dec()
 }
 
-// serve reads one connection's frames and publishes them in order.
+// conn is one device connection's identity.
+type conn struct {
+	net.Conn
+	id, remote, local string
+	log               *slog.Logger
+}
+
+// serve detects a connection's protocol by its first byte and serves it:
+// a hex digit starts a legacy stream, wire.V2Magic a v2 stream.
 func (e *Edge) serve(c net.Conn) {
 	defer e.untrack(c)
 	defer c.Close()
-	id := e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10)
-	remote, local := c.RemoteAddr().String(), c.LocalAddr().String()
-	subject := bus.RawSubject(bus.Partition(id, e.o.Partitions))
-	fr := wire.NewFrameReader(c, wire.FrameReaderOptions{
+	cn := &conn{Conn: c, id: e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10), remote: c.RemoteAddr().String(), local: c.LocalAddr().String()}
+	cn.log = e.log.With("conn", cn.id, "remote", cn.remote)
+	cn.log.Debug("device connected")
+	br := bufio.NewReaderSize(c, 1024)
+	_ = c.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
+	first, err := br.Peek(1)
+	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !e.closing.Load():
+		e.closed(cn.log, fmt.Errorf("%w: %w", wire.ErrIdle, err), 0)
+	case err != nil:
+		e.closed(cn.log, err, 0)
+	case wire.IsHexDigit(first[0]):
+		e.serveLegacy(cn, br)
+	case first[0] == wire.V2Magic:
+		e.serveV2(cn, br)
+	default:
+		e.closed(cn.log, fmt.Errorf("%w: first byte 0x%02x is neither legacy nor v2", errUnknownProtocol, first[0]), 0)
+	}
+}
+
+var errUnknownProtocol = errors.New("ingest: unknown protocol")
+
+// rawMsg builds the RAW message of one frame.
+func (e *Edge) rawMsg(cn *conn, partitionKey, protocol string, seq uint64, frame []byte) *nats.Msg {
+	msg := &nats.Msg{Subject: bus.RawSubject(bus.Partition(partitionKey, e.o.Partitions)), Data: append([]byte(nil), frame...), Header: nats.Header{}}
+	msg.Header.Set(bus.HeaderConn, cn.id)
+	msg.Header.Set(bus.HeaderFrameSeq, strconv.FormatUint(seq, 10))
+	msg.Header.Set(bus.HeaderRemote, cn.remote)
+	msg.Header.Set(bus.HeaderLocal, cn.local)
+	msg.Header.Set(bus.HeaderReceived, time.Now().UTC().Format(time.RFC3339Nano))
+	msg.Header.Set(bus.HeaderProtocol, protocol)
+	e.m.frames.WithLabelValues(protocol).Inc()
+	e.m.frameBytes.Add(float64(len(frame)))
+	return msg
+}
+
+// serveLegacy reads a legacy stream's frames and publishes them in order.
+// RAW partitions legacy frames by connection: the device is not known yet.
+func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
+	fr := wire.NewFrameReaderFrom(br, cn.Conn, wire.FrameReaderOptions{
 		MaxFrame: e.o.MaxFrame, IdleGap: e.o.IdleGap, FrameTimeout: e.o.FrameTimeout, IdleTimeout: e.o.IdleTimeout,
 	})
-	log := e.log.With("conn", id, "remote", remote)
-	log.Debug("device connected")
 	for seq := uint64(1); ; seq++ {
 		frame, err := fr.Next()
 		if err != nil {
-			e.closed(log, err, seq-1)
+			e.closed(cn.log, err, seq-1)
 			return
 		}
-		msg := &nats.Msg{Subject: subject, Data: append([]byte(nil), frame...), Header: nats.Header{}}
-		seqText := strconv.FormatUint(seq, 10)
-		msg.Header.Set(bus.HeaderConn, id)
-		msg.Header.Set(bus.HeaderFrameSeq, seqText)
-		msg.Header.Set(bus.HeaderRemote, remote)
-		msg.Header.Set(bus.HeaderLocal, local)
-		msg.Header.Set(bus.HeaderReceived, time.Now().UTC().Format(time.RFC3339Nano))
-		msg.Header.Set(bus.HeaderProtocol, bus.ProtocolLegacy)
-		msg.Header.Set(jetstream.MsgIDHeader, id+":"+seqText)
-		e.m.frames.Inc()
-		e.m.frameBytes.Add(float64(len(frame)))
+		msg := e.rawMsg(cn, cn.id, bus.ProtocolLegacy, seq, frame)
+		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
 		// Blocks while too many publishes are pending: a slow JetStream
 		// slows this socket's reads instead of growing memory.
 		f, err := e.js.PublishMsgAsync(msg)
@@ -263,7 +300,95 @@ func (e *Edge) serve(c net.Conn) {
 			e.retry(msg, err)
 			continue
 		}
-		e.pending <- pendingPublish{msg, f}
+		e.pending <- pendingPublish{msg: msg, future: f}
+	}
+}
+
+// v2Reply is what the device is owed for one frame, in order: an ACK once
+// the frame is stored, or an ERROR.
+type v2Reply struct {
+	pendingPublish
+	seq  uint64
+	code byte // an ERROR to send instead of waiting for a publish
+	text string
+}
+
+// serveV2 reads a v2 stream. RAW partitions v2 frames by device, so a
+// device's frames stay in order across reconnects, and their message id
+// device:seq stores a retransmission once.
+func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
+	replies := make(chan v2Reply, 256)
+	var writer sync.WaitGroup
+	writer.Go(func() { e.replyV2(cn, replies) })
+	defer writer.Wait()
+	defer close(replies)
+	var buf []byte
+	for n := uint64(1); ; n++ {
+		_ = cn.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
+		frame, err := wire.ReadV2Frame(br, buf, e.o.MaxFrame)
+		if err == nil {
+			buf = frame
+			var f wire.V2Frame
+			if f, err = wire.ParseV2(frame); err == nil && f.Type != wire.V2Data {
+				err = fmt.Errorf("%w: a device sends DATA frames only", wire.ErrV2Malformed)
+			}
+			if err == nil {
+				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
+				msg.Header.Set(bus.HeaderDevice, f.Device)
+				msg.Header.Set(jetstream.MsgIDHeader, f.Device+":"+strconv.FormatUint(f.Seq, 10))
+				fut, perr := e.js.PublishMsgAsync(msg)
+				if perr != nil {
+					fut = nil
+					if !e.retry(msg, perr) {
+						replies <- v2Reply{seq: f.Seq, code: wire.V2ErrStore, text: "frame not stored"}
+						continue
+					}
+				}
+				replies <- v2Reply{pendingPublish: pendingPublish{msg: msg, future: fut}, seq: f.Seq}
+				continue
+			}
+		}
+		switch {
+		case errors.Is(err, wire.ErrFrameTooLong):
+			replies <- v2Reply{code: wire.V2ErrTooLarge, text: "frame too large"}
+		case errors.Is(err, wire.ErrV2Malformed):
+			replies <- v2Reply{code: wire.V2ErrMalformed, text: "malformed frame"}
+		}
+		e.closed(cn.log, err, n-1)
+		return
+	}
+}
+
+// replyV2 writes ACKs and ERRORs to a v2 device in frame order.
+func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
+	var out []byte
+	broken := false
+	for r := range replies {
+		out = out[:0]
+		switch {
+		case r.code != 0:
+			out = wire.AppendV2Error(out, r.seq, r.code, r.text)
+		case r.future == nil: // stored by a synchronous retry
+			out = wire.AppendV2Ack(out, r.seq)
+		default:
+			select {
+			case <-r.future.Ok():
+				out = wire.AppendV2Ack(out, r.seq)
+			case err := <-r.future.Err():
+				if e.retry(r.msg, err) {
+					out = wire.AppendV2Ack(out, r.seq)
+				} else {
+					out = wire.AppendV2Error(out, r.seq, wire.V2ErrStore, "frame not stored")
+				}
+			}
+		}
+		if broken {
+			continue // keep waiting for the publishes; the device will resend what it lacks
+		}
+		_ = cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := cn.Write(out); err != nil {
+			broken = true
+		}
 	}
 }
 
@@ -279,6 +404,10 @@ func (e *Edge) closed(log *slog.Logger, err error, frames uint64) {
 		return
 	case errors.Is(err, wire.ErrNotHex):
 		reason = "not_hex"
+	case errors.Is(err, errUnknownProtocol):
+		reason = "unknown_protocol"
+	case errors.Is(err, wire.ErrV2Malformed):
+		reason = "malformed"
 	case errors.Is(err, wire.ErrFrameTooLong):
 		reason = "too_long"
 	case errors.Is(err, wire.ErrIdle):
@@ -300,14 +429,15 @@ func (e *Edge) watchAcks() {
 		select {
 		case <-p.future.Ok():
 		case err := <-p.future.Err():
-			e.retry(p.msg, err)
+			_ = e.retry(p.msg, err)
 		}
 	}
 }
 
 // retry republishes a frame synchronously with backoff; its message id
-// makes a publish that did reach the stream count once.
-func (e *Edge) retry(msg *nats.Msg, err error) {
+// makes a publish that did reach the stream count once. It reports whether
+// the frame is stored.
+func (e *Edge) retry(msg *nats.Msg, err error) bool {
 	e.m.publishErrors.Inc()
 	for attempt, wait := 1, 100*time.Millisecond; attempt <= 3; attempt, wait = attempt+1, wait*4 {
 		time.Sleep(wait)
@@ -316,11 +446,12 @@ func (e *Edge) retry(msg *nats.Msg, err error) {
 		_, err = e.js.PublishMsg(ctx, msg)
 		cancel()
 		if err == nil {
-			return
+			return true
 		}
 	}
 	e.m.framesLost.Inc()
 	e.log.Error("frame lost: RAW did not take it", "conn", msg.Header.Get(bus.HeaderConn), "frame", msg.Header.Get(bus.HeaderFrameSeq), "err", err)
+	return false
 }
 
 // rateLimiter allows one event per second, for log lines under abuse.

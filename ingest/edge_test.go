@@ -185,7 +185,8 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 		name, reason string
 		data         []byte
 	}{
-		{"non-hex", "not_hex", []byte("zz" + strings.Repeat("0", 40))},
+		{"non-hex", "not_hex", []byte("0z" + strings.Repeat("0", 40))},
+		{"neither protocol", "unknown_protocol", []byte("{\"Temp\":1}")},
 		{"over-long", "too_long", []byte(strings.Repeat(strings.Repeat("a", 32)+"+", 40))},
 		{"plus then close", "truncated", append(frame(1)[:32], '+')},
 	}
@@ -288,7 +289,7 @@ func BenchmarkEdgeFrames(b *testing.B) {
 		}
 	}
 	want := float64((b.N + 99) / 100 * 100)
-	for testutil.ToFloat64(h.edge.m.frames) < want {
+	for testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolLegacy)) < want {
 		time.Sleep(time.Millisecond)
 	}
 	<-h.js.PublishAsyncComplete()

@@ -6,7 +6,7 @@ type metrics struct {
 	active         prometheus.Gauge
 	conns          prometheus.Counter
 	rejected       prometheus.Counter
-	frames         prometheus.Counter
+	frames         *prometheus.CounterVec
 	frameBytes     prometheus.Counter
 	connErrors     *prometheus.CounterVec
 	publishErrors  prometheus.Counter
@@ -19,14 +19,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		active:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_ingest_connections_active", Help: "Device connections open now."}),
 		conns:          prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_total", Help: "Device connections accepted."}),
 		rejected:       prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_rejected_total", Help: "Connections closed on arrival because max connections was reached."}),
-		frames:         prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_total", Help: "Complete frames read from devices."}),
+		frames:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_frames_total", Help: "Complete frames read from devices, by protocol."}, []string{"protocol"}),
 		frameBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frame_bytes_total", Help: "Bytes of complete frames read."}),
 		connErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connection_errors_total", Help: "Connections closed for bad input or read errors, by reason."}, []string{"reason"}),
 		publishErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_errors_total", Help: "Publishes to RAW that failed at first."}),
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
 		framesLost:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_lost_total", Help: "Frames RAW did not take after every retry."}),
 	}
-	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read"} {
+	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed"} {
 		m.connErrors.WithLabelValues(r)
 	}
 	if reg != nil {
