@@ -16,6 +16,12 @@ type Reading struct {
 	Variant  string  `json:"variant,omitempty"` // legacy: pico or pseudo
 	Values   Values  `json:"values"`            // the text the device sent
 	Numbers  Numbers `json:"numbers"`           // the same values as numbers
+	// Seq is a v2 device's sequence number of the frame.
+	Seq uint64 `json:"seq,omitempty"`
+	// DeviceTime is when a v2 device took the reading.
+	DeviceTime time.Time `json:"device_time,omitzero"`
+	// Pulse is a v2 device's batch of pulse samples, if it sent one.
+	Pulse *wire.PulseBatch `json:"pulse,omitempty"`
 	// Received is when the edge read the frame.
 	Received time.Time `json:"received"`
 	Conn     string    `json:"conn"`

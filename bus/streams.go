@@ -235,3 +235,22 @@ func OpenConnStore(ctx context.Context, js jetstream.JetStream, replicas int) (j
 	}
 	return kv, nil
 }
+
+// SeqBucket is the KV bucket holding each v2 device's sequence high-water
+// mark, shared by every decrypt worker: a frame at or below it is a replay.
+const SeqBucket = "MEDPIPE_SEQ"
+
+// OpenSeqStore creates or binds the high-water mark bucket (file storage:
+// replay protection must survive restarts).
+func OpenSeqStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      SeqBucket,
+		Description: "medpipe: v2 devices' sequence high-water marks",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: open bucket %s: %w", SeqBucket, err)
+	}
+	return kv, nil
+}

@@ -3,6 +3,7 @@ package decrypt
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/medpipe/medpipe/wire"
 )
@@ -17,7 +18,9 @@ var (
 // indexEntry is one device with its pre-expanded key.
 type indexEntry struct {
 	id      string
+	dev     wire.Device
 	key     *wire.LegacyKey
+	v2      atomic.Pointer[wire.V2Key] // derived on the first v2 frame: most fleets are legacy
 	revoked bool
 }
 
@@ -48,7 +51,7 @@ func (ix *KeyIndex) Len() int {
 // Put adds or replaces a device's key; revoked devices stay identifiable so
 // their frames can be refused as revoked rather than unknown.
 func (ix *KeyIndex) Put(d wire.Device, revoked bool) {
-	e := &indexEntry{id: d.ID, key: wire.NewLegacyKey(d), revoked: revoked}
+	e := &indexEntry{id: d.ID, dev: d, key: wire.NewLegacyKey(d), revoked: revoked}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if i, ok := ix.pos[d.ID]; ok {
@@ -83,6 +86,26 @@ func (ix *KeyIndex) Lookup(id string) (key *wire.LegacyKey, revoked bool, ok boo
 		return nil, false, false
 	}
 	return ix.list[i].key, ix.list[i].revoked, true
+}
+
+// LookupV2 returns a device's v2 key and whether it is revoked.
+func (ix *KeyIndex) LookupV2(id string) (key *wire.V2Key, revoked bool, ok bool) {
+	ix.mu.RLock()
+	i, ok := ix.pos[id]
+	var e *indexEntry
+	if ok {
+		e = ix.list[i]
+	}
+	ix.mu.RUnlock()
+	if !ok {
+		return nil, false, false
+	}
+	k := e.v2.Load()
+	if k == nil {
+		k = wire.NewV2Key(e.dev)
+		e.v2.Store(k)
+	}
+	return k, e.revoked, true
 }
 
 // Identified is the outcome of a key search.

@@ -27,10 +27,10 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) *metrics {
 		publishErrors:   c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
 		sharedHits:      c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates: c("registry_updates_total", "Device registry changes applied to the key index."),
-		readings:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_readings_total", Help: "Readings published, by legacy variant."}, []string{"variant"}),
+		readings:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_readings_total", Help: "Readings published, by protocol and legacy variant."}, []string{"protocol", "variant"}),
 		deadLetters:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_deadletters_total", Help: "Frames sent to DEADLETTER, by reason."}, []string{"reason"}),
 	}
-	for _, r := range []bus.Reason{bus.ReasonUnknownDevice, bus.ReasonAmbiguous, bus.ReasonMalformed, bus.ReasonInvalid, bus.ReasonRevoked} {
+	for _, r := range []bus.Reason{bus.ReasonUnknownDevice, bus.ReasonAmbiguous, bus.ReasonMalformed, bus.ReasonInvalid, bus.ReasonRevoked, bus.ReasonTampered, bus.ReasonReplayed} {
 		m.deadLetters.WithLabelValues(string(r))
 	}
 	devices := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."}, func() float64 { return float64(ix.Len()) })

@@ -40,6 +40,9 @@ type Options struct {
 	// worker (see bus.OpenConnStore): a connection's device is searched for
 	// once, whichever worker its frames reach.
 	Conns jetstream.KeyValue
+	// Seqs holds v2 devices' sequence high-water marks (see bus.OpenSeqStore);
+	// without it v2 frames are retried until it is given.
+	Seqs jetstream.KeyValue
 	// Partitions is the partition count in force (see bus.EnsureStreams).
 	Partitions int
 	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
@@ -63,6 +66,7 @@ type Worker struct {
 	m     *metrics
 	log   *slog.Logger
 	bufs  sync.Pool
+	marks *seqMarks // nil without Options.Seqs
 }
 
 // New checks the options and builds the key index.
@@ -84,6 +88,9 @@ func New(js jetstream.JetStream, o Options) (*Worker, error) {
 		ix = NewKeyIndex(o.Keys)
 	}
 	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: newMetrics(o.Metrics, ix), log: o.Log}
+	if o.Seqs != nil {
+		w.marks = newSeqMarks(o.Seqs)
+	}
 	w.bufs.New = func() any { return &scratch{} }
 	return w, nil
 }
@@ -154,6 +161,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	switch {
 	case f.conn == "" || err != nil:
 		return w.deadLetter(f, bus.ReasonMalformed, "", errors.New("missing connection or frame headers"))
+	case h.Get(bus.HeaderProtocol) == bus.ProtocolV2:
+		if w.marks == nil {
+			return nil, errors.New("decrypt: a v2 frame, but no high-water mark store (Options.Seqs)")
+		}
+		sc := w.bufs.Get().(*scratch)
+		defer w.bufs.Put(sc)
+		return w.handleV2(ctx, f, sc)
 	case h.Get(bus.HeaderProtocol) != "" && h.Get(bus.HeaderProtocol) != bus.ProtocolLegacy:
 		return w.deadLetter(f, bus.ReasonMalformed, "", fmt.Errorf("unsupported protocol %q", h.Get(bus.HeaderProtocol)))
 	}
@@ -178,7 +192,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if !known {
 		w.remember(ctx, f.conn, connDevice{id.Device, id.Variant})
 	}
-	return w.publishReading(f, &id)
+	return w.publishReading(f, &id, nil)
 }
 
 // identify opens the frame with the connection's known key, or searches.
@@ -236,7 +250,8 @@ func (w *Worker) remember(ctx context.Context, conn string, d connDevice) {
 	}
 }
 
-func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, error) {
+// publishReading stores the reading of frame f in READINGS; v2 sets its own fields.
+func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading)) (bus.Completion, error) {
 	h := f.msg.Headers()
 	r := bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
@@ -245,6 +260,9 @@ func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, err
 	}
 	r.Received, _ = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
 	r.SetWire(&id.Reading)
+	if v2 != nil {
+		v2(&r)
+	}
 	data, err := bus.MarshalReading(&r)
 	if err != nil {
 		return nil, err
@@ -259,7 +277,7 @@ func (w *Worker) publishReading(f rawFrame, id *Identified) (bus.Completion, err
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish reading: %w", err)
 	}
-	w.m.readings.WithLabelValues(id.Variant.String()).Inc()
+	w.m.readings.WithLabelValues(r.Protocol, r.Variant).Inc()
 	return bus.PubAck(fut), nil
 }
 

@@ -36,9 +36,18 @@ type jsonReading struct {
 	Received time.Time  `json:"received"`
 }
 
+// pulseBatch is the payload of <prefix>/<id>/Physiological_Data/Pulse_Signal/batch:
+// a v2 device's pulse samples with their rate and the first sample's time.
+type pulseBatch struct {
+	Rate    float64   `json:"rate"`
+	Start   time.Time `json:"start"`
+	Samples []float64 `json:"samples"`
+}
+
 // Topics appends the MQTT messages of one reading, in publishing order: the
 // seven value topics, then (withAddresses) the device's and the edge's
-// addresses, then (jsonTopic) the whole reading as one JSON message.
+// addresses, then a v2 device's pulse batch, then (jsonTopic) the whole
+// reading as one JSON message.
 func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTopic bool) []Message {
 	base := prefix + "/" + r.Device
 	for _, t := range valueTopics {
@@ -53,6 +62,10 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 			Message{base + "/Internal_Server/Ip_address", []byte(lh)},
 			Message{base + "/Internal_Server/Port_address", []byte(lp)},
 		)
+	}
+	if r.Pulse != nil {
+		b, _ := json.Marshal(pulseBatch{r.Pulse.Rate, time.UnixMilli(r.Pulse.Start).UTC(), r.Pulse.Samples})
+		dst = append(dst, Message{base + "/Physiological_Data/Pulse_Signal/batch", b})
 	}
 	if jsonTopic {
 		b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received})

@@ -98,7 +98,14 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen", err)
 	}
-	worker, err := decrypt.New(js, df.options(devs, parts, log, reg))
+	dopts := df.options(devs, parts, log, reg)
+	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	dopts.Seqs, err = bus.OpenSeqStore(sctx, js, nf.streams.Replicas)
+	cancel()
+	if err != nil {
+		return err
+	}
+	worker, err := decrypt.New(js, dopts)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,161 @@
+package decrypt
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
+)
+
+func v2FrameFor(t *testing.T, d wire.Device, seq uint64, withPulse bool) []byte {
+	t.Helper()
+	payload := fmt.Sprintf(`{"time":%d,"values":{"Temp":36.6,"TempMcu":23.7,"PulseSig":%d,"Acel_x":0,"Acel_y":-0.02,"Acel_z":0.98,"TempMpu":23.4}`, 1764000000000+seq, seq)
+	if withPulse {
+		payload += `,"pulse":{"rate":250,"start":1764000000000,"samples":[1.7,1.8]}`
+	}
+	f, err := wire.NewV2Key(d).SealData(nil, d.ID, seq, [12]byte{byte(seq), byte(seq >> 8)}, []byte(payload+"}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// publishV2Raw stores a v2 frame in RAW as the edge would, without a
+// message id so the test can store the same frame twice (a replay).
+func publishV2Raw(t *testing.T, js jetstream.JetStream, device string, n int, frame []byte) {
+	t.Helper()
+	h := nats.Header{}
+	h.Set(bus.HeaderConn, "v2conn")
+	h.Set(bus.HeaderFrameSeq, strconv.Itoa(n))
+	h.Set(bus.HeaderRemote, "127.0.0.1:40000")
+	h.Set(bus.HeaderLocal, "127.0.0.1:9998")
+	h.Set(bus.HeaderReceived, time.Now().UTC().Format(time.RFC3339Nano))
+	h.Set(bus.HeaderProtocol, bus.ProtocolV2)
+	h.Set(bus.HeaderDevice, device)
+	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: bus.RawSubject(bus.Partition(device, parts)), Data: frame, Header: h}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) {
+	t.Helper()
+	seqs, err := bus.OpenSeqStore(t.Context(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(js, Options{Keys: devs, Partitions: parts, Seqs: seqs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// TestV2Frames: readings, a replay and a reordered old frame refused by
+// either of two workers, a tampered frame refused.
+func TestV2Frames(t *testing.T) {
+	js := setup(t)
+	devs := loadKeys(t)
+	d := devs[1]
+	runV2Worker(t, js, devs)
+	runV2Worker(t, js, devs)
+	tampered := v2FrameFor(t, d, 9, false)
+	tampered[len(tampered)-20] ^= 0x01
+	frames := [][]byte{
+		v2FrameFor(t, d, 1, true),
+		v2FrameFor(t, d, 2, false),
+		v2FrameFor(t, d, 2, false), // replayed
+		v2FrameFor(t, d, 5, false),
+		v2FrameFor(t, d, 3, false), // reordered old frame
+		tampered,
+		v2FrameFor(t, wire.Device{ID: "nobody", Key: d.Key, IV: d.IV}, 1, false),
+		v2FrameFor(t, d, 6, false),
+	}
+	for i, f := range frames {
+		publishV2Raw(t, js, d.ID, i+1, f)
+	}
+	readings := streamMsgs(t, js, bus.StreamReadings, 4)
+	var seqs []uint64
+	for _, m := range readings {
+		r, err := bus.UnmarshalReading(m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, r.Seq)
+		if r.Protocol != bus.ProtocolV2 || r.Values.Temp != "36.600" || r.Values.AcelY != "-0.02" || r.DeviceTime.IsZero() {
+			t.Fatalf("reading %+v", r)
+		}
+		if r.Seq == 1 && (r.Pulse == nil || r.Pulse.Rate != 250 || len(r.Pulse.Samples) != 2) {
+			t.Fatalf("pulse batch lost: %+v", r.Pulse)
+		}
+	}
+	if fmt.Sprint(seqs) != "[1 2 5 6]" {
+		t.Fatalf("readings with seq %v, want [1 2 5 6]", seqs)
+	}
+	reasons := map[string]int{}
+	for _, m := range streamMsgs(t, js, bus.StreamDeadLetter, 4) {
+		reasons[m.Headers().Get(bus.HeaderReason)]++
+	}
+	want := map[string]int{string(bus.ReasonReplayed): 2, string(bus.ReasonTampered): 1, string(bus.ReasonUnknownDevice): 1}
+	if fmt.Sprint(reasons) != fmt.Sprint(want) {
+		t.Fatalf("dead letters %v, want %v", reasons, want)
+	}
+}
+
+// TestSeqMarksConcurrent: two workers racing on one device with the same
+// frames stored twice in RAW (a replay) accept each sequence number exactly
+// once, and a redelivered RAW message (same raw sequence) is not taken for
+// a replay.
+func TestSeqMarksConcurrent(t *testing.T) {
+	js := setup(t)
+	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := newSeqMarks(kv), newSeqMarks(kv)
+	var mu sync.Mutex
+	accepted := map[uint64]int{}
+	var wg sync.WaitGroup
+	for i, s := range []*seqMarks{a, b} {
+		wg.Go(func() {
+			for seq := uint64(1); seq <= 100; seq++ {
+				ok, err := s.advance(t.Context(), "dev", seq, uint64(1000*(i+1))+seq)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					accepted[seq]++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for seq := uint64(1); seq <= 100; seq++ {
+		if accepted[seq] > 1 {
+			t.Fatalf("seq %d accepted %d times", seq, accepted[seq])
+		}
+	}
+	if accepted[100] != 1 {
+		t.Fatal("the last sequence number was accepted by neither")
+	}
+	m, _ := a.get(t.Context(), "dev")
+	if ok, _ := a.advance(t.Context(), "dev", 100, m.raw); !ok {
+		t.Fatal("a redelivery of the RAW message holding the mark was refused")
+	}
+	if ok, _ := a.advance(t.Context(), "dev", 100, 5555); ok {
+		t.Fatal("the same sequence number in another RAW message was accepted")
+	}
+}
