@@ -126,28 +126,39 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 	defer acker.Wait()
 	defer close(pending)
 
-	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return nil
-		}
-		if err != nil {
-			// Missed heartbeats and the like: the iterator recovers by itself.
-			o.Log.Debug("pull", "stage", o.Stage, "partition", p, "err", err)
-			if work.Err() != nil {
-				return nil
+	// Take messages out of the client's buffer at once, so that every
+	// delivered message is tracked and kept alive with in-progress acks.
+	incoming := make(chan jetstream.Msg, o.MaxInFlight)
+	go func() {
+		defer close(incoming)
+		for {
+			msg, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
 			}
-			continue
+			if err != nil {
+				// Missed heartbeats and the like: the iterator recovers by itself.
+				o.Log.Debug("pull", "stage", o.Stage, "partition", p, "err", err)
+				if work.Err() != nil {
+					return
+				}
+				continue
+			}
+			live.add(msg)
+			incoming <- msg
 		}
+	}()
+	for msg := range incoming {
 		done, err := o.Handle(work, msg)
 		if err != nil {
+			live.remove(msg)
 			o.Log.Warn("message not processed; will be redelivered", "stage", o.Stage, "partition", p, "err", err)
 			_ = msg.NakWithDelay(time.Second)
 			continue
 		}
-		live.add(msg)
 		pending <- inFlight{msg, done}
 	}
+	return nil
 }
 
 // ackInOrder acknowledges messages in the order they were handled, each once

@@ -1,7 +1,10 @@
 package decrypt
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -108,24 +111,34 @@ func (ix *KeyIndex) LookupV2(id string) (key *wire.V2Key, revoked bool, ok bool)
 	return k, e.revoked, true
 }
 
-// Identified is the outcome of a key search.
+// Identified is the outcome of a key search: the device found and its
+// reading, or, with ErrInvalid, the device whose key fitted the first block.
 type Identified struct {
-	Device  string
-	Key     *wire.LegacyKey
-	Revoked bool
-	Variant wire.Variant
-	Reading wire.Reading
+	Device  string          // device id
+	Key     *wire.LegacyKey // the device's key, for the connection's next frames
+	Revoked bool            // the device's key is revoked: its frames are refused
+	Variant wire.Variant    // the legacy encoder that produced the frame
+	Reading wire.Reading    // the validated reading
 	// Candidates is how many keys' first block looked like a reading.
 	Candidates int
 }
 
-// Identify finds the device whose key opens ct (binary ciphertext). It
-// decrypts only the first block per key, then fully opens the candidates
-// whose first block looks like the start of a reading: that check lets a
-// wrong key through about once in 2^29, so the full check is what decides.
+// Identify finds the device whose key opens ct (binary ciphertext, whole
+// blocks). It decrypts only the first block per key, then fully opens the
+// candidates whose first block looks like the start of a reading: that
+// check lets a wrong key through about once in 2^29, so the full check is
+// what decides. buf is scratch space for Open (2×len(ct) avoids allocating).
+//
+// It returns ErrUnknownDevice when no key fits; ErrInvalid, with the device,
+// when a key fits the first block but the message is not a valid reading;
+// ErrAmbiguous when more than one key opens the message fully.
 func (ix *KeyIndex) Identify(buf, ct []byte) (Identified, error) {
+	if len(ct) == 0 || len(ct)%wire.BlockSize != 0 {
+		return Identified{}, fmt.Errorf("%w: ciphertext of %d bytes is not whole blocks", ErrUnknownDevice, len(ct))
+	}
 	var first [wire.BlockSize]byte
-	var cands []*indexEntry
+	var few [4]*indexEntry // a wrong key is a candidate about once in 2^29: rarely more than one
+	cands := few[:0]
 	ix.mu.RLock()
 	for _, e := range ix.list {
 		e.key.FirstBlock(&first, ct)
@@ -143,21 +156,30 @@ func resolve(buf, ct []byte, cands []*indexEntry) (Identified, error) {
 	if len(cands) == 0 {
 		return out, ErrUnknownDevice
 	}
-	found := 0
+	var fitsSpace [4]string
+	fits := fitsSpace[:0] // device ids that open ct fully
+	var firstErr error
 	for _, e := range cands {
 		r, v, err := e.key.Open(buf, ct, wire.Pico)
 		if err != nil {
+			firstErr = cmp.Or(firstErr, err)
 			continue
 		}
-		found++
+		fits = append(fits, e.id)
 		out.Device, out.Key, out.Revoked, out.Variant, out.Reading = e.id, e.key, e.revoked, v, r
 	}
-	switch found {
+	switch len(fits) {
 	case 0:
 		out.Device = cands[0].id // the likeliest sender, for the dead letter
-		return out, ErrInvalid
+		// wire's errors name what is wrong, never the key or the text.
+		return out, fmt.Errorf("%w: %w", ErrInvalid, firstErr)
 	case 1:
 		return out, nil
 	}
-	return out, ErrAmbiguous
+	// Ids are not secret, and operators need them to fix the keys file.
+	more := ""
+	if len(fits) > 4 {
+		more, fits = fmt.Sprintf(" and %d more", len(fits)-4), fits[:4]
+	}
+	return Identified{Candidates: len(cands)}, fmt.Errorf("%w: devices %s%s", ErrAmbiguous, strings.Join(fits, ", "), more)
 }

@@ -1,11 +1,18 @@
 package decrypt
 
 import (
+	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/wire"
 )
@@ -24,31 +31,56 @@ func loadKeys(t testing.TB) []wire.Device {
 	return devs
 }
 
+// testReading is reading number i: PulseSig is "<i>.000", so that tests can
+// tell readings apart and check their order.
+func testReading(i int) wire.Reading {
+	return wire.Reading{fmt.Sprintf("36.%03d", i%1000), "23.700", fmt.Sprintf("%d.000", i), "0.000", "-0.02", "0.980", "23.400"}
+}
+
+// sealReading is reading i as d sends it, as binary ciphertext.
 func sealReading(d wire.Device, v wire.Variant, i int) []byte {
-	r := wire.Reading{fmt.Sprintf("36.%03d", i%1000), "23.700", fmt.Sprintf("%d.000", i), "0.000", "-0.02", "0.980", "23.400"}
+	r := testReading(i)
 	ct, err := wire.DecodeFrame(nil, wire.NewLegacyKey(d).Seal(nil, v, r.AppendJSON(nil)))
 	if err != nil {
-		panic(err)
+		panic(err) // Seal's own output: only a bug in wire gets here
 	}
 	return ct
+}
+
+// secretTexts are the ways key material could leak into an error: the raw
+// key and IV characters and their hex.
+func secretTexts(devs []wire.Device) []string {
+	var out []string
+	for _, d := range devs {
+		out = append(out, string(d.Key[:]), string(d.IV[:]), hex.EncodeToString(d.Key[:]), hex.EncodeToString(d.IV[:]))
+	}
+	return out
 }
 
 func TestIdentify(t *testing.T) {
 	devs := loadKeys(t)
 	stranger := wire.Device{ID: "stranger", Key: [16]byte([]byte("ZZZZZZZZZZZZZZZZ")), IV: devs[0].IV}
-	// twin shares device 1's key and IV: both open its frames fully.
+	// twin has device 1's key and IV under another id: both open device
+	// 1's frames fully, which is ambiguous.
 	twin := wire.Device{ID: "twin", Key: devs[0].Key, IV: devs[0].IV}
-	// lookalike shares device 1's key, and its IV differs in byte 1 by one
-	// bit: the first block of device 1's frames decrypts under it to
-	// `{#Temp":"36...`: printable, starting with '{', so a first-block
-	// candidate; but pico chains later blocks on the ciphertext, not the
-	// IV, so the full text is not JSON and the full check rejects it.
+	// lookalike has device 1's key, and its IV differs from device 1's by
+	// one bit of byte 1 (0x01). The first block of any frame is
+	// D(C1) XOR IV for both variants, so under lookalike it decrypts to
+	// device 1's first block with byte 1 '"' (0x22) turned into '#' (0x23):
+	// `{#Temp":"36.001"`, '{' and printable, a first-block candidate. The
+	// rest cannot repair it: pico chains blocks 2.. on the ciphertext, so
+	// they decrypt exactly as under device 1's key, and the text starts
+	// `{#Temp"`, which is not JSON; read as pseudo (Open tries both), every
+	// block carries the same flipped bit and the later ones are garbage.
+	// So two first-block candidates, one full fit.
 	lookalike := wire.Device{ID: "lookalike", Key: devs[0].Key, IV: devs[0].IV}
 	lookalike.IV[1] ^= 0x01
-	corrupt := sealReading(devs[1], wire.Pico, 3)
-	corrupt[len(corrupt)-1] ^= 0xff
+	corruptLast := sealReading(devs[1], wire.Pico, 3)
+	corruptLast[len(corruptLast)-1] ^= 0xff
+	corruptMiddle := sealReading(devs[2], wire.Pseudo, 4)
+	corruptMiddle[wire.BlockSize+3] ^= 0x40
 
-	tests := []struct {
+	type testCase struct {
 		name       string
 		devs       []wire.Device
 		ct         []byte
@@ -56,27 +88,63 @@ func TestIdentify(t *testing.T) {
 		variant    wire.Variant
 		candidates int
 		err        error
-	}{
-		{"pico", devs, sealReading(devs[2], wire.Pico, 1), "iot_med_dev_03", wire.Pico, 1, nil},
-		{"pseudo", devs, sealReading(devs[3], wire.Pseudo, 2), "iot_med_dev_04", wire.Pseudo, 1, nil},
-		{"no key fits", devs, sealReading(stranger, wire.Pico, 1), "", 0, 0, ErrUnknownDevice},
-		{"two keys fit fully", append(devs, twin), sealReading(devs[0], wire.Pico, 1), "", 0, 2, ErrAmbiguous},
-		{"two fit the first block, one fully", append(devs, lookalike), sealReading(devs[0], wire.Pico, 1), "iot_med_dev_01", wire.Pico, 2, nil},
-		{"corrupted last block", devs, corrupt, "iot_med_dev_02", 0, 1, ErrInvalid},
 	}
+	var tests []testCase
+	for i, d := range devs {
+		for _, v := range []wire.Variant{wire.Pico, wire.Pseudo} {
+			tests = append(tests, testCase{fmt.Sprintf("%s %s", d.ID, v), devs, sealReading(d, v, i), d.ID, v, 1, nil})
+		}
+	}
+	tests = append(tests, []testCase{
+		{"no key fits", devs, sealReading(stranger, wire.Pico, 1), "", 0, 0, ErrUnknownDevice},
+		{"empty index", nil, sealReading(devs[0], wire.Pico, 1), "", 0, 0, ErrUnknownDevice},
+		{"not whole blocks", devs, sealReading(devs[0], wire.Pico, 1)[:20], "", 0, 0, ErrUnknownDevice},
+		{"two keys fit fully", append(slices.Clone(devs), twin), sealReading(devs[0], wire.Pico, 1), "", 0, 2, ErrAmbiguous},
+		{"two fit the first block, one fully (pico)", append(slices.Clone(devs), lookalike), sealReading(devs[0], wire.Pico, 1), devs[0].ID, wire.Pico, 2, nil},
+		{"two fit the first block, one fully (pseudo)", append(slices.Clone(devs), lookalike), sealReading(devs[0], wire.Pseudo, 1), devs[0].ID, wire.Pseudo, 2, nil},
+		{"only the lookalike fits the first block", []wire.Device{lookalike, devs[1]}, sealReading(devs[0], wire.Pico, 1), "lookalike", 0, 1, ErrInvalid},
+		{"corrupted last block", devs, corruptLast, devs[1].ID, 0, 1, ErrInvalid},
+		{"corrupted middle block", devs, corruptMiddle, devs[2].ID, 0, 1, ErrInvalid},
+	}...)
+	secrets := secretTexts(append(slices.Clone(devs), stranger, lookalike))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id, err := NewKeyIndex(tt.devs).Identify(nil, tt.ct)
+			ct := slices.Clone(tt.ct)
+			id, err := NewKeyIndex(tt.devs).Identify(make([]byte, 0, 2*len(ct)), ct)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			if !bytes.Equal(ct, tt.ct) {
+				t.Fatal("Identify changed the ciphertext")
 			}
 			if id.Candidates != tt.candidates {
 				t.Fatalf("%d candidates, want %d", id.Candidates, tt.candidates)
 			}
-			if tt.want != "" && (id.Device != tt.want || (err == nil && id.Variant != tt.variant)) {
-				t.Fatalf("identified %s %v, want %s %v", id.Device, id.Variant, tt.want, tt.variant)
+			if id.Device != tt.want {
+				t.Fatalf("device %q, want %q", id.Device, tt.want)
+			}
+			if err == nil {
+				if id.Variant != tt.variant || id.Key == nil || id.Reading.Validate() != nil {
+					t.Fatalf("identified %s %v (key %v), want %v and a valid reading", id.Device, id.Variant, id.Key != nil, tt.variant)
+				}
+				return
+			}
+			for _, s := range secrets {
+				if strings.Contains(err.Error(), s) {
+					t.Fatalf("error %q holds key material", err)
+				}
 			}
 		})
+	}
+}
+
+// TestIdentifyAmbiguousNamesDevices: the error says which devices share a key.
+func TestIdentifyAmbiguousNamesDevices(t *testing.T) {
+	devs := loadKeys(t)
+	twin := wire.Device{ID: "twin", Key: devs[0].Key, IV: devs[0].IV}
+	_, err := NewKeyIndex(append(devs, twin)).Identify(nil, sealReading(devs[0], wire.Pico, 1))
+	if !errors.Is(err, ErrAmbiguous) || !strings.Contains(err.Error(), devs[0].ID) || !strings.Contains(err.Error(), "twin") {
+		t.Fatalf("error %v, want ambiguous naming %s and twin", err, devs[0].ID)
 	}
 }
 
@@ -125,16 +193,26 @@ func benchDevices(n int) []wire.Device {
 	return devs
 }
 
-// BenchmarkIdentify compares, per frame, the old way (full decrypt with
-// every key until one parses), the first-block search, and the cached path
-// (the connection's key known), with the sender the last device searched.
+// benchSizes are the key index sizes benchmarked.
+var benchSizes = []int{10, 1000, 10000, 100000}
+
+// BenchmarkIdentify is a connection's first frame: the first-block search
+// over every key ("search"), against the old way, a full decrypt with every
+// key until one parses ("trial"). The sender is the last device searched.
 func BenchmarkIdentify(b *testing.B) {
-	for _, n := range []int{10, 1000, 10000, 100000} {
+	for _, n := range benchSizes {
 		devs := benchDevices(n)
 		ix := NewKeyIndex(devs)
-		sender := devs[n-1]
-		ct := sealReading(sender, wire.Pico, 7)
-		buf := make([]byte, 0, 512)
+		ct := sealReading(devs[n-1], wire.Pico, 7)
+		buf := make([]byte, 0, 2*len(ct))
+		b.Run(fmt.Sprintf("search/devices=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := ix.Identify(buf, ct); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		b.Run(fmt.Sprintf("trial/devices=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
@@ -145,21 +223,50 @@ func BenchmarkIdentify(b *testing.B) {
 				}
 			}
 		})
-		b.Run(fmt.Sprintf("first-block/devices=%d", n), func(b *testing.B) {
+	}
+}
+
+// BenchmarkCachedOpen is every later frame of a connection, for index
+// sizes it must not depend on: "open" is the known key's Open (AES-CBC,
+// padding, JSON, validation); "handler" the worker's whole handler
+// (headers, hex decoding, connection cache, Open, the READINGS message)
+// short of the network.
+func BenchmarkCachedOpen(b *testing.B) {
+	for _, n := range benchSizes {
+		devs := benchDevices(n)
+		sender := devs[n-1]
+		js := &stubJetStream{}
+		w, err := newWorker(js, Options{Keys: devs, Partitions: 16})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := testReading(7)
+		frame := wire.NewLegacyKey(sender).Seal(nil, wire.Pseudo, r.AppendJSON(nil))
+		ct, _ := wire.DecodeFrame(nil, frame)
+		buf := make([]byte, 0, 2*len(ct))
+		b.Run(fmt.Sprintf("open/devices=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := ix.Identify(buf, ct); err != nil {
+				key, _, _ := w.ix.Lookup(sender.ID)
+				if _, _, err := key.Open(buf, ct, wire.Pseudo); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
-		b.Run(fmt.Sprintf("cached/devices=%d", n), func(b *testing.B) {
+		m := &stubMsg{data: frame, header: rawHeaders("bench-conn", 1, time.Now()), seq: 1}
+		if out, err := handleStub(b.Context(), w, js, m); err != nil || !strings.HasPrefix(out.Subject, "medpipe.readings.") {
+			b.Fatalf("first frame: %v", err) // the connection's first frame: a search
+		}
+		b.Run(fmt.Sprintf("handler/devices=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				key, _, _ := ix.Lookup(sender.ID)
-				if _, _, err := key.Open(buf, ct, wire.Pico); err != nil {
+				js.published = js.published[:0]
+				if _, err := w.handle(b.Context(), m); err != nil {
 					b.Fatal(err)
 				}
+			}
+			if got := testutil.ToFloat64(w.m.searches); got != 1 {
+				b.Fatalf("%v searches, want only the first frame's", got)
 			}
 		})
 	}

@@ -1,6 +1,9 @@
 package decrypt
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
@@ -13,9 +16,20 @@ type metrics struct {
 	readings, deadLetters                   *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, ix *KeyIndex) *metrics {
+// newMetrics makes the worker's metrics and registers them with reg (none
+// when nil). A metric another Worker of the process already registered
+// there is shared, not refused.
+func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
+	var errs []error
 	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_decrypt_" + name, Help: help})
+		m, err := register(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_decrypt_" + name, Help: help}))
+		errs = append(errs, err)
+		return m
+	}
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		m, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_" + name, Help: help}, labels))
+		errs = append(errs, err)
+		return m
 	}
 	m := &metrics{
 		frames:          c("frames_total", "RAW frames handled."),
@@ -23,19 +37,36 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) *metrics {
 		candidates:      c("search_candidates_total", "Keys whose first block fitted during searches."),
 		ambiguous:       c("ambiguous_total", "Frames that more than one key opened fully."),
 		cacheHits:       c("cache_hits_total", "Frames opened with their connection's known key."),
-		cacheMisses:     c("cache_misses_total", "Frames their connection's known key did not open."),
+		cacheMisses:     c("cache_misses_total", "Frames their connection's known key did not open (searched again)."),
 		publishErrors:   c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
 		sharedHits:      c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates: c("registry_updates_total", "Device registry changes applied to the key index."),
-		readings:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_readings_total", Help: "Readings published, by protocol and legacy variant."}, []string{"protocol", "variant"}),
-		deadLetters:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_decrypt_deadletters_total", Help: "Frames sent to DEADLETTER, by reason."}, []string{"reason"}),
+		readings:        vec("readings_total", "Readings published, by protocol and legacy variant.", "protocol", "variant"),
+		deadLetters:     vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
+	}
+	_, err := register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."},
+		func() float64 { return float64(ix.Len()) }))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("decrypt: metrics: %w", err)
 	}
 	for _, r := range []bus.Reason{bus.ReasonUnknownDevice, bus.ReasonAmbiguous, bus.ReasonMalformed, bus.ReasonInvalid, bus.ReasonRevoked, bus.ReasonTampered, bus.ReasonReplayed} {
-		m.deadLetters.WithLabelValues(string(r))
+		m.deadLetters.WithLabelValues(string(r)) // every reason shows, at zero, from the start
 	}
-	devices := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."}, func() float64 { return float64(ix.Len()) })
-	if reg != nil {
-		reg.MustRegister(m.frames, m.searches, m.candidates, m.ambiguous, m.cacheHits, m.cacheMisses, m.publishErrors, m.registryUpdates, m.sharedHits, m.readings, m.deadLetters, devices)
+	return m, nil
+}
+
+// register registers c with reg, or returns the collector of the same
+// description already there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if reg == nil {
+		return c, nil
 	}
-	return m
+	err := reg.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
 }

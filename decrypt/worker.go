@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -71,6 +72,15 @@ type Worker struct {
 
 // New checks the options and builds the key index.
 func New(js jetstream.JetStream, o Options) (*Worker, error) {
+	if js == nil {
+		return nil, errors.New("decrypt: no JetStream context")
+	}
+	return newWorker(js, o)
+}
+
+// newWorker is New without the JetStream check: tests drive the handler
+// with a stand-in.
+func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if o.Partitions <= 0 {
 		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
 	}
@@ -87,7 +97,11 @@ func New(js jetstream.JetStream, o Options) (*Worker, error) {
 	if ix == nil {
 		ix = NewKeyIndex(o.Keys)
 	}
-	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: newMetrics(o.Metrics, ix), log: o.Log}
+	m, err := newMetrics(o.Metrics, ix)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log}
 	if o.Seqs != nil {
 		w.marks = newSeqMarks(o.Seqs)
 	}
@@ -121,10 +135,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.log.Info("key index loaded from the registry", "devices", w.ix.Len())
 	}
-	return bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
+	err := bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
 		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Log: w.log,
 	})
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil // stopped while still creating its consumers: nothing was taken on
+	}
+	return err
 }
 
 // apply brings one registry change into the index.
@@ -137,15 +155,57 @@ func (w *Worker) apply(r registry.Record, deleted bool) {
 	w.m.registryUpdates.Inc()
 }
 
-// scratch is reused per frame: handlers run concurrently across partitions.
+// scratch is one frame's working memory. ConsumePartitions calls the
+// handler from one goroutine per partition, so each call takes its own
+// from a pool rather than sharing one buffer.
 type scratch struct{ ct, plain []byte }
 
 // rawFrame is a RAW message's parts that a reading or dead letter carries on.
 type rawFrame struct {
 	msg      jetstream.Msg
-	seq      uint64
+	seq      uint64 // RAW stream sequence
 	conn     string
 	frameSeq uint64
+	received time.Time
+}
+
+// errBadHeaders marks RAW messages whose edge headers are missing or garbled.
+var errBadHeaders = errors.New("decrypt: RAW headers")
+
+// parseHeaders reads the headers the edge sets on every RAW message. The
+// connection, frame number and receive time are required; the protocol,
+// when given, must be one this worker knows.
+func (f *rawFrame) parseHeaders(h nats.Header) error {
+	f.conn = h.Get(bus.HeaderConn)
+	if f.conn == "" {
+		return fmt.Errorf("%w: missing %s", errBadHeaders, bus.HeaderConn)
+	}
+	if !utf8.ValidString(f.conn) { // it would not survive the READINGS JSON
+		return fmt.Errorf("%w: %s %q is not UTF-8", errBadHeaders, bus.HeaderConn, clip(f.conn))
+	}
+	var err error
+	if f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64); err != nil || f.frameSeq == 0 {
+		return fmt.Errorf("%w: %s %q is not a frame number", errBadHeaders, bus.HeaderFrameSeq, clip(h.Get(bus.HeaderFrameSeq)))
+	}
+	if f.received, err = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived)); err != nil {
+		return fmt.Errorf("%w: %s %q is not an RFC 3339 time", errBadHeaders, bus.HeaderReceived, clip(h.Get(bus.HeaderReceived)))
+	}
+	switch p := h.Get(bus.HeaderProtocol); p {
+	case "", bus.ProtocolLegacy, bus.ProtocolV2:
+	default:
+		return fmt.Errorf("%w: unsupported %s %q", errBadHeaders, bus.HeaderProtocol, clip(p))
+	}
+	return nil
+}
+
+// clip shortens a header value quoted in an error: the dead letter keeps
+// the headers whole anyway.
+func clip(s string) string {
+	const maxQuoted = 40
+	if len(s) > maxQuoted {
+		return s[:maxQuoted] + "..."
+	}
+	return s
 }
 
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion, error) {
@@ -156,26 +216,25 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	}
 	f := rawFrame{msg: msg, seq: meta.Sequence.Stream}
 	h := msg.Headers()
-	f.conn = h.Get(bus.HeaderConn)
-	f.frameSeq, err = strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64)
-	switch {
-	case f.conn == "" || err != nil:
-		return w.deadLetter(f, bus.ReasonMalformed, "", errors.New("missing connection or frame headers"))
-	case h.Get(bus.HeaderProtocol) == bus.ProtocolV2:
+	if err := f.parseHeaders(h); err != nil {
+		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	}
+	if h.Get(bus.HeaderProtocol) == bus.ProtocolV2 {
 		if w.marks == nil {
 			return nil, errors.New("decrypt: a v2 frame, but no high-water mark store (Options.Seqs)")
 		}
 		sc := w.bufs.Get().(*scratch)
 		defer w.bufs.Put(sc)
 		return w.handleV2(ctx, f, sc)
-	case h.Get(bus.HeaderProtocol) != "" && h.Get(bus.HeaderProtocol) != bus.ProtocolLegacy:
-		return w.deadLetter(f, bus.ReasonMalformed, "", fmt.Errorf("unsupported protocol %q", h.Get(bus.HeaderProtocol)))
 	}
 	sc := w.bufs.Get().(*scratch)
 	defer w.bufs.Put(sc)
 	sc.ct, err = wire.DecodeFrame(sc.ct[:0], msg.Data())
 	if err != nil {
 		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	}
+	if need := 2 * len(sc.ct); cap(sc.plain) < need { // what Open needs, so that it does not allocate
+		sc.plain = make([]byte, need)
 	}
 	id, known, err := w.identify(ctx, sc, f.conn)
 	switch {
@@ -212,7 +271,8 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string) (Identi
 				return Identified{Device: c.device, Key: key, Revoked: revoked, Variant: v, Reading: r}, v == c.variant, nil
 			}
 		}
-		// Another device on the same connection, or a rotated key: search.
+		// Another device on the same connection (the old desktop simulator
+		// sends several on one), or a rotated key: search.
 		w.m.cacheMisses.Inc()
 	}
 	w.m.searches.Inc()
@@ -255,22 +315,22 @@ func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading
 	h := f.msg.Headers()
 	r := bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
-		Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
+		Received: f.received, Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
 		Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal),
 	}
-	r.Received, _ = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
 	r.SetWire(&id.Reading)
 	if v2 != nil {
 		v2(&r)
 	}
 	data, err := bus.MarshalReading(&r)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}
 	out := &nats.Msg{
 		Subject: bus.ReadingsSubject(bus.Partition(id.Device, w.o.Partitions), id.Device),
 		Data:    data,
-		Header:  nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
+		// The id makes the reading of a redelivered frame a duplicate that JetStream drops.
+		Header: nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
 	}
 	fut, err := w.js.PublishMsgAsync(out)
 	if err != nil {
@@ -286,12 +346,14 @@ func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading
 func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause error) (bus.Completion, error) {
 	h := nats.Header{}
 	for k, v := range f.msg.Headers() {
-		if k != jetstream.MsgIDHeader {
+		// The edge's message id, or any other JetStream control header
+		// (expected stream, TTL...), would act on the DEADLETTER publish.
+		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
 			h[k] = v
 		}
 	}
 	h.Set(bus.HeaderReason, string(reason))
-	h.Set(bus.HeaderError, cause.Error())
+	h.Set(bus.HeaderError, cause.Error()) // no error built here or in wire quotes key material
 	h.Set(bus.HeaderRawSeq, strconv.FormatUint(f.seq, 10))
 	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(f.seq, 10))
 	if device != "" {

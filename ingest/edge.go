@@ -107,6 +107,13 @@ type Edge struct {
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
 	rejectLog rateLimiter
+	acceptLog rateLimiter
+
+	// abandon is cancelled when the drain deadline passes: ack waits and
+	// retries stop, and what they still held counts in unconfirmed.
+	abandon       context.Context
+	abandonCancel context.CancelFunc
+	unconfirmed   atomic.Int64
 }
 
 // pendingPublish is a frame published to RAW whose ack is awaited.
@@ -127,11 +134,13 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 			return nil, fmt.Errorf("ingest: listen on %s: %w", o.Listen, err)
 		}
 	}
+	abandon, abandonCancel := context.WithCancel(context.Background())
 	return &Edge{
 		js: js, o: o, ln: ln, log: o.Log,
 		m:       newMetrics(o.Metrics),
 		pending: make(chan pendingPublish, 8192),
 		conns:   map[net.Conn]struct{}{},
+		abandon: abandon, abandonCancel: abandonCancel,
 	}, nil
 }
 
@@ -151,62 +160,102 @@ func (e *Edge) Health() error {
 
 // Run accepts and serves connections until ctx is cancelled. Then it stops
 // accepting, ends every connection's reads (complete frames are still
-// published), waits for every pending publish within DrainTimeout and
-// returns.
+// published) and waits for every pending publish. The whole drain is bounded
+// by DrainTimeout: past it, connections are closed outright, acks still
+// outstanding are given up on and Run returns an error counting them.
 func (e *Edge) Run(ctx context.Context) error {
 	var watchers sync.WaitGroup
 	watchers.Go(e.watchAcks)
 	var conns sync.WaitGroup
-	stop := context.AfterFunc(ctx, func() {
-		e.closing.Store(true)
-		e.ln.Close()
+	stop := context.AfterFunc(ctx, e.beginShutdown)
+	defer stop()
+	err := e.acceptLoop(ctx, &conns)
+
+	// Drain. The deadline runs from the end of accepting, whether the
+	// context or a listener failure ended it.
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.o.DrainTimeout)
+	defer cancel()
+	forceClose := context.AfterFunc(drainCtx, func() {
+		// Readers still busy (a device that keeps sending) or watchers still
+		// waiting (JetStream unreachable): stop both.
+		e.abandonCancel()
 		e.mu.Lock()
 		for c := range e.conns {
-			// Readers return; complete frames are still published. CloseRead
-			// wins over any deadline the frame reader sets meanwhile.
-			_ = c.SetReadDeadline(time.Now())
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.CloseRead()
-			}
+			_ = c.Close()
 		}
 		e.mu.Unlock()
 	})
-	defer stop()
-	var err error
-	for {
-		c, aerr := e.ln.Accept()
-		if aerr != nil {
-			if !e.closing.Load() {
-				err = fmt.Errorf("ingest: accept: %w", aerr)
-				e.closing.Store(true)
-			}
-			break
+	defer forceClose()
+	conns.Wait()
+	close(e.pending)
+	watchers.Wait()
+	select {
+	case <-e.js.PublishAsyncComplete():
+	case <-drainCtx.Done():
+	}
+	if n := e.unconfirmed.Load(); n > 0 || drainCtx.Err() != nil {
+		return errors.Join(err, fmt.Errorf("ingest: drain incomplete after %v: %d frames unconfirmed, %d publishes pending", e.o.DrainTimeout, n, e.js.PublishAsyncPending()))
+	}
+	return err
+}
+
+// beginShutdown stops accepting and makes every connection's reader return
+// once it has read what the device sent before.
+func (e *Edge) beginShutdown() {
+	e.closing.Store(true)
+	_ = e.ln.Close()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for c := range e.conns {
+		// CloseRead wins over any deadline the frame reader sets meanwhile;
+		// data already received is still read, then the reader sees EOF.
+		_ = c.SetReadDeadline(time.Now())
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.CloseRead()
 		}
+	}
+}
+
+// acceptLoop accepts connections until shutdown. Transient accept failures
+// (out of file descriptors, say) are retried with backoff, as net/http does,
+// so that a burst of connections does not end the edge.
+func (e *Edge) acceptLoop(ctx context.Context, conns *sync.WaitGroup) error {
+	var backoff time.Duration
+	for {
+		c, err := e.ln.Accept()
+		if err != nil {
+			if e.closing.Load() {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				e.beginShutdown()
+				return fmt.Errorf("ingest: accept on %s: %w", e.ln.Addr(), err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if e.acceptLog.allow() {
+				e.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+			}
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		backoff = 0
 		if e.active.Load() >= int64(e.o.MaxConns) {
 			e.m.rejected.Inc()
 			if e.rejectLog.allow() {
 				e.log.Warn("connection refused: max connections reached", "remote", c.RemoteAddr().String(), "max_conns", e.o.MaxConns)
 			}
-			c.Close()
+			_ = c.Close()
 			continue
 		}
 		if !e.track(c) {
-			c.Close()
+			_ = c.Close()
 			continue
 		}
 		conns.Go(func() { e.serve(c) })
 	}
-	conns.Wait()
-	close(e.pending)
-	watchers.Wait()
-	drain, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.o.DrainTimeout)
-	defer cancel()
-	select {
-	case <-e.js.PublishAsyncComplete():
-	case <-drain.Done():
-		return errors.Join(err, fmt.Errorf("ingest: %d publishes still pending after %v", e.js.PublishAsyncPending(), e.o.DrainTimeout))
-	}
-	return err
 }
 
 // track registers a connection so shutdown can reach it; false when closing.

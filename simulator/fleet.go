@@ -39,6 +39,9 @@ type Stats struct {
 	Devices, Connected int
 	Sent, Reconnects   uint64
 	Errors             uint64
+	// Acked counts v2 frames the edge acknowledged; Dropped, v2 frames
+	// dropped unacknowledged from a full resend buffer.
+	Acked, Dropped uint64
 }
 
 // Fleet runs simulated devices.
@@ -48,6 +51,8 @@ type Fleet struct {
 	sent       atomic.Uint64
 	reconnects atomic.Uint64
 	errors     atomic.Uint64
+	acked      atomic.Uint64
+	dropped    atomic.Uint64
 }
 
 // NewFleet checks the options.
@@ -68,7 +73,7 @@ func NewFleet(o Options) (*Fleet, error) {
 		o.Log = slog.Default()
 	}
 	for _, d := range o.Devices {
-		if d.Variant != wire.Pico && d.Variant != wire.Pseudo {
+		if !d.V2 && d.Variant != wire.Pico && d.Variant != wire.Pseudo {
 			return nil, fmt.Errorf("simulator: device %s has no variant", d.ID)
 		}
 	}
@@ -80,6 +85,7 @@ func (f *Fleet) Stats() Stats {
 	return Stats{
 		Devices: len(f.o.Devices), Connected: int(f.connected.Load()),
 		Sent: f.sent.Load(), Reconnects: f.reconnects.Load(), Errors: f.errors.Load(),
+		Acked: f.acked.Load(), Dropped: f.dropped.Load(),
 	}
 }
 
@@ -116,6 +122,7 @@ type device struct {
 	backoff time.Duration
 	// everConnected tells a reconnection from a first connection.
 	everConnected bool
+	v2            *v2Device // nil for legacy devices
 }
 
 func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Duration) {
@@ -123,6 +130,9 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 		f: f, d: d, key: wire.NewLegacyKey(d.Device),
 		sig: NewSignal(f.o.Seed*1_000_003+int64(i), f.o.Rate),
 		rng: rand.New(rand.NewPCG(uint64(f.o.Seed), uint64(i))),
+	}
+	if d.V2 {
+		dev.v2 = newV2Device(d.Device)
 	}
 	defer dev.disconnect()
 	timer := time.NewTimer(delay)
@@ -144,6 +154,10 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 			f.o.Log.Debug("device write failed; reconnecting", "device", d.ID, "err", err)
 			dev.disconnect()
 			timer.Reset(dev.nextBackoff())
+			if dev.v2 != nil && errors.Is(err, errBuffered) {
+				seq++ // kept for resending: the next reading is a new one
+				next = time.Now()
+			}
 			continue
 		}
 		seq++
@@ -151,6 +165,37 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 		next = next.Add(interval)
 		jitter := time.Duration((dev.rng.Float64() - 0.5) * 0.2 * float64(interval))
 		timer.Reset(max(0, time.Until(next.Add(jitter))))
+	}
+	if dev.v2 != nil {
+		dev.flushV2(ctx)
+	}
+}
+
+// flushV2 keeps a v2 device connected until the edge has acknowledged
+// every frame, reconnecting (which resends) when acknowledgements stall.
+func (dev *device) flushV2(ctx context.Context) {
+	lastProgress, left := time.Now(), dev.v2.outstanding()
+	for left > 0 {
+		if dev.conn == nil && !dev.connect(ctx) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(dev.nextBackoff()):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-dev.v2.changed:
+		case <-time.After(time.Second):
+		}
+		if n := dev.v2.outstanding(); n < left {
+			left, lastProgress = n, time.Now()
+		} else if time.Since(lastProgress) > 3*time.Second {
+			dev.disconnect() // the edge went quiet: reconnect and resend
+			lastProgress = time.Now()
+		}
 	}
 }
 
@@ -170,6 +215,20 @@ func (dev *device) connect(ctx context.Context) bool {
 	dev.conn = c
 	dev.backoff = 0
 	dev.f.connected.Add(1)
+	if dev.v2 != nil {
+		go dev.v2.readReplies(c, func(n int) { dev.f.acked.Add(uint64(n)) }, func(code byte) {
+			dev.f.errors.Add(1)
+			dev.f.o.Log.Debug("edge refused a frame", "device", dev.d.ID, "code", code)
+		})
+		// Resend, in order, what the edge has not acknowledged.
+		for _, frame := range dev.v2.pending() {
+			if _, err := c.Write(frame); err != nil {
+				dev.f.errors.Add(1)
+				dev.disconnect()
+				return false
+			}
+		}
+	}
 	return true
 }
 
@@ -187,16 +246,33 @@ func (dev *device) nextBackoff() time.Duration {
 	return time.Duration(dev.rng.Int64N(int64(dev.backoff)) + 1)
 }
 
+// errBuffered is a v2 write failure: the frame stays buffered and is resent
+// after the reconnect.
+var errBuffered = errors.New("simulator: v2 frame kept for resending")
+
 // send writes reading seq as one frame in one write, like the firmware.
 func (dev *device) send(seq uint64) error {
 	r := dev.sig.Next(seq)
 	EncodeSeq(&r, seq)
-	dev.plain = r.AppendJSON(dev.plain[:0])
-	dev.buf = dev.key.Seal(dev.buf[:0], dev.d.Variant, dev.plain)
-	if err := dev.conn.SetWriteDeadline(time.Now().Add(5 * time.Second)); err != nil {
-		return err
+	if dev.v2 != nil {
+		frame, dropped, err := dev.v2.seal(dev.d.ID, seq, r, dev.sig, dev.f.o.Rate)
+		if err != nil {
+			return err
+		}
+		if dropped {
+			dev.f.dropped.Add(1)
+		}
+		dev.buf = append(dev.buf[:0], frame...)
+	} else {
+		dev.plain = r.AppendJSON(dev.plain[:0])
+		dev.buf = dev.key.Seal(dev.buf[:0], dev.d.Variant, dev.plain)
 	}
+	_ = dev.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if _, err := dev.conn.Write(dev.buf); err != nil {
+		if dev.v2 != nil {
+			dev.f.sent.Add(1)
+			return fmt.Errorf("%w: %w", errBuffered, err)
+		}
 		return err
 	}
 	dev.f.sent.Add(1)

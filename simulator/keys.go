@@ -13,7 +13,10 @@ import (
 // Device is one simulated device.
 type Device struct {
 	wire.Device
+	// Variant is the legacy encoder; ignored when V2 is set.
 	Variant wire.Variant
+	// V2 makes the device speak protocol v2.
+	V2 bool
 }
 
 // newDevice makes device number i (from 1) with a fresh random key and IV.
@@ -47,6 +50,28 @@ func VariantOf(variant string, i int) (wire.Variant, error) {
 		return wire.Pico + wire.Variant(i%2), nil
 	}
 	return wire.ParseVariant(variant)
+}
+
+// Assign sets the protocol of the i-th device from protocol "legacy", "v2"
+// or "mixed" (every third device v2) and, for legacy, the variant.
+func Assign(d wire.Device, i int, protocol, variant string) (Device, error) {
+	out := Device{Device: d}
+	switch protocol {
+	case "v2":
+		out.V2 = true
+		return out, nil
+	case "mixed":
+		if i%3 == 2 {
+			out.V2 = true
+			return out, nil
+		}
+	case "legacy", "":
+	default:
+		return out, fmt.Errorf("simulator: protocol %q: want legacy, v2 or mixed", protocol)
+	}
+	v, err := VariantOf(variant, i)
+	out.Variant = v
+	return out, err
 }
 
 // LoadOrCreateKeys returns the first n devices of the keys file at path,

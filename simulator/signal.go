@@ -47,9 +47,7 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 	s.drift += (s.rng.Float64() - 0.5) * 0.002
 	s.drift = math.Max(-0.3, math.Min(0.3, s.drift))
 	body := s.bodyBase + s.drift + 0.05*math.Sin(2*math.Pi*t/600)
-	// Pulse sensor: a sharp systolic peak and a smaller dicrotic wave, 0.5-3 V.
-	beat := math.Mod(t*s.heartHz+s.phase, 1)
-	pulse := 1.0 + 1.7*math.Exp(-math.Pow((beat-0.15)/0.05, 2)) + 0.4*math.Exp(-math.Pow((beat-0.45)/0.08, 2)) + (s.rng.Float64()-0.5)*0.05
+	pulse := s.PulseAt(t) + (s.rng.Float64()-0.5)*0.05
 	warm := 1 - math.Exp(-t/s.mcuWarmup)
 	return wire.Reading{
 		wire.FormatValue(body),
@@ -60,4 +58,11 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 		wire.FormatValue(math.Abs(0.98 + (s.rng.Float64()-0.5)*0.04)), // never negative: carries sequence digits
 		wire.FormatValue(s.ambient + 3*warm + (s.rng.Float64()-0.5)*0.2),
 	}
+}
+
+// PulseAt is the pulse sensor's voltage t seconds after power-on: a sharp
+// systolic peak and a smaller dicrotic wave, 0.5-3 V.
+func (s *Signal) PulseAt(t float64) float64 {
+	beat := math.Mod(t*s.heartHz+s.phase, 1)
+	return 1.0 + 1.7*math.Exp(-math.Pow((beat-0.15)/0.05, 2)) + 0.4*math.Exp(-math.Pow((beat-0.45)/0.08, 2))
 }

@@ -52,6 +52,29 @@ func accountReadings(t *testing.T, msgs []testkit.Message) (map[string][]uint64,
 	return order, dups
 }
 
+// waitAllReadings waits until total distinct readings arrived on the JSON
+// topic, lets stragglers come in, and accounts for them.
+func waitAllReadings(ctx context.Context, t *testing.T, col *testkit.Collector, total int) (map[string][]uint64, int) {
+	t.Helper()
+	for {
+		order, _ := accountReadings(t, col.Messages())
+		distinct := 0
+		for _, o := range order {
+			distinct += len(o)
+		}
+		if distinct == total {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d distinct readings reached MQTT", distinct, total)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	time.Sleep(time.Second) // duplicates would arrive now
+	return accountReadings(t, col.Messages())
+}
+
 // TestDecryptFailoverKill9 runs four decrypt processes, kills one with
 // SIGKILL mid-stream, and checks that every reading reaches MQTT, in order
 // per device; duplicates are counted and reported.
@@ -94,25 +117,7 @@ func TestDecryptFailoverKill9(t *testing.T) {
 		t.Fatalf("simulate: %v", err)
 	}
 	sim.done <- nil
-	var order map[string][]uint64
-	var dups int
-	for {
-		order, dups = accountReadings(t, col.Messages())
-		distinct := 0
-		for _, o := range order {
-			distinct += len(o)
-		}
-		if distinct == devices*count {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d distinct readings arrived", distinct, devices*count)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	time.Sleep(time.Second)
-	order, dups = accountReadings(t, col.Messages())
+	order, dups := waitAllReadings(ctx, t, col, devices*count)
 	t.Logf("decrypt-1 killed with SIGKILL; all %d readings arrived %v after the kill; %d duplicates on MQTT", devices*count, time.Since(killedAt).Round(time.Second), dups)
 	devs, _ := simulator.LoadOrCreateKeys(keys, devices, "fo")
 	for _, d := range devs {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -128,6 +129,20 @@ func waitHealthy(ctx context.Context, t *testing.T, addr string) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// simSummary is the JSON line `medpipe simulate` prints at exit.
+type simSummary struct{ Sent, Acked, Dropped, Reconnects, Errors uint64 }
+
+// parseSimSummary finds the summary line in a simulate process's output.
+func parseSimSummary(t *testing.T, out string) simSummary {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var s simSummary
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err != nil || !strings.Contains(lines[len(lines)-1], `"sent"`) {
+		t.Fatalf("no summary at the end of simulate's output:\n%s", out)
+	}
+	return s
 }
 
 func freeAddr(t *testing.T) string {

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -63,11 +61,7 @@ func TestSeparateProcesses(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("simulate did not finish")
 	}
-	var summary struct{ Sent uint64 }
-	out := sim.out.String()
-	if i := strings.LastIndex(out, "{\"devices\""); i < 0 || json.Unmarshal([]byte(strings.SplitN(out[i:], "\n", 2)[0]), &summary) != nil {
-		t.Fatalf("no summary in simulate output:\n%s", out)
-	}
+	summary := parseSimSummary(t, sim.out.String())
 	if summary.Sent != devices*count {
 		t.Fatalf("simulator sent %d readings, want %d", summary.Sent, devices*count)
 	}

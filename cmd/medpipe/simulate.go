@@ -20,6 +20,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		keys     string
 		devices  int
 		variant  string
+		protocol string
 		rate     float64
 		duration time.Duration
 		count    int
@@ -31,6 +32,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&keys, "keys", "", "keys file of the simulated fleet; created with --devices new devices when missing (give the same file to decrypt)")
 	fs.IntVar(&devices, "devices", 10, "number of devices")
 	fs.StringVar(&variant, "variant", "mixed", "legacy variant: pico, pseudo or mixed")
+	fs.StringVar(&protocol, "protocol", "legacy", "protocol: legacy, v2 or mixed (every third device v2)")
 	fs.Float64Var(&rate, "rate", 20, "readings per second per device")
 	fs.DurationVar(&duration, "duration", 0, "stop after this long (0: until interrupted)")
 	fs.IntVar(&count, "count", 0, "stop each device after this many readings (0: no limit)")
@@ -52,21 +54,21 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	sims := make([]simulator.Device, len(devs))
 	for i, d := range devs {
-		v, err := simulator.VariantOf(variant, i)
+		sd, err := simulator.Assign(d, i, protocol, variant)
 		if err != nil {
-			return fmt.Errorf("--variant: %w", err)
+			return fmt.Errorf("--protocol/--variant: %w", err)
 		}
-		sims[i] = simulator.Device{Device: d, Variant: v}
+		sims[i] = sd
 	}
 	fleet, err := simulator.NewFleet(simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, Log: log})
 	if err != nil {
 		return err
 	}
-	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "variant", variant, "keys", keys)
+	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "protocol", protocol, "variant", variant, "keys", keys)
 	start := time.Now()
 	err = fleet.Run(ctx)
 	st := fleet.Stats()
-	summary := map[string]any{"devices": st.Devices, "sent": st.Sent, "reconnects": st.Reconnects, "errors": st.Errors, "seconds": time.Since(start).Seconds()}
+	summary := map[string]any{"devices": st.Devices, "sent": st.Sent, "acked": st.Acked, "dropped": st.Dropped, "reconnects": st.Reconnects, "errors": st.Errors, "seconds": time.Since(start).Seconds()}
 	b, _ := json.Marshal(summary)
 	fmt.Fprintln(stdout, string(b))
 	if errors.Is(err, context.Canceled) {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
@@ -81,7 +82,7 @@ type decryptFlags struct {
 }
 
 func (f *decryptFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}")
+	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}; without it, keys come from the registry in JetStream KV (see medpipe keys)")
 	fs.IntVar(&f.maxInFlight, "max-inflight", 512, "frames in flight per partition")
 }
 
@@ -211,12 +212,11 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if df.keys == "" {
-		return errors.New("--keys is required: the device keys file")
-	}
-	devs, err := readKeysFile(df.keys, log)
-	if err != nil {
-		return err
+	var devs []wire.Device
+	if df.keys != "" {
+		if devs, err = readKeysFile(df.keys, log); err != nil {
+			return err
+		}
 	}
 	nc, js, parts, err := nf.connect(ctx, "medpipe-decrypt", log)
 	if err != nil {
@@ -224,7 +224,23 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg := newRegistry()
-	w, err := decrypt.New(js, df.options(devs, parts, log, reg))
+	opts := df.options(devs, parts, log, reg)
+	keySource := "file " + df.keys
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if df.keys == "" {
+		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+			return err
+		}
+		keySource = "registry " + registry.Bucket
+	}
+	if opts.Conns, err = bus.OpenConnStore(rctx, js, nf.streams.Replicas); err != nil {
+		return err
+	}
+	if opts.Seqs, err = bus.OpenSeqStore(rctx, js, nf.streams.Replicas); err != nil {
+		return err
+	}
+	w, err := decrypt.New(js, opts)
 	if err != nil {
 		return err
 	}
@@ -232,7 +248,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "devices", len(devs), "partitions", parts, "http", ops.Addr())
+	log.Info("medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "keys", keySource, "partitions", parts, "http", ops.Addr())
 	return runAll(ctx, ops, map[string]runner{"decrypt": w})
 }
 

@@ -37,7 +37,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		natsPort, mqttPort, monPort int
 		simulate                    int
 		rate                        float64
-		variant                     string
+		variant, protocol           string
 		statusEvery                 time.Duration
 	)
 	common.register(fs, ":9100")
@@ -53,6 +53,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.IntVar(&simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
 	fs.Float64Var(&rate, "rate", 20, "readings per second of each simulated device")
 	fs.StringVar(&variant, "variant", "mixed", "legacy variant of simulated devices: pico, pseudo or mixed")
+	fs.StringVar(&protocol, "protocol", "mixed", "protocol of simulated devices: legacy, v2 or mixed (every third device v2)")
 	fs.DurationVar(&statusEvery, "status-every", 5*time.Second, "status line interval (0: off)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -62,7 +63,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 
-	devs, sims, err := upDevices(df.keys, dataDir, simulate, variant, log)
+	devs, sims, err := upDevices(df.keys, dataDir, simulate, protocol, variant, log)
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 // upDevices returns the keys decrypt uses (the keys file's plus simulated
 // ones) and the simulated devices.
-func upDevices(keysFile, dataDir string, n int, variant string, log *slog.Logger) ([]wire.Device, []simulator.Device, error) {
+func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *slog.Logger) ([]wire.Device, []simulator.Device, error) {
 	var devs []wire.Device
 	if keysFile != "" {
 		var err error
@@ -169,11 +170,11 @@ func upDevices(keysFile, dataDir string, n int, variant string, log *slog.Logger
 	}
 	sims := make([]simulator.Device, len(simKeys))
 	for i, d := range simKeys {
-		v, err := simulator.VariantOf(variant, i)
+		sd, err := simulator.Assign(d, i, protocol, variant)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--variant: %w", err)
+			return nil, nil, fmt.Errorf("--protocol/--variant: %w", err)
 		}
-		sims[i] = simulator.Device{Device: d, Variant: v}
+		sims[i] = sd
 		if !known[d.ID] {
 			devs = append(devs, d)
 		}
