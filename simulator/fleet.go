@@ -156,8 +156,10 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 			timer.Reset(dev.nextBackoff())
 			if dev.v2 != nil && errors.Is(err, errBuffered) {
 				seq++ // kept for resending: the next reading is a new one
-				next = time.Now()
 			}
+			// Resume the schedule from now: a device does not send the
+			// readings it missed while disconnected in one burst.
+			next = time.Now()
 			continue
 		}
 		seq++

@@ -113,9 +113,16 @@ func LoadOrCreateKeys(path string, n int, prefix string) ([]wire.Device, error) 
 		devs = append(devs, d)
 		add = wire.AppendKeyLine(add, d)
 	}
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	out, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("simulator: %w", err)
+	}
+	// A hand-edited file may lack its final newline: do not glue a line to it.
+	if st, err := out.Stat(); err == nil && st.Size() > 0 {
+		last := make([]byte, 1)
+		if _, err := out.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
+			add = append([]byte{'\n'}, add...)
+		}
 	}
 	if _, err := out.Write(add); err != nil {
 		out.Close()

@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -18,12 +19,13 @@ import (
 // edge is a minimal stand-in for the ingest edge: it frames and decrypts
 // what arrives with the devices' keys and counts readings per device.
 type edge struct {
-	ln    net.Listener
-	keys  map[string]*wire.LegacyKey
-	mu    sync.Mutex
-	got   map[string]int
-	bad   []string
-	conns []net.Conn
+	ln       net.Listener
+	keys     map[string]*wire.LegacyKey
+	variants map[string]wire.Variant
+	mu       sync.Mutex
+	got      map[string]int
+	bad      []string
+	conns    []net.Conn
 }
 
 func startEdge(t *testing.T, devs []Device) *edge {
@@ -32,9 +34,10 @@ func startEdge(t *testing.T, devs []Device) *edge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &edge{ln: ln, keys: map[string]*wire.LegacyKey{}, got: map[string]int{}}
+	e := &edge{ln: ln, keys: map[string]*wire.LegacyKey{}, variants: map[string]wire.Variant{}, got: map[string]int{}}
 	for _, d := range devs {
 		e.keys[d.ID] = wire.NewLegacyKey(d.Device)
+		e.variants[d.ID] = d.Variant
 	}
 	t.Cleanup(func() { e.ln.Close(); e.dropAll() })
 	go e.serve()
@@ -73,7 +76,12 @@ func (e *edge) handle(c net.Conn) {
 			if id != "" && did != id {
 				continue
 			}
-			r, _, err := k.Open(nil, ct, wire.Pico)
+			wrong := wire.Pico + wire.Pseudo - e.variants[did]
+			r, v, err := k.Open(nil, ct, wrong) // tried first, so a device sealing with the wrong variant is caught
+			if err == nil && v != e.variants[did] {
+				e.fail("device " + did + " sealed with the other variant")
+				return
+			}
 			if err == nil && r.Validate() == nil {
 				id, ok = did, true
 				break
@@ -241,6 +249,13 @@ func TestLoadOrCreateKeys(t *testing.T) {
 	b, _ := io.ReadAll(f)
 	if n := strings.Count(string(b), "\n"); n != 5 {
 		t.Fatalf("file has %d lines, want 5", n)
+	}
+	// A file whose last line lacks its newline is extended on a new line.
+	if err := os.WriteFile(path, bytes.TrimSuffix(b, []byte("\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := LoadOrCreateKeys(path, 6, "sim"); err != nil || len(devs) != 6 || devs[4] != more[4] {
+		t.Fatalf("extending an unterminated file: %d %v", len(devs), err)
 	}
 }
 

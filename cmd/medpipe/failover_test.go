@@ -75,7 +75,7 @@ func waitAllReadings(ctx context.Context, t *testing.T, col *testkit.Collector, 
 	return accountReadings(t, col.Messages())
 }
 
-// TestDecryptFailoverKill9 runs four decrypt processes, kills one with
+// TestDecryptFailoverKill9 runs four decrypt and two publish processes, kills one decrypt with
 // SIGKILL mid-stream, and checks that every reading reaches MQTT, in order
 // per device; duplicates are counted and reported.
 func TestDecryptFailoverKill9(t *testing.T) {
@@ -105,7 +105,8 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	for i := range 4 {
 		decrypts = append(decrypts, start("decrypt-"+string(rune('1'+i)), "decrypt", "--keys", keys))
 	}
-	start("publish", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
+	start("publish-1", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
+	start("publish-2", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 
 	sim := startProc(t, "simulate", nil, "simulate", "--server", edgeAddr, "--keys", keys, "--devices", "40", "--count", "300", "--rate", "20")
 	time.Sleep(5 * time.Second)
