@@ -83,3 +83,10 @@ func redactURLs(urls string) string {
 
 // RedactURLs hides passwords in a comma-separated URL list, for logs.
 func RedactURLs(urls string) string { return redactURLs(urls) }
+
+// Backpressure is the publish option stages use for asynchronous JetStream
+// publishes: when MaxPendingPublishes are awaiting acks, a publish waits up
+// to 10 s for room instead of failing at once, so a slow JetStream slows the
+// stage (and, for ingest, the device sockets it reads) rather than causing
+// errors and retries.
+var Backpressure = jetstream.WithStallWait(10 * time.Second)

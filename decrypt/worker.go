@@ -332,7 +332,7 @@ func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading
 		// The id makes the reading of a redelivered frame a duplicate that JetStream drops.
 		Header: nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
 	}
-	fut, err := w.js.PublishMsgAsync(out)
+	fut, err := w.js.PublishMsgAsync(out, bus.Backpressure)
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish reading: %w", err)
@@ -359,7 +359,7 @@ func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause 
 	if device != "" {
 		h.Set(bus.HeaderDevice, device)
 	}
-	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h})
+	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h}, bus.Backpressure)
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish dead letter: %w", err)

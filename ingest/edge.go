@@ -169,6 +169,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	var conns sync.WaitGroup
 	stop := context.AfterFunc(ctx, e.beginShutdown)
 	defer stop()
+	defer e.abandonCancel()
 	err := e.acceptLoop(ctx, &conns)
 
 	// Drain. The deadline runs from the end of accepting, whether the
@@ -344,9 +345,11 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
 		// Blocks while too many publishes are pending: a slow JetStream
 		// slows this socket's reads instead of growing memory.
-		f, err := e.js.PublishMsgAsync(msg)
+		f, err := e.js.PublishMsgAsync(msg, bus.Backpressure)
 		if err != nil {
-			e.retry(msg, err)
+			if !e.retry(msg, err) && e.abandon.Err() != nil {
+				e.unconfirmed.Add(1)
+			}
 			continue
 		}
 		e.pending <- pendingPublish{msg: msg, future: f}
@@ -385,7 +388,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
 				msg.Header.Set(jetstream.MsgIDHeader, f.Device+":"+strconv.FormatUint(f.Seq, 10))
-				fut, perr := e.js.PublishMsgAsync(msg)
+				fut, perr := e.js.PublishMsgAsync(msg, bus.Backpressure)
 				if perr != nil {
 					fut = nil
 					if !e.retry(msg, perr) {
@@ -420,15 +423,15 @@ func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
 		case r.future == nil: // stored by a synchronous retry
 			out = wire.AppendV2Ack(out, r.seq)
 		default:
-			select {
-			case <-r.future.Ok():
+			switch e.awaitStored(r.pendingPublish) {
+			case stored:
 				out = wire.AppendV2Ack(out, r.seq)
-			case err := <-r.future.Err():
-				if e.retry(r.msg, err) {
-					out = wire.AppendV2Ack(out, r.seq)
-				} else {
-					out = wire.AppendV2Error(out, r.seq, wire.V2ErrStore, "frame not stored")
-				}
+			case lost:
+				out = wire.AppendV2Error(out, r.seq, wire.V2ErrStore, "frame not stored")
+			case unconfirmed:
+				// Shutdown gave up waiting: say nothing, the device resends.
+				broken = true
+				continue
 			}
 		}
 		if broken {
@@ -473,30 +476,69 @@ func (e *Edge) closed(log *slog.Logger, err error, frames uint64) {
 }
 
 // watchAcks waits for publish acks in publishing order and retries failures.
+// One goroutine serves every legacy connection: futures resolve in roughly
+// publishing order, so waiting on them in order costs little.
 func (e *Edge) watchAcks() {
 	for p := range e.pending {
-		select {
-		case <-p.future.Ok():
-		case err := <-p.future.Err():
-			_ = e.retry(p.msg, err)
+		e.awaitStored(p)
+	}
+}
+
+// publishOutcome is what became of one frame's publish.
+type publishOutcome int
+
+const (
+	stored      publishOutcome = iota // RAW acknowledged it
+	lost                              // every retry failed; counted and logged
+	unconfirmed                       // shutdown's drain deadline passed first
+)
+
+// awaitStored waits for a publish's ack, retrying on failure.
+func (e *Edge) awaitStored(p pendingPublish) publishOutcome {
+	if e.abandon.Err() != nil {
+		e.unconfirmed.Add(1)
+		return unconfirmed
+	}
+	select {
+	case <-p.future.Ok():
+		return stored
+	case err := <-p.future.Err():
+		if e.retry(p.msg, err) {
+			return stored
 		}
+		if e.abandon.Err() != nil {
+			e.unconfirmed.Add(1)
+			return unconfirmed
+		}
+		return lost
+	case <-e.abandon.Done():
+		e.unconfirmed.Add(1)
+		return unconfirmed
 	}
 }
 
 // retry republishes a frame synchronously with backoff; its message id
 // makes a publish that did reach the stream count once. It reports whether
-// the frame is stored.
+// the frame is stored. A frame abandoned at shutdown is not counted lost:
+// whether it was stored is unknown, and Run's drain error counts it.
 func (e *Edge) retry(msg *nats.Msg, err error) bool {
 	e.m.publishErrors.Inc()
 	for attempt, wait := 1, 100*time.Millisecond; attempt <= 3; attempt, wait = attempt+1, wait*4 {
-		time.Sleep(wait)
+		select {
+		case <-time.After(wait):
+		case <-e.abandon.Done():
+			return false
+		}
 		e.m.publishRetries.Inc()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(e.abandon, 5*time.Second)
 		_, err = e.js.PublishMsg(ctx, msg)
 		cancel()
 		if err == nil {
 			return true
 		}
+	}
+	if e.abandon.Err() != nil {
+		return false
 	}
 	e.m.framesLost.Inc()
 	e.log.Error("frame lost: RAW did not take it", "conn", msg.Header.Get(bus.HeaderConn), "frame", msg.Header.Get(bus.HeaderFrameSeq), "err", err)

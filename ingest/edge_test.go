@@ -22,6 +22,7 @@ import (
 const parts = 4
 
 type harness struct {
+	srv  *bus.Embedded
 	js   jetstream.JetStream
 	edge *Edge
 	reg  *prometheus.Registry
@@ -57,7 +58,7 @@ func start(t testing.TB, o Options) *harness {
 	var runErr error
 	stop := func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
 	t.Cleanup(func() { _ = stop() })
-	return &harness{js: js, edge: edge, reg: reg, stop: stop}
+	return &harness{srv: e, js: js, edge: edge, reg: reg, stop: stop}
 }
 
 var testDev = wire.Device{ID: "dev", Key: [16]byte([]byte("1234567890123456")), IV: [16]byte([]byte("AAAAAAAAAAAAAAAA"))}
@@ -181,18 +182,22 @@ func TestFraming(t *testing.T) {
 
 // TestBadInputClosesOnlyThatConnection.
 func TestBadInputClosesOnlyThatConnection(t *testing.T) {
+	short := 300 * time.Millisecond
 	tests := []struct {
 		name, reason string
 		data         []byte
+		opts         Options
 	}{
-		{"non-hex", "not_hex", []byte("0z" + strings.Repeat("0", 40))},
-		{"neither protocol", "unknown_protocol", []byte("{\"Temp\":1}")},
-		{"over-long", "too_long", []byte(strings.Repeat(strings.Repeat("a", 32)+"+", 40))},
-		{"plus then close", "truncated", append(frame(1)[:32], '+')},
+		{"non-hex", "not_hex", []byte("0z" + strings.Repeat("0", 40)), Options{}},
+		{"neither protocol", "unknown_protocol", []byte("{\"Temp\":1}"), Options{}},
+		{"over-long", "too_long", []byte(strings.Repeat(strings.Repeat("a", 32)+"+", 40)), Options{}},
+		{"plus then close", "truncated", append(frame(1)[:32], '+'), Options{}},
+		{"half a block, then silence", "frame_timeout", frame(1)[:10], Options{FrameTimeout: short}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := start(t, Options{MaxFrame: 1024})
+			tt.opts.MaxFrame = 1024
+			h := start(t, tt.opts)
 			good := dial(t, h)
 			bad := dial(t, h)
 			if _, err := bad.Write(tt.data); err != nil {
@@ -216,6 +221,49 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 				t.Fatalf("connection_errors_total{reason=%s} = %v", tt.reason, got)
 			}
 		})
+	}
+}
+
+// TestIdleConnectionClosed: a silent connection is closed after IdleTimeout
+// while a device sending every 50 ms stays connected.
+func TestIdleConnectionClosed(t *testing.T) {
+	h := start(t, Options{IdleTimeout: 300 * time.Millisecond})
+	busy, silent := dial(t, h), dial(t, h)
+	done := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { sent <- n }()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			n++
+			if _, err := busy.Write(frame(n)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := silent.Read(make([]byte, 1))
+	if err == nil || isTimeout(err) {
+		t.Fatalf("silent connection not closed: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // the busy device sends on
+	if got := testutil.ToFloat64(h.edge.m.connErrors.WithLabelValues("idle")); got != 1 {
+		t.Fatalf("connection_errors_total{reason=idle} = %v, want 1", got)
+	}
+	close(done)
+	n := <-sent
+	for _, m := range rawMessages(t, h.js, n) {
+		if m.Headers().Get(bus.HeaderConn) == "" {
+			t.Fatal("frame without a connection id")
+		}
 	}
 }
 
@@ -256,6 +304,85 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	rawMessages(t, h.js, 200)
+}
+
+// TestShutdownWhileDeviceKeepsSending: a device that never pauses cannot
+// hold shutdown open past DrainTimeout.
+func TestShutdownWhileDeviceKeepsSending(t *testing.T) {
+	h := start(t, Options{DrainTimeout: time.Second})
+	c := dial(t, h)
+	var batch []byte
+	for i := 1; i <= 50; i++ {
+		batch = append(batch, frame(i)...)
+	}
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for {
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(batch); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return with a device still sending")
+	}
+	c.Close()
+	<-writing
+}
+
+// TestDrainBoundedWithoutJetStream: with the NATS server gone, Run gives up
+// on unacknowledged frames after DrainTimeout and says so.
+func TestDrainBoundedWithoutJetStream(t *testing.T) {
+	h := start(t, Options{DrainTimeout: time.Second})
+	c := dial(t, h)
+	if _, err := c.Write(frame(1)); err != nil {
+		t.Fatal(err)
+	}
+	rawMessages(t, h.js, 1)
+	if err := h.edge.Health(); err != nil {
+		t.Fatalf("health before the outage: %v", err)
+	}
+	h.srv.Shutdown()
+	for i := 2; i <= 5; i++ {
+		if _, err := c.Write(frame(i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(30 * time.Millisecond) // one frame per write, past the idle gap
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolLegacy)) == 5 && h.edge.Health() != nil
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- h.stop() }()
+	select {
+	case err := <-stopped:
+		if err == nil || !strings.Contains(err.Error(), "unconfirmed") {
+			t.Fatalf("Run returned %v, want a drain error counting unconfirmed frames", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within the drain timeout")
+	}
+	if got := testutil.ToFloat64(h.edge.m.framesLost); got != 0 {
+		t.Fatalf("frames_lost_total = %v: frames whose fate is unknown are not lost", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestBusyAddress(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
@@ -82,11 +83,28 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer e.Shutdown()
 
 	nf.urls = e.ClientURL()
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up", Log: log, Options: []nats.Option{nats.InProcessServer(e.Server)}})
+	// One connection and JetStream context per stage, as when they run as
+	// separate processes: ingest's publishes must not use up the window of
+	// pending publishes that decrypt needs, nor queue ahead of its acks.
+	connect := func(name string) (*nats.Conn, jetstream.JetStream, error) {
+		nc, js, err := bus.Connect(ctx, bus.ConnectOptions{Name: name, Log: log, Options: []nats.Option{nats.InProcessServer(e.Server)}})
+		return nc, js, err
+	}
+	nc, js, err := connect("medpipe-up-ingest")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	ncDecrypt, jsDecrypt, err := connect("medpipe-up-decrypt")
+	if err != nil {
+		return err
+	}
+	defer ncDecrypt.Close()
+	ncPublish, jsPublish, err := connect("medpipe-up-publish")
+	if err != nil {
+		return err
+	}
+	defer ncPublish.Close()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	parts, err := bus.EnsureStreams(sctx, js, nf.streams)
 	cancel()
@@ -101,12 +119,12 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	dopts := df.options(devs, parts, log, reg)
 	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	dopts.Seqs, err = bus.OpenSeqStore(sctx, js, nf.streams.Replicas)
+	dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas)
 	cancel()
 	if err != nil {
 		return err
 	}
-	worker, err := decrypt.New(js, dopts)
+	worker, err := decrypt.New(jsDecrypt, dopts)
 	if err != nil {
 		return err
 	}
@@ -117,11 +135,11 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	bridge, err := publish.New(js, popts)
+	bridge, err := publish.New(jsPublish, popts)
 	if err != nil {
 		return err
 	}
-	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
+	ops, err := listenOps(common.http, reg, natsHealth(nc), natsHealth(ncDecrypt), natsHealth(ncPublish), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
 	if err != nil {
 		return err
 	}
