@@ -32,6 +32,9 @@ type Options struct {
 	Seed int64
 	// Log receives connection events; nil uses slog.Default().
 	Log *slog.Logger
+	// Adjust, when set, changes each reading before it is sealed (the
+	// interactive device applies the operator's settings with it).
+	Adjust func(r *wire.Reading)
 }
 
 // Stats is a snapshot of a fleet's counters.
@@ -256,8 +259,11 @@ var errBuffered = errors.New("simulator: v2 frame kept for resending")
 func (dev *device) send(seq uint64) error {
 	r := dev.sig.Next(seq)
 	EncodeSeq(&r, seq)
+	if dev.f.o.Adjust != nil {
+		dev.f.o.Adjust(&r)
+	}
 	if dev.v2 != nil {
-		frame, dropped, err := dev.v2.seal(dev.d.ID, seq, r, dev.sig, dev.f.o.Rate)
+		frame, dropped, err := dev.v2.seal(dev.d.ID, seq, r, dev.sig)
 		if err != nil {
 			return err
 		}

@@ -8,16 +8,16 @@ import (
 )
 
 // Signal generates plausible readings for one device: body temperature with
-// a slow drift, a periodic pulse waveform, an accelerometer at rest near
-// (0, 0, 1) g with noise, and MCU/MPU temperatures that warm up after power-on.
-// It is deterministic for a given seed. The fuller physiological models
-// (ECG, posture, fever) belong to the large simulator.
+// a slow drift, an ECG from the McSharry dynamical model (see ECG) with a
+// per-device heart rate and variability, an accelerometer at rest near
+// (0, 0, 1) g with noise, and MCU/MPU temperatures that warm up after
+// power-on. It is deterministic for a given seed.
 type Signal struct {
 	rng       *rand.Rand
 	rate      float64 // readings per second, for the time axis
 	bodyBase  float64
-	heartHz   float64
-	phase     float64
+	ecg       *ECG
+	batch     []float64 // the ECG at PulseRate since the previous reading
 	drift     float64
 	ambient   float64
 	mcuWarmup float64
@@ -34,8 +34,7 @@ func NewSignal(seed int64, rate float64) *Signal {
 		rng:       rng,
 		rate:      rate,
 		bodyBase:  36.5 + rng.Float64()*0.5,
-		heartHz:   (60 + rng.Float64()*40) / 60,
-		phase:     rng.Float64(),
+		ecg:       NewECG(seed, 60+rng.Float64()*40, 1+rng.Float64()*3),
 		ambient:   22 + rng.Float64()*2,
 		mcuWarmup: 60 + rng.Float64()*60,
 	}
@@ -47,7 +46,14 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 	s.drift += (s.rng.Float64() - 0.5) * 0.002
 	s.drift = math.Max(-0.3, math.Min(0.3, s.drift))
 	body := s.bodyBase + s.drift + 0.05*math.Sin(2*math.Pi*t/600)
-	pulse := s.PulseAt(t) + (s.rng.Float64()-0.5)*0.05
+	// The ECG runs at PulseRate between readings; a legacy reading carries
+	// its last sample (the sensor's 1.5 V offset added), v2 the whole batch.
+	n := max(1, int(math.Round(PulseRate/s.rate)))
+	s.batch = s.batch[:0]
+	for range n {
+		s.batch = append(s.batch, math.Round((1.5+s.ecg.Advance(1.0/PulseRate))*1000)/1000)
+	}
+	pulse := s.batch[len(s.batch)-1] + (s.rng.Float64()-0.5)*0.02
 	warm := 1 - math.Exp(-t/s.mcuWarmup)
 	return wire.Reading{
 		wire.FormatValue(body),
@@ -60,9 +66,5 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 	}
 }
 
-// PulseAt is the pulse sensor's voltage t seconds after power-on: a sharp
-// systolic peak and a smaller dicrotic wave, 0.5-3 V.
-func (s *Signal) PulseAt(t float64) float64 {
-	beat := math.Mod(t*s.heartHz+s.phase, 1)
-	return 1.0 + 1.7*math.Exp(-math.Pow((beat-0.15)/0.05, 2)) + 0.4*math.Exp(-math.Pow((beat-0.45)/0.08, 2))
-}
+// Batch returns the pulse samples, at PulseRate, taken for the last reading.
+func (s *Signal) Batch() []float64 { return s.batch }

@@ -24,6 +24,7 @@ type edge struct {
 	variants map[string]wire.Variant
 	mu       sync.Mutex
 	got      map[string]int
+	last     wire.Reading // the latest reading opened
 	bad      []string
 	conns    []net.Conn
 }
@@ -72,12 +73,15 @@ func (e *edge) handle(c net.Conn) {
 			return
 		}
 		ok := false
+		var r wire.Reading
 		for did, k := range e.keys {
 			if id != "" && did != id {
 				continue
 			}
 			wrong := wire.Pico + wire.Pseudo - e.variants[did]
-			r, v, err := k.Open(nil, ct, wrong) // tried first, so a device sealing with the wrong variant is caught
+			var v wire.Variant
+			var err error
+			r, v, err = k.Open(nil, ct, wrong) // tried first, so a device sealing with the wrong variant is caught
 			if err == nil && v != e.variants[did] {
 				e.fail("device " + did + " sealed with the other variant")
 				return
@@ -90,6 +94,7 @@ func (e *edge) handle(c net.Conn) {
 		e.mu.Lock()
 		if ok {
 			e.got[id]++
+			e.last = r
 		} else {
 			e.bad = append(e.bad, "frame opened by no key")
 		}
@@ -301,6 +306,33 @@ func TestSeqRoundTrip(t *testing.T) {
 		got, ok := DecodeSeq(SeqValues(&r))
 		if !ok || got != seq%SeqModulus {
 			t.Fatalf("seq %d decoded as %d %v from %v", seq, got, ok, r)
+		}
+	}
+}
+
+func TestMix(t *testing.T) {
+	m, err := ParseMix("pico=40,pseudo=10,v2=50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for i := range 100 {
+		d := m.Assign(wire.Device{ID: "d"}, i, 100)
+		switch {
+		case d.V2:
+			counts["v2"]++
+		case d.Variant == wire.Pseudo:
+			counts["pseudo"]++
+		default:
+			counts["pico"]++
+		}
+	}
+	if counts["pico"] != 40 || counts["pseudo"] != 10 || counts["v2"] != 50 {
+		t.Fatalf("mix of 100 devices: %v", counts)
+	}
+	for _, bad := range []string{"", "pico", "rsa=3", "pico=-1", "pico=0"} {
+		if _, err := ParseMix(bad); err == nil {
+			t.Errorf("ParseMix(%q) accepted", bad)
 		}
 	}
 }

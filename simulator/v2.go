@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -43,21 +42,16 @@ func newV2Device(d wire.Device) *v2Device {
 // seal builds reading seq as a v2 frame with a pulse batch and keeps it
 // until it is acknowledged. It returns the frame and whether an old one
 // had to be dropped.
-func (v *v2Device) seal(id string, seq uint64, r wire.Reading, sig *Signal, rate float64) ([]byte, bool, error) {
+func (v *v2Device) seal(id string, seq uint64, r wire.Reading, sig *Signal) ([]byte, bool, error) {
 	var p wire.V2Payload
 	now := time.Now()
 	p.Time = now.UnixMilli()
 	num := func(f wire.Field) float64 { x, _ := strconv.ParseFloat(r[f], 64); return x }
 	p.Values = wire.V2Values{Temp: num(wire.Temp), TempMcu: num(wire.TempMcu), PulseSig: num(wire.PulseSig),
 		AcelX: num(wire.AcelX), AcelY: num(wire.AcelY), AcelZ: num(wire.AcelZ), TempMpu: num(wire.TempMpu)}
-	n := int(math.Round(PulseRate / rate))
-	if n > 0 {
-		t0 := float64(seq-1) / rate
-		b := &wire.PulseBatch{Rate: PulseRate, Start: now.Add(-time.Duration(float64(time.Second) / rate)).UnixMilli(), Samples: make([]float64, n)}
-		for i := range b.Samples {
-			b.Samples[i] = math.Round(sig.PulseAt(t0+float64(i)/PulseRate)*1000) / 1000
-		}
-		p.Pulse = b
+	if samples := sig.Batch(); len(samples) > 0 {
+		first := now.Add(-time.Duration(len(samples)-1) * time.Second / PulseRate)
+		p.Pulse = &wire.PulseBatch{Rate: PulseRate, Start: first.UnixMilli(), Samples: append([]float64(nil), samples...)}
 	}
 	payload, err := json.Marshal(p)
 	if err != nil {

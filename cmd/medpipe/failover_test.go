@@ -108,7 +108,7 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	start("publish-1", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 	start("publish-2", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--server", edgeAddr, "--keys", keys, "--devices", "40", "--count", "300", "--rate", "20")
+	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "40", "--count", "300", "--rate", "20")
 	time.Sleep(5 * time.Second)
 	if err := decrypts[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -51,7 +51,7 @@ func TestSeparateProcesses(t *testing.T) {
 		waitHealthy(ctx, t, h)
 	}
 
-	sim := startProc(t, "simulate", nil, "simulate", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
+	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
 	select {
 	case err := <-sim.done:
 		sim.done <- err

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
 )
 
@@ -78,5 +80,64 @@ func TestUpBusyPort(t *testing.T) {
 	err = run(t.Context(), []string{"up", "--data-dir", t.TempDir(), "--nats-port", "-1", "--mqtt-port", busy, "--monitor-port", "-2", "--http", ""}, &logs, &logs)
 	if err == nil || !strings.Contains(err.Error(), "--mqtt-port") {
 		t.Fatalf("got %v, want an error naming --mqtt-port", err)
+	}
+}
+
+// TestUpTwoThousandDevices runs 2,000 simulated devices (legacy and v2) for
+// 10 s against `medpipe up`: all connect and every reading arrives.
+func TestUpTwoThousandDevices(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
+	defer cancel()
+	const devices, count = 2000, 10
+	keys := filepath.Join(t.TempDir(), "fleet.jsonl")
+	devs, err := simulator.LoadOrCreateKeys(keys, devices, "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
+	mqttPort, edge := port(), freeAddr(t)
+	upCtx, stop := context.WithCancel(ctx)
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(upCtx, []string{"up", "--keys", keys, "--data-dir", t.TempDir(), "--json-topic",
+			"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge, "--http", "", "--status-every", "0"}, &logs, &logs)
+	}()
+	var col *testkit.Collector
+	for col == nil {
+		if c, err := net.Dial("tcp", edge); err == nil {
+			c.Close()
+			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true})
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("up exited: %v\n%s", err, logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	sims := make([]simulator.Device, devices)
+	for i, d := range devs {
+		if sims[i], err = simulator.Assign(d, i, "mixed", "mixed"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fleet, err := simulator.NewFleet(simulator.Options{Server: edge, Devices: sims, Rate: 1, Count: count, Ramp: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fleet.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := fleet.Stats(); st.Sent != devices*count || st.Reconnects != 0 || st.Errors != 0 {
+		t.Fatalf("fleet: %+v", st)
+	}
+	order, dups := waitAllReadings(ctx, t, col, devices*count)
+	if len(order) != devices || dups != 0 {
+		t.Fatalf("%d devices delivered, %d duplicates", len(order), dups)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("up: %v", err)
 	}
 }

@@ -42,7 +42,7 @@ func TestV2SurvivesIngestKill9(t *testing.T) {
 	start("decrypt", "decrypt", "--keys", keys)
 	start("publish", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--server", edgeAddr, "--keys", keys, "--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", "10", "--protocol", "v2")
+	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", "10", "--protocol", "v2")
 	time.Sleep(3 * time.Second)
 	if err := ingest.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
