@@ -8,8 +8,20 @@ import (
 // TestECGHeartRate generates a minute of ECG at 250 Hz for several set
 // rates, finds the R peaks and checks the measured rate is within 2 bpm.
 func TestECGHeartRate(t *testing.T) {
-	for _, hr := range []float64{50, 72, 110, 150} {
-		e := NewECG(7, hr, 2)
+	type generator interface{ Advance(dt float64) float64 }
+	gens := map[string]func(hr float64) generator{
+		"model": func(hr float64) generator { return NewECG(7, hr, 2) },
+	}
+	for name, newGen := range gens {
+		for _, hr := range []float64{50, 72, 110, 150} {
+			checkRate(t, name, hr, newGen(hr))
+		}
+	}
+}
+
+func checkRate(t *testing.T, name string, hr float64, e interface{ Advance(float64) float64 }) {
+	t.Helper()
+	{
 		const rate = 250.0
 		n := int(60 * rate)
 		z := make([]float64, n)
@@ -27,13 +39,13 @@ func TestECGHeartRate(t *testing.T) {
 			}
 		}
 		if len(peaks) < 10 {
-			t.Fatalf("hr %v: %d R peaks in a minute", hr, len(peaks))
+			t.Fatalf("%s: hr %v: %d R peaks in a minute", name, hr, len(peaks))
 		}
 		meanRR := float64(peaks[len(peaks)-1]-peaks[0]) / float64(len(peaks)-1) / rate
 		if got := 60 / meanRR; math.Abs(got-hr) > 2 {
-			t.Errorf("set %v bpm, measured %.1f bpm from %d R peaks", hr, got, len(peaks))
+			t.Errorf("%s: set %v bpm, measured %.1f bpm from %d R peaks", name, hr, got, len(peaks))
 		} else {
-			t.Logf("set %v bpm, measured %.1f bpm", hr, got)
+			t.Logf("%s: set %v bpm, measured %.1f bpm", name, hr, got)
 		}
 	}
 }
