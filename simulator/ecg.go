@@ -20,6 +20,7 @@ type ECG struct {
 	omega     float64 // angular speed of the current beat, rad/s
 	t         float64
 	lastTheta float64
+	noBreath  bool // leave out the respiratory baseline (the beat template)
 }
 
 // The P, Q, R, S, T events: angle on the cycle, amplitude (mV) and width,
@@ -53,7 +54,10 @@ func (e *ECG) newBeat() {
 func (e *ECG) deriv(x, y, z, t float64) (dx, dy, dz float64) {
 	alpha := 1 - math.Hypot(x, y)
 	theta := math.Atan2(y, x)
-	z0 := 0.015 * math.Sin(2*math.Pi*0.25*t) // respiration, 0.25 Hz: 0.15 mV once scaled
+	var z0 float64
+	if !e.noBreath {
+		z0 = respiration(t) / ecgScale // 0.25 Hz, 0.15 mV once scaled
+	}
 	var events float64
 	for i := range ecgTheta {
 		d := math.Remainder(theta-ecgTheta[i], 2*math.Pi)

@@ -16,7 +16,7 @@ type Signal struct {
 	rng       *rand.Rand
 	rate      float64 // readings per second, for the time axis
 	bodyBase  float64
-	ecg       *ECG
+	ecg       *BeatECG
 	batch     []float64 // the ECG at PulseRate since the previous reading
 	drift     float64
 	ambient   float64
@@ -34,7 +34,7 @@ func NewSignal(seed int64, rate float64) *Signal {
 		rng:       rng,
 		rate:      rate,
 		bodyBase:  36.5 + rng.Float64()*0.5,
-		ecg:       NewECG(seed, 60+rng.Float64()*40, 1+rng.Float64()*3),
+		ecg:       NewBeatECG(seed, 60+rng.Float64()*40, 1+rng.Float64()*3),
 		ambient:   22 + rng.Float64()*2,
 		mcuWarmup: 60 + rng.Float64()*60,
 	}
