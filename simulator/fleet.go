@@ -30,6 +30,8 @@ type Options struct {
 	Ramp time.Duration
 	// Seed makes the signals deterministic.
 	Seed int64
+	// FeverPerHour is each device's chance per hour of a fever episode.
+	FeverPerHour float64
 	// Log receives connection events; nil uses slog.Default().
 	Log *slog.Logger
 	// Adjust, when set, changes each reading before it is sealed (the
@@ -56,6 +58,8 @@ type Fleet struct {
 	errors     atomic.Uint64
 	acked      atomic.Uint64
 	dropped    atomic.Uint64
+	fallMu     sync.Mutex
+	falls      map[int]bool // devices asked to fall
 }
 
 // NewFleet checks the options.
@@ -81,6 +85,27 @@ func NewFleet(o Options) (*Fleet, error) {
 		}
 	}
 	return &Fleet{o: o}, nil
+}
+
+// Fall makes the wearer of device i fall at its next reading.
+func (f *Fleet) Fall(i int) {
+	f.fallMu.Lock()
+	defer f.fallMu.Unlock()
+	if f.falls == nil {
+		f.falls = map[int]bool{}
+	}
+	f.falls[i] = true
+}
+
+// takeFall reports, once, whether device i was asked to fall.
+func (f *Fleet) takeFall(i int) bool {
+	f.fallMu.Lock()
+	defer f.fallMu.Unlock()
+	if !f.falls[i] {
+		return false
+	}
+	delete(f.falls, i)
+	return true
 }
 
 // Stats returns the fleet's counters.
@@ -115,6 +140,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 // device is one device's loop state.
 type device struct {
 	f       *Fleet
+	index   int
 	d       Device
 	key     *wire.LegacyKey
 	sig     *Signal
@@ -130,10 +156,11 @@ type device struct {
 
 func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Duration) {
 	dev := &device{
-		f: f, d: d, key: wire.NewLegacyKey(d.Device),
+		f: f, index: i, d: d, key: wire.NewLegacyKey(d.Device),
 		sig: NewSignal(f.o.Seed*1_000_003+int64(i), f.o.Rate),
 		rng: rand.New(rand.NewPCG(uint64(f.o.Seed), uint64(i))),
 	}
+	dev.sig.FeverPerHour = f.o.FeverPerHour
 	if d.V2 {
 		dev.v2 = newV2Device(d.Device)
 	}
@@ -257,6 +284,9 @@ var errBuffered = errors.New("simulator: v2 frame kept for resending")
 
 // send writes reading seq as one frame in one write, like the firmware.
 func (dev *device) send(seq uint64) error {
+	if dev.f.takeFall(dev.index) {
+		dev.sig.Fall()
+	}
 	r := dev.sig.Next(seq)
 	EncodeSeq(&r, seq)
 	if dev.f.o.Adjust != nil {

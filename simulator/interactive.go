@@ -17,8 +17,9 @@ import (
 // simulated device while an operator changes the values from the numbered
 // menu of the old desktop simulator.
 type Interactive struct {
-	mu     sync.Mutex
-	values [NumSettable]float64
+	mu        sync.Mutex
+	values    [NumSettable]float64
+	fallUntil time.Time
 }
 
 // The values the menu sets, in menu order.
@@ -57,9 +58,22 @@ func NewInteractive() *Interactive {
 func (in *Interactive) Adjust(r *wire.Reading) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	falling := time.Now().Before(in.fallUntil)
 	for i, f := range settableFields {
+		if falling && i >= setX {
+			continue // the fall's own accelerometer readings
+		}
 		r[f] = wire.FormatValue(in.values[i])
 	}
+}
+
+// fall makes the device's wearer fall; the menu's accelerometer settings
+// give way to the fall's readings for the next minute.
+func (in *Interactive) fall(f *Fleet) {
+	f.Fall(0)
+	in.mu.Lock()
+	in.fallUntil = time.Now().Add(time.Minute)
+	in.mu.Unlock()
 }
 
 // apply carries out menu option n (1-12).
@@ -104,6 +118,7 @@ func printMenu(out io.Writer) {
 	for k, m := range menu {
 		fmt.Fprintf(out, "  %2d) %s +%g    %2d) %s -%g\n", 2*k+1, m.name, m.step, 2*k+2, m.name, m.step)
 	}
+	fmt.Fprintln(out, "   f) the wearer falls")
 	fmt.Fprintln(out, "   q) quit")
 }
 
@@ -165,6 +180,11 @@ func (in *Interactive) Run(ctx context.Context, f *Fleet, input io.Reader, out i
 		case err := <-done:
 			return err
 		case l, ok := <-lines:
+			if l == "f" {
+				in.fall(f)
+				say("the wearer falls\n%s\n> ", status())
+				continue
+			}
 			if !ok || l == "q" {
 				cancel()
 				<-done

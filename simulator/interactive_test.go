@@ -67,12 +67,20 @@ func TestInteractiveMenu(t *testing.T) {
 		send("7")
 	}
 	waitValue(wire.AcelX, "-1.00")
+	send("f")
+	deadline := time.Now().Add(5 * time.Second)
+	for r := last(); r.Float(wire.AcelZ) < 2.5; r = last() { // the impact
+		if time.Now().After(deadline) {
+			t.Fatal("no fall impact after option f")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	send("q")
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	got := out.String()
-	for _, want := range []string{`invalid option "13"`, `invalid option "x"`, "1) Patient temperature", "sending Temp 37.100"} {
+	for _, want := range []string{`invalid option "13"`, `invalid option "x"`, "1) Patient temperature", "sending Temp 37.100", "the wearer falls"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}

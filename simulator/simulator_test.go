@@ -336,3 +336,42 @@ func TestMix(t *testing.T) {
 		}
 	}
 }
+
+// TestSignalFeverAndFall: a fever episode raises the body temperature by
+// 1.5-2.5 °C; a requested fall gives free fall, an impact and lying.
+func TestSignalFeverAndFall(t *testing.T) {
+	s := NewSignal(5, 1)
+	s.FeverPerHour = 3600 // starts at once
+	first := s.Next(1)
+	base := first.Float(wire.Temp)
+	peak := 0.0
+	for seq := uint64(2); seq <= 3*3600; seq++ {
+		r := s.Next(seq)
+		peak = max(peak, r.Float(wire.Temp))
+	}
+	if rise := peak - base; rise < 1.3 || rise > 2.9 {
+		t.Fatalf("fever rose %.2f °C, want 1.5-2.5 (with drift)", rise)
+	}
+
+	s = NewSignal(6, 10)
+	s.Next(1)
+	s.Fall()
+	var z, x []float64
+	for seq := uint64(2); seq <= 50; seq++ {
+		r := s.Next(seq)
+		z, x = append(z, r.Float(wire.AcelZ)), append(x, r.Float(wire.AcelX))
+	}
+	if z[0] > 0.2 {
+		t.Errorf("no free fall: z %.2f g", z[0])
+	}
+	impact := false
+	for _, v := range z[:8] {
+		impact = impact || v > 2.5
+	}
+	if !impact {
+		t.Errorf("no impact in %v", z[:8])
+	}
+	if x[len(x)-1] < 0.9 || z[len(z)-1] > 0.2 {
+		t.Errorf("not lying after the fall: x %.2f z %.2f", x[len(x)-1], z[len(z)-1])
+	}
+}

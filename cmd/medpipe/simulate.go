@@ -35,6 +35,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		id          string
 		jsonOut     bool
 		statusEvery time.Duration
+		fever       float64
 	)
 	lf.register(fs)
 	fs.StringVar(&server, "server", "127.0.0.1:9998", "ingest edge address host:port")
@@ -52,6 +53,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.BoolVar(&interactive, "interactive", false, "one device driven from the numbered menu (needs --id and --keys)")
 	fs.StringVar(&id, "id", "", "the interactive device's id in --keys")
 	fs.BoolVar(&jsonOut, "json", false, "print the summary at exit as JSON")
+	fs.Float64Var(&fever, "fever-per-hour", 0, "each device's chance per hour of a fever episode (+1.5-2.5 °C for about three hours)")
 	fs.DurationVar(&statusEvery, "status-every", 5*time.Second, "progress line interval (0: off)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -80,7 +82,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("--protocol/--variant: %w", err)
 		}
 	}
-	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, Log: log}
+	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, FeverPerHour: fever, Log: log}
 	var menu *simulator.Interactive
 	if interactive {
 		menu = simulator.NewInteractive()
