@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -25,20 +26,7 @@ const parts = 4
 
 func setup(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	if _, err := bus.EnsureStreams(t.Context(), js, bus.StreamOptions{Partitions: parts}); err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return testkit.StartBus(t, parts).JS
 }
 
 // baseTime is when test frames are received: frame i of a connection at

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -31,20 +32,9 @@ type harness struct {
 
 func start(t testing.TB, o Options) *harness {
 	t.Helper()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
 	ctx := context.Background()
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	if _, err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Partitions: parts}); err != nil {
-		t.Fatal(err)
-	}
+	b := testkit.StartBus(t, parts)
+	e, js := b.Server, b.JS
 	reg := prometheus.NewRegistry()
 	o.Listen, o.Partitions, o.Metrics = "127.0.0.1:0", parts, reg
 	edge, err := New(js, o)

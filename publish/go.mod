@@ -2,12 +2,13 @@ module github.com/medpipe/medpipe/publish
 
 go 1.26.0
 
-require github.com/medpipe/medpipe/wire v0.0.0 // indirect
+require github.com/medpipe/medpipe/wire v0.0.0
 
 require github.com/medpipe/medpipe/bus v0.0.0
 
 require (
 	github.com/eclipse/paho.mqtt.golang v1.5.1
+	github.com/medpipe/medpipe/testkit v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 )

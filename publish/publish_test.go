@@ -78,25 +78,13 @@ type env struct {
 	js    jetstream.JetStream
 	e     *bus.Embedded
 	parts int
+	bus   *testkit.Bus
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	parts, err := bus.EnsureStreams(t.Context(), js, bus.StreamOptions{Partitions: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{js, e, parts}
+	b := testkit.StartBus(t, 4)
+	return &env{b.JS, b.Server, b.Partitions, b}
 }
 
 // publishReadings puts n readings of each device on READINGS as decrypt would.
@@ -193,26 +181,7 @@ func TestBridgeOnEmbeddedMQTT(t *testing.T) {
 
 func waitNothingPending(t *testing.T, v *env) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for p := range v.parts {
-		for {
-			c, err := v.js.Consumer(t.Context(), bus.StreamReadings, fmt.Sprintf("publish-%d", p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, err := c.Info(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if info.NumAckPending == 0 && info.NumPending == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("partition %d: %d unacked, %d pending", p, info.NumAckPending, info.NumPending)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	v.bus.WaitDrained(t, bus.StreamReadings, "publish")
 }
 
 func TestBridgeOnMosquitto(t *testing.T) {

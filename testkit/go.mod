@@ -1,11 +1,32 @@
 module github.com/medpipe/medpipe/testkit
 
-go 1.26
+go 1.26.0
 
-require github.com/eclipse/paho.mqtt.golang v1.5.1
+require github.com/medpipe/medpipe/bus v0.0.0
 
 require (
-	github.com/gorilla/websocket v1.5.3 // indirect
-	golang.org/x/net v0.44.0 // indirect
-	golang.org/x/sync v0.17.0 // indirect
+	github.com/eclipse/paho.mqtt.golang v1.5.1
+	github.com/medpipe/medpipe/wire v0.0.0 // indirect
+	github.com/nats-io/nats.go v1.55.0
 )
+
+require (
+	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/gorilla/websocket v1.5.3 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sync v0.19.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
+)
+
+replace github.com/medpipe/medpipe/bus => ../bus
+
+replace github.com/medpipe/medpipe/wire => ../wire

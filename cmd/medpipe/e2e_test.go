@@ -169,21 +169,9 @@ func startPipeline(t *testing.T, devs []wire.Device, mqttURL func(e *bus.Embedde
 // startPipelineWith lets the test set the decrypt options (keys, registry).
 func startPipelineWith(t *testing.T, mqttURL func(e *bus.Embedded) string, keys func(jetstream.JetStream, *decrypt.Options)) *pipeline {
 	t.Helper()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
+	b := testkit.StartBus(t, 4)
+	e, js, parts := b.Server, b.JS, b.Partitions
 	ctx, cancel := context.WithCancel(context.Background())
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: e.ClientURL(), Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	parts, err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Partitions: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
 	edge, err := ingest.New(js, ingest.Options{Listen: "127.0.0.1:0", Partitions: parts})
 	if err != nil {
 		t.Fatal(err)

@@ -3,12 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
 )
@@ -81,25 +79,10 @@ func waitAllReadings(ctx context.Context, t *testing.T, col *testkit.Collector, 
 func TestDecryptFailoverKill9(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
 	defer cancel()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
 	const devices, count = 40, 300
-	keys := filepath.Join(t.TempDir(), "keys.jsonl")
-	if _, err := simulator.LoadOrCreateKeys(keys, devices, "fo"); err != nil {
-		t.Fatal(err)
-	}
-	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: e.MQTTURL(), Filter: "Pico/+/reading", QoS: 1, ClientID: "failover", CleanSession: true})
-	env := []string{"MEDPIPE_NATS=" + e.ClientURL(), "MEDPIPE_PARTITIONS=16"}
-	edgeAddr := freeAddr(t)
-	start := func(name string, args ...string) *proc {
-		h := freeAddr(t)
-		p := startProc(t, name, env, append(args, "--http", h)...)
-		waitHealthy(ctx, t, h)
-		return p
-	}
+	c := newStageCluster(ctx, t, 16, devices, "fo")
+	col := c.collector("Pico/+/reading", "failover")
+	e, keys, edgeAddr, start := c.srv, c.keys, c.edge, c.start
 	start("ingest", "ingest", "--listen", edgeAddr)
 	var decrypts []*proc
 	for i := range 4 {
@@ -120,8 +103,7 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	sim.done <- nil
 	order, dups := waitAllReadings(ctx, t, col, devices*count)
 	t.Logf("decrypt-1 killed with SIGKILL; all %d readings arrived %v after the kill; %d duplicates on MQTT", devices*count, time.Since(killedAt).Round(time.Second), dups)
-	devs, _ := simulator.LoadOrCreateKeys(keys, devices, "fo")
-	for _, d := range devs {
+	for _, d := range c.devs {
 		got := order[d.ID]
 		if len(got) != count {
 			t.Errorf("%s: %d distinct readings, want %d", d.ID, len(got), count)

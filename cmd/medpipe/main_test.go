@@ -10,10 +10,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/wire"
 )
 
 var (
@@ -193,4 +199,43 @@ func TestEnvironmentFallback(t *testing.T) {
 	if err != nil && strings.Contains(err.Error(), "yaml") {
 		t.Fatalf("command line did not win: %v", err)
 	}
+}
+
+// stageCluster is what the process tests share: a nats-server with MQTT for
+// medpipe stage processes, a simulated fleet's keys file and the edge's address.
+type stageCluster struct {
+	t    *testing.T
+	ctx  context.Context
+	srv  *bus.Embedded
+	env  []string
+	keys string
+	edge string
+	devs []wire.Device
+}
+
+func newStageCluster(ctx context.Context, t *testing.T, partitions, devices int, prefix string) *stageCluster {
+	t.Helper()
+	c := &stageCluster{t: t, ctx: ctx, srv: testkit.StartBus(t, 0).Server, keys: filepath.Join(t.TempDir(), "keys.jsonl"), edge: freeAddr(t)}
+	c.env = []string{"MEDPIPE_NATS=" + c.srv.ClientURL(), "MEDPIPE_PARTITIONS=" + strconv.Itoa(partitions)}
+	var err error
+	if c.devs, err = simulator.LoadOrCreateKeys(c.keys, devices, prefix); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// start runs a stage process with its own --http address and waits until
+// its /healthz answers.
+func (c *stageCluster) start(name string, args ...string) *proc {
+	c.t.Helper()
+	h := freeAddr(c.t)
+	p := startProc(c.t, name, c.env, append(args, "--http", h)...)
+	waitHealthy(c.ctx, c.t, h)
+	return p
+}
+
+// collector subscribes to filter on the cluster's MQTT listener.
+func (c *stageCluster) collector(filter, clientID string) *testkit.Collector {
+	c.t.Helper()
+	return testkit.NewCollector(c.t, testkit.CollectorOptions{URL: c.srv.MQTTURL(), Filter: filter, QoS: 1, ClientID: clientID, CleanSession: true})
 }

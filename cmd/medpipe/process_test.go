@@ -2,13 +2,8 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/medpipe/medpipe/bus"
-	"github.com/medpipe/medpipe/simulator"
-	"github.com/medpipe/medpipe/testkit"
 )
 
 // TestSeparateProcesses runs the built binary as one ingest, two decrypt
@@ -17,38 +12,15 @@ import (
 func TestSeparateProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
 	defer cancel()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-
 	const devices, count = 20, 100
-	keys := filepath.Join(t.TempDir(), "keys.jsonl")
-	if _, err := simulator.LoadOrCreateKeys(keys, devices, "proc"); err != nil {
-		t.Fatal(err)
-	}
-	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: e.MQTTURL(), Filter: "Pico/#", QoS: 1, ClientID: "proc-test", CleanSession: true})
-
-	env := []string{"MEDPIPE_NATS=" + e.ClientURL(), "MEDPIPE_PARTITIONS=8"}
-	edgeAddr := freeAddr(t)
-	var procs []*proc
-	var healthz []string
-	for _, s := range []struct {
-		name string
-		args []string
-	}{
-		{"ingest", []string{"ingest", "--listen", edgeAddr}},
-		{"decrypt-1", []string{"decrypt", "--keys", keys}},
-		{"decrypt-2", []string{"decrypt", "--keys", keys}},
-		{"publish", []string{"publish", "--mqtt", e.MQTTURL()}},
-	} {
-		h := freeAddr(t)
-		procs = append(procs, startProc(t, s.name, env, append(s.args, "--http", h)...))
-		healthz = append(healthz, h)
-	}
-	for _, h := range healthz {
-		waitHealthy(ctx, t, h)
+	c := newStageCluster(ctx, t, 8, devices, "proc")
+	col := c.collector("Pico/#", "proc-test")
+	e, keys, edgeAddr := c.srv, c.keys, c.edge
+	procs := []*proc{
+		c.start("ingest", "ingest", "--listen", edgeAddr),
+		c.start("decrypt-1", "decrypt", "--keys", keys),
+		c.start("decrypt-2", "decrypt", "--keys", keys),
+		c.start("publish", "publish", "--mqtt", e.MQTTURL()),
 	}
 
 	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
@@ -76,8 +48,7 @@ func TestSeparateProcesses(t *testing.T) {
 	for _, m := range col.Messages() {
 		perTopic[m.Topic]++
 	}
-	devs, _ := simulator.LoadOrCreateKeys(keys, devices, "proc")
-	for _, d := range devs {
+	for _, d := range c.devs {
 		for _, topic := range []string{"Physiological_Data/Temperature", "Physiological_Data/Pulse_Signal", "Physiological_Data/Accelerometer/x", "Internal_Device_Data/Temperature/MPU"} {
 			if got := perTopic["Pico/"+d.ID+"/"+topic]; got != count {
 				t.Errorf("%s %s: %d messages, want %d exactly once each", d.ID, topic, got, count)

@@ -2,15 +2,10 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/medpipe/medpipe/bus"
-	"github.com/medpipe/medpipe/simulator"
-	"github.com/medpipe/medpipe/testkit"
 )
 
 // TestV2SurvivesIngestKill9 kills the ingest process with SIGKILL while 100
@@ -19,25 +14,10 @@ import (
 func TestV2SurvivesIngestKill9(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
 	defer cancel()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
 	const devices, count = 100, 200
-	keys := filepath.Join(t.TempDir(), "keys.jsonl")
-	if _, err := simulator.LoadOrCreateKeys(keys, devices, "v2"); err != nil {
-		t.Fatal(err)
-	}
-	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: e.MQTTURL(), Filter: "Pico/+/reading", QoS: 1, ClientID: "v2-kill", CleanSession: true})
-	env := []string{"MEDPIPE_NATS=" + e.ClientURL(), "MEDPIPE_PARTITIONS=8"}
-	edgeAddr := freeAddr(t)
-	start := func(name string, args ...string) *proc {
-		h := freeAddr(t)
-		p := startProc(t, name, env, append(args, "--http", h)...)
-		waitHealthy(ctx, t, h)
-		return p
-	}
+	c := newStageCluster(ctx, t, 8, devices, "v2")
+	col := c.collector("Pico/+/reading", "v2-kill")
+	e, keys, edgeAddr, start := c.srv, c.keys, c.edge, c.start
 	ingest := start("ingest", "ingest", "--listen", edgeAddr)
 	start("decrypt", "decrypt", "--keys", keys)
 	start("publish", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
