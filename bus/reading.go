@@ -42,21 +42,13 @@ type Values struct {
 	TempMpu  string `json:"TempMpu"`
 }
 
-// Numbers holds a reading's values as numbers.
-type Numbers struct {
-	Temp     float64 `json:"Temp"`
-	TempMcu  float64 `json:"TempMcu"`
-	PulseSig float64 `json:"PulseSig"`
-	AcelX    float64 `json:"Acel_x"`
-	AcelY    float64 `json:"Acel_y"`
-	AcelZ    float64 `json:"Acel_z"`
-	TempMpu  float64 `json:"TempMpu"`
-}
+// Numbers holds a reading's values as numbers: the shape v2 devices send.
+type Numbers = wire.V2Values
 
 // SetWire fills Values and Numbers from a validated device reading.
 func (r *Reading) SetWire(w *wire.Reading) {
 	r.Values = Values{w[wire.Temp], w[wire.TempMcu], w[wire.PulseSig], w[wire.AcelX], w[wire.AcelY], w[wire.AcelZ], w[wire.TempMpu]}
-	r.Numbers = Numbers{w.Float(wire.Temp), w.Float(wire.TempMcu), w.Float(wire.PulseSig), w.Float(wire.AcelX), w.Float(wire.AcelY), w.Float(wire.AcelZ), w.Float(wire.TempMpu)}
+	r.Numbers = w.Numbers()
 }
 
 // Wire returns the values as a wire.Reading.

@@ -168,6 +168,14 @@ func TestBridgeOnEmbeddedMQTT(t *testing.T) {
 	v.publishReadings(t, devs, 0, n)
 	v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}})
 	want := len(devs) * (n*7 + 4*3) // addresses on readings 1, 51, 101
+	waitExactly(ctx, t, col, want)
+	checkOrder(t, col.Messages(), devs, n, false)
+	waitNothingPending(t, v)
+}
+
+// waitExactly waits for want messages and checks that no more follow.
+func waitExactly(ctx context.Context, t *testing.T, col *testkit.Collector, want int) {
+	t.Helper()
 	if err := col.WaitLen(ctx, want); err != nil {
 		t.Fatal(err)
 	}
@@ -175,8 +183,6 @@ func TestBridgeOnEmbeddedMQTT(t *testing.T) {
 	if got := col.Len(); got != want {
 		t.Fatalf("%d messages, want exactly %d", got, want)
 	}
-	checkOrder(t, col.Messages(), devs, n, false)
-	waitNothingPending(t, v)
 }
 
 func waitNothingPending(t *testing.T, v *env) {
@@ -195,13 +201,7 @@ func TestBridgeOnMosquitto(t *testing.T) {
 	v.runBridge(t, Options{MQTT: MQTTOptions{URL: m.URL()}, JSONTopic: true})
 	v.publishReadings(t, devs, 0, n)
 	want := len(devs) * (n*8 + 4*4)
-	if err := col.WaitLen(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond)
-	if got := col.Len(); got != want {
-		t.Fatalf("%d messages, want exactly %d", got, want)
-	}
+	waitExactly(ctx, t, col, want)
 	checkOrder(t, col.Messages(), devs, n, false)
 	waitNothingPending(t, v)
 }

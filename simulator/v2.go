@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -46,9 +45,7 @@ func (v *v2Device) seal(id string, seq uint64, r wire.Reading, sig *Signal) ([]b
 	var p wire.V2Payload
 	now := time.Now()
 	p.Time = now.UnixMilli()
-	num := func(f wire.Field) float64 { x, _ := strconv.ParseFloat(r[f], 64); return x }
-	p.Values = wire.V2Values{Temp: num(wire.Temp), TempMcu: num(wire.TempMcu), PulseSig: num(wire.PulseSig),
-		AcelX: num(wire.AcelX), AcelY: num(wire.AcelY), AcelZ: num(wire.AcelZ), TempMpu: num(wire.TempMpu)}
+	p.Values = r.Numbers()
 	if samples := sig.Batch(); len(samples) > 0 {
 		first := now.Add(-time.Duration(len(samples)-1) * time.Second / PulseRate)
 		p.Pulse = &wire.PulseBatch{Rate: PulseRate, Start: first.UnixMilli(), Samples: append([]float64(nil), samples...)}

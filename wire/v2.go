@@ -327,3 +327,8 @@ func FormatValue(v float64) string {
 	}
 	return strconv.FormatFloat(v, 'f', 3, 64)
 }
+
+// Numbers returns a validated reading's values as numbers.
+func (r *Reading) Numbers() V2Values {
+	return V2Values{r.Float(Temp), r.Float(TempMcu), r.Float(PulseSig), r.Float(AcelX), r.Float(AcelY), r.Float(AcelZ), r.Float(TempMpu)}
+}
