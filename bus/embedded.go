@@ -69,9 +69,24 @@ func (e *PortError) Error() string {
 
 func (e *PortError) Unwrap() error { return e.Err }
 
+// errNotReady is a server that did not come up, e.g. because a port picked
+// as free was taken before the server bound it.
+var errNotReady = errors.New("bus: embedded nats-server did not become ready within 10s")
+
 // StartEmbedded starts nats-server in-process with JetStream, and MQTT and
-// monitoring unless disabled, and waits until it accepts clients.
+// monitoring unless disabled, and waits until it accepts clients. Ports
+// picked at random (-1) are picked again if the server cannot come up.
 func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
+	random := o.Port == -1 || o.MQTTPort == -1 || o.HTTPPort == -1
+	for attempt := 1; ; attempt++ {
+		e, err := startEmbedded(o)
+		if err == nil || !errors.Is(err, errNotReady) || !random || attempt == 3 {
+			return e, err
+		}
+	}
+}
+
+func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	if o.StoreDir == "" {
 		return nil, errors.New("bus: embedded server needs a JetStream store directory")
 	}
@@ -82,8 +97,11 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		o.ServerName = "medpipe"
 	}
 	var err error
-	if o.Port, err = pickPort("nats", o.Host, o.Port, 4222); err != nil {
-		return nil, err
+	randomClientPort := o.Port == -1 // nats-server binds a random port itself, atomically
+	if !randomClientPort {
+		if o.Port, err = pickPort("nats", o.Host, o.Port, 4222); err != nil {
+			return nil, err
+		}
 	}
 	if o.MQTTPort, err = pickPort("mqtt", o.Host, o.MQTTPort, 1883); err != nil {
 		return nil, err
@@ -94,7 +112,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	opts := &server.Options{
 		ServerName: o.ServerName,
 		Host:       o.Host,
-		Port:       o.Port,
+		Port:       o.Port, // -1 is server.RANDOM_PORT
 		JetStream:  true,
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
@@ -123,7 +141,7 @@ func StartEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()
-		return nil, errors.New("bus: embedded nats-server did not become ready within 10s")
+		return nil, errNotReady
 	}
 	e.Server = s
 	return e, nil
