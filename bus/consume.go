@@ -149,16 +149,35 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 		}
 	}()
 	for msg := range incoming {
-		done, err := o.Handle(work, msg)
-		if err != nil {
+		done, err := handleInPlace(ctx, work, msg, p, o)
+		if err != nil { // stopping: the message comes back later, nothing after it was handled
 			live.remove(msg)
-			o.Log.Warn("message not processed; will be redelivered", "stage", o.Stage, "partition", p, "err", err)
 			_ = msg.NakWithDelay(time.Second)
 			continue
 		}
 		pending <- inFlight{msg, done}
 	}
 	return nil
+}
+
+// handleInPlace retries a message the handler could not process (its output
+// store unreachable, say) until it succeeds or the stage stops. Retrying in
+// place, rather than asking for a redelivery, keeps the partition in order:
+// nothing after the message is handled before it. In-progress acks keep it
+// from being redelivered meanwhile.
+func handleInPlace(ctx, work context.Context, msg jetstream.Msg, p int, o ConsumeOptions) (Completion, error) {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		done, err := o.Handle(work, msg)
+		if err == nil {
+			return done, nil
+		}
+		o.Log.Warn("message not processed; retrying", "stage", o.Stage, "partition", p, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // ackInOrder acknowledges messages in the order they were handled, each once

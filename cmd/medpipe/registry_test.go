@@ -153,6 +153,7 @@ func TestRegistryLiveChanges(t *testing.T) {
 	if d > time.Second {
 		t.Errorf("rotation took %v to take effect", d)
 	}
+	time.Sleep(500 * time.Millisecond) // the steady device's run before its revocation
 	// Revoke: its frames become dead letters within a second.
 	if _, err := reg.Revoke(ctx, "steady"); err != nil {
 		t.Fatal(err)
