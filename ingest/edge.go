@@ -40,6 +40,17 @@ type Options struct {
 	// MaxConns bounds concurrent connections (default 20000); more are
 	// closed on arrival.
 	MaxConns int
+	// MaxConnsPerIP bounds concurrent connections from one remote address
+	// (default 0: no bound, since devices behind one NAT share an address).
+	MaxConnsPerIP int
+	// MaxFrameRate bounds the frames per second read from one connection
+	// (default 100, five times a device's rate; negative: no bound). A
+	// faster sender is slowed by not being read, not cut off.
+	MaxFrameRate float64
+	// MaxBadFrames closes a connection once this many of its frames were
+	// dead-lettered by decrypt: unknown key, failed authentication, not a
+	// reading (default 10; negative: never).
+	MaxBadFrames int
 	// MaxFrame, IdleGap and FrameTimeout bound frames (see wire.FrameReaderOptions).
 	MaxFrame     int
 	IdleGap      time.Duration
@@ -73,6 +84,12 @@ func (o *Options) setDefaults() error {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
 	}
+	if o.MaxFrameRate == 0 {
+		o.MaxFrameRate = 100
+	}
+	if o.MaxBadFrames == 0 {
+		o.MaxBadFrames = 10
+	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 10 * time.Second
 	}
@@ -101,13 +118,22 @@ type Edge struct {
 	m       *metrics
 	pending chan pendingPublish
 
-	connSeq   atomic.Uint64
-	active    atomic.Int64
-	closing   atomic.Bool
-	mu        sync.Mutex
-	conns     map[net.Conn]struct{}
-	rejectLog rateLimiter
-	acceptLog rateLimiter
+	connSeq     atomic.Uint64
+	active      atomic.Int64
+	closing     atomic.Bool
+	mu          sync.Mutex
+	conns       map[net.Conn]struct{}
+	perIP       map[string]int   // open connections by remote address
+	byID        map[string]*conn // open connections by id, for watchDeadLetters
+	rejectLog   rateLimiter
+	acceptLog   rateLimiter
+	throttleLog rateLimiter
+	kickLog     rateLimiter
+	closeLog    rateLimiter
+
+	// stopping is closed when shutdown begins, to end throttling waits.
+	stopping chan struct{}
+	stopOnce sync.Once
 
 	// abandon is cancelled when the drain deadline passes: ack waits and
 	// retries stop, and what they still held counts in unconfirmed.
@@ -137,10 +163,13 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 	abandon, abandonCancel := context.WithCancel(context.Background())
 	return &Edge{
 		js: js, o: o, ln: ln, log: o.Log,
-		m:       newMetrics(o.Metrics),
-		pending: make(chan pendingPublish, 8192),
-		conns:   map[net.Conn]struct{}{},
-		abandon: abandon, abandonCancel: abandonCancel,
+		m:        newMetrics(o.Metrics),
+		pending:  make(chan pendingPublish, 8192),
+		conns:    map[net.Conn]struct{}{},
+		perIP:    map[string]int{},
+		byID:     map[string]*conn{},
+		stopping: make(chan struct{}),
+		abandon:  abandon, abandonCancel: abandonCancel,
 	}, nil
 }
 
@@ -166,6 +195,13 @@ func (e *Edge) Health() error {
 func (e *Edge) Run(ctx context.Context) error {
 	var watchers sync.WaitGroup
 	watchers.Go(e.watchAcks)
+	if nc := e.js.Conn(); nc != nil && e.o.MaxBadFrames > 0 {
+		sub, err := e.watchDeadLetters(nc)
+		if err != nil {
+			return fmt.Errorf("ingest: watch dead letters: %w", err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	var conns sync.WaitGroup
 	stop := context.AfterFunc(ctx, e.beginShutdown)
 	defer stop()
@@ -204,6 +240,7 @@ func (e *Edge) Run(ctx context.Context) error {
 // once it has read what the device sent before.
 func (e *Edge) beginShutdown() {
 	e.closing.Store(true)
+	e.stopOnce.Do(func() { close(e.stopping) })
 	_ = e.ln.Close()
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -243,73 +280,89 @@ func (e *Edge) acceptLoop(ctx context.Context, conns *sync.WaitGroup) error {
 			continue
 		}
 		backoff = 0
-		if e.active.Load() >= int64(e.o.MaxConns) {
-			e.m.rejected.Inc()
+		cn, refused := e.track(c)
+		if refused != "" {
+			e.m.rejected.WithLabelValues(refused).Inc()
 			if e.rejectLog.allow() {
-				e.log.Warn("connection refused: max connections reached", "remote", c.RemoteAddr().String(), "max_conns", e.o.MaxConns)
+				e.log.Warn("connection refused: "+refused+" reached", "remote", c.RemoteAddr().String(), "max_conns", e.o.MaxConns, "max_conns_per_ip", e.o.MaxConnsPerIP)
 			}
+		}
+		if cn == nil {
 			_ = c.Close()
 			continue
 		}
-		if !e.track(c) {
-			_ = c.Close()
-			continue
-		}
-		conns.Go(func() { e.serve(c) })
+		conns.Go(func() { e.serve(cn) })
 	}
 }
 
-// track registers a connection so shutdown can reach it; false when closing.
-func (e *Edge) track(c net.Conn) bool {
+// track registers a connection so shutdown and the limits can reach it. It
+// returns nil when the edge is closing or a bound refuses the connection,
+// with the bound's name.
+func (e *Edge) track(c net.Conn) (*conn, string) {
+	ip := remoteIP(c)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closing.Load() {
-		return false
+	switch {
+	case e.closing.Load():
+		return nil, ""
+	case len(e.conns) >= e.o.MaxConns:
+		return nil, "max_conns"
+	case e.o.MaxConnsPerIP > 0 && e.perIP[ip] >= e.o.MaxConnsPerIP:
+		return nil, "max_conns_per_ip"
 	}
+	cn := &conn{Conn: c, ip: ip, id: e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10), remote: c.RemoteAddr().String(), local: c.LocalAddr().String()}
+	cn.bucket = newFrameBucket(e.o.MaxFrameRate)
+	cn.log = e.log.With("conn", cn.id, "remote", cn.remote)
 	e.conns[c] = struct{}{}
+	e.perIP[ip]++
+	e.byID[cn.id] = cn
 	e.active.Add(1)
 	e.m.active.Inc()
 	e.m.conns.Inc()
-	return true
+	return cn, ""
 }
 
-func (e *Edge) untrack(c net.Conn) {
+func (e *Edge) untrack(cn *conn) {
 	e.mu.Lock()
-	delete(e.conns, c)
+	delete(e.conns, cn.Conn)
+	delete(e.byID, cn.id)
+	if e.perIP[cn.ip]--; e.perIP[cn.ip] <= 0 {
+		delete(e.perIP, cn.ip)
+	}
 	e.mu.Unlock()
 	e.active.Add(-1)
 	e.m.active.Dec()
 }
 
-// conn is one device connection's identity.
+// conn is one device connection's identity and limits.
 type conn struct {
 	net.Conn
-	id, remote, local string
-	log               *slog.Logger
+	id, remote, local, ip string
+	log                   *slog.Logger
+	connLimits
 }
 
 // serve detects a connection's protocol by its first byte and serves it:
 // a hex digit starts a legacy stream, wire.V2Magic a v2 stream.
-func (e *Edge) serve(c net.Conn) {
-	defer e.untrack(c)
-	defer c.Close()
-	cn := &conn{Conn: c, id: e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10), remote: c.RemoteAddr().String(), local: c.LocalAddr().String()}
-	cn.log = e.log.With("conn", cn.id, "remote", cn.remote)
+func (e *Edge) serve(cn *conn) {
+	defer e.untrack(cn)
+	defer cn.Close()
+	c := cn.Conn
 	cn.log.Debug("device connected")
 	br := bufio.NewReaderSize(c, 1024)
 	_ = c.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
 	first, err := br.Peek(1)
 	switch {
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !e.closing.Load():
-		e.closed(cn.log, fmt.Errorf("%w: %w", wire.ErrIdle, err), 0)
+		e.closed(cn, fmt.Errorf("%w: %w", wire.ErrIdle, err), 0)
 	case err != nil:
-		e.closed(cn.log, err, 0)
+		e.closed(cn, err, 0)
 	case wire.IsHexDigit(first[0]):
 		e.serveLegacy(cn, br)
 	case first[0] == wire.V2Magic:
 		e.serveV2(cn, br)
 	default:
-		e.closed(cn.log, fmt.Errorf("%w: first byte 0x%02x is neither legacy nor v2", errUnknownProtocol, first[0]), 0)
+		e.closed(cn, fmt.Errorf("%w: first byte 0x%02x is neither legacy nor v2", errUnknownProtocol, first[0]), 0)
 	}
 }
 
@@ -338,9 +391,10 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 	for seq := uint64(1); ; seq++ {
 		frame, err := fr.Next()
 		if err != nil {
-			e.closed(cn.log, err, seq-1)
+			e.closed(cn, err, seq-1)
 			return
 		}
+		e.throttle(cn)
 		msg := e.rawMsg(cn, cn.id, bus.ProtocolLegacy, seq, frame)
 		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
 		// Blocks while too many publishes are pending: a slow JetStream
@@ -385,6 +439,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				err = fmt.Errorf("%w: a device sends DATA frames only", wire.ErrV2Malformed)
 			}
 			if err == nil {
+				e.throttle(cn)
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
 				msg.Header.Set(jetstream.MsgIDHeader, f.Device+":"+strconv.FormatUint(f.Seq, 10))
@@ -406,7 +461,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 		case errors.Is(err, wire.ErrV2Malformed):
 			replies <- v2Reply{code: wire.V2ErrMalformed, text: "malformed frame"}
 		}
-		e.closed(cn.log, err, n-1)
+		e.closed(cn, err, n-1)
 		return
 	}
 }
@@ -445,9 +500,16 @@ func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
 }
 
 // closed logs why a connection ended and counts errors by reason.
-func (e *Edge) closed(log *slog.Logger, err error, frames uint64) {
+func (e *Edge) closed(cn *conn, err error, frames uint64) {
+	log := cn.log
 	reason := ""
 	switch {
+	case cn.kicked.Load():
+		e.m.connErrors.WithLabelValues("bad_frames").Inc()
+		if e.kickLog.allow() {
+			log.Warn("connection closed: too many frames dead-lettered", "err", errBadFrames, "bad_frames", cn.badFrames.Load(), "frames", frames)
+		}
+		return
 	case errors.Is(err, io.EOF):
 		log.Debug("device disconnected", "frames", frames)
 		return
@@ -472,7 +534,10 @@ func (e *Edge) closed(log *slog.Logger, err error, frames uint64) {
 		reason = "read"
 	}
 	e.m.connErrors.WithLabelValues(reason).Inc()
-	log.Info("connection closed", "reason", reason, "err", err, "frames", frames)
+	// Under a storm of bad connections, a line a second is enough.
+	if e.closeLog.allow() {
+		log.Info("connection closed", "reason", reason, "err", err, "frames", frames)
+	}
 }
 
 // watchAcks waits for publish acks in publishing order and retries failures.

@@ -273,7 +273,7 @@ func TestMaxConns(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 		t.Fatalf("third connection not closed: %v", err)
 	}
-	if got := testutil.ToFloat64(h.edge.m.rejected); got != 1 {
+	if got := testutil.ToFloat64(h.edge.m.rejected.WithLabelValues("max_conns")); got != 1 {
 		t.Fatalf("rejected = %v", got)
 	}
 }

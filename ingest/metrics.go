@@ -5,7 +5,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	active         prometheus.Gauge
 	conns          prometheus.Counter
-	rejected       prometheus.Counter
+	rejected       *prometheus.CounterVec
+	throttled      prometheus.Counter
 	frames         *prometheus.CounterVec
 	frameBytes     prometheus.Counter
 	connErrors     *prometheus.CounterVec
@@ -18,7 +19,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		active:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_ingest_connections_active", Help: "Device connections open now."}),
 		conns:          prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_total", Help: "Device connections accepted."}),
-		rejected:       prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_rejected_total", Help: "Connections closed on arrival because max connections was reached."}),
+		rejected:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connections_rejected_total", Help: "Connections closed on arrival, by the bound that refused them (max_conns, max_conns_per_ip)."}, []string{"limit"}),
+		throttled:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_throttled_total", Help: "Frames whose reading was delayed because their connection exceeded the frame-rate bound."}),
 		frames:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_frames_total", Help: "Complete frames read from devices, by protocol."}, []string{"protocol"}),
 		frameBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frame_bytes_total", Help: "Bytes of complete frames read."}),
 		connErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connection_errors_total", Help: "Connections closed for bad input or read errors, by reason."}, []string{"reason"}),
@@ -26,11 +28,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
 		framesLost:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_lost_total", Help: "Frames RAW did not take after every retry."}),
 	}
-	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed"} {
+	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames"} {
 		m.connErrors.WithLabelValues(r)
 	}
+	for _, l := range []string{"max_conns", "max_conns_per_ip"} {
+		m.rejected.WithLabelValues(l)
+	}
 	if reg != nil {
-		reg.MustRegister(m.active, m.conns, m.rejected, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.framesLost)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.framesLost)
 	}
 	return m
 }

@@ -55,6 +55,9 @@ func runAll(ctx context.Context, ops *opsServer, stages map[string]runner) error
 type ingestFlags struct {
 	listen      string
 	maxConns    int
+	maxConnsIP  int
+	maxRate     float64
+	maxBad      int
 	maxFrame    int
 	idleGap     time.Duration
 	idleTimeout time.Duration
@@ -63,6 +66,9 @@ type ingestFlags struct {
 func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
 	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
+	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
+	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
+	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
 	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
@@ -70,7 +76,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 
 func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) ingest.Options {
 	return ingest.Options{
-		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxFrame: f.maxFrame,
+		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 	}
 }
