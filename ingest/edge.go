@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,15 @@ type Options struct {
 	Listen string
 	// Listener, when set, is used instead of listening on Listen.
 	Listener net.Listener
+	// TLSConfig, when set, opens a second, TLS port on TLSListen (default
+	// ":9997") for devices that can do TLS; the plain port stays for those
+	// that cannot. Frames and limits are the same on both.
+	TLSConfig *tls.Config
+	TLSListen string
+	// TLSListener, when set with TLSConfig, is used instead of TLSListen.
+	TLSListener net.Listener
+	// TLSHandshakeTimeout bounds a TLS handshake (default 10 s).
+	TLSHandshakeTimeout time.Duration
 	// Partitions is the RAW partition count in force (see bus.EnsureStreams).
 	Partitions int
 	// EdgeID prefixes connection ids (default: random per process start,
@@ -84,6 +94,12 @@ func (o *Options) setDefaults() error {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
 	}
+	if o.TLSListen == "" {
+		o.TLSListen = ":9997"
+	}
+	if o.TLSHandshakeTimeout <= 0 {
+		o.TLSHandshakeTimeout = 10 * time.Second
+	}
 	if o.MaxFrameRate == 0 {
 		o.MaxFrameRate = 100
 	}
@@ -114,6 +130,7 @@ type Edge struct {
 	js      jetstream.JetStream
 	o       Options
 	ln      net.Listener
+	tlsLn   net.Listener // nil without TLS
 	log     *slog.Logger
 	m       *metrics
 	pending chan pendingPublish
@@ -160,9 +177,21 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 			return nil, fmt.Errorf("ingest: listen on %s: %w", o.Listen, err)
 		}
 	}
+	var tlsLn net.Listener
+	if o.TLSConfig != nil {
+		tlsLn = o.TLSListener
+		if tlsLn == nil {
+			var err error
+			if tlsLn, err = net.Listen("tcp", o.TLSListen); err != nil {
+				_ = ln.Close()
+				return nil, fmt.Errorf("ingest: TLS listen on %s: %w", o.TLSListen, err)
+			}
+		}
+		tlsLn = tls.NewListener(tlsLn, o.TLSConfig)
+	}
 	abandon, abandonCancel := context.WithCancel(context.Background())
 	return &Edge{
-		js: js, o: o, ln: ln, log: o.Log,
+		js: js, o: o, ln: ln, tlsLn: tlsLn, log: o.Log,
 		m:        newMetrics(o.Metrics),
 		pending:  make(chan pendingPublish, 8192),
 		conns:    map[net.Conn]struct{}{},
@@ -175,6 +204,14 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 
 // Addr is the address devices connect to.
 func (e *Edge) Addr() net.Addr { return e.ln.Addr() }
+
+// TLSAddr is the address of the TLS port; nil without TLS.
+func (e *Edge) TLSAddr() net.Addr {
+	if e.tlsLn == nil {
+		return nil
+	}
+	return e.tlsLn.Addr()
+}
 
 // Health returns nil while the edge listens and NATS is connected.
 func (e *Edge) Health() error {
@@ -206,7 +243,14 @@ func (e *Edge) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, e.beginShutdown)
 	defer stop()
 	defer e.abandonCancel()
-	err := e.acceptLoop(ctx, &conns)
+	var loops sync.WaitGroup
+	var tlsErr error
+	if e.tlsLn != nil {
+		loops.Go(func() { tlsErr = e.acceptLoop(ctx, e.tlsLn, &conns) })
+	}
+	err := e.acceptLoop(ctx, e.ln, &conns)
+	loops.Wait()
+	err = errors.Join(err, tlsErr)
 
 	// Drain. The deadline runs from the end of accepting, whether the
 	// context or a listener failure ended it.
@@ -242,12 +286,18 @@ func (e *Edge) beginShutdown() {
 	e.closing.Store(true)
 	e.stopOnce.Do(func() { close(e.stopping) })
 	_ = e.ln.Close()
+	if e.tlsLn != nil {
+		_ = e.tlsLn.Close()
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for c := range e.conns {
 		// CloseRead wins over any deadline the frame reader sets meanwhile;
 		// data already received is still read, then the reader sees EOF.
 		_ = c.SetReadDeadline(time.Now())
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn() // records already received are still decrypted and read
+		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.CloseRead()
 		}
@@ -257,17 +307,17 @@ func (e *Edge) beginShutdown() {
 // acceptLoop accepts connections until shutdown. Transient accept failures
 // (out of file descriptors, say) are retried with backoff, as net/http does,
 // so that a burst of connections does not end the edge.
-func (e *Edge) acceptLoop(ctx context.Context, conns *sync.WaitGroup) error {
+func (e *Edge) acceptLoop(ctx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
 	var backoff time.Duration
 	for {
-		c, err := e.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if e.closing.Load() {
 				return nil
 			}
 			if errors.Is(err, net.ErrClosed) {
 				e.beginShutdown()
-				return fmt.Errorf("ingest: accept on %s: %w", e.ln.Addr(), err)
+				return fmt.Errorf("ingest: accept on %s: %w", ln.Addr(), err)
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			if e.acceptLog.allow() {
@@ -349,6 +399,17 @@ func (e *Edge) serve(cn *conn) {
 	defer cn.Close()
 	c := cn.Conn
 	cn.log.Debug("device connected")
+	if tc, ok := c.(*tls.Conn); ok {
+		// Bound the handshake, or a silent client would hold a goroutine
+		// until the idle timeout.
+		hctx, cancel := context.WithTimeout(context.Background(), e.o.TLSHandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			e.closed(cn, fmt.Errorf("%w: %w", errTLSHandshake, err), 0)
+			return
+		}
+	}
 	br := bufio.NewReaderSize(c, 1024)
 	_ = c.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
 	first, err := br.Peek(1)
@@ -366,7 +427,10 @@ func (e *Edge) serve(cn *conn) {
 	}
 }
 
-var errUnknownProtocol = errors.New("ingest: unknown protocol")
+var (
+	errUnknownProtocol = errors.New("ingest: unknown protocol")
+	errTLSHandshake    = errors.New("ingest: TLS handshake failed")
+)
 
 // rawMsg builds the RAW message of one frame.
 func (e *Edge) rawMsg(cn *conn, partitionKey, protocol string, seq uint64, frame []byte) *nats.Msg {
@@ -520,6 +584,8 @@ func (e *Edge) closed(cn *conn, err error, frames uint64) {
 		reason = "not_hex"
 	case errors.Is(err, errUnknownProtocol):
 		reason = "unknown_protocol"
+	case errors.Is(err, errTLSHandshake):
+		reason = "tls_handshake"
 	case errors.Is(err, wire.ErrV2Malformed):
 		reason = "malformed"
 	case errors.Is(err, wire.ErrFrameTooLong):

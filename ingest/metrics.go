@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
 		framesLost:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_lost_total", Help: "Frames RAW did not take after every retry."}),
 	}
-	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames"} {
+	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames", "tls_handshake"} {
 		m.connErrors.WithLabelValues(r)
 	}
 	for _, l := range []string{"max_conns", "max_conns_per_ip"} {

@@ -7,6 +7,7 @@ package publish
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,6 +31,8 @@ type MQTTOptions struct {
 	ClientID string
 	// Username and Password authenticate; the password is never logged.
 	Username, Password string
+	// TLS configures ssl:// and tls:// connections (nil: system roots).
+	TLS *tls.Config
 	// ConnectTimeout bounds one connection attempt (default 10 s).
 	ConnectTimeout time.Duration
 }
@@ -75,8 +78,9 @@ type Bridge struct {
 	client mqtt.Client
 	window chan struct{} // one slot per MQTT message in flight
 
-	connected atomic.Bool
-	epoch     atomic.Uint64 // connection losses so far
+	connected   atomic.Bool
+	epoch       atomic.Uint64 // connection losses so far
+	lastConnErr atomic.Int64  // unix nanos of the last connect failure logged
 
 	countsMu sync.Mutex
 	counts   map[string]uint64 // readings seen per device
@@ -151,6 +155,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		SetClientID(b.o.MQTT.ClientID).
 		SetUsername(b.o.MQTT.Username).
 		SetPassword(b.o.MQTT.Password).
+		SetTLSConfig(b.o.MQTT.TLS).
 		// A persistent session and an ordered store let paho resend
 		// unacknowledged messages, in order, after a reconnect.
 		SetCleanSession(false).
@@ -162,6 +167,17 @@ func (b *Bridge) Run(ctx context.Context) error {
 		SetConnectTimeout(b.o.MQTT.ConnectTimeout).
 		SetKeepAlive(15 * time.Second).
 		SetWriteTimeout(10 * time.Second).
+		SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+			f, ok := n.(mqtt.ConnectionNotificationFailed)
+			if !ok {
+				return
+			}
+			b.m.connectFailures.Inc()
+			// paho retries every second: a line every 10 s is enough.
+			if now, last := time.Now().UnixNano(), b.lastConnErr.Load(); now-last >= int64(10*time.Second) && b.lastConnErr.CompareAndSwap(last, now) {
+				b.log.Warn("mqtt connect failed; retrying", "broker", bus.RedactURLs(b.o.MQTT.URL), "err", f.Reason)
+			}
+		}).
 		SetOnConnectHandler(func(mqtt.Client) {
 			b.connected.Store(true)
 			b.log.Info("mqtt connected", "broker", bus.RedactURLs(b.o.MQTT.URL), "client_id", b.o.MQTT.ClientID)

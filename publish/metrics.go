@@ -7,7 +7,7 @@ import (
 )
 
 type metrics struct {
-	readings, messages, errors, reconnects, barriers, invalid prometheus.Counter
+	readings, messages, errors, reconnects, barriers, invalid, connectFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
@@ -21,6 +21,9 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		reconnects: c("reconnects_total", "MQTT connection losses."),
 		barriers:   c("resume_waits_total", "Readings whose delivery was confirmed only after a reconnect drained paho's store."),
 		invalid:    c("invalid_readings_total", "READINGS messages that were not readings."),
+		// Refused credentials show here and in the log, so a wrong password
+		// is not a silent stall.
+		connectFailures: c("mqtt_connect_failures_total", "MQTT connection attempts that failed (broker down, TLS or credentials refused)."),
 	}
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_publish_mqtt_connected", Help: "1 while the broker is connected."}, func() float64 {
 		if connected.Load() {
@@ -29,7 +32,7 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		return 0
 	})
 	if reg != nil {
-		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, up)
+		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, m.connectFailures, up)
 	}
 	return m
 }

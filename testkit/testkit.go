@@ -5,6 +5,7 @@ package testkit
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -35,6 +36,11 @@ func FreePort(t testing.TB) int {
 type MosquittoOptions struct {
 	// Persistence keeps sessions and queued messages across Stop and Start.
 	Persistence bool
+	// TLS, when set, makes the listener TLS-only with these files.
+	TLS *TLSFiles
+	// Users, when set, are the only accepted username/password pairs
+	// (no anonymous clients).
+	Users map[string]string
 }
 
 // Mosquitto is a real mosquitto broker on 127.0.0.1 for one test.
@@ -43,6 +49,7 @@ type Mosquitto struct {
 	bin  string
 	conf string
 	port int
+	tls  bool
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -75,7 +82,25 @@ func StartMosquitto(t testing.TB, o MosquittoOptions) *Mosquitto {
 	if u, err := user.Current(); err == nil {
 		conf = "user " + u.Username + "\n"
 	}
-	conf += fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n", m.port)
+	conf += fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous %t\nmax_queued_messages 1000000\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n", m.port, len(o.Users) == 0)
+	if o.TLS != nil {
+		m.tls = true
+		conf += fmt.Sprintf("cafile %s\ncertfile %s\nkeyfile %s\n", o.TLS.CA, o.TLS.Cert, o.TLS.Key)
+	}
+	if len(o.Users) > 0 {
+		pw := filepath.Join(dir, "passwords")
+		for u, p := range o.Users {
+			args := []string{"-b", pw, u, p}
+			if _, err := os.Stat(pw); err != nil {
+				args = append([]string{"-c"}, args...)
+			}
+			// mosquitto_passwd comes with the mosquitto package.
+			if out, err := exec.Command("mosquitto_passwd", args...).CombinedOutput(); err != nil {
+				t.Fatalf("mosquitto_passwd: %v: %s", err, out)
+			}
+		}
+		conf += "password_file " + pw + "\n"
+	}
 	if o.Persistence {
 		conf += fmt.Sprintf("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir)
 	}
@@ -107,7 +132,12 @@ func StartMosquitto(t testing.TB, o MosquittoOptions) *Mosquitto {
 }
 
 // URL is the broker's address for MQTT clients.
-func (m *Mosquitto) URL() string { return "tcp://127.0.0.1:" + strconv.Itoa(m.port) }
+func (m *Mosquitto) URL() string {
+	if m.tls {
+		return "ssl://127.0.0.1:" + strconv.Itoa(m.port)
+	}
+	return "tcp://127.0.0.1:" + strconv.Itoa(m.port)
+}
 
 // Start starts the broker (again) on its port and waits until it accepts.
 func (m *Mosquitto) Start() {
@@ -166,6 +196,9 @@ type CollectorOptions struct {
 	// CleanSession false keeps the subscription and queued messages at the
 	// broker while the collector is disconnected.
 	CleanSession bool
+	// Username, Password and TLS authenticate to a secured broker.
+	Username, Password string
+	TLS                *tls.Config
 }
 
 // Message is one received MQTT message.
@@ -203,6 +236,7 @@ func NewCollector(t testing.TB, o CollectorOptions) *Collector {
 		SetCleanSession(o.CleanSession).SetAutoReconnect(true).SetConnectRetry(true).
 		SetMaxReconnectInterval(500 * time.Millisecond).SetOrderMatters(true).
 		SetDefaultPublishHandler(handler).
+		SetUsername(o.Username).SetPassword(o.Password).SetTLSConfig(o.TLS).
 		SetOnConnectHandler(func(cl mqtt.Client) {
 			tok := cl.Subscribe(o.Filter, o.QoS, handler)
 			go func() {

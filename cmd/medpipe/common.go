@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -49,13 +50,56 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 
 // natsFlags are the flags of every stage that talks to NATS.
 type natsFlags struct {
-	urls    string
-	streams bus.StreamOptions
+	urls         string
+	streams      bus.StreamOptions
+	user         string
+	passwordFile string
+	creds        string
+	nkey         string
+	tls          tlsFiles
 }
 
 func (n *natsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated")
+	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated (every node of a cluster; tls://… for TLS)")
+	fs.StringVar(&n.user, "nats-user", "", "NATS username (password from --nats-password-file or MEDPIPE_NATS_PASSWORD)")
+	fs.StringVar(&n.passwordFile, "nats-password-file", "", "file holding the NATS password")
+	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
+	fs.StringVar(&n.nkey, "nats-nkey", "", "file holding a NATS user nkey seed")
+	n.tls.register(fs, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
 	n.registerStreams(fs)
+}
+
+// options are the nats.go options for the credentials and TLS given.
+func (n *natsFlags) options() ([]nats.Option, error) {
+	var opts []nats.Option
+	if n.user != "" {
+		pw, err := secret("nats-password-file", n.passwordFile, "MEDPIPE_NATS_PASSWORD")
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfo(n.user, pw))
+	}
+	if n.creds != "" {
+		if _, err := os.Stat(n.creds); err != nil {
+			return nil, fmt.Errorf("--nats-creds: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(n.creds))
+	}
+	if n.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(n.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-nkey %s: %w", n.nkey, err)
+		}
+		opts = append(opts, o)
+	}
+	cfg, err := n.tls.clientConfig()
+	if err != nil {
+		return nil, err
+	}
+	if cfg != nil {
+		opts = append(opts, nats.Secure(cfg))
+	}
+	return opts, nil
 }
 
 func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
@@ -69,7 +113,11 @@ func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
 // connect connects to NATS and creates or verifies the streams. It returns
 // the partition count in force.
 func (n *natsFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, int, error) {
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log})
+	opts, err := n.options()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Options: opts})
 	if err != nil {
 		return nil, nil, 0, err
 	}

@@ -62,6 +62,13 @@ func sendFrames(t *testing.T, addr string, dev testDevice, n int, gap time.Durat
 		t.Error(err)
 		return
 	}
+	sendFramesOn(t, conn, dev, n, gap, extra)
+}
+
+// sendFramesOn is sendFrames on a connection already made (a TLS one, say);
+// it closes the connection at the end.
+func sendFramesOn(t *testing.T, conn net.Conn, dev testDevice, n int, gap time.Duration, extra func(i int) []byte) {
+	t.Helper()
 	defer conn.Close()
 	k := wire.NewLegacyKey(dev.dev)
 	var buf []byte

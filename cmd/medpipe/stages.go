@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -61,11 +60,15 @@ type ingestFlags struct {
 	maxFrame    int
 	idleGap     time.Duration
 	idleTimeout time.Duration
+	tlsListen   string
+	tls         tlsFiles
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
 	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
+	fs.StringVar(&f.tlsListen, "tls-listen", ":9997", "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
+	f.tls.register(fs, "tls", "PEM CA bundle: devices on the TLS port must present a certificate it signs (mutual TLS)", "PEM certificate of the TLS device port")
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
 	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
 	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
@@ -74,11 +77,27 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
 
-func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) ingest.Options {
-	return ingest.Options{
+func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (ingest.Options, error) {
+	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 	}
+	if f.tls.set() {
+		cfg, err := f.tls.serverConfig()
+		if err != nil {
+			return o, err
+		}
+		o.TLSConfig, o.TLSListen = cfg, f.tlsListen
+	}
+	return o, nil
+}
+
+// tlsAddr is the edge's TLS port for the start-up line ("" without TLS).
+func tlsAddr(e *ingest.Edge) string {
+	if a := e.TLSAddr(); a != nil {
+		return a.String()
+	}
+	return ""
 }
 
 // decryptFlags configures the decrypt workers.
@@ -108,12 +127,14 @@ type publishFlags struct {
 	jsonTopic    bool
 	addressEvery int
 	maxInFlight  int
+	tls          tlsFiles
 }
 
 func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.StringVar(&f.mqtt, "mqtt", defaultMQTT, "MQTT broker URL: tcp://host:port or ssl://host:port")
-	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username")
+	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username (password from --mqtt-password-file or MEDPIPE_MQTT_PASSWORD)")
 	fs.StringVar(&f.passwordFile, "mqtt-password-file", "", "file holding the MQTT password")
+	f.tls.register(fs, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
 	fs.StringVar(&f.prefix, "prefix", "Pico", "first level of every MQTT topic")
 	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
@@ -127,16 +148,16 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	if f.qos < 0 || f.qos > 2 {
 		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	var password string
-	if f.passwordFile != "" {
-		b, err := os.ReadFile(f.passwordFile)
-		if err != nil {
-			return publish.Options{}, fmt.Errorf("--mqtt-password-file: %w", err)
-		}
-		password = strings.TrimRight(string(b), "\r\n")
+	password, err := secret("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD")
+	if err != nil {
+		return publish.Options{}, err
+	}
+	tlsConfig, err := f.tls.clientConfig()
+	if err != nil {
+		return publish.Options{}, err
 	}
 	return publish.Options{
-		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password},
+		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
 		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, AddressEvery: f.addressEvery,
 		Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "publish"), Metrics: reg,
 	}, nil
@@ -191,15 +212,19 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg := newRegistry()
-	edge, err := ingest.New(js, inf.options(parts, log, reg))
+	iopts, err := inf.options(parts, log, reg)
 	if err != nil {
-		return fmt.Errorf("%w (change --listen)", err)
+		return err
+	}
+	edge, err := ingest.New(js, iopts)
+	if err != nil {
+		return fmt.Errorf("%w (change --listen or --tls-listen)", err)
 	}
 	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"ingest", edge.Health})
 	if err != nil {
 		return err
 	}
-	log.Info("medpipe ingest started", "devices", edge.Addr().String(), "nats", nc.ConnectedUrlRedacted(), "partitions", parts, "http", ops.Addr())
+	log.Info("medpipe ingest started", "devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", nc.ConnectedUrlRedacted(), "partitions", parts, "http", ops.Addr())
 	return runAll(ctx, ops, map[string]runner{"ingest": edge})
 }
 

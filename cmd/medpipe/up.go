@@ -113,9 +113,13 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 
 	reg := newRegistry()
-	edge, err := ingest.New(js, inf.options(parts, log, reg))
+	iopts, err := inf.options(parts, log, reg)
 	if err != nil {
-		return fmt.Errorf("%w: change --listen", err)
+		return err
+	}
+	edge, err := ingest.New(js, iopts)
+	if err != nil {
+		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
 	dopts := df.options(devs, parts, log, reg)
 	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
@@ -152,7 +156,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		stages["simulate"] = fleet
 	}
 	log.Info("medpipe up",
-		"devices", edge.Addr().String(), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
+		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
 		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", len(devs), "simulated", len(sims), "partitions", parts)
 	if len(devs) == 0 {
 		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
