@@ -163,3 +163,81 @@ func TestConsumePartitionsOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestCleanStopHandsPartitionsOver: when a worker stops cleanly, the
+// partitions it held move to the other worker at once, not after the pin
+// expires (DefaultPinnedTTL), and nothing is handled twice or lost.
+func TestCleanStopHandsPartitionsOver(t *testing.T) {
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	parts, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]string{} // message → worker
+	handledBy := func(worker string) HandleFunc {
+		return func(_ context.Context, m jetstream.Msg) (Completion, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if prev, ok := seen[string(m.Data())]; ok {
+				t.Errorf("%s handled by %s and %s", m.Data(), prev, worker)
+			}
+			seen[string(m.Data())] = worker
+			return nil, nil
+		}
+	}
+	run := func(ctx context.Context, worker string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			done <- ConsumePartitions(ctx, js, ConsumeOptions{Stage: "handover", Stream: StreamRaw, Partitions: parts, Filter: RawSubject, Handle: handledBy(worker)})
+		}()
+		return done
+	}
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := js.Publish(ctx, RawSubject(i%parts), []byte(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitSeen := func(n int, within time.Duration) time.Duration {
+		start := time.Now()
+		for {
+			mu.Lock()
+			got := len(seen)
+			mu.Unlock()
+			if got >= n {
+				return time.Since(start)
+			}
+			if time.Since(start) > within {
+				t.Fatalf("%d of %d messages handled after %v", got, n, within)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	aCtx, stopA := context.WithCancel(ctx)
+	aDone := run(aCtx, "a")
+	publish(0, 20)
+	waitSeen(20, 10*time.Second) // a holds both pins
+	bDone := run(ctx, "b")
+	time.Sleep(500 * time.Millisecond) // b is waiting with its pulls
+	stopA()
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	publish(20, 40)
+	took := waitSeen(40, DefaultPinnedTTL-time.Second)
+	t.Logf("after a clean stop, the other worker took over in %v (pin TTL %v)", took, DefaultPinnedTTL)
+	if took > 3*time.Second {
+		t.Fatalf("handover took %v: the pins were not released", took)
+	}
+	for i := 20; i < 40; i++ {
+		if w := seen[strconv.Itoa(i)]; w != "b" {
+			t.Fatalf("message %d handled by %q after a stopped", i, w)
+		}
+	}
+	cancel()
+	<-bDone
+}

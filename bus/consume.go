@@ -81,7 +81,7 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	errs := make(chan error, len(consumers))
 	for p, c := range consumers {
 		wg.Go(func() {
-			if err := consumePartition(ctx, work, c, p, o); err != nil {
+			if err := consumePartition(ctx, work, js, c, p, o); err != nil {
 				errs <- err
 			}
 		})
@@ -104,7 +104,7 @@ type inFlight struct {
 	done Completion
 }
 
-func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o ConsumeOptions) error {
+func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetstream.Consumer, p int, o ConsumeOptions) error {
 	it, err := c.Messages(
 		jetstream.PullPriorityGroup(PriorityGroup),
 		// Messages waiting in the client's buffer get no in-progress acks;
@@ -123,12 +123,11 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 	var acker sync.WaitGroup
 	acker.Go(func() { ackInOrder(work, pending, &live, o.Log) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
-	defer acker.Wait()
-	defer close(pending)
 
 	// Take messages out of the client's buffer at once, so that every
 	// delivered message is tracked and kept alive with in-progress acks.
 	incoming := make(chan jetstream.Msg, o.MaxInFlight)
+	var pinID string // this client's pin, written by the reader until it closes incoming
 	go func() {
 		defer close(incoming)
 		for {
@@ -144,20 +143,65 @@ func consumePartition(ctx, work context.Context, c jetstream.Consumer, p int, o 
 				}
 				continue
 			}
+			if id := msg.Headers().Get(pinIDHeader); id != "" {
+				pinID = id
+			}
 			live.add(msg)
 			incoming <- msg
 		}
 	}()
+	stopped := false
 	for msg := range incoming {
-		done, err := handleInPlace(ctx, work, msg, p, o)
-		if err != nil { // stopping: the message comes back later, nothing after it was handled
+		var done Completion
+		if !stopped {
+			done, err = handleInPlace(ctx, work, msg, p, o)
+			stopped = err != nil
+		}
+		if stopped { // the message comes back later; nothing after it is handled before it
 			live.remove(msg)
 			_ = msg.NakWithDelay(time.Second)
 			continue
 		}
 		pending <- inFlight{msg, done}
 	}
+	close(pending)
+	acker.Wait()
+	if ctx.Err() != nil && work.Err() == nil && !stopped {
+		unpinIfOurs(js, c, pinID, o)
+	}
 	return nil
+}
+
+// pinIDHeader carries the pinned client's id on messages of a priority
+// group with a pinned client.
+const pinIDHeader = "Nats-Pin-Id"
+
+// unpinIfOurs hands a partition over at once after a clean stop: everything
+// this worker took is acknowledged, so another worker may take over now
+// rather than when the pin expires (PinnedTTL). A pin that already moved to
+// another worker is left alone.
+func unpinIfOurs(js jetstream.JetStream, c jetstream.Consumer, pinID string, o ConsumeOptions) {
+	if pinID == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx)
+	if err != nil {
+		return
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group != PriorityGroup || g.PinnedClientID != pinID {
+			continue
+		}
+		s, err := js.Stream(ctx, o.Stream)
+		if err == nil {
+			err = s.UnpinConsumer(ctx, info.Name, PriorityGroup)
+		}
+		if err != nil {
+			o.Log.Debug("unpin after stop", "stage", o.Stage, "consumer", info.Name, "err", err)
+		}
+	}
 }
 
 // handleInPlace retries a message the handler could not process (its output
