@@ -311,18 +311,40 @@ func (s *inFlightSet) keepAlive(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// PubAck adapts a JetStream publish future to a Completion.
-func PubAck(f jetstream.PubAckFuture) Completion { return pubAck{f} }
+// PubAck adapts a JetStream publish future to a Completion. A publish that
+// fails (its stream's leader lost mid-flight, say) is published again, with
+// the same message id so that one which did reach the stream is stored once,
+// until it is stored or ctx ends. Retrying the output, rather than having
+// the input redelivered and handled again after the messages that followed
+// it, keeps each input handled once: a v2 frame handled twice would look
+// like a replay of itself.
+func PubAck(js jetstream.JetStream, f jetstream.PubAckFuture) Completion { return pubAck{js, f} }
 
-type pubAck struct{ f jetstream.PubAckFuture }
+type pubAck struct {
+	js jetstream.JetStream
+	f  jetstream.PubAckFuture
+}
 
 func (p pubAck) Wait(ctx context.Context) error {
+	var err error
 	select {
 	case <-p.f.Ok():
 		return nil
-	case err := <-p.f.Err():
-		return err
+	case err = <-p.f.Err():
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("publish to %s not confirmed: %w", p.f.Msg().Subject, err)
+		case <-time.After(wait):
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = p.js.PublishMsg(pctx, p.f.Msg())
+		cancel()
+		if err == nil {
+			return nil
+		}
 	}
 }

@@ -18,48 +18,83 @@ import (
 // errReplayed marks a v2 frame at or below its device's high-water mark.
 var errReplayed = errors.New("decrypt: sequence number at or below the device's high-water mark")
 
-// handleV2 checks and decrypts a v2 frame: key by device id (no search),
+// decodeV2 checks and decrypts a v2 frame: key by device id (no search),
 // tag, payload, then the replay check shared by all workers.
-func (w *Worker) handleV2(ctx context.Context, f rawFrame, sc *scratch) (bus.Completion, error) {
-	fr, err := wire.ParseV2(f.msg.Data())
+func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcome, error) {
+	fr, err := wire.ParseV2(f.data)
 	if err != nil {
-		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+		return dead(bus.ReasonMalformed, "", err)
 	}
 	key, revoked, ok := w.ix.LookupV2(fr.Device)
 	switch {
 	case !ok:
-		return w.deadLetter(f, bus.ReasonUnknownDevice, fr.Device, ErrUnknownDevice)
+		return dead(bus.ReasonUnknownDevice, fr.Device, ErrUnknownDevice)
 	case revoked:
-		return w.deadLetter(f, bus.ReasonRevoked, fr.Device, errors.New("device key revoked"))
+		return dead(bus.ReasonRevoked, fr.Device, errors.New("device key revoked"))
 	}
 	sc.plain, err = key.Open(sc.plain[:0], &fr)
 	if err != nil {
-		return w.deadLetter(f, bus.ReasonTampered, fr.Device, err)
+		return dead(bus.ReasonTampered, fr.Device, err)
 	}
 	p, err := wire.ParseV2Payload(sc.plain)
 	if err != nil {
-		return w.deadLetter(f, bus.ReasonInvalid, fr.Device, err)
+		return dead(bus.ReasonInvalid, fr.Device, err)
 	}
 	fresh, err := w.marks.advance(ctx, fr.Device, fr.Seq, f.seq)
 	if err != nil {
-		return nil, err // the mark store is unreachable: retry the frame later
+		return Outcome{}, err // the mark store is unreachable: retry the frame later
 	}
 	if !fresh {
-		return w.deadLetter(f, bus.ReasonReplayed, fr.Device, fmt.Errorf("%w (seq %d)", errReplayed, fr.Seq))
+		return dead(bus.ReasonReplayed, fr.Device, fmt.Errorf("%w (seq %d)", errReplayed, fr.Seq))
 	}
-	r := p.Values.Reading()
-	id := Identified{Device: fr.Device, Reading: r}
-	return w.publishReading(f, &id, func(br *bus.Reading) {
-		br.Protocol, br.Variant, br.Seq = bus.ProtocolV2, "", fr.Seq
-		br.DeviceTime = time.UnixMilli(p.Time).UTC()
-		br.Pulse = p.Pulse
-	})
+	id := Identified{Device: fr.Device, Reading: p.Values.Reading()}
+	r := w.reading(f, &id)
+	r.Protocol, r.Variant, r.Seq = bus.ProtocolV2, "", fr.Seq
+	r.DeviceTime = time.UnixMilli(p.Time).UTC()
+	r.Pulse = p.Pulse
+	return Outcome{Reading: r}, nil
+}
+
+// highWater decides whether a v2 sequence number is new for its device.
+type highWater interface {
+	advance(ctx context.Context, device string, seq, raw uint64) (bool, error)
 }
 
 // mark is a device's high-water mark: the highest sequence number
-// accepted and the RAW message that carried it.
+// accepted, the RAW message that carried it, and which of the ReplayWindow
+// numbers below it were accepted too (bit k: seq-k).
 type mark struct {
 	seq, raw, rev uint64
+	seen          uint64
+}
+
+// ReplayWindow is how far below the highest sequence number a v2 frame not
+// seen before is still accepted. Devices send in order, but RAW can hold a
+// device's frames out of order: when a publish fails (a JetStream leader
+// lost, say), ingest stores the frame again after frames that followed it.
+// As in IPsec and DTLS, a window of seen numbers accepts those and still
+// refuses every number seen before, and everything older than the window.
+const ReplayWindow = 64
+
+// accepts applies the replay window: whether seq may be accepted given
+// the mark, and the mark that accepting it makes.
+func (m mark) accepts(seq, raw uint64) (mark, bool) {
+	switch {
+	case m.rev != 0 && seq == m.seq && raw == m.raw:
+		return m, true // the RAW message holding the mark, redelivered
+	case m.rev == 0 || seq > m.seq:
+		next := mark{seq: seq, raw: raw, rev: m.rev, seen: 1}
+		if d := seq - m.seq; m.rev != 0 && d < ReplayWindow {
+			next.seen |= m.seen << d
+		}
+		return next, true
+	}
+	d := m.seq - seq
+	if d >= ReplayWindow || m.seen&(1<<d) != 0 {
+		return m, false
+	}
+	m.seen |= 1 << d
+	return m, true
 }
 
 // seqMarks keeps v2 high-water marks in a KV bucket with compare-and-set,
@@ -84,14 +119,14 @@ func (s *seqMarks) advance(ctx context.Context, device string, seq, raw uint64) 
 		if err != nil {
 			return false, err
 		}
-		switch {
-		case seq == m.seq && raw == m.raw && m.rev != 0:
-			return true, nil
-		case seq <= m.seq:
+		next, ok := m.accepts(seq, raw)
+		if !ok {
 			return false, nil
 		}
-		next := mark{seq: seq, raw: raw}
-		value := []byte(strconv.FormatUint(seq, 10) + " " + strconv.FormatUint(raw, 10))
+		if next == m {
+			return true, nil
+		}
+		value := []byte(strconv.FormatUint(next.seq, 10) + " " + strconv.FormatUint(next.raw, 10) + " " + strconv.FormatUint(next.seen, 16))
 		if m.rev == 0 {
 			next.rev, err = s.kv.Create(ctx, device, value)
 		} else {
@@ -125,9 +160,17 @@ func (s *seqMarks) get(ctx context.Context, device string) (mark, error) {
 	if err != nil {
 		return mark{}, fmt.Errorf("decrypt: read high-water mark: %w", err)
 	}
-	seqText, rawText, _ := strings.Cut(string(e.Value()), " ")
-	m.seq, _ = strconv.ParseUint(seqText, 10, 64)
-	m.raw, _ = strconv.ParseUint(rawText, 10, 64)
+	f := strings.Fields(string(e.Value()))
+	if len(f) < 2 {
+		return mark{}, fmt.Errorf("decrypt: high-water mark of %s: unreadable value %q", device, e.Value())
+	}
+	m.seq, _ = strconv.ParseUint(f[0], 10, 64)
+	m.raw, _ = strconv.ParseUint(f[1], 10, 64)
+	// A mark written before the window existed: everything below it counts as seen.
+	m.seen = ^uint64(0)
+	if len(f) > 2 {
+		m.seen, _ = strconv.ParseUint(f[2], 16, 64)
+	}
 	m.rev = e.Revision()
 	return m, nil
 }

@@ -61,8 +61,9 @@ func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// TestV2Frames: readings, a replay and a reordered old frame refused by
-// either of two workers, a tampered frame refused.
+// TestV2Frames: readings; replays refused by either of two workers; a frame
+// stored out of order accepted once within the replay window and refused
+// beyond it; a tampered frame and an unknown device refused.
 func TestV2Frames(t *testing.T) {
 	js := setup(t)
 	devs := loadKeys(t)
@@ -76,15 +77,18 @@ func TestV2Frames(t *testing.T) {
 		v2FrameFor(t, d, 2, false),
 		v2FrameFor(t, d, 2, false), // replayed
 		v2FrameFor(t, d, 5, false),
-		v2FrameFor(t, d, 3, false), // reordered old frame
+		v2FrameFor(t, d, 3, false), // stored out of order, not seen before: accepted
+		v2FrameFor(t, d, 3, false), // replayed
 		tampered,
 		v2FrameFor(t, wire.Device{ID: "nobody", Key: d.Key, IV: d.IV}, 1, false),
 		v2FrameFor(t, d, 6, false),
+		v2FrameFor(t, d, 7+ReplayWindow, false),
+		v2FrameFor(t, d, 7, false), // not seen, but the window moved past it
 	}
 	for i, f := range frames {
 		publishV2Raw(t, js, d.ID, i+1, f)
 	}
-	readings := streamMsgs(t, js, bus.StreamReadings, 4)
+	readings := streamMsgs(t, js, bus.StreamReadings, 6)
 	var seqs []uint64
 	for _, m := range readings {
 		r, err := bus.UnmarshalReading(m.Data())
@@ -99,14 +103,14 @@ func TestV2Frames(t *testing.T) {
 			t.Fatalf("pulse batch lost: %+v", r.Pulse)
 		}
 	}
-	if fmt.Sprint(seqs) != "[1 2 5 6]" {
-		t.Fatalf("readings with seq %v, want [1 2 5 6]", seqs)
+	if want := fmt.Sprint([]uint64{1, 2, 5, 3, 6, 7 + ReplayWindow}); fmt.Sprint(seqs) != want {
+		t.Fatalf("readings with seq %v, want %s", seqs, want)
 	}
 	reasons := map[string]int{}
-	for _, m := range streamMsgs(t, js, bus.StreamDeadLetter, 4) {
+	for _, m := range streamMsgs(t, js, bus.StreamDeadLetter, 5) {
 		reasons[m.Headers().Get(bus.HeaderReason)]++
 	}
-	want := map[string]int{string(bus.ReasonReplayed): 2, string(bus.ReasonTampered): 1, string(bus.ReasonUnknownDevice): 1}
+	want := map[string]int{string(bus.ReasonReplayed): 3, string(bus.ReasonTampered): 1, string(bus.ReasonUnknownDevice): 1}
 	if fmt.Sprint(reasons) != fmt.Sprint(want) {
 		t.Fatalf("dead letters %v, want %v", reasons, want)
 	}
@@ -157,5 +161,35 @@ func TestSeqMarksConcurrent(t *testing.T) {
 	}
 	if ok, _ := a.advance(t.Context(), "dev", 100, 5555); ok {
 		t.Fatal("the same sequence number in another RAW message was accepted")
+	}
+}
+
+// TestReplayWindow checks the window's arithmetic on a sequence of frames.
+func TestReplayWindow(t *testing.T) {
+	tests := []struct {
+		name string
+		seqs []uint64
+		want []bool
+	}{
+		{"in order", []uint64{1, 2, 3}, []bool{true, true, true}},
+		{"replay", []uint64{1, 2, 2, 1}, []bool{true, true, false, false}},
+		{"out of order once", []uint64{1, 3, 2, 2}, []bool{true, true, true, false}},
+		{"gap then fill", []uint64{10, 5, 9, 5, 9}, []bool{true, true, true, false, false}},
+		{"edge of the window", []uint64{100, 100 - ReplayWindow + 1, 100 - ReplayWindow}, []bool{true, true, false}},
+		{"jump clears the window", []uint64{1, 1 + ReplayWindow, 1, 2}, []bool{true, true, false, true}},
+		{"big jump", []uint64{5, 1000, 6, 999}, []bool{true, true, false, true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var m mark
+			for i, seq := range tt.seqs {
+				next, ok := m.accepts(seq, uint64(100+i))
+				if ok != tt.want[i] {
+					t.Fatalf("frame %d (seq %d): accepted %v, want %v", i, seq, ok, tt.want[i])
+				}
+				next.rev = 1 // stored
+				m = next
+			}
+		})
 	}
 }

@@ -67,7 +67,7 @@ type Worker struct {
 	m     *metrics
 	log   *slog.Logger
 	bufs  sync.Pool
-	marks *seqMarks // nil without Options.Seqs
+	marks highWater // nil without Options.Seqs (live) or in-memory (Decoder)
 }
 
 // New checks the options and builds the key index.
@@ -162,7 +162,8 @@ type scratch struct{ ct, plain []byte }
 
 // rawFrame is a RAW message's parts that a reading or dead letter carries on.
 type rawFrame struct {
-	msg      jetstream.Msg
+	header   nats.Header
+	data     []byte
 	seq      uint64 // RAW stream sequence
 	conn     string
 	frameSeq uint64
@@ -214,24 +215,49 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
 	}
-	f := rawFrame{msg: msg, seq: meta.Sequence.Stream}
-	h := msg.Headers()
-	if err := f.parseHeaders(h); err != nil {
-		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+	f := rawFrame{header: msg.Headers(), data: msg.Data(), seq: meta.Sequence.Stream}
+	out, err := w.decode(ctx, &f)
+	if err != nil {
+		return nil, err
 	}
-	if h.Get(bus.HeaderProtocol) == bus.ProtocolV2 {
-		if w.marks == nil {
-			return nil, errors.New("decrypt: a v2 frame, but no high-water mark store (Options.Seqs)")
-		}
-		sc := w.bufs.Get().(*scratch)
-		defer w.bufs.Put(sc)
-		return w.handleV2(ctx, f, sc)
+	if out.Reading == nil {
+		return w.deadLetter(f, out)
+	}
+	return w.publishReading(out.Reading)
+}
+
+// Outcome is what decrypt makes of one RAW frame: a reading for READINGS,
+// or the reason the frame goes to DEADLETTER.
+type Outcome struct {
+	Reading *bus.Reading // nil when the frame is dead-lettered
+	Reason  bus.Reason   // dead letters: why
+	Device  string       // dead letters: the device, where known
+	Err     error        // dead letters: what failed (never key material)
+}
+
+// dead is the Outcome of a frame that goes to DEADLETTER.
+func dead(reason bus.Reason, device string, err error) (Outcome, error) {
+	return Outcome{Reason: reason, Device: device, Err: err}, nil
+}
+
+// decode turns one RAW frame into a reading or a dead-letter reason; an
+// error means the frame could not be decided now and is to be retried.
+func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
+	if err := f.parseHeaders(f.header); err != nil {
+		return dead(bus.ReasonMalformed, "", err)
 	}
 	sc := w.bufs.Get().(*scratch)
 	defer w.bufs.Put(sc)
-	sc.ct, err = wire.DecodeFrame(sc.ct[:0], msg.Data())
+	if f.header.Get(bus.HeaderProtocol) == bus.ProtocolV2 {
+		if w.marks == nil {
+			return Outcome{}, errors.New("decrypt: a v2 frame, but no high-water mark store (Options.Seqs)")
+		}
+		return w.decodeV2(ctx, f, sc)
+	}
+	var err error
+	sc.ct, err = wire.DecodeFrame(sc.ct[:0], f.data)
 	if err != nil {
-		return w.deadLetter(f, bus.ReasonMalformed, "", err)
+		return dead(bus.ReasonMalformed, "", err)
 	}
 	if need := 2 * len(sc.ct); cap(sc.plain) < need { // what Open needs, so that it does not allocate
 		sc.plain = make([]byte, need)
@@ -239,19 +265,19 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	id, known, err := w.identify(ctx, sc, f.conn)
 	switch {
 	case errors.Is(err, ErrUnknownDevice):
-		return w.deadLetter(f, bus.ReasonUnknownDevice, "", err)
+		return dead(bus.ReasonUnknownDevice, "", err)
 	case errors.Is(err, ErrAmbiguous):
 		w.m.ambiguous.Inc()
-		return w.deadLetter(f, bus.ReasonAmbiguous, "", err)
+		return dead(bus.ReasonAmbiguous, "", err)
 	case err != nil:
-		return w.deadLetter(f, bus.ReasonInvalid, id.Device, err)
+		return dead(bus.ReasonInvalid, id.Device, err)
 	case id.Revoked:
-		return w.deadLetter(f, bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
+		return dead(bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
 	}
 	if !known {
 		w.remember(ctx, f.conn, connDevice{id.Device, id.Variant})
 	}
-	return w.publishReading(f, &id, nil)
+	return Outcome{Reading: w.reading(f, &id)}, nil
 }
 
 // identify opens the frame with the connection's known key, or searches.
@@ -310,27 +336,28 @@ func (w *Worker) remember(ctx context.Context, conn string, d connDevice) {
 	}
 }
 
-// publishReading stores the reading of frame f in READINGS; v2 sets its own fields.
-func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading)) (bus.Completion, error) {
-	h := f.msg.Headers()
-	r := bus.Reading{
+// reading is the READINGS message of frame f, opened as id.
+func (w *Worker) reading(f *rawFrame, id *Identified) *bus.Reading {
+	r := &bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
 		Received: f.received, Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
-		Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal),
+		Remote: f.header.Get(bus.HeaderRemote), Local: f.header.Get(bus.HeaderLocal),
 	}
 	r.SetWire(&id.Reading)
-	if v2 != nil {
-		v2(&r)
-	}
-	data, err := bus.MarshalReading(&r)
+	return r
+}
+
+// publishReading stores a reading in READINGS.
+func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
+	data, err := bus.MarshalReading(r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}
 	out := &nats.Msg{
-		Subject: bus.ReadingsSubject(bus.Partition(id.Device, w.o.Partitions), id.Device),
+		Subject: bus.ReadingsSubject(bus.Partition(r.Device, w.o.Partitions), r.Device),
 		Data:    data,
 		// The id makes the reading of a redelivered frame a duplicate that JetStream drops.
-		Header: nats.Header{bus.HeaderDevice: {id.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(f.seq, 10)}},
+		Header: nats.Header{bus.HeaderDevice: {r.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(r.RawSeq, 10)}},
 	}
 	fut, err := w.js.PublishMsgAsync(out, bus.Backpressure)
 	if err != nil {
@@ -338,14 +365,15 @@ func (w *Worker) publishReading(f rawFrame, id *Identified, v2 func(*bus.Reading
 		return nil, fmt.Errorf("decrypt: publish reading: %w", err)
 	}
 	w.m.readings.WithLabelValues(r.Protocol, r.Variant).Inc()
-	return bus.PubAck(fut), nil
+	return bus.PubAck(w.js, fut), nil
 }
 
 // deadLetter stores the frame in DEADLETTER with why it failed; RAW is acked
 // once it is stored, so a bad frame is not retried for ever.
-func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause error) (bus.Completion, error) {
+func (w *Worker) deadLetter(f rawFrame, out Outcome) (bus.Completion, error) {
+	reason, device, cause := out.Reason, out.Device, out.Err
 	h := nats.Header{}
-	for k, v := range f.msg.Headers() {
+	for k, v := range f.header {
 		// The edge's message id, or any other JetStream control header
 		// (expected stream, TTL...), would act on the DEADLETTER publish.
 		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
@@ -359,12 +387,12 @@ func (w *Worker) deadLetter(f rawFrame, reason bus.Reason, device string, cause 
 	if device != "" {
 		h.Set(bus.HeaderDevice, device)
 	}
-	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.msg.Data(), Header: h}, bus.Backpressure)
+	fut, err := w.js.PublishMsgAsync(&nats.Msg{Subject: bus.DeadLetterSubject(reason), Data: f.data, Header: h}, bus.Backpressure)
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish dead letter: %w", err)
 	}
 	w.m.deadLetters.WithLabelValues(string(reason)).Inc()
 	w.log.Debug("frame dead-lettered", "reason", reason, "conn", f.conn, "frame", f.frameSeq, "err", cause)
-	return bus.PubAck(fut), nil
+	return bus.PubAck(w.js, fut), nil
 }

@@ -147,6 +147,7 @@ type Edge struct {
 	throttleLog rateLimiter
 	kickLog     rateLimiter
 	closeLog    rateLimiter
+	retryLog    rateLimiter
 
 	// stopping is closed when shutdown begins, to end throttling waits.
 	stopping chan struct{}
@@ -648,13 +649,20 @@ func (e *Edge) awaitStored(p pendingPublish) publishOutcome {
 	}
 }
 
-// retry republishes a frame synchronously with backoff; its message id
-// makes a publish that did reach the stream count once. It reports whether
-// the frame is stored. A frame abandoned at shutdown is not counted lost:
-// whether it was stored is unknown, and Run's drain error counts it.
+// retry republishes a frame synchronously with backoff until RAW stores it
+// or shutdown gives up on it; its message id makes a publish that did
+// reach the stream count once. JetStream unavailable (a leader election, a
+// lost quorum) therefore slows the devices instead of losing frames: while
+// a frame is retried, its connection's replies wait, the pending window
+// fills and reads stop. It reports whether the frame is stored. A frame
+// abandoned at shutdown is not counted lost: whether it was stored is
+// unknown, and Run's drain error counts it.
 func (e *Edge) retry(msg *nats.Msg, err error) bool {
 	e.m.publishErrors.Inc()
-	for attempt, wait := 1, 100*time.Millisecond; attempt <= 3; attempt, wait = attempt+1, wait*4 {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if e.retryLog.allow() {
+			e.log.Warn("RAW is not taking frames; retrying (devices are slowed meanwhile)", "conn", msg.Header.Get(bus.HeaderConn), "err", err)
+		}
 		select {
 		case <-time.After(wait):
 		case <-e.abandon.Done():
@@ -668,12 +676,6 @@ func (e *Edge) retry(msg *nats.Msg, err error) bool {
 			return true
 		}
 	}
-	if e.abandon.Err() != nil {
-		return false
-	}
-	e.m.framesLost.Inc()
-	e.log.Error("frame lost: RAW did not take it", "conn", msg.Header.Get(bus.HeaderConn), "frame", msg.Header.Get(bus.HeaderFrameSeq), "err", err)
-	return false
 }
 
 // rateLimiter allows one event per second, for log lines under abuse.

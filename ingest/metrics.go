@@ -12,7 +12,6 @@ type metrics struct {
 	connErrors     *prometheus.CounterVec
 	publishErrors  prometheus.Counter
 	publishRetries prometheus.Counter
-	framesLost     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,7 +25,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connection_errors_total", Help: "Connections closed for bad input or read errors, by reason."}, []string{"reason"}),
 		publishErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_errors_total", Help: "Publishes to RAW that failed at first."}),
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
-		framesLost:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_lost_total", Help: "Frames RAW did not take after every retry."}),
 	}
 	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames", "tls_handshake"} {
 		m.connErrors.WithLabelValues(r)
@@ -35,7 +33,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rejected.WithLabelValues(l)
 	}
 	if reg != nil {
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.framesLost)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries)
 	}
 	return m
 }

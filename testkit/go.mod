@@ -2,7 +2,10 @@ module github.com/medpipe/medpipe/testkit
 
 go 1.26.0
 
-require github.com/medpipe/medpipe/bus v0.0.0
+require (
+	github.com/medpipe/medpipe/bus v0.0.0
+	github.com/nats-io/nats-server/v2 v2.15.2
+)
 
 require (
 	github.com/eclipse/paho.mqtt.golang v1.5.1
@@ -17,7 +20,6 @@ require (
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
-	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
