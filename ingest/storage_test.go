@@ -1,0 +1,186 @@
+package ingest
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
+)
+
+// TestRawRollsAtItsSizeLimit: RAW at --raw-max-bytes drops its oldest
+// frames (a rolling archive) and keeps taking new ones: devices see no
+// error and nothing stalls.
+func TestRawRollsAtItsSizeLimit(t *testing.T) {
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	const limit = 64 << 10
+	parts, err := bus.EnsureStreams(t.Context(), js, bus.StreamOptions{Partitions: 2, RawMaxBytes: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := runEdge(t, js, Options{Listen: "127.0.0.1:0", Partitions: parts, MaxFrameRate: -1})
+	c, err := net.Dial("tcp", edge.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 1500 // about 400 KB of frames
+	var all []byte
+	for i := range n {
+		all = append(all, frame(i)...)
+	}
+	if _, err := c.Write(all); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := js.Stream(t.Context(), bus.StreamRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := raw.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.LastSeq == n {
+			if info.State.Bytes > limit || info.State.FirstSeq == 1 {
+				t.Fatalf("RAW holds %d bytes from seq %d: not rolling at %d bytes", info.State.Bytes, info.State.FirstSeq, limit)
+			}
+			t.Logf("RAW at its limit: %d frames sent, the newest %d kept in %d bytes", n, info.State.Msgs, info.State.Bytes)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("RAW took %d of %d frames", info.State.LastSeq, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(edge.m.publishErrors); got != 0 {
+		t.Fatalf("%v publish errors at the size limit", got)
+	}
+}
+
+// TestStoreFullSlowsDevicesLosesNothing: when the JetStream store itself
+// is full (nats-server's max store, or the disk), RAW refuses frames. The
+// edge keeps each frame and retries it, logs why, counts it, and sends a v2
+// device no ACK, so the device holds its frames; once space is freed every
+// frame is stored and acknowledged, in order, none lost.
+func TestStoreFullSlowsDevicesLosesNothing(t *testing.T) {
+	const maxStore = 4 << 20
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir(), MaxStore: maxStore})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	parts, err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Partitions: 2, RawMaxBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the store with another stream's data.
+	ballast, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BALLAST", Subjects: []string{"ballast"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := js.Publish(ctx, "ballast", chunk); err != nil {
+			break // full
+		}
+	}
+	var logs syncLog
+	edge := runEdge(t, js, Options{Listen: "127.0.0.1:0", Partitions: parts, Log: logs.logger()})
+	c, err := net.Dial("tcp", edge.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 20
+	for seq := uint64(1); seq <= n; seq++ {
+		if _, err := c.Write(v2Frame(t, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The device hears nothing while the store is full.
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the edge replied while the store was full")
+	}
+	waitFor(t, func() bool { return testutil.ToFloat64(edge.m.publishRetries) > 0 })
+	if !strings.Contains(logs.String(), "RAW is not taking frames") {
+		t.Fatalf("no log line says why the devices are slowed:\n%s", logs.String())
+	}
+	// Space comes back: everything is stored and acknowledged, in order.
+	if err := ballast.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	r := bufio.NewReader(c)
+	for want := uint64(1); want <= n; want++ {
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if f := readReply(t, r); f.Type != wire.V2Ack || f.Seq != want {
+			t.Fatalf("reply %+v, want ACK %d", f, want)
+		}
+	}
+	rawMessages(t, js, n)
+	t.Logf("store full: %v publish errors, %v retries, then all %d frames stored and acknowledged", testutil.ToFloat64(edge.m.publishErrors), testutil.ToFloat64(edge.m.publishRetries), n)
+}
+
+// runEdge runs an edge on js until the test ends.
+func runEdge(t *testing.T, js jetstream.JetStream, o Options) *Edge {
+	t.Helper()
+	o.Metrics = prometheus.NewRegistry()
+	edge, err := New(js, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- edge.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return edge
+}
+
+// syncLog collects log output for assertions.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *syncLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
