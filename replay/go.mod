@@ -2,4 +2,51 @@ module github.com/medpipe/medpipe/replay
 
 go 1.26.0
 
-require github.com/klauspost/compress v1.20.3 // indirect
+require (
+	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/gorilla/websocket v1.5.3 // indirect
+	github.com/klauspost/compress v1.20.3
+	github.com/medpipe/medpipe/testkit v0.0.0
+	github.com/medpipe/medpipe/wire v0.0.0
+	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	github.com/prometheus/client_model v0.6.3 // indirect
+	github.com/prometheus/common v0.72.0 // indirect
+	github.com/prometheus/procfs v0.22.0 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+require (
+	github.com/eclipse/paho.mqtt.golang v1.5.1
+	github.com/medpipe/medpipe/bus v0.0.0
+	github.com/medpipe/medpipe/decrypt v0.0.0
+	github.com/medpipe/medpipe/publish v0.0.0
+	github.com/nats-io/nats.go v1.55.0
+)
+
+replace github.com/medpipe/medpipe/bus => ../bus
+
+replace github.com/medpipe/medpipe/decrypt => ../decrypt
+
+replace github.com/medpipe/medpipe/publish => ../publish
+
+replace github.com/medpipe/medpipe/wire => ../wire
+
+replace github.com/medpipe/medpipe/testkit => ../testkit
+
+replace github.com/medpipe/medpipe/simulator => ../simulator
+
+require github.com/medpipe/medpipe/simulator v0.0.0
