@@ -14,6 +14,8 @@ require github.com/medpipe/medpipe/publish v0.0.0
 
 require github.com/medpipe/medpipe/simulator v0.0.0
 
+require github.com/medpipe/medpipe/replay v0.0.0
+
 require (
 	github.com/medpipe/medpipe/testkit v0.0.0
 	github.com/nats-io/nats.go v1.55.0
@@ -58,3 +60,5 @@ replace github.com/medpipe/medpipe/publish => ../../publish
 replace github.com/medpipe/medpipe/simulator => ../../simulator
 
 replace github.com/medpipe/medpipe/testkit => ../../testkit
+
+replace github.com/medpipe/medpipe/replay => ../../replay

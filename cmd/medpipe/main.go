@@ -33,6 +33,8 @@ var commands = []command{
 	{"publish", "run the MQTT bridge: READINGS → MQTT topics", runPublish},
 	{"keys", "manage the device registry: import, add, list, rotate, revoke, export", runKeys},
 	{"simulate", "run simulated legacy devices against an ingest edge", runSimulate},
+	{"replay", "replay stored frames (RAW or an archive) to MQTT under replay/, JSON lines or CSV", runReplay},
+	{"archive", "export RAW to zstd archive files, import them back, verify them", runArchive},
 	{"version", "print the version", runVersion},
 }
 

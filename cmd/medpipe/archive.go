@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/replay"
+	"github.com/medpipe/medpipe/replay/archive"
+)
+
+const archiveSynopsis = `Archives of RAW: zstd files with every frame, its headers, sequence and time, and a manifest.
+  export --out FILE [--since T] [--until T] [--seq FROM-TO]   write a range of RAW to FILE ('-': stdout)
+  import FILE                                                    load FILE back into RAW (importing twice stores once)
+  verify FILE                                                    check every record and the manifest
+The subcommand comes first: medpipe archive export --out raw.mpa.zst --since -24h`
+
+func runArchive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(stderr, "Usage: medpipe archive export|import|verify [flags]\n\n%s\n\n", archiveSynopsis)
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			// Each subcommand's flags, with their environment variables.
+			_ = archiveExport(ctx, []string{"-h"}, stdout, stderr)
+			fmt.Fprintln(stderr)
+			_ = archiveImport(ctx, []string{"FILE", "-h"}, stdout, stderr)
+			return flag.ErrHelp
+		}
+		return errors.New("archive: want a subcommand: export, import or verify")
+	}
+	switch args[0] {
+	case "export":
+		return archiveExport(ctx, args[1:], stdout, stderr)
+	case "import":
+		return archiveImport(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return archiveVerify(args[1:], stdout, stderr)
+	}
+	return fmt.Errorf("archive: unknown subcommand %q (want export, import or verify)", args[0])
+}
+
+func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("archive export", "Writes a time or sequence range of RAW, still encrypted, to an archive file (zstd, constant memory).", stderr)
+	var (
+		lf       logFlags
+		nf       natsFlags
+		sf       selectFlags
+		out      string
+		progress string
+	)
+	lf.register(fs)
+	nf.registerConn(fs)
+	sf.register(fs, false)
+	fs.StringVar(&out, "out", "", "archive file to write ('-': standard output); written aside and renamed when complete")
+	fs.StringVar(&progress, "progress", "auto", "progress bar on standard error: auto, on or off")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if out == "" {
+		return errors.New("archive export: --out FILE is required")
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	sel, err := sf.selection(time.Now())
+	if err != nil {
+		return err
+	}
+	show, err := progressOn(progress, stderr)
+	if err != nil {
+		return err
+	}
+	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	src, err := replay.OpenRaw(ctx, js, bus.StreamRaw, sel)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+
+	w, commit, abort, err := createAside(out, stdout)
+	if err != nil {
+		return err
+	}
+	var bar func(replay.Progress)
+	if show {
+		bar = progressBar(stderr, "frames")
+	}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	m, err := replay.Export(ctx, src, sel, bw, bar)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = commit()
+	}
+	if err != nil {
+		abort()
+		return err
+	}
+	fmt.Fprintf(stderr, "archive: %s\n", describeManifest(m))
+	return nil
+}
+
+// createAside writes to path+".partial" and renames it on commit, so that
+// an interrupted export leaves no file that looks complete.
+func createAside(path string, stdout io.Writer) (w io.Writer, commit func() error, abort func(), err error) {
+	if path == "-" {
+		return stdout, func() error { return nil }, func() {}, nil
+	}
+	tmp := path + ".partial"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--out: %w", err)
+	}
+	commit = func() error {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("--out: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+		return nil
+	}
+	abort = func() {
+		f.Close()
+		os.Remove(tmp)
+	}
+	return f, commit, abort, nil
+}
+
+func describeManifest(m archive.Manifest) string {
+	if m.Frames == 0 {
+		return fmt.Sprintf("stream %s, no frames", m.Stream)
+	}
+	return fmt.Sprintf("stream %s, %d frames, seq %d-%d, %s to %s, %d bytes of frames, sha256 %s",
+		m.Stream, m.Frames, m.FirstSeq, m.LastSeq, m.FirstTime.Format(time.RFC3339), m.LastTime.Format(time.RFC3339), m.DataBytes, m.SHA256)
+}
+
+func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("archive import", "Loads an archive back into RAW under the frames' subjects and headers. Frames already imported from the same origin (recorded in KV bucket "+replay.ImportBucket+"), or still in their origin stream, are skipped: importing twice stores once. The file is verified first (--no-verify skips that pass).", stderr)
+	var (
+		lf       logFlags
+		nf       natsFlags
+		noVerify bool
+		progress string
+	)
+	lf.register(fs)
+	nf.register(fs)
+	fs.BoolVar(&noVerify, "no-verify", false, "import while reading, without verifying the whole file first (a damaged file is then imported up to the damage)")
+	fs.StringVar(&progress, "progress", "auto", "progress on standard error: auto, on or off")
+	path, rest, err := fileArg(args)
+	if err != nil {
+		return err
+	}
+	if err := parseFlags(fs, rest); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	show, err := progressOn(progress, stderr)
+	if err != nil {
+		return err
+	}
+	if !noVerify {
+		if _, _, err := verifyFile(path); err != nil {
+			return fmt.Errorf("nothing imported: %w", err)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := archive.NewReader(bufio.NewReaderSize(f, 256<<10))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	defer r.Close()
+
+	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	// A fresh server gets the archive's partition count unless told otherwise.
+	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
+		nf.streams.Partitions = r.Header().Partitions
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = bus.EnsureStreams(sctx, js, nf.streams)
+	cancel()
+	if err != nil {
+		return err
+	}
+	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas}
+	if show {
+		opts.Progress = progressBar(stderr, "frames")
+	}
+	sum, err := replay.Import(ctx, js, r, opts)
+	fmt.Fprintf(stdout, "imported %s: %d frames, %d stored, %d already there, %.1fs\n", filepath.Base(path), sum.Frames, sum.Stored, sum.Duplicates, sum.Elapsed.Seconds())
+	return err
+}
+
+func archiveVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("archive verify", "Reads a whole archive, checking every record's checksum, the frame order and the manifest (counts, SHA-256). Damage is reported with its frame number and file offset.", stderr)
+	path, rest, err := fileArg(args)
+	if err != nil {
+		return err
+	}
+	if err := parseFlags(fs, rest); err != nil {
+		return err
+	}
+	h, m, err := verifyFile(path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ok %s: origin %s, written %s; %s\n", path, h.Origin, h.Created.Format(time.RFC3339), describeManifest(m))
+	return nil
+}
+
+func verifyFile(path string) (archive.Header, archive.Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return archive.Header{}, archive.Manifest{}, err
+	}
+	defer f.Close()
+	h, m, err := archive.Verify(bufio.NewReaderSize(f, 256<<10))
+	if err != nil {
+		return h, m, fmt.Errorf("%s: %w", path, err)
+	}
+	return h, m, nil
+}
+
+// fileArg takes the FILE argument, before or after the flags.
+func fileArg(args []string) (string, []string, error) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:], nil
+	}
+	if n := len(args); n > 0 && !strings.HasPrefix(args[n-1], "-") {
+		return args[n-1], args[:n-1], nil
+	}
+	return "", nil, errors.New("want an archive FILE")
+}

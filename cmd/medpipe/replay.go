@@ -1,0 +1,328 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
+	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/replay"
+)
+
+const replaySynopsis = `Replays stored frames (RAW, or an archive file with --from-archive) through decrypt's own code
+path and key index, to MQTT under replay/Pico/... (--live-topics: the live topics) or as JSON lines or CSV.
+Select by --since/--until (RFC 3339 or relative like -2h; the edge's receive time), --device (repeatable,
+globs like 'iot_med_dev_0*') and --seq FROM-TO. Reads RAW with an ephemeral ordered consumer: the live
+stages' consumers are not touched. Never changes any stream's settings.`
+
+// registerConn registers the connection flags of natsFlags without the
+// stream limits: replay and archive read streams and must never change
+// their limits (EnsureStreams would apply the flags' defaults to RAW).
+func (n *natsFlags) registerConn(fs *flag.FlagSet) {
+	all := flag.NewFlagSet("", flag.ContinueOnError)
+	n.register(all)
+	limits := flag.NewFlagSet("", flag.ContinueOnError)
+	var scratch natsFlags
+	scratch.registerStreams(limits)
+	all.VisitAll(func(f *flag.Flag) {
+		if limits.Lookup(f.Name) == nil {
+			fs.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+}
+
+// dial connects to NATS without creating or changing any stream.
+func (n *natsFlags) dial(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	opts, err := n.options()
+	if err != nil {
+		return nil, nil, err
+	}
+	return bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Options: opts})
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+// selectFlags are the frame selection flags of replay and archive export.
+type selectFlags struct {
+	since, until, seq string
+	devices           stringList
+}
+
+func (s *selectFlags) register(fs *flag.FlagSet, devices bool) {
+	fs.StringVar(&s.since, "since", "", "first receive time: RFC 3339 (2026-11-25T10:00:00Z) or relative to now (-2h)")
+	fs.StringVar(&s.until, "until", "", "end receive time (exclusive): RFC 3339 or relative (-1h)")
+	fs.StringVar(&s.seq, "seq", "", "RAW sequence range: FROM-TO, FROM- or N")
+	if devices {
+		fs.Var(&s.devices, "device", "device id or glob (repeatable, or comma-separated); legacy frames are matched after decryption")
+	}
+}
+
+func (s *selectFlags) selection(now time.Time) (replay.Selection, error) {
+	var sel replay.Selection
+	var err error
+	if sel.Since, err = replay.ParseTime(s.since, now); err != nil {
+		return sel, fmt.Errorf("--since: %w", err)
+	}
+	if sel.Until, err = replay.ParseTime(s.until, now); err != nil {
+		return sel, fmt.Errorf("--until: %w", err)
+	}
+	if sel.FromSeq, sel.ToSeq, err = replay.ParseSeqRange(s.seq); err != nil {
+		return sel, fmt.Errorf("--seq: %w", err)
+	}
+	sel.Devices = s.devices
+	return sel, sel.Validate()
+}
+
+func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("replay", replaySynopsis, stderr)
+	var (
+		lf          logFlags
+		nf          natsFlags
+		pf          publishFlags
+		sf          selectFlags
+		keys        string
+		fromArchive string
+		format      string
+		output      string
+		speed       float64
+		liveTopics  bool
+		progress    string
+	)
+	lf.register(fs)
+	nf.registerConn(fs)
+	pf.register(fs, "tcp://127.0.0.1:1883")
+	sf.register(fs, true)
+	// Replayed readings must not pass for live ones unless asked to.
+	prefix := fs.Lookup("prefix")
+	prefix.DefValue, prefix.Usage = replay.DefaultPrefix, "first levels of every MQTT topic (--live-topics: the live prefix)"
+	_ = prefix.Value.Set(replay.DefaultPrefix)
+	fs.StringVar(&keys, "keys", "", "device keys file (JSON lines); without it, keys as they are now in the registry (JetStream KV)")
+	fs.StringVar(&fromArchive, "from-archive", "", "replay this archive file instead of RAW (no NATS needed with --keys)")
+	fs.StringVar(&format, "format", "mqtt", "output: mqtt, jsonl (one reading per line) or csv")
+	fs.StringVar(&output, "output", "-", "jsonl/csv: file to write ('-': standard output)")
+	fs.Float64Var(&speed, "speed", 0, "pace by the frames' receive times: 1 real time, 10 ten times faster, 0 as fast as possible")
+	fs.BoolVar(&liveTopics, "live-topics", false, "publish on the live topics (prefix Pico, or --prefix) on purpose")
+	fs.StringVar(&progress, "progress", "auto", "progress bar on standard error: auto (when a terminal), on or off")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if liveTopics && !set["prefix"] {
+		pf.prefix = "Pico"
+	}
+	sel, err := sf.selection(time.Now())
+	if err != nil {
+		return err
+	}
+	if speed < 0 {
+		return fmt.Errorf("--speed %g: want 0 or more", speed)
+	}
+	show, err := progressOn(progress, stderr)
+	if err != nil {
+		return err
+	}
+
+	var js jetstream.JetStream
+	if fromArchive == "" || keys == "" {
+		nc, j, err := nf.dial(ctx, "medpipe-replay", log)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js = j
+	}
+	ix, keySource, err := keyIndex(ctx, js, keys, log)
+	if err != nil {
+		return err
+	}
+	dec, err := decrypt.NewDecoder(ix)
+	if err != nil {
+		return err
+	}
+
+	var src replay.Source
+	if fromArchive != "" {
+		a, err := replay.OpenArchive(fromArchive)
+		if err != nil {
+			return err
+		}
+		src = a
+	} else {
+		r, err := replay.OpenRaw(ctx, js, bus.StreamRaw, sel)
+		if err != nil {
+			return err
+		}
+		src = r
+	}
+	defer src.Close()
+
+	sink, closeOut, err := replaySink(format, output, stdout, &pf, log)
+	if err != nil {
+		return err
+	}
+	defer closeOut()
+	log.Info("medpipe replay started", "source", sourceName(fromArchive), "keys", keySource, "devices", ix.Len(), "selection", sel.String(), "format", format, "prefix", pf.prefix, "speed", speed)
+	opts := replay.Options{Decoder: dec, Select: sel, Speed: speed, Sink: sink, Log: log}
+	if show {
+		opts.Progress = progressBar(stderr, "frames")
+	}
+	sum, err := replay.Run(ctx, src, opts)
+	fmt.Fprintf(stderr, "replay: %s\n", sum)
+	if err != nil {
+		return err
+	}
+	return closeOut()
+}
+
+func sourceName(archive string) string {
+	if archive != "" {
+		return "archive " + archive
+	}
+	return "stream " + bus.StreamRaw
+}
+
+// keyIndex loads the keys file, or the registry as it is now.
+func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log *slog.Logger) (*decrypt.KeyIndex, string, error) {
+	if keysFile != "" {
+		devs, err := readKeysFile(keysFile, log)
+		if err != nil {
+			return nil, "", err
+		}
+		return decrypt.NewKeyIndex(devs), "file " + keysFile, nil
+	}
+	if js == nil {
+		return nil, "", errors.New("no --keys file and no NATS for the registry")
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	reg, err := registry.Open(rctx, js, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	recs, err := reg.List(rctx)
+	if err != nil {
+		return nil, "", err
+	}
+	ix := decrypt.NewKeyIndex(nil)
+	for _, r := range recs {
+		ix.Put(r.Device(), r.IsRevoked()) // revoked devices' frames count as revoked, as live
+	}
+	return ix, "registry " + registry.Bucket, nil
+}
+
+// replaySink opens the output; closeOut is safe to call twice.
+func replaySink(format, output string, stdout io.Writer, pf *publishFlags, log *slog.Logger) (replay.Sink, func() error, error) {
+	noop := func() error { return nil }
+	if format == "mqtt" {
+		po, err := pf.options(1, log, nil)
+		if err != nil {
+			return nil, noop, err
+		}
+		if po.MQTT.ClientID == "" {
+			po.MQTT.ClientID = fmt.Sprintf("medpipe-replay-%d", os.Getpid())
+		}
+		m, err := replay.NewMQTT(replay.MQTTOptions{MQTT: po.MQTT, Prefix: pf.prefix, QoS: po.QoS, Retain: po.Retain, JSONTopic: po.JSONTopic, AddressEvery: pf.addressEvery})
+		return m, noop, err
+	}
+	w, closeOut, err := openOutput(output, stdout)
+	if err != nil {
+		return nil, noop, err
+	}
+	switch format {
+	case "jsonl", "json":
+		return replay.NewJSONLines(w), closeOut, nil
+	case "csv":
+		return replay.NewCSV(w), closeOut, nil
+	}
+	_ = closeOut()
+	return nil, noop, fmt.Errorf("--format %q: want mqtt, jsonl or csv", format)
+}
+
+// openOutput opens a file for writing ('-': w); close is idempotent.
+func openOutput(path string, w io.Writer) (io.Writer, func() error, error) {
+	if path == "-" || path == "" {
+		return w, func() error { return nil }, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) // readings are health data
+	if err != nil {
+		return nil, nil, fmt.Errorf("--output: %w", err)
+	}
+	var closed bool
+	return f, func() error {
+		if closed {
+			return nil
+		}
+		closed = true
+		return f.Close()
+	}, nil
+}
+
+// progressOn decides whether to draw the progress bar.
+func progressOn(mode string, stderr io.Writer) (bool, error) {
+	switch mode {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	case "auto":
+		f, ok := stderr.(*os.File)
+		if !ok {
+			return false, nil
+		}
+		st, err := f.Stat()
+		return err == nil && st.Mode()&os.ModeCharDevice != 0, nil
+	}
+	return false, fmt.Errorf("--progress %q: want auto, on or off", mode)
+}
+
+// progressBar draws "[=====>    ] 41% 12,345 frames 8,200/s ETA 5s" on one line.
+func progressBar(w io.Writer, unit string) func(replay.Progress) {
+	return func(p replay.Progress) {
+		const width = 30
+		rate := 0.0
+		if p.Elapsed > 0 {
+			rate = float64(p.Frames) / p.Elapsed.Seconds()
+		}
+		bar, pct, eta := strings.Repeat("?", width), "  ?%", ""
+		if f := p.Fraction(); p.Total > 0 {
+			n := int(f * width)
+			bar = strings.Repeat("=", n) + strings.Repeat(" ", width-n)
+			pct = fmt.Sprintf("%3.0f%%", f*100)
+			if e := p.ETA(); e > 0 {
+				eta = " ETA " + e.Round(time.Second).String()
+			}
+		}
+		end := ""
+		if p.Final {
+			end = "\n"
+		}
+		fmt.Fprintf(w, "\r[%s] %s %d %s, %d readings, %.0f/s%s   %s", bar, pct, p.Frames, unit, p.Readings, rate, eta, end)
+	}
+}
