@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -22,21 +22,8 @@ import (
 // frames (a rolling archive) and keeps taking new ones: devices see no
 // error and nothing stalls.
 func TestRawRollsAtItsSizeLimit(t *testing.T) {
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
 	const limit = 64 << 10
-	parts, err := bus.EnsureStreams(t.Context(), js, bus.StreamOptions{Partitions: 2, RawMaxBytes: limit})
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, parts := startStore(t, 0, bus.StreamOptions{Partitions: 2, RawMaxBytes: limit})
 	edge := runEdge(t, js, Options{Listen: "127.0.0.1:0", Partitions: parts, MaxFrameRate: -1})
 	c, err := net.Dial("tcp", edge.Addr().String())
 	if err != nil {
@@ -84,23 +71,9 @@ func TestRawRollsAtItsSizeLimit(t *testing.T) {
 // device no ACK, so the device holds its frames; once space is freed every
 // frame is stored and acknowledged, in order, none lost.
 func TestStoreFullSlowsDevicesLosesNothing(t *testing.T) {
-	const maxStore = 4 << 20
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir(), MaxStore: maxStore})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
-	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	js, parts := startStore(t, 4<<20, bus.StreamOptions{Partitions: 2, RawMaxBytes: -1})
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	parts, err := bus.EnsureStreams(ctx, js, bus.StreamOptions{Partitions: 2, RawMaxBytes: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Fill the store with another stream's data.
 	ballast, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BALLAST", Subjects: []string{"ballast"}, Storage: jetstream.FileStorage})
 	if err != nil {
@@ -112,8 +85,8 @@ func TestStoreFullSlowsDevicesLosesNothing(t *testing.T) {
 			break // full
 		}
 	}
-	var logs syncLog
-	edge := runEdge(t, js, Options{Listen: "127.0.0.1:0", Partitions: parts, Log: logs.logger()})
+	var logs testkit.SyncBuffer
+	edge := runEdge(t, js, Options{Listen: "127.0.0.1:0", Partitions: parts, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	c, err := net.Dial("tcp", edge.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +123,27 @@ func TestStoreFullSlowsDevicesLosesNothing(t *testing.T) {
 	t.Logf("store full: %v publish errors, %v retries, then all %d frames stored and acknowledged", testutil.ToFloat64(edge.m.publishErrors), testutil.ToFloat64(edge.m.publishRetries), n)
 }
 
+// startStore starts an embedded JetStream with a store bound (0: none) and
+// medpipe's streams as configured, for one test.
+func startStore(t *testing.T, maxStore int64, so bus.StreamOptions) (jetstream.JetStream, int) {
+	t.Helper()
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: t.TempDir(), MaxStore: maxStore})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, js, err := bus.Connect(t.Context(), bus.ConnectOptions{URLs: e.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	parts, err := bus.EnsureStreams(t.Context(), js, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, parts
+}
+
 // runEdge runs an edge on js until the test ends.
 func runEdge(t *testing.T, js jetstream.JetStream, o Options) *Edge {
 	t.Helper()
@@ -165,22 +159,3 @@ func runEdge(t *testing.T, js jetstream.JetStream, o Options) *Edge {
 	return edge
 }
 
-// syncLog collects log output for assertions.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *syncLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }

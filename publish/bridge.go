@@ -82,8 +82,10 @@ type Bridge struct {
 	epoch       atomic.Uint64 // connection losses so far
 	lastConnErr atomic.Int64  // unix nanos of the last connect failure logged
 
-	countsMu sync.Mutex
-	counts   map[string]uint64 // readings seen per device
+	countsMu  sync.Mutex
+	counts    map[string]uint64 // readings seen per device
+	delivered map[string]uint64 // per device, the newest READINGS sequence the broker has all of
+	failed    map[string]uint64 // per device, the oldest READINGS sequence whose delivery failed
 
 	store *trackingStore
 	// gate is closed from a connection loss until the new connection has
@@ -134,7 +136,7 @@ func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: map[string]uint64{}, failed: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	b.m = newMetrics(o.Metrics, &b.connected)
 	return b, nil
 }
@@ -231,6 +233,17 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		b.log.Error("READINGS message is not a reading; skipped", "subject", msg.Subject(), "err", err)
 		return nil, nil
 	}
+	var streamSeq uint64
+	if meta, err := msg.Metadata(); err == nil {
+		streamSeq = meta.Sequence.Stream
+		// A redelivery (an ack lost or late) of a reading this process has
+		// already delivered: READINGS keeps a device's readings in order,
+		// so anything at or below the newest delivered one was delivered.
+		if meta.NumDelivered > 1 && b.wasDelivered(r.Device, streamSeq) {
+			b.m.redeliveriesSkipped.Inc()
+			return nil, nil
+		}
+	}
 	msgs := Topics(make([]Message, 0, 12), b.o.Prefix, r, b.seen(r.Device), b.o.JSONTopic)
 	b.gateMu.Lock()
 	gate, epoch := b.gate, b.epoch.Load() // consistent: a loss changes both under gateMu
@@ -247,7 +260,7 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			return nil, ctx.Err()
 		}
 	}
-	c := &delivery{b: b, epoch: epoch, tokens: make([]mqtt.Token, len(msgs))}
+	c := &delivery{b: b, epoch: epoch, tokens: make([]mqtt.Token, len(msgs)), device: r.Device, seq: streamSeq}
 	for i, m := range msgs {
 		c.tokens[i] = b.client.Publish(m.Topic, b.o.QoS, b.o.Retain, m.Payload)
 	}
@@ -262,6 +275,8 @@ type delivery struct {
 	b      *Bridge
 	epoch  uint64
 	tokens []mqtt.Token
+	device string
+	seq    uint64 // READINGS stream sequence
 }
 
 func (d *delivery) Wait(ctx context.Context) error {
@@ -278,6 +293,7 @@ func (d *delivery) Wait(ctx context.Context) error {
 		}
 		if err := t.Error(); err != nil {
 			d.b.m.errors.Inc()
+			d.b.markFailed(d.device, d.seq)
 			return fmt.Errorf("publish: mqtt: %w", err)
 		}
 	}
@@ -294,7 +310,36 @@ func (d *delivery) Wait(ctx context.Context) error {
 			}
 		}
 	}
+	d.b.markDelivered(d.device, d.seq)
 	return nil
+}
+
+// wasDelivered reports whether the broker has everything of the device's
+// READINGS message seq, as far as this process knows: it is at or below
+// the newest delivered one, and below any whose delivery failed (a failed
+// one is redelivered after later ones were delivered).
+func (b *Bridge) wasDelivered(device string, seq uint64) bool {
+	b.countsMu.Lock()
+	defer b.countsMu.Unlock()
+	f, hasFailed := b.failed[device]
+	return seq != 0 && seq <= b.delivered[device] && (!hasFailed || seq < f)
+}
+
+func (b *Bridge) markDelivered(device string, seq uint64) {
+	b.countsMu.Lock()
+	defer b.countsMu.Unlock()
+	b.delivered[device] = max(b.delivered[device], seq)
+	if b.failed[device] == seq {
+		delete(b.failed, device)
+	}
+}
+
+func (b *Bridge) markFailed(device string, seq uint64) {
+	b.countsMu.Lock()
+	defer b.countsMu.Unlock()
+	if f, ok := b.failed[device]; !ok || seq < f {
+		b.failed[device] = seq
+	}
 }
 
 // reopen lets publishing resume once the connection of the given epoch has

@@ -7,7 +7,7 @@ import (
 )
 
 type metrics struct {
-	readings, messages, errors, reconnects, barriers, invalid, connectFailures prometheus.Counter
+	readings, messages, errors, reconnects, barriers, invalid, connectFailures, redeliveriesSkipped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
@@ -24,6 +24,9 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		// Refused credentials show here and in the log, so a wrong password
 		// is not a silent stall.
 		connectFailures: c("mqtt_connect_failures_total", "MQTT connection attempts that failed (broker down, TLS or credentials refused)."),
+		// An ack lost or late brings a reading back; this process knows
+		// whether the broker has it already.
+		redeliveriesSkipped: c("redeliveries_skipped_total", "Redelivered READINGS messages not published again: this process had delivered them."),
 	}
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_publish_mqtt_connected", Help: "1 while the broker is connected."}, func() float64 {
 		if connected.Load() {
@@ -32,7 +35,7 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		return 0
 	})
 	if reg != nil {
-		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, m.connectFailures, up)
+		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, m.connectFailures, m.redeliveriesSkipped, up)
 	}
 	return m
 }

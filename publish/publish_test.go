@@ -301,3 +301,33 @@ func BenchmarkTopics(b *testing.B) {
 		dst = Topics(dst[:0], "Pico", r, false, false)
 	}
 }
+
+// TestRedeliveryKnowledge: a redelivered reading is skipped only when this
+// process delivered it: at or below the newest delivered, and below any
+// failed delivery of the device.
+func TestRedeliveryKnowledge(t *testing.T) {
+	b := &Bridge{delivered: map[string]uint64{}, failed: map[string]uint64{}}
+	b.markDelivered("a", 10)
+	b.markDelivered("a", 12)
+	b.markFailed("a", 14)
+	b.markDelivered("a", 15) // delivered after 14 failed; 14 comes back
+	tests := []struct {
+		device string
+		seq    uint64
+		want   bool
+	}{
+		{"a", 10, true}, {"a", 12, true}, {"a", 13, true},
+		{"a", 14, false}, // failed: publish it again
+		{"a", 15, false}, // after the failure: not known for sure
+		{"a", 16, false}, {"b", 1, false}, {"a", 0, false},
+	}
+	for _, tt := range tests {
+		if got := b.wasDelivered(tt.device, tt.seq); got != tt.want {
+			t.Errorf("wasDelivered(%s, %d) = %v, want %v", tt.device, tt.seq, got, tt.want)
+		}
+	}
+	b.markDelivered("a", 14) // the redelivery of 14 succeeded
+	if !b.wasDelivered("a", 15) {
+		t.Error("after the failed one is delivered, the newer ones count as delivered again")
+	}
+}

@@ -47,16 +47,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	killedAt := time.Now()
 	leader.Shutdown()
 	t.Logf("shut down %s, the RAW stream leader", leader.Name())
-	select {
-	case err := <-sim.done:
-		sim.done <- err
-		if err != nil {
-			t.Fatalf("simulate: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("simulate did not finish")
-	}
-	summary := parseSimSummary(t, sim.out.String())
+	summary := sim.simulated(ctx, t)
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return

@@ -60,25 +60,8 @@ func medpipeBinary(t *testing.T) string {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testkit.SyncBuffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startProc runs the medpipe binary with args; the process is killed at
@@ -87,7 +70,7 @@ func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(medpipeBinary(t), args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &proc{name: name, cmd: cmd, out: &testkit.SyncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -101,6 +84,50 @@ func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// simulated waits for a `medpipe simulate --json` process to finish
+// cleanly and returns its summary.
+func (p *proc) simulated(ctx context.Context, t *testing.T) simSummary {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err // for cleanup
+		if err != nil {
+			t.Fatalf("simulate: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("simulate did not finish")
+	}
+	return parseSimSummary(t, p.out.String())
+}
+
+// assertFewDuplicates fails when more than 0.5% of the readings arrived
+// twice. Delivery is at least once: a quiet run has none (the figures in
+// the README), but under CPU contention (CI running test packages side by
+// side) an acknowledgement can come too late and a reading come again.
+func assertFewDuplicates(t *testing.T, dups, total int) {
+	t.Helper()
+	if dups > 0 {
+		t.Logf("%d of %d readings arrived twice", dups, total)
+	}
+	if dups > total/200 {
+		t.Errorf("%d of %d readings arrived twice: more than redeliveries under load explain", dups, total)
+	}
+}
+
+// assertInOrder fails for every device whose readings did not arrive as
+// 1, 2, 3, …
+func assertInOrder(t *testing.T, order map[string][]uint64) {
+	t.Helper()
+	for dev, seqs := range order {
+		for i, s := range seqs {
+			if s != uint64(i+1) {
+				t.Errorf("%s: reading %d at position %d", dev, s, i+1)
+				break
+			}
+		}
+	}
 }
 
 // stop sends SIGTERM and waits for a clean exit.

@@ -24,16 +24,7 @@ func TestSeparateProcesses(t *testing.T) {
 	}
 
 	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
-	select {
-	case err := <-sim.done:
-		sim.done <- err
-		if err != nil {
-			t.Fatalf("simulate: %v", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("simulate did not finish")
-	}
-	summary := parseSimSummary(t, sim.out.String())
+	summary := sim.simulated(ctx, t)
 	if summary.Sent != devices*count {
 		t.Fatalf("simulator sent %d readings, want %d", summary.Sent, devices*count)
 	}
