@@ -185,6 +185,10 @@ func TestExportImportReplay(t *testing.T) {
 		t.Fatalf("manifest %+v", m)
 	}
 
+	// Into its own origin, where every frame still is: nothing stored.
+	if s := importFile(ctx, t, b.JS, path); s.Stored != 0 || s.Duplicates != total {
+		t.Fatalf("import into the origin stream: %+v", s)
+	}
 	fresh := testkit.StartBus(t, 4)
 	for i, wantStored := range []uint64{total, 0} {
 		s := importFile(ctx, t, fresh.JS, path)

@@ -113,7 +113,10 @@ func (r *RawSource) Next(ctx context.Context) (*archive.Frame, error) {
 		}
 		// Nothing for a while: the rest up to the end may have aged out.
 		ci, err := r.cons.Info(ctx)
-		if err == nil && ci.NumPending == 0 {
+		if err != nil {
+			return nil, fmt.Errorf("replay: read %s: no message for %s, and no consumer info: %w", r.info.Config.Name, r.idleWait, err)
+		}
+		if ci.NumPending == 0 {
 			return nil, io.EOF
 		}
 	}

@@ -157,31 +157,31 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 		return sum, fmt.Errorf("replay: import into %s: %w", o.Stream, err)
 	}
 	origin := r.Header().Origin
+	if origin == "" { // an archive not written by Export: dedupe by the file's identity
+		origin = "archive@" + r.Header().Created.UTC().Format(time.RFC3339Nano)
+	}
 	var stillThere uint64 // importing into the origin itself: frames from here on are still stored
-	if origin != "" && origin == Origin(s.CachedInfo()) {
+	if origin == Origin(s.CachedInfo()) {
 		stillThere = max(s.CachedInfo().State.FirstSeq, 1)
 	}
-	var kv jetstream.KeyValue
 	var rev uint64
 	led := &ledger{Origin: origin}
-	if origin != "" {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: ImportBucket, Description: "medpipe: frames imported from archives, by origin stream",
-			Storage: jetstream.FileStorage, Replicas: max(o.Replicas, 1),
-		})
-		if err != nil {
-			return sum, fmt.Errorf("replay: open bucket %s: %w", ImportBucket, err)
-		}
-		e, err := kv.Get(ctx, ledgerKey(origin))
-		switch {
-		case err == nil:
-			if err := json.Unmarshal(e.Value(), led); err != nil {
-				return sum, fmt.Errorf("replay: import ledger of %s: %w", origin, err)
-			}
-			rev = e.Revision()
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: ImportBucket, Description: "medpipe: frames imported from archives, by origin stream",
+		Storage: jetstream.FileStorage, Replicas: max(o.Replicas, 1),
+	})
+	if err != nil {
+		return sum, fmt.Errorf("replay: open bucket %s: %w", ImportBucket, err)
+	}
+	e, err := kv.Get(ctx, ledgerKey(origin))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(e.Value(), led); err != nil {
 			return sum, fmt.Errorf("replay: import ledger of %s: %w", origin, err)
 		}
+		rev = e.Revision()
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return sum, fmt.Errorf("replay: import ledger of %s: %w", origin, err)
 	}
 	var pending []jetstream.PubAckFuture
 	var runLo, runHi uint64 // the current run of consecutive stored sequences
@@ -207,7 +207,7 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 			runs = append(runs, [2]uint64{runLo, runHi})
 			runLo, runHi = 0, 0
 		}
-		if kv == nil || len(runs) == 0 {
+		if len(runs) == 0 {
 			return nil
 		}
 		for _, rg := range runs {
@@ -256,11 +256,9 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 			}
 			msg.Header[k] = vs
 		}
-		if origin != "" {
-			msg.Header.Set(HeaderOrigin, origin)
-			msg.Header.Set(HeaderOriginSeq, strconv.FormatUint(f.Seq, 10))
-			msg.Header.Set(jetstream.MsgIDHeader, "import:"+ledgerKey(origin)+":"+strconv.FormatUint(f.Seq, 10))
-		}
+		msg.Header.Set(HeaderOrigin, origin)
+		msg.Header.Set(HeaderOriginSeq, strconv.FormatUint(f.Seq, 10))
+		msg.Header.Set(jetstream.MsgIDHeader, "import:"+ledgerKey(origin)+":"+strconv.FormatUint(f.Seq, 10))
 		fut, err := js.PublishMsgAsync(msg, bus.Backpressure)
 		if err != nil {
 			return sum, fmt.Errorf("replay: import: store frame %d: %w", f.Seq, err)
