@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,30 +29,11 @@ var t0 = time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
 // record stores frames in RAW as ingest would, and returns them.
 func record(ctx context.Context, t testing.TB, js jetstream.JetStream, g *rawgen.Generator, n int) []rawgen.Frame {
 	t.Helper()
-	out := make([]rawgen.Frame, 0, n)
-	futs := make([]jetstream.PubAckFuture, 0, n)
-	for range n {
-		f, err := g.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fut, err := js.PublishMsgAsync(f.Msg, bus.Backpressure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		futs = append(futs, fut)
-		out = append(out, f)
+	frames, err := g.Store(ctx, js, n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, f := range futs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		}
-	}
-	return out
+	return frames
 }
 
 // storeJunk stores a frame with garbled headers and one no key opens.
@@ -265,7 +245,13 @@ func importPath(ctx context.Context, js jetstream.JetStream, path string) (Impor
 
 func streamMsgs(ctx context.Context, t testing.TB, js jetstream.JetStream) uint64 {
 	t.Helper()
-	s, err := js.Stream(ctx, bus.StreamRaw)
+	return streamCount(ctx, t, js, bus.StreamRaw)
+}
+
+// streamCount is how many messages stream holds.
+func streamCount(ctx context.Context, t testing.TB, js jetstream.JetStream, stream string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +378,7 @@ func TestReplayLeavesLiveConsumersAlone(t *testing.T) {
 	if delivered != before+during {
 		t.Fatalf("live consumers delivered %d frames, want %d", delivered, before+during)
 	}
-	if n := readingsCount(ctx, t, b.JS); n != before+during {
+	if n := streamCount(ctx, t, b.JS, bus.StreamReadings); n != before+during {
 		t.Fatalf("READINGS holds %d, want %d", n, before+during)
 	}
 	// The ordered consumer is deleted when replay closes its source; only
@@ -415,23 +401,8 @@ func TestReplayLeavesLiveConsumersAlone(t *testing.T) {
 	}
 }
 
-func readingsCount(ctx context.Context, t testing.TB, js jetstream.JetStream) uint64 {
-	t.Helper()
-	s, err := js.Stream(ctx, bus.StreamReadings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // countSink counts readings.
 type countSink struct{ n uint64 }
 
 func (c *countSink) Write(context.Context, *bus.Reading) error { c.n++; return nil }
 func (c *countSink) Close(context.Context) error               { return nil }
-
-var _ io.Writer = (*bytes.Buffer)(nil)

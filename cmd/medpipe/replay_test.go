@@ -36,27 +36,9 @@ func writeKeys(t *testing.T, devs []rawgen.Device) string {
 // recordRaw stores n frames of g in RAW as ingest would and returns them.
 func recordRaw(ctx context.Context, t *testing.T, js jetstream.JetStream, g *rawgen.Generator, n int) []rawgen.Frame {
 	t.Helper()
-	frames := make([]rawgen.Frame, 0, n)
-	futs := make([]jetstream.PubAckFuture, 0, n)
-	for range n {
-		f, err := g.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		fut, err := js.PublishMsgAsync(f.Msg, bus.Backpressure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		frames, futs = append(frames, f), append(futs, fut)
-	}
-	for _, f := range futs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			t.Fatal(err)
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		}
+	frames, err := g.Store(ctx, js, n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return frames
 }

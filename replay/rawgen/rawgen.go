@@ -5,6 +5,7 @@
 package rawgen
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -179,4 +180,33 @@ func Keys(devs []Device) []wire.Device {
 		out[i] = d.Device
 	}
 	return out
+}
+
+// Store publishes the next n messages to JetStream, as the edge would
+// (asynchronously, waiting for room), waits until all are stored and
+// returns them.
+func (g *Generator) Store(ctx context.Context, js jetstream.JetStream, n int) ([]Frame, error) {
+	frames := make([]Frame, 0, n)
+	futs := make([]jetstream.PubAckFuture, 0, n)
+	for range n {
+		f, err := g.Next()
+		if err != nil {
+			return frames, err
+		}
+		fut, err := js.PublishMsgAsync(f.Msg, bus.Backpressure)
+		if err != nil {
+			return frames, fmt.Errorf("rawgen: store: %w", err)
+		}
+		frames, futs = append(frames, f), append(futs, fut)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return frames, fmt.Errorf("rawgen: store: %w", err)
+		case <-ctx.Done():
+			return frames, ctx.Err()
+		}
+	}
+	return frames, nil
 }
