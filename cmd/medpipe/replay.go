@@ -162,6 +162,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if ix.Len() == 0 {
+		log.Warn("no device keys: every frame will count as unknown_device (import keys with medpipe keys import, or give --keys)", "keys", keySource)
+	}
 	dec, err := decrypt.NewDecoder(ix)
 	if err != nil {
 		return err
