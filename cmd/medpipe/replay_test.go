@@ -183,7 +183,7 @@ func TestArchiveCommands(t *testing.T) {
 	}
 	jsonl := func(args ...string) string {
 		path := filepath.Join(dir, fmt.Sprintf("out-%d.jsonl", time.Now().UnixNano()))
-		args = append([]string{"replay", "--keys", keys, "--format", "jsonl", "--output", path, "--progress", "off"}, args...)
+		args = append([]string{"replay", "--format", "jsonl", "--output", path, "--progress", "off"}, args...)
 		if out, err := medpipe(ctx, t, args...); err != nil {
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}
@@ -193,14 +193,18 @@ func TestArchiveCommands(t *testing.T) {
 		}
 		return string(b)
 	}
-	orig := jsonl("--nats", b.Server.ClientURL())
+	orig := jsonl("--nats", b.Server.ClientURL(), "--keys", keys)
 	if strings.Count(orig, "\n") != n {
 		t.Fatalf("%d readings replayed, want %d", strings.Count(orig, "\n"), n)
+	}
+	// Keys from the registry, as live decrypt has them without --keys.
+	if out, err := medpipe(ctx, t, "keys", "--nats", fresh.Server.ClientURL(), "import", keys); err != nil {
+		t.Fatalf("keys import: %v\n%s", err, out)
 	}
 	if got := jsonl("--nats", fresh.Server.ClientURL()); got != orig {
 		t.Fatal("replay after import differs from the original")
 	}
-	if got := jsonl("--from-archive", file, "--nats", "nats://127.0.0.1:1"); got != orig { // no NATS needed
+	if got := jsonl("--from-archive", file, "--keys", keys, "--nats", "nats://127.0.0.1:1"); got != orig { // no NATS needed
 		t.Fatal("replay from the archive file differs from the original")
 	}
 
