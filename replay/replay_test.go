@@ -406,3 +406,47 @@ type countSink struct{ n uint64 }
 
 func (c *countSink) Write(context.Context, *bus.Reading) error { c.n++; return nil }
 func (c *countSink) Close(context.Context) error               { return nil }
+
+// TestSpeed: --speed 10 replays two seconds of readings in no less than a
+// tenth of that (only the lower bound: a slow machine may take longer).
+func TestSpeed(t *testing.T) {
+	devs := rawgen.Devices(2, "dev", 8)
+	g := rawgen.New(rawgen.Options{Devices: devs, Start: t0, Rate: 10, Seed: 8})
+	path := filepath.Join(t.TempDir(), "speed"+archive.FileExt)
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := archive.NewWriter(f, archive.Header{Stream: bus.StreamRaw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var span time.Duration
+	for i := range 40 {
+		fr, err := g.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		span = fr.Received.Sub(t0)
+		if err := w.Write(&archive.Frame{Seq: uint64(i + 1), Time: fr.Received, Subject: fr.Msg.Subject, Header: fr.Msg.Header, Data: fr.Msg.Data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	src, err := OpenArchive(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var n countSink
+	sum, err := Run(t.Context(), src, Options{Decoder: decoder(t, devs), Sink: &n, Speed: 10})
+	if err != nil || n.n != 40 {
+		t.Fatalf("%v: %s", err, sum)
+	}
+	if least := span / 10; sum.Elapsed < least {
+		t.Fatalf("%s of readings replayed at speed 10 in %s, want at least %s", span, sum.Elapsed, least)
+	}
+}
