@@ -48,8 +48,9 @@ type Options struct {
 type Progress struct {
 	Frames   uint64 // frames read from the source
 	Readings uint64
-	// Done and Total are the source's position (see Source.Position).
+	// Done and Total are the source's position (see Source.Position) in Unit.
 	Done, Total uint64
+	Unit        string
 	Elapsed     time.Duration
 	Final       bool
 }
@@ -131,7 +132,7 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 			return
 		}
 		done, total := src.Position()
-		o.Progress(Progress{Frames: sum.Scanned, Readings: sum.Readings, Done: done, Total: total, Elapsed: time.Since(start), Final: final})
+		o.Progress(Progress{Frames: sum.Scanned, Readings: sum.Readings, Done: done, Total: total, Unit: src.Unit(), Elapsed: time.Since(start), Final: final})
 	}
 	var pace pacer
 	err := func() error {

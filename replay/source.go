@@ -21,6 +21,8 @@ type Source interface {
 	// Position reports progress: work done and the total, in the
 	// source's own unit (sequence numbers, file bytes); total 0 is unknown.
 	Position() (done, total uint64)
+	// Unit names Position's unit: "frames" or "bytes".
+	Unit() string
 	// Close releases the source.
 	Close() error
 }
@@ -130,6 +132,9 @@ func (r *RawSource) Position() (done, total uint64) {
 	return r.seq - r.first + 1, r.end - r.first + 1
 }
 
+// Unit is "frames": RAW positions are stream sequences.
+func (r *RawSource) Unit() string { return "frames" }
+
 // Close stops and deletes the consumer.
 func (r *RawSource) Close() error {
 	if r.it == nil {
@@ -187,6 +192,9 @@ func (a *ArchiveSource) Next(ctx context.Context) (*archive.Frame, error) {
 
 // Position is file bytes read out of the file's size.
 func (a *ArchiveSource) Position() (done, total uint64) { return a.pos.n, a.size }
+
+// Unit is "bytes": an archive's frame count is known at its end only.
+func (a *ArchiveSource) Unit() string { return "bytes" }
 
 // Close closes the file.
 func (a *ArchiveSource) Close() error {

@@ -53,7 +53,7 @@ func Export(ctx context.Context, src *RawSource, sel Selection, w io.Writer, pro
 		scanned++
 		if progress != nil && time.Now().After(next) {
 			done, total := src.Position()
-			progress(Progress{Frames: scanned, Done: done, Total: total, Elapsed: time.Since(start)})
+			progress(Progress{Frames: scanned, Done: done, Total: total, Unit: src.Unit(), Elapsed: time.Since(start)})
 			next = time.Now().Add(200 * time.Millisecond)
 		}
 		v := sel.judge(f)
@@ -70,7 +70,7 @@ func Export(ctx context.Context, src *RawSource, sel Selection, w io.Writer, pro
 	m, err := aw.Close()
 	if progress != nil {
 		done, total := src.Position()
-		progress(Progress{Frames: scanned, Done: done, Total: total, Elapsed: time.Since(start), Final: true})
+		progress(Progress{Frames: scanned, Done: done, Total: total, Unit: src.Unit(), Elapsed: time.Since(start), Final: true})
 	}
 	return m, err
 }

@@ -97,7 +97,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	var bar func(replay.Progress)
 	if show {
-		bar = progressBar(stderr, "frames")
+		bar = progressBar(stderr)
 	}
 	bw := bufio.NewWriterSize(w, 256<<10)
 	m, err := replay.Export(ctx, src, sel, bw, bar)
@@ -214,7 +214,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas}
 	if show {
-		opts.Progress = progressBar(stderr, "frames")
+		opts.Progress = progressBar(stderr)
 	}
 	sum, err := replay.Import(ctx, js, r, opts)
 	fmt.Fprintf(stdout, "imported %s: %d frames, %d stored, %d already there, %.1fs\n", filepath.Base(path), sum.Frames, sum.Stored, sum.Duplicates, sum.Elapsed.Seconds())

@@ -194,7 +194,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log.Info("medpipe replay started", "source", sourceName(fromArchive), "keys", keySource, "devices", ix.Len(), "selection", sel.String(), "format", format, "prefix", pf.prefix, "speed", speed)
 	opts := replay.Options{Decoder: dec, Select: sel, Speed: speed, Sink: sink, Log: log}
 	if show {
-		opts.Progress = progressBar(stderr, "frames")
+		opts.Progress = progressBar(stderr)
 	}
 	sum, err := replay.Run(ctx, src, opts)
 	fmt.Fprintf(stderr, "replay: %s\n", sum)
@@ -305,27 +305,35 @@ func progressOn(mode string, stderr io.Writer) (bool, error) {
 	return false, fmt.Errorf("--progress %q: want auto, on or off", mode)
 }
 
-// progressBar draws "[=====>    ] 41% 12,345 frames 8,200/s ETA 5s" on one line.
-func progressBar(w io.Writer, unit string) func(replay.Progress) {
+// progressBar draws, on one line,
+//
+//	[===========>        ] 41% 2000/4892 frames, 300 readings, 95000 frames/s, ETA 3s
+func progressBar(w io.Writer) func(replay.Progress) {
 	return func(p replay.Progress) {
 		const width = 30
 		rate := 0.0
 		if p.Elapsed > 0 {
 			rate = float64(p.Frames) / p.Elapsed.Seconds()
 		}
-		bar, pct, eta := strings.Repeat("?", width), "  ?%", ""
+		bar, pct, pos, eta := strings.Repeat("?", width), "  ?%", fmt.Sprintf("%d frames", p.Frames), ""
 		if f := p.Fraction(); p.Total > 0 {
 			n := int(f * width)
 			bar = strings.Repeat("=", n) + strings.Repeat(" ", width-n)
 			pct = fmt.Sprintf("%3.0f%%", f*100)
 			if e := p.ETA(); e > 0 {
-				eta = " ETA " + e.Round(time.Second).String()
+				eta = ", ETA " + e.Round(time.Second).String()
+			}
+			switch p.Unit {
+			case "frames":
+				pos = fmt.Sprintf("%d/%d frames", p.Done, p.Total)
+			case "bytes":
+				pos = fmt.Sprintf("%d frames (%.1f/%.1f MB read)", p.Frames, float64(p.Done)/1e6, float64(p.Total)/1e6)
 			}
 		}
-		end := ""
+		end := "   "
 		if p.Final {
 			end = "\n"
 		}
-		fmt.Fprintf(w, "\r[%s] %s %d %s, %d readings, %.0f/s%s   %s", bar, pct, p.Frames, unit, p.Readings, rate, eta, end)
+		fmt.Fprintf(w, "\r[%s] %s %s, %d readings, %.0f frames/s%s%s", bar, pct, pos, p.Readings, rate, eta, end)
 	}
 }
