@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -82,9 +83,16 @@ const ImportBucket = "MEDPIPE_IMPORTS"
 
 // Import header names set on imported frames.
 const (
-	HeaderOrigin    = "Medpipe-Origin"     // the archive's origin stream instance
-	HeaderOriginSeq = "Medpipe-Origin-Seq" // the frame's sequence there
+	HeaderOrigin        = "Medpipe-Origin"         // the archive's origin stream instance
+	HeaderOriginSeq     = "Medpipe-Origin-Seq"     // the frame's sequence there
+	HeaderOriginSubject = "Medpipe-Origin-Subject" // the frame's subject there
 )
+
+// ImportSubject is the RAW subject imported frames are stored under: inside
+// RAW (replay and export read them) but outside every partition subject, so
+// the live decrypt workers never take old frames for new ones and
+// republish them on the live topics.
+const ImportSubject = bus.SubjectRawPrefix + "imported"
 
 // ImportOptions configures Import.
 type ImportOptions struct {
@@ -92,6 +100,11 @@ type ImportOptions struct {
 	Stream string
 	// Replicas of the import ledger bucket when it is created.
 	Replicas int
+	// OriginalSubjects stores frames under their original (partition)
+	// subjects instead of ImportSubject: live decrypt workers then process
+	// them as new frames (legacy readings are republished live; v2 frames
+	// are refused as replayed). For rebuilding a server, not for history.
+	OriginalSubjects bool
 	// CheckpointEvery is how many frames are stored between ledger updates (default 10000).
 	CheckpointEvery int
 	Progress        func(Progress)
@@ -136,8 +149,9 @@ func ledgerKey(origin string) string {
 	return "o" + hex.EncodeToString(h[:16])
 }
 
-// Import stores the frames of r in o.Stream under their original subjects
-// and headers (plus HeaderOrigin and HeaderOriginSeq), skipping frames
+// Import stores the frames of r in o.Stream under ImportSubject (or their
+// original subjects) with their headers (plus HeaderOrigin, HeaderOriginSeq
+// and HeaderOriginSubject), skipping frames
 // already imported from the same origin and, when importing into the
 // origin stream itself, frames it still holds. A damaged archive stops
 // the import at the damage with a *archive.CorruptError; frames before it
@@ -247,7 +261,7 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 			sum.Duplicates++
 			continue
 		}
-		msg := &nats.Msg{Subject: f.Subject, Data: f.Data, Header: nats.Header{}}
+		msg := &nats.Msg{Subject: ImportSubject, Data: f.Data, Header: nats.Header{}}
 		for k, vs := range f.Header {
 			// JetStream control headers (the edge's message id, expected
 			// stream…) would act on this publish; the origin replaces them.
@@ -256,8 +270,15 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 			}
 			msg.Header[k] = vs
 		}
-		msg.Header.Set(HeaderOrigin, origin)
-		msg.Header.Set(HeaderOriginSeq, strconv.FormatUint(f.Seq, 10))
+		// A frame imported before keeps the stream that first stored it.
+		if msg.Header.Get(HeaderOrigin) == "" {
+			msg.Header.Set(HeaderOrigin, origin)
+			msg.Header.Set(HeaderOriginSeq, strconv.FormatUint(f.Seq, 10))
+			msg.Header.Set(HeaderOriginSubject, f.Subject)
+		}
+		if o.OriginalSubjects {
+			msg.Subject = cmp.Or(msg.Header.Get(HeaderOriginSubject), f.Subject)
+		}
 		msg.Header.Set(jetstream.MsgIDHeader, "import:"+ledgerKey(origin)+":"+strconv.FormatUint(f.Seq, 10))
 		fut, err := js.PublishMsgAsync(msg, bus.Backpressure)
 		if err != nil {

@@ -155,15 +155,17 @@ func describeManifest(m archive.Manifest) string {
 }
 
 func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("archive import", "Loads an archive back into RAW under the frames' subjects and headers. Frames already imported from the same origin (recorded in KV bucket "+replay.ImportBucket+"), or still in their origin stream, are skipped: importing twice stores once. The file is verified first (--no-verify skips that pass).", stderr)
+	fs := newFlagSet("archive import", "Loads an archive back into RAW with the frames' headers, under "+replay.ImportSubject+" (replay and export read it, live decrypt does not). Frames already imported from the same origin (recorded in KV bucket "+replay.ImportBucket+"), or still in their origin stream, are skipped: importing twice stores once. The file is verified first (--no-verify skips that pass).", stderr)
 	var (
 		lf       logFlags
 		nf       natsFlags
 		noVerify bool
+		original bool
 		progress string
 	)
 	lf.register(fs)
 	nf.register(fs)
+	fs.BoolVar(&original, "original-subjects", false, "store frames under their original partition subjects, where live decrypt workers take them for new frames (legacy readings republished live); default: under "+replay.ImportSubject+", which only replay and export read")
 	fs.BoolVar(&noVerify, "no-verify", false, "import while reading, without verifying the whole file first (a damaged file is then imported up to the damage)")
 	fs.StringVar(&progress, "progress", "auto", "progress on standard error: auto, on or off")
 	path, rest, err := fileArg(args)
@@ -212,7 +214,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas}
+	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas, OriginalSubjects: original}
 	if show {
 		opts.Progress = progressBar(stderr)
 	}
