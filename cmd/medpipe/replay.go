@@ -30,13 +30,18 @@ stages' consumers are not touched. Never changes any stream's settings.`
 // stream limits: replay and archive read streams and must never change
 // their limits (EnsureStreams would apply the flags' defaults to RAW).
 func (n *natsFlags) registerConn(fs *flag.FlagSet) {
-	all := flag.NewFlagSet("", flag.ContinueOnError)
-	n.register(all)
 	limits := flag.NewFlagSet("", flag.ContinueOnError)
 	var scratch natsFlags
 	scratch.registerStreams(limits)
+	registerExcept(fs, n.register, func(name string) bool { return limits.Lookup(name) != nil })
+}
+
+// registerExcept registers the flags register defines, except those skip names.
+func registerExcept(fs *flag.FlagSet, register func(*flag.FlagSet), skip func(name string) bool) {
+	all := flag.NewFlagSet("", flag.ContinueOnError)
+	register(all)
 	all.VisitAll(func(f *flag.Flag) {
-		if limits.Lookup(f.Name) == nil {
+		if !skip(f.Name) {
 			fs.Var(f.Value, f.Name, f.Usage)
 		}
 	})
@@ -112,7 +117,8 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	)
 	lf.register(fs)
 	nf.registerConn(fs)
-	pf.register(fs, "tcp://127.0.0.1:1883")
+	// publish's MQTT flags, but not its per-partition window: replay has one stream of readings.
+	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-inflight" })
 	sf.register(fs, true)
 	// Replayed readings must not pass for live ones unless asked to.
 	prefix := fs.Lookup("prefix")
