@@ -3,6 +3,7 @@ package replay
 import (
 	"bufio"
 	"context"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -107,7 +108,7 @@ func BenchmarkReplayArchive(b *testing.B) {
 // JetStream RAW (file storage, S2 as configured by bus), reports the
 // stream's bytes and the store's disk bytes per frame, and what an hour
 // and a day of the fleet cost on disk; then replays RAW through the
-// ordered consumer and reports frames/s.
+// ordered consumer and reports frames/s, and how fast it exports.
 func BenchmarkRaw(b *testing.B) {
 	const seconds = 5
 	ctx := context.Background()
@@ -139,6 +140,15 @@ func BenchmarkRaw(b *testing.B) {
 		src.Close()
 	}
 	b.ReportMetric(float64(frames)*float64(b.N)/time.Since(start).Seconds(), "frames/s")
+
+	exportStart := time.Now()
+	src := openRaw(ctx, b, bb.JS, Selection{})
+	m, err := Export(ctx, src, Selection{}, io.Discard, nil)
+	src.Close()
+	if err != nil || m.Frames != uint64(frames) {
+		b.Fatalf("export: %v, %+v", err, m)
+	}
+	b.ReportMetric(float64(frames)/time.Since(exportStart).Seconds(), "export-frames/s")
 	b.ReportMetric(float64(info.State.Bytes)/float64(info.State.Msgs), "stream-B/frame")
 	b.ReportMetric(perFrame, "disk-B/frame")
 	b.ReportMetric(perFrame*benchDevices*benchRate*3600/1e9, "disk-GB/hour")
