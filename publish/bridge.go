@@ -51,6 +51,9 @@ type Options struct {
 	Retain bool
 	// JSONTopic also publishes each reading as JSON on <prefix>/<id>/reading.
 	JSONTopic bool
+	// JSONOnly publishes only that JSON message: one MQTT message per
+	// reading instead of seven or more.
+	JSONOnly bool
 	// AddressEvery publishes a device's addresses on its first reading and
 	// every AddressEvery readings after (default 50).
 	AddressEvery int
@@ -244,7 +247,12 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			return nil, nil
 		}
 	}
-	msgs := Topics(make([]Message, 0, 12), b.o.Prefix, r, b.seen(r.Device), b.o.JSONTopic)
+	var msgs []Message
+	if b.o.JSONOnly {
+		msgs = []Message{JSONMessage(b.o.Prefix, r)}
+	} else {
+		msgs = Topics(make([]Message, 0, 12), b.o.Prefix, r, b.seen(r.Device), b.o.JSONTopic)
+	}
 	b.gateMu.Lock()
 	gate, epoch := b.gate, b.epoch.Load() // consistent: a loss changes both under gateMu
 	b.gateMu.Unlock()

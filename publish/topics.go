@@ -34,6 +34,8 @@ type jsonReading struct {
 	Device   string     `json:"device"`
 	Values   bus.Values `json:"values"`
 	Received time.Time  `json:"received"`
+	// Seq is a v2 device's frame sequence number (absent for legacy).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // pulseBatch is the payload of <prefix>/<id>/Physiological_Data/Pulse_Signal/batch:
@@ -68,10 +70,15 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 		dst = append(dst, Message{base + "/Physiological_Data/Pulse_Signal/batch", b})
 	}
 	if jsonTopic {
-		b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received})
-		dst = append(dst, Message{base + "/reading", b})
+		dst = append(dst, JSONMessage(prefix, r))
 	}
 	return dst
+}
+
+// JSONMessage is a reading as one JSON message on <prefix>/<id>/reading.
+func JSONMessage(prefix string, r *bus.Reading) Message {
+	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.Seq})
+	return Message{prefix + "/" + r.Device + "/reading", b}
 }
 
 // splitAddr splits host:port, tolerating an address without a port.

@@ -37,6 +37,11 @@ type Options struct {
 	// Adjust, when set, changes each reading before it is sealed (the
 	// interactive device applies the operator's settings with it).
 	Adjust func(r *wire.Reading)
+	// OnSend, when set, is told of each reading written to the edge (the
+	// index of the device in Devices, the reading's sequence number, the
+	// time of the write), so that a benchmark can time it end to end. It
+	// runs on the device's goroutine and must be quick.
+	OnSend func(device int, seq uint64, at time.Time)
 }
 
 // Stats is a snapshot of a fleet's counters.
@@ -272,6 +277,15 @@ func (dev *device) disconnect() {
 	}
 }
 
+// sentOne counts reading seq as sent (a v2 frame kept for resending is
+// sent as far as the device is concerned) and reports it.
+func (dev *device) sentOne(seq uint64, at time.Time) {
+	dev.f.sent.Add(1)
+	if dev.f.o.OnSend != nil {
+		dev.f.o.OnSend(dev.index, seq, at)
+	}
+}
+
 // nextBackoff returns a full-jitter exponential backoff: 100 ms doubling to 5 s.
 func (dev *device) nextBackoff() time.Duration {
 	dev.backoff = min(max(2*dev.backoff, 100*time.Millisecond), 5*time.Second)
@@ -306,13 +320,14 @@ func (dev *device) send(seq uint64) error {
 		dev.buf = dev.key.Seal(dev.buf[:0], dev.d.Variant, dev.plain)
 	}
 	_ = dev.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	at := time.Now()
 	if _, err := dev.conn.Write(dev.buf); err != nil {
 		if dev.v2 != nil {
-			dev.f.sent.Add(1)
+			dev.sentOne(seq, at)
 			return fmt.Errorf("%w: %w", errBuffered, err)
 		}
 		return err
 	}
-	dev.f.sent.Add(1)
+	dev.sentOne(seq, at)
 	return nil
 }

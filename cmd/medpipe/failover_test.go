@@ -13,6 +13,7 @@ import (
 
 // jsonTopicReading is the payload of Pico/<id>/reading.
 type jsonTopicReading struct {
+	Seq    uint64 // v2 only
 	Device string
 	Values struct {
 		Temp, TempMcu, TempMpu string
@@ -33,7 +34,12 @@ func accountReadings(t *testing.T, msgs []testkit.Message) (map[string][]uint64,
 		if err := json.Unmarshal([]byte(m.Payload), &r); err != nil {
 			t.Fatalf("%s: %v", m.Topic, err)
 		}
-		seq, ok := simulator.DecodeSeq([4]string{r.Values.Temp, r.Values.TempMcu, r.Values.AcelZ, r.Values.TempMpu})
+		// A v2 reading carries its frame's sequence number; its values are
+		// numbers reformatted, which can lose the digits EncodeSeq set.
+		seq, ok := r.Seq, r.Seq != 0
+		if !ok {
+			seq, ok = simulator.DecodeSeq([4]string{r.Values.Temp, r.Values.TempMcu, r.Values.AcelZ, r.Values.TempMpu})
+		}
 		if !ok {
 			t.Fatalf("no sequence in %s", m.Payload)
 		}

@@ -35,6 +35,7 @@ var commands = []command{
 	{"simulate", "run simulated legacy devices against an ingest edge", runSimulate},
 	{"replay", "replay stored frames (RAW or an archive) to MQTT under replay/, JSON lines or CSV", runReplay},
 	{"archive", "export RAW to zstd archive files, import them back, verify them", runArchive},
+	{"bench", "measure the pipeline with simulated devices against its own ceilings", runBench},
 	{"version", "print the version", runVersion},
 }
 

@@ -125,6 +125,7 @@ type publishFlags struct {
 	qos          int
 	retain       bool
 	jsonTopic    bool
+	jsonOnly     bool
 	addressEvery int
 	maxInFlight  int
 	tls          tlsFiles
@@ -140,6 +141,7 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
 	fs.BoolVar(&f.retain, "retain", false, "publish with the retained flag")
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
+	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
 	fs.IntVar(&f.addressEvery, "address-every", 50, "publish a device's addresses on its first reading and every this many")
 	fs.IntVar(&f.maxInFlight, "publish-inflight", 512, "readings in flight to the broker per partition")
 }
@@ -158,7 +160,7 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	}
 	return publish.Options{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
-		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, AddressEvery: f.addressEvery,
+		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: f.addressEvery,
 		Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "publish"), Metrics: reg,
 	}, nil
 }

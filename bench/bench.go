@@ -1,0 +1,399 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/simulator"
+)
+
+// Layouts of the MQTT side.
+const (
+	LayoutTopics = "topics" // today's seven value topics (plus the JSON topic the bench counts from)
+	LayoutJSON   = "json"   // one JSON message per reading
+)
+
+// Options configures a benchmark run. Zero values take the defaults given.
+type Options struct {
+	// Binary is the medpipe executable that runs the stack's processes.
+	Binary string
+	// Mode is ModeEmbedded (default), ModeProcess or ModeExternal.
+	Mode string
+	// NATS and MQTT are the servers of ModeExternal.
+	NATS, MQTT string
+	// Devices, Rate (readings/s each, default 1), Mix of kinds (default
+	// "pico=40,pseudo=10,v2=50") and Ramp (spread of connection starts,
+	// default 10 s or less for small fleets).
+	Devices int
+	Rate    float64
+	Mix     string
+	Ramp    time.Duration
+	// Warmup runs before the measured window (default 5 s); Duration is the
+	// window (default 30 s); Drain bounds the wait for the last readings
+	// after the devices stop (default 30 s).
+	Warmup, Duration, Drain time.Duration
+	// Layout is LayoutTopics (default) or LayoutJSON; QoS is 0 or 1 (default 1).
+	Layout string
+	QoS    int
+	// Ceilings measures JetStream's and MQTT's raw rates after the run.
+	Ceilings bool
+	// Sweep raises the rate step by step (Rate, ×1.5, …) until p99 passes
+	// P99 (default 100 ms) or a reading is lost, and reports the last rate
+	// that held.
+	Sweep bool
+	P99   time.Duration
+	// Out is the folder for report.md, report.json and the plots ("" skips
+	// writing them).
+	Out string
+	// Progress, when set, receives a progress line every second.
+	Progress io.Writer
+	// Log receives the run's events; nil discards them.
+	Log *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Binary == "" {
+		return errors.New("bench: Options.Binary (the medpipe executable) is required")
+	}
+	if o.Mode == "" {
+		o.Mode = ModeEmbedded
+	}
+	if o.Devices <= 0 {
+		return errors.New("bench: Devices must be positive")
+	}
+	if o.Rate <= 0 {
+		o.Rate = 1
+	}
+	if o.Mix == "" {
+		o.Mix = "pico=40,pseudo=10,v2=50"
+	}
+	if o.Ramp <= 0 {
+		o.Ramp = min(10*time.Second, time.Duration(o.Devices)*time.Millisecond)
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = 5 * time.Second
+	}
+	if o.Duration <= 0 {
+		o.Duration = 30 * time.Second
+	}
+	if o.Drain <= 0 {
+		o.Drain = 30 * time.Second
+	}
+	if o.Layout == "" {
+		o.Layout = LayoutTopics
+	}
+	if o.Layout != LayoutTopics && o.Layout != LayoutJSON {
+		return fmt.Errorf("bench: layout %q: want topics or json", o.Layout)
+	}
+	if o.QoS < 0 || o.QoS > 1 {
+		return fmt.Errorf("bench: qos %d: want 0 or 1", o.QoS)
+	}
+	if o.P99 <= 0 {
+		o.P99 = 100 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// msgsPerReading is what one reading costs MQTT in the layout (address
+// topics, every 50th reading, are left out).
+func msgsPerReading(layout string) int {
+	if layout == LayoutJSON {
+		return 1
+	}
+	return 8 // seven value topics and the JSON topic the bench counts from
+}
+
+// Result is one scenario's figures.
+type Result struct {
+	Mode      string  `json:"mode"`
+	Devices   int     `json:"devices"`
+	Rate      float64 `json:"rate"`
+	Layout    string  `json:"layout"`
+	QoS       int     `json:"qos"`
+	Offered   float64 `json:"offered_readings_per_s"`
+	Seconds   float64 `json:"window_seconds"`
+	Delivered float64 `json:"delivered_readings_per_s"`
+	Totals    Totals  `json:"totals"`
+	Latency   Latency `json:"latency"`
+	// Stage throughput in the window, per second.
+	FramesIn     float64 `json:"frames_in_per_s"`
+	ReadingsOut  float64 `json:"readings_out_per_s"`
+	MQTTMessages float64 `json:"mqtt_messages_per_s"`
+	// RawBytesPerFrame is JetStream's stored bytes per RAW frame.
+	RawBytesPerFrame float64     `json:"raw_bytes_per_frame"`
+	Usage            []ProcUsage `json:"usage"`
+	Ceilings         *Ceilings   `json:"ceilings,omitempty"`
+	// Ratio is delivered readings/s over the bottleneck ceiling.
+	Ratio  float64  `json:"ratio_of_ceiling,omitempty"`
+	Series []Second `json:"series"`
+	cdf    [][2]float64
+}
+
+// Held reports whether the run met the bound: nothing lost, p99 within it.
+func (r Result) Held(p99 time.Duration) bool {
+	return r.Totals.Lost == 0 && r.Latency.P99 <= float64(p99.Milliseconds())
+}
+
+// Report is a run: one result, or a sweep's steps.
+type Report struct {
+	Started time.Time `json:"started"`
+	Machine string    `json:"machine"`
+	Results []Result  `json:"results"`
+	// MaxHeld is, for a sweep, the highest rate per device that held.
+	MaxHeld float64 `json:"max_held_rate,omitempty"`
+}
+
+// Run runs the scenario (or the sweep) and writes the report into o.Out.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Started: time.Now().UTC(), Machine: machine()}
+	rate := o.Rate
+	for {
+		step := o
+		step.Rate = rate
+		res, err := runOnce(ctx, step)
+		if err != nil {
+			return rep, err
+		}
+		rep.Results = append(rep.Results, res)
+		if !o.Sweep {
+			break
+		}
+		if !res.Held(o.P99) {
+			o.Log.Info("sweep: bound passed", "rate", rate, "p99_ms", res.Latency.P99, "lost", res.Totals.Lost)
+			break
+		}
+		rep.MaxHeld = rate
+		rate *= 1.5
+	}
+	if o.Out != "" {
+		if err := rep.write(o.Out); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// runOnce runs one scenario on a fresh stack.
+func runOnce(ctx context.Context, o Options) (Result, error) {
+	res := Result{Mode: o.Mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
+	dir, err := os.MkdirTemp("", "medpipe-bench-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	devs, keys, err := fleetKeys(o, dir)
+	if err != nil {
+		return res, err
+	}
+	st, err := startStack(ctx, o, keys, dir)
+	if st != nil {
+		defer st.stop()
+	}
+	if err != nil {
+		return res, err
+	}
+	ids := make([]string, len(devs))
+	for i, d := range devs {
+		ids[i] = d.ID
+	}
+	ledger := NewLedger(ids)
+	sub, err := subscribe(st.mqttURL, byte(o.QoS), ledger)
+	if err != nil {
+		return res, err
+	}
+	defer sub.Disconnect(250)
+
+	// A count rather than a duration: at the end, v2 devices wait for the
+	// edge to acknowledge what they sent, as a device that stops would.
+	count := int(o.Rate * (o.Ramp + o.Warmup + o.Duration).Seconds())
+	fleet, err := simulator.NewFleet(simulator.Options{Server: st.edge, Devices: devs, Rate: o.Rate, Ramp: o.Ramp,
+		Count: max(count, 1), OnSend: ledger.Sent, Log: o.Log.With("part", "simulator")})
+	if err != nil {
+		return res, err
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fleetDone := make(chan error, 1)
+	go func() { fleetDone <- fleet.Run(fctx) }()
+	o.Log.Info("bench running", "mode", o.Mode, "devices", o.Devices, "rate", o.Rate, "layout", o.Layout, "qos", o.QoS, "edge", st.edge, "nats", st.natsURL, "mqtt", st.mqttURL)
+
+	if err := progressUntil(ctx, o, ledger, fleet, time.Now().Add(o.Ramp+o.Warmup)); err != nil {
+		return res, err
+	}
+	before, opened := st.counters(), time.Now()
+	ledger.Open(opened)
+	if err := progressUntil(ctx, o, ledger, fleet, opened.Add(o.Duration)); err != nil {
+		return res, err
+	}
+	after, closed := st.counters(), time.Now()
+	ledger.Close()
+	res.Seconds = closed.Sub(opened).Seconds()
+	res.Usage = st.usages()
+	rate := func(name string) float64 { return (after[name] - before[name]) / res.Seconds }
+	res.FramesIn, res.ReadingsOut, res.MQTTMessages = rate("medpipe_ingest_frames_total"), rate("medpipe_decrypt_readings_total"), rate("medpipe_publish_mqtt_messages_total")
+
+	if err := <-fleetDone; err != nil && !errors.Is(err, context.Canceled) {
+		return res, fmt.Errorf("bench: simulator: %w", err)
+	}
+	// Drain: wait until everything sent arrived, or the bound.
+	deadline := time.Now().Add(o.Drain)
+	for t := ledger.Totals(); t.Lost > 0 && time.Now().Before(deadline); t = ledger.Totals() {
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return res, err
+		}
+	}
+	_ = sleep(ctx, 500*time.Millisecond) // duplicates would come now
+	res.Totals, res.Latency, res.Series, res.cdf = ledger.Totals(), ledger.Latency(), ledger.Series(), ledger.CDF()
+	res.Delivered = float64(res.Latency.Count) / res.Seconds
+	res.RawBytesPerFrame = rawBytesPerFrame(ctx, st.natsURL)
+	if o.Ceilings {
+		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, byte(o.QoS), msgsPerReading(o.Layout))
+		if err != nil {
+			return res, err
+		}
+		res.Ceilings = &c
+		res.Ratio = res.Delivered / c.BottleneckPerSec
+	}
+	return res, nil
+}
+
+// fleetKeys makes the simulated devices and the keys file the stack reads.
+func fleetKeys(o Options, dir string) ([]simulator.Device, string, error) {
+	mix, err := simulator.ParseMix(o.Mix)
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(dir, "keys.jsonl")
+	keys, err := simulator.LoadOrCreateKeys(path, o.Devices, "bench")
+	if err != nil {
+		return nil, "", err
+	}
+	devs := make([]simulator.Device, len(keys))
+	for i, k := range keys {
+		devs[i] = mix.Assign(k, i, len(keys))
+	}
+	return devs, path, nil
+}
+
+// subscribe accounts every reading arriving on the JSON topic.
+func subscribe(url string, qos byte, l *Ledger) (mqtt.Client, error) {
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		at := time.Now()
+		var r struct {
+			Device string     `json:"device"`
+			Values bus.Values `json:"values"`
+			Seq    uint64     `json:"seq"`
+		}
+		if json.Unmarshal(m.Payload(), &r) != nil {
+			return
+		}
+		// v2 readings carry their frame's sequence number; legacy ones
+		// carry the simulator's in their values' last digits (modulo
+		// 10,000: runs stay below that per device).
+		seq, ok := r.Seq, r.Seq != 0
+		if !ok {
+			seq, ok = simulator.DecodeSeq([4]string{r.Values.Temp, r.Values.TempMcu, r.Values.AcelZ, r.Values.TempMpu})
+		}
+		if ok {
+			l.Delivered(r.Device, seq, at)
+		}
+	}
+	subscribed := make(chan error, 1)
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-subscriber").
+		SetCleanSession(true).SetAutoReconnect(true).SetOrderMatters(false).
+		// The broker drops QoS 1 messages for a subscriber that falls behind
+		// its queue; a deep client channel keeps this one from being slow.
+		SetMessageChannelDepth(1 << 16).
+		SetOnConnectHandler(func(cl mqtt.Client) {
+			t := cl.Subscribe("+/+/reading", qos, handler)
+			go func() { t.Wait(); subscribed <- t.Error() }()
+		}))
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("bench: subscriber connect to %s: %v", url, t.Error())
+	}
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			return nil, fmt.Errorf("bench: subscribe: %w", err)
+		}
+	case <-time.After(10 * time.Second):
+		return nil, errors.New("bench: no SUBACK within 10 s")
+	}
+	return c, nil
+}
+
+// progressUntil writes a progress line every second until t.
+func progressUntil(ctx context.Context, o Options, l *Ledger, f *simulator.Fleet, t time.Time) error {
+	for time.Now().Before(t) {
+		if err := sleep(ctx, min(time.Second, time.Until(t))); err != nil {
+			return err
+		}
+		if o.Progress != nil {
+			tot, st := l.Totals(), f.Stats()
+			lat := l.Latency()
+			fmt.Fprintf(o.Progress, "\rconnected %d/%d  sent %d  delivered %d  in flight %d  p99 %.1f ms   ", st.Connected, st.Devices, tot.Sent, tot.Delivered, tot.Lost, lat.P99)
+		}
+	}
+	if o.Progress != nil {
+		fmt.Fprintln(o.Progress)
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// rawBytesPerFrame is RAW's stored bytes over its frames.
+func rawBytesPerFrame(ctx context.Context, url string) float64 {
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: url, Name: "medpipe-bench-info"})
+	if err != nil {
+		return 0
+	}
+	defer nc.Close()
+	s, err := js.Stream(ctx, bus.StreamRaw)
+	if err != nil {
+		return 0
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return 0
+	}
+	return float64(info.State.Bytes) / float64(info.State.Msgs)
+}
+
+// machine describes the host: CPU model and count.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores", model, numCPU())
+}

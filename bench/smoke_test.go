@@ -1,0 +1,60 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// medpipeBinary builds the CLI once for the test.
+func medpipeBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "medpipe")
+	cmd := exec.Command("go", "build", "-o", bin, "../cmd/medpipe")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestSmoke runs short scenarios on the real stack, embedded and as
+// separate processes: every reading is accounted for (none lost, none
+// duplicated in a clean run), and the report and plots are written. It
+// checks the accounting, not the speed.
+func TestSmoke(t *testing.T) {
+	bin := medpipeBinary(t)
+	for _, mode := range []string{ModeEmbedded, ModeProcess} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+			defer cancel()
+			out := t.TempDir()
+			rep, err := Run(ctx, Options{Binary: bin, Mode: mode, Devices: 200, Rate: 2, Warmup: 2 * time.Second, Duration: 8 * time.Second, Drain: 20 * time.Second, Ceilings: mode == ModeEmbedded, Out: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := rep.Results[0]
+			t.Logf("%s: %+v, latency %+v, %0.f readings/s", mode, r.Totals, r.Latency, r.Delivered)
+			if r.Totals.Sent == 0 || r.Totals.Lost != 0 || r.Totals.Duplicated != 0 {
+				t.Fatalf("accounting: %+v", r.Totals)
+			}
+			if r.Latency.Count == 0 || r.FramesIn == 0 || r.MQTTMessages == 0 || len(r.Usage) == 0 {
+				t.Fatalf("figures missing: %+v", r)
+			}
+			if mode == ModeEmbedded && (r.Ceilings == nil || r.Ratio <= 0) {
+				t.Fatalf("ceilings missing: %+v", r.Ceilings)
+			}
+			for _, f := range []string{"report.md", "report.json", "throughput.png", "latency.png", "latency-cdf.png"} {
+				if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+					t.Fatalf("%s not written: %v", f, err)
+				}
+			}
+			old, err := ReadReport(filepath.Join(out, "report.json"))
+			if err != nil || len(old.Results) != 1 {
+				t.Fatalf("report.json does not read back: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,263 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/medpipe/medpipe/bus"
+)
+
+// Stack modes.
+const (
+	ModeEmbedded = "embedded" // one `medpipe up` process: server, MQTT and every stage
+	ModeProcess  = "process"  // a nats-server (in the bench process) and one process per stage
+	ModeExternal = "external" // stage processes against the given NATS and MQTT
+)
+
+// stack is the pipeline under test.
+type stack struct {
+	natsURL, mqttURL, edge string
+	procs                  []*proc
+	srv                    *bus.Embedded // ModeProcess only
+}
+
+// proc is one child process of the stack.
+type proc struct {
+	name, http string
+	cmd        *exec.Cmd
+	log        *os.File
+	done       chan error
+}
+
+// freeAddr returns a free loopback address.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func freePort() (int, error) {
+	a, err := freeAddr()
+	if err != nil {
+		return 0, err
+	}
+	_, p, _ := net.SplitHostPort(a)
+	return strconv.Atoi(p)
+}
+
+// publishArgs are the publish flags of the layout under test.
+func publishArgs(o Options) []string {
+	args := []string{"--qos", strconv.Itoa(o.QoS)}
+	if o.Layout == LayoutJSON {
+		return append(args, "--json-only")
+	}
+	return append(args, "--json-topic") // the bench accounts from the JSON topic
+}
+
+// startStack starts the stack of o.Mode, its processes logging into dir.
+func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error) {
+	s := &stack{}
+	var err error
+	if s.edge, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	switch o.Mode {
+	case ModeEmbedded:
+		np, err1 := freePort()
+		mp, err2 := freePort()
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, err
+		}
+		s.natsURL = "nats://127.0.0.1:" + strconv.Itoa(np)
+		s.mqttURL = "tcp://127.0.0.1:" + strconv.Itoa(mp)
+		args := append([]string{"up", "--data-dir", filepath.Join(dir, "up"), "--keys", keys, "--nats-port", strconv.Itoa(np),
+			"--mqtt-port", strconv.Itoa(mp), "--monitor-port", "-2", "--listen", s.edge, "--status-every", "0"}, publishArgs(o)...)
+		if _, err := s.start(ctx, o, dir, "up", nil, args...); err != nil {
+			return s, err
+		}
+		return s, nil
+	case ModeProcess:
+		if s.srv, err = bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: filepath.Join(dir, "jetstream")}); err != nil {
+			return nil, err
+		}
+		s.natsURL, s.mqttURL = s.srv.ClientURL(), s.srv.MQTTURL()
+	case ModeExternal:
+		if o.NATS == "" || o.MQTT == "" {
+			return nil, errors.New("bench: external mode needs --nats and --mqtt")
+		}
+		s.natsURL, s.mqttURL = o.NATS, o.MQTT
+	default:
+		return nil, fmt.Errorf("bench: unknown mode %q (embedded, process or external)", o.Mode)
+	}
+	env := []string{"MEDPIPE_NATS=" + s.natsURL}
+	for _, st := range []struct {
+		name string
+		args []string
+	}{
+		{"ingest", []string{"ingest", "--listen", s.edge}},
+		{"decrypt", []string{"decrypt", "--keys", keys}},
+		{"publish", append([]string{"publish", "--mqtt", s.mqttURL}, publishArgs(o)...)},
+	} {
+		if _, err := s.start(ctx, o, dir, st.name, env, st.args...); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// start runs one child with its own --http address and waits until its
+// /healthz answers.
+func (s *stack) start(ctx context.Context, o Options, dir, name string, env []string, args ...string) (*proc, error) {
+	h, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	lf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(o.Binary, append(args, "--http", h)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+	}
+	p := &proc{name: name, http: h, cmd: cmd, log: lf, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	s.procs = append(s.procs, p)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + h + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			return nil, fmt.Errorf("bench: %s exited at start (%v); see %s", name, err, lf.Name())
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("bench: %s not healthy within 60 s; see %s", name, lf.Name())
+		}
+	}
+}
+
+// stop stops every child with SIGTERM (each drains) and the server.
+func (s *stack) stop() {
+	var wg sync.WaitGroup
+	for _, p := range s.procs {
+		wg.Go(func() {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-p.done:
+				p.done <- err
+			case <-time.After(20 * time.Second):
+				_ = p.cmd.Process.Kill()
+			}
+			p.log.Close()
+		})
+	}
+	wg.Wait()
+	if s.srv != nil {
+		s.srv.Shutdown()
+	}
+}
+
+// counters scrapes every child's /metrics and sums each metric by name.
+func (s *stack) counters() map[string]float64 {
+	out := map[string]float64{}
+	for _, p := range s.procs {
+		resp, err := http.Get("http://" + p.http + "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "" || line[0] == '#' {
+				continue
+			}
+			sp := strings.LastIndexByte(line, ' ')
+			if sp < 0 {
+				continue
+			}
+			name := line[:sp]
+			if i := strings.IndexByte(name, '{'); i >= 0 {
+				name = name[:i]
+			}
+			if v, err := strconv.ParseFloat(line[sp+1:], 64); err == nil {
+				out[name] += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return out
+}
+
+// ProcUsage is one process's resource use.
+type ProcUsage struct {
+	Name       string  `json:"name"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	PeakRSSMB  float64 `json:"peak_rss_mb"`
+}
+
+// usage reads CPU time and peak RSS of a process from /proc (Linux).
+func usage(name string, pid int) ProcUsage {
+	u := ProcUsage{Name: name}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// Fields after the command name, which is in parentheses.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
+			f := strings.Fields(string(b)[i+1:])
+			if len(f) > 13 {
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				st, _ := strconv.ParseFloat(f[12], 64)
+				u.CPUSeconds = (ut + st) / 100 // USER_HZ
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+				u.PeakRSSMB = kb / 1024
+			}
+		}
+	}
+	return u
+}
+
+// usages reads every child's resource use and the bench process's own.
+func (s *stack) usages() []ProcUsage {
+	var out []ProcUsage
+	for _, p := range s.procs {
+		out = append(out, usage(p.name, p.cmd.Process.Pid))
+	}
+	self := "bench (simulator, subscriber"
+	if s.srv != nil {
+		self += ", nats-server"
+	}
+	return append(out, usage(self+")", os.Getpid()))
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/medpipe/medpipe/bench"
+)
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench", "Measure the whole pipeline: start the stack, drive simulated devices, account for every reading on MQTT\n(lost, duplicated, reordered), time each from the device's write to its MQTT arrival, and compare with the\nraw JetStream and MQTT rates of the same machine. Writes report.md, report.json and PNG plots to --out.", stderr)
+	var (
+		common   commonFlags
+		o        bench.Options
+		p99      time.Duration
+		compare  string
+		progress bool
+	)
+	common.log.register(fs)
+	fs.StringVar(&o.Mode, "stages", bench.ModeEmbedded, "embedded (one `medpipe up` process), process (a process per stage) or external (stages against --nats and --mqtt)")
+	fs.StringVar(&o.NATS, "nats", "", "external mode: NATS URL(s)")
+	fs.StringVar(&o.MQTT, "mqtt", "", "external mode: MQTT broker URL")
+	fs.IntVar(&o.Devices, "devices", 1000, "simulated devices")
+	fs.Float64Var(&o.Rate, "rate", 1, "readings per second of each device (the first rate of a sweep)")
+	fs.StringVar(&o.Mix, "mix", "pico=40,pseudo=10,v2=50", "share of device kinds: pico, pseudo, v2")
+	fs.DurationVar(&o.Ramp, "ramp", 0, "spread the devices' connections over this long (default: 1 ms per device, at most 10 s)")
+	fs.DurationVar(&o.Warmup, "warmup", 5*time.Second, "run this long before measuring")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "the measured window")
+	fs.DurationVar(&o.Drain, "drain", 30*time.Second, "after the devices stop, wait at most this long for the last readings")
+	fs.StringVar(&o.Layout, "layout", bench.LayoutTopics, "MQTT layout: topics (the seven value topics) or json (one JSON message per reading)")
+	fs.IntVar(&o.QoS, "qos", 1, "MQTT QoS: 0 or 1")
+	fs.BoolVar(&o.Ceilings, "ceilings", true, "also measure raw JetStream and MQTT rates on the same servers")
+	fs.BoolVar(&o.Sweep, "sweep", false, "raise the rate ×1.5 a step until p99 passes --p99 or a reading is lost")
+	fs.DurationVar(&p99, "p99", 100*time.Millisecond, "the sweep's latency bound")
+	fs.StringVar(&o.Out, "out", "bench-results", "folder for report.md, report.json and the plots (empty: none)")
+	fs.StringVar(&compare, "compare", "", "an earlier report.json to compare with")
+	fs.BoolVar(&progress, "progress", isTerminal(os.Stderr), "print a progress line every second")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if o.Binary, err = os.Executable(); err != nil {
+		return fmt.Errorf("bench: find the medpipe binary: %w", err)
+	}
+	o.P99, o.Log = p99, log
+	if progress {
+		o.Progress = stderr
+	}
+	var old *bench.Report
+	if compare != "" {
+		if old, err = bench.ReadReport(compare); err != nil {
+			return err
+		}
+	}
+	rep, err := bench.Run(ctx, o)
+	if rep != nil && len(rep.Results) > 0 {
+		var md strings.Builder
+		rep.Markdown(&md)
+		fmt.Fprint(stdout, md.String())
+		if old != nil {
+			fmt.Fprintln(stdout, "\nAgainst", compare+":")
+			bench.Compare(stdout, old, rep)
+		}
+	}
+	return err
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
