@@ -1,6 +1,9 @@
 package wire
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
 // BenchmarkOpen compares the per-frame cost of opening a reading with a
 // known key: legacy (hex decode, AES-CBC, padding, JSON) against v2
@@ -43,6 +46,55 @@ func BenchmarkOpen(b *testing.B) {
 				b.Fatal(err)
 			}
 			_ = p.Values.Reading()
+		}
+	})
+}
+
+// BenchmarkFrameReader cuts a stream of back-to-back legacy frames, as the
+// edge does for one connection (no deadlines: frames end at the next one).
+func BenchmarkFrameReader(b *testing.B) {
+	frame := NewLegacyKey(v2Device).Seal(nil, Pico, []byte(sample))
+	const perStream = 1000
+	stream := bytes.Repeat(frame, perStream)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(frame)))
+	n := 0
+	for b.Loop() {
+		if n%perStream == 0 {
+			b.StopTimer()
+			fr := NewFrameReader(bytes.NewReader(stream), FrameReaderOptions{})
+			b.StartTimer()
+			benchReader = fr
+		}
+		if _, err := benchReader.Next(); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+}
+
+var benchReader *FrameReader
+
+// BenchmarkSeal is what a device (or the simulator) pays per reading: the
+// two legacy encoders and v2.
+func BenchmarkSeal(b *testing.B) {
+	lk, vk := NewLegacyKey(v2Device), NewV2Key(v2Device)
+	buf := make([]byte, 0, 512)
+	for _, v := range []Variant{Pico, Pseudo} {
+		b.Run("legacy-"+v.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = lk.Seal(buf[:0], v, []byte(sample))
+			}
+		})
+	}
+	b.Run("v2", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var err error
+			if buf, err = vk.SealData(buf[:0], v2Device.ID, 1, [12]byte{}, []byte(v2SamplePayload)); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }
