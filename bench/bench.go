@@ -137,6 +137,7 @@ type Result struct {
 	RawBytesPerFrame float64     `json:"raw_bytes_per_frame"`
 	Usage            []ProcUsage `json:"usage"`
 	Ceilings         *Ceilings   `json:"ceilings,omitempty"`
+	CeilingError     string      `json:"ceiling_error,omitempty"`
 	// Ratio is delivered readings/s over the bottleneck ceiling.
 	Ratio  float64  `json:"ratio_of_ceiling,omitempty"`
 	Series []Second `json:"series"`
@@ -249,8 +250,17 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	rate := func(name string) float64 { return (after[name] - before[name]) / res.Seconds }
 	res.FramesIn, res.ReadingsOut, res.MQTTMessages = rate("medpipe_ingest_frames_total"), rate("medpipe_decrypt_readings_total"), rate("medpipe_publish_mqtt_messages_total")
 
-	if err := <-fleetDone; err != nil && !errors.Is(err, context.Canceled) {
-		return res, fmt.Errorf("bench: simulator: %w", err)
+	// The devices end their counts; v2 devices then wait for their last
+	// acknowledgements, which a saturated stack may never give: bounded.
+	select {
+	case err := <-fleetDone:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return res, fmt.Errorf("bench: simulator: %w", err)
+		}
+	case <-time.After(o.Drain):
+		o.Log.Warn("devices still waiting for acknowledgements after the drain bound; stopping them")
+		cancel()
+		<-fleetDone
 	}
 	// Drain: wait until everything sent arrived, or the bound.
 	deadline := time.Now().Add(o.Drain)
@@ -264,12 +274,16 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	res.Delivered = float64(res.Latency.Count) / res.Seconds
 	res.RawBytesPerFrame = rawBytesPerFrame(ctx, st.natsURL)
 	if o.Ceilings {
+		// A stack left saturated (a backlog still draining) can fail the
+		// ceiling runs; the scenario's own figures stand without them.
 		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, byte(o.QoS), msgsPerReading(o.Layout))
 		if err != nil {
-			return res, err
+			res.CeilingError = err.Error()
+			o.Log.Warn("ceilings not measured", "err", err)
+		} else {
+			res.Ceilings = &c
+			res.Ratio = res.Delivered / c.BottleneckPerSec
 		}
-		res.Ceilings = &c
-		res.Ratio = res.Delivered / c.BottleneckPerSec
 	}
 	return res, nil
 }

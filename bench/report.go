@@ -43,10 +43,13 @@ func (r *Report) write(dir string) error {
 // Markdown writes the report as Markdown.
 func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# medpipe bench, %s\n\nMachine: %s. Everything (servers, stages, simulator, subscriber) on this machine.\n\n", r.Started.Format("2006-01-02 15:04 UTC"), r.Machine)
-	fmt.Fprintln(w, "| mode | devices × rate | layout, QoS | offered/s | delivered/s | lost | dup | reordered | p50 | p90 | p99 | p99.9 | max | frames in/s | readings out/s | MQTT msgs/s | RAW B/frame | ceiling (bottleneck) | ratio |")
+	fmt.Fprintln(w, "| mode | devices × rate | layout, QoS | offered/s | delivered/s | undelivered | dup | reordered | p50 | p90 | p99 | p99.9 | max | frames in/s | readings out/s | MQTT msgs/s | RAW B/frame | ceiling (bottleneck) | ratio |")
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 	for _, x := range r.Results {
 		ceil, ratio := "not measured", ""
+		if x.CeilingError != "" {
+			ceil = "failed: " + x.CeilingError
+		}
 		if x.Ceilings != nil {
 			ceil = fmt.Sprintf("%.0f/s (%s)", x.Ceilings.BottleneckPerSec, x.Ceilings.Bottleneck)
 			ratio = fmt.Sprintf("%.0f%%", 100*x.Ratio)
@@ -55,6 +58,7 @@ func (r *Report) Markdown(w io.Writer) {
 			x.Mode, x.Devices, x.Rate, x.Layout, x.QoS, x.Offered, x.Delivered, x.Totals.Lost, x.Totals.Duplicated, x.Totals.Reordered,
 			x.Latency.P50, x.Latency.P90, x.Latency.P99, x.Latency.P999, x.Latency.Max, x.FramesIn, x.ReadingsOut, x.MQTTMessages, x.RawBytesPerFrame, ceil, ratio)
 	}
+	fmt.Fprintln(w, "\ndelivered/s counts readings sent inside the window that reached MQTT; undelivered is what had not reached MQTT when the drain bound ended the run (lost, or still queued in JetStream behind a saturated stage); latencies are from the device's write to the MQTT subscriber.")
 	if r.MaxHeld > 0 {
 		fmt.Fprintf(w, "\nSweep: the highest rate that held (nothing lost, p99 within the bound) was %g readings/s per device.\n", r.MaxHeld)
 	}

@@ -36,6 +36,7 @@ var commands = []command{
 	{"replay", "replay stored frames (RAW or an archive) to MQTT under replay/, JSON lines or CSV", runReplay},
 	{"archive", "export RAW to zstd archive files, import them back, verify them", runArchive},
 	{"bench", "measure the pipeline with simulated devices against its own ceilings", runBench},
+	{"healthcheck", "exit 0 when a stage's /healthz answers ok (for container health checks)", runHealthcheck},
 	{"version", "print the version", runVersion},
 }
 

@@ -1,0 +1,490 @@
+// Package deploy holds medpipe's deployment files (container image, docker
+// compose, Kubernetes, systemd, Node-RED) and the tests that check them
+// against the CLI: Docker cannot run here, so every file is validated
+// statically, and a renamed flag breaks these tests, not production.
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// cliFlags is what `medpipe <cmd> -h` documents: flags and their variables.
+type cliFlags struct {
+	flags map[string]bool // without the leading --
+	envs  map[string]bool
+}
+
+var (
+	helpCache = map[string]cliFlags{}
+	helpMu    sync.Mutex
+)
+
+var helpLine = regexp.MustCompile(`^\s+--([a-z0-9-]+)\b`)
+var envRef = regexp.MustCompile(`\[(MEDPIPE_[A-Z0-9_]+)\]`)
+
+// help returns the documented flags of a subcommand, from the built binary.
+func help(t *testing.T, cmd string) cliFlags {
+	t.Helper()
+	helpMu.Lock()
+	defer helpMu.Unlock()
+	if f, ok := helpCache[cmd]; ok {
+		return f
+	}
+	out, _ := exec.Command(medpipeBinary(t), cmd, "-h").CombinedOutput()
+	f := cliFlags{flags: map[string]bool{}, envs: map[string]bool{}}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if m := helpLine.FindStringSubmatch(line); m != nil {
+			f.flags[m[1]] = true
+		}
+		if m := envRef.FindStringSubmatch(line); m != nil {
+			f.envs[m[1]] = true
+		}
+	}
+	if len(f.flags) == 0 {
+		t.Fatalf("medpipe %s -h lists no flags:\n%s", cmd, out)
+	}
+	// Secrets read from the environment only, never from a flag.
+	f.envs["MEDPIPE_NATS_PASSWORD"], f.envs["MEDPIPE_MQTT_PASSWORD"] = true, true
+	helpCache[cmd] = f
+	return f
+}
+
+// invocation is one medpipe command line found in a deploy file.
+type invocation struct {
+	where string
+	args  []string // after the binary: subcommand, then flags
+	env   []string // MEDPIPE_* names it is given
+}
+
+// check reports every flag or variable the CLI does not know, and returns
+// the value of --http (or MEDPIPE_HTTP) for port checks.
+func (inv invocation) check(t *testing.T) {
+	t.Helper()
+	if len(inv.args) == 0 {
+		t.Errorf("%s: medpipe without a subcommand", inv.where)
+		return
+	}
+	f := help(t, inv.args[0])
+	for _, a := range inv.args[1:] {
+		if !strings.HasPrefix(a, "--") {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !f.flags[name] {
+			t.Errorf("%s: medpipe %s has no flag --%s", inv.where, inv.args[0], name)
+		}
+	}
+	for _, e := range inv.env {
+		if !f.envs[e] {
+			t.Errorf("%s: medpipe %s reads no variable %s", inv.where, inv.args[0], e)
+		}
+	}
+}
+
+// flagValue returns the value of --name in args, "" when absent.
+func flagValue(args []string, name string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+		if a == "--"+name && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+func readYAMLDocs(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	var docs []map[string]any
+	for {
+		var d map[string]any
+		err := dec.Decode(&d)
+		if errors.Is(err, io.EOF) {
+			return docs
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if d != nil {
+			docs = append(docs, d)
+		}
+	}
+}
+
+func strs(v any) []string {
+	l, _ := v.([]any)
+	var out []string
+	for _, x := range l {
+		out = append(out, fmt.Sprint(x))
+	}
+	return out
+}
+
+func m(v any) map[string]any { x, _ := v.(map[string]any); return x }
+
+// TestComposeFiles: both compose files parse; every medpipe service runs a
+// real subcommand with real flags and variables, is built from
+// deploy/Dockerfile, and is health-checked with `medpipe healthcheck` on its
+// --http port; every other image is pinned; every volume, secret and
+// dependency named is declared.
+func TestComposeFiles(t *testing.T) {
+	for _, file := range []string{"compose.yaml", "compose.minimal.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			docs := readYAMLDocs(t, file)
+			if len(docs) != 1 {
+				t.Fatalf("%d documents", len(docs))
+			}
+			c := docs[0]
+			services := m(c["services"])
+			if len(services) == 0 {
+				t.Fatal("no services")
+			}
+			volumes, secrets := m(c["volumes"]), m(c["secrets"])
+			medpipes := 0
+			for name, sv := range services {
+				s := m(sv)
+				where := file + ": " + name
+				image := fmt.Sprint(s["image"])
+				if b := m(s["build"]); b != nil {
+					if df := fmt.Sprint(b["dockerfile"]); df != "<nil>" {
+						if _, err := os.Stat(filepath.Join(filepath.Dir(file), fmt.Sprint(b["context"]), df)); err != nil {
+							t.Errorf("%s: build file: %v", where, err)
+						}
+					}
+				} else if sb, ok := s["build"].(string); ok {
+					if _, err := os.Stat(filepath.Join(sb, "Dockerfile")); err != nil {
+						t.Errorf("%s: build %s: %v", where, sb, err)
+					}
+				}
+				if strings.HasPrefix(image, "medpipe/medpipe") {
+					medpipes++
+					env := []string{}
+					for k := range m(s["environment"]) {
+						env = append(env, k)
+					}
+					args := strs(s["command"])
+					inv := invocation{where: where, args: args, env: env}
+					inv.check(t)
+					hc := strs(m(s["healthcheck"])["test"])
+					if m(s["healthcheck"])["disable"] == true || len(args) > 0 && args[0] == "keys" {
+						continue
+					}
+					httpAddr := flagValue(args, "http")
+					if httpAddr == "" {
+						httpAddr = fmt.Sprint(m(s["environment"])["MEDPIPE_HTTP"])
+					}
+					if !slices.Contains(hc, "healthcheck") || !strings.HasSuffix(flagValue(hc, "http"), portOf(httpAddr)) {
+						t.Errorf("%s: health check %v does not ask `medpipe healthcheck` on the --http port %q", where, hc, httpAddr)
+					}
+					continue
+				}
+				if image != "<nil>" && (!strings.Contains(image, ":") || strings.HasSuffix(image, ":latest")) {
+					t.Errorf("%s: image %s is not pinned", where, image)
+				}
+				for _, v := range strs(s["volumes"]) {
+					src, _, _ := strings.Cut(v, ":")
+					if !strings.HasPrefix(src, ".") && !strings.HasPrefix(src, "/") {
+						if _, ok := volumes[src]; !ok {
+							t.Errorf("%s: volume %s not declared", where, src)
+						}
+					} else if _, err := os.Stat(src); err != nil {
+						t.Errorf("%s: %v", where, err)
+					}
+				}
+			}
+			for name, sv := range services {
+				s := m(sv)
+				for _, sec := range strs(s["secrets"]) {
+					if _, ok := secrets[sec]; !ok {
+						t.Errorf("%s: %s: secret %s not declared", file, name, sec)
+					}
+				}
+				deps := strs(s["depends_on"])
+				for d := range m(s["depends_on"]) {
+					deps = append(deps, d)
+				}
+				for _, d := range deps {
+					if _, ok := services[d]; !ok {
+						t.Errorf("%s: %s depends on unknown service %s", file, name, d)
+					}
+				}
+			}
+			if medpipes == 0 {
+				t.Fatal("no medpipe service")
+			}
+		})
+	}
+}
+
+func portOf(addr string) string {
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		return addr[i:]
+	}
+	return addr
+}
+
+// TestKubernetesManifests: every object has its kind's required fields;
+// every medpipe container runs real flags and variables (from the
+// ConfigMap), has /healthz probes on its metrics port and resource
+// requests; the device Service targets a port the ingest pods open on
+// --listen; the autoscaler scales a Deployment that exists.
+func TestKubernetesManifests(t *testing.T) {
+	docs := readYAMLDocs(t, filepath.Join("k8s", "medpipe.yaml"))
+	byKind := map[string]map[string]map[string]any{}
+	for _, d := range docs {
+		kind, name := fmt.Sprint(d["kind"]), fmt.Sprint(m(d["metadata"])["name"])
+		if d["apiVersion"] == nil || kind == "<nil>" || name == "<nil>" {
+			t.Fatalf("object without apiVersion, kind or name: %v", d)
+		}
+		if byKind[kind] == nil {
+			byKind[kind] = map[string]map[string]any{}
+		}
+		byKind[kind][name] = d
+	}
+	cm := m(byKind["ConfigMap"]["medpipe"]["data"])
+	var cmEnv []string
+	for k := range cm {
+		cmEnv = append(cmEnv, k)
+	}
+	ingestPorts := map[string]bool{}
+	for name, dep := range byKind["Deployment"] {
+		pod := m(m(m(dep["spec"])["template"])["spec"])
+		for _, cv := range pod["containers"].([]any) {
+			c := m(cv)
+			where := "Deployment " + name
+			args := strs(c["args"])
+			(invocation{where: where, args: args, env: cmEnv}).check(t)
+			ports := map[string]int{}
+			for _, pv := range c["ports"].([]any) {
+				p := m(pv)
+				ports[fmt.Sprint(p["name"])] = p["containerPort"].(int)
+				if name == "ingest" {
+					ingestPorts[fmt.Sprint(p["name"])] = true
+				}
+			}
+			if want := portOf(fmt.Sprint(cm["MEDPIPE_HTTP"])); fmt.Sprintf(":%d", ports["http"]) != want {
+				t.Errorf("%s: port http %d, but MEDPIPE_HTTP is %s", where, ports["http"], want)
+			}
+			if l := flagValue(args, "listen"); l != "" && fmt.Sprintf(":%d", ports["devices"]) != portOf(l) {
+				t.Errorf("%s: port devices %d, but --listen %s", where, ports["devices"], l)
+			}
+			for _, probe := range []string{"readinessProbe", "livenessProbe"} {
+				g := m(m(c[probe])["httpGet"])
+				if g["path"] != "/healthz" || g["port"] != "http" {
+					t.Errorf("%s: %s %v is not /healthz on port http", where, probe, g)
+				}
+			}
+			if len(m(m(c["resources"])["requests"])) == 0 {
+				t.Errorf("%s: no resource requests", where)
+			}
+		}
+	}
+	for name, svc := range byKind["Service"] {
+		for _, pv := range m(svc["spec"])["ports"].([]any) {
+			if tp := fmt.Sprint(m(pv)["targetPort"]); !ingestPorts[tp] {
+				t.Errorf("Service %s targets port %s that ingest does not open", name, tp)
+			}
+		}
+	}
+	for name, hpa := range byKind["HorizontalPodAutoscaler"] {
+		target := fmt.Sprint(m(m(hpa["spec"])["scaleTargetRef"])["name"])
+		if byKind["Deployment"][target] == nil {
+			t.Errorf("HPA %s scales unknown Deployment %s", name, target)
+		}
+	}
+	for _, must := range []string{"ingest", "decrypt", "publish"} {
+		if byKind["Deployment"][must] == nil {
+			t.Errorf("no %s Deployment", must)
+		}
+	}
+	if len(byKind["HorizontalPodAutoscaler"]) == 0 || len(byKind["Secret"]) == 0 {
+		t.Error("an autoscaler and the Secrets are required")
+	}
+	vals := readYAMLDocs(t, filepath.Join("k8s", "nats-values.yaml"))[0]
+	cfg := m(vals["config"])
+	if m(cfg["cluster"])["enabled"] != true || m(cfg["cluster"])["replicas"] != 3 || m(cfg["jetstream"])["enabled"] != true {
+		t.Errorf("nats-values.yaml: want a 3-node cluster with JetStream: %v", cfg)
+	}
+}
+
+// TestSystemdUnits: each unit parses as sections of key=value lines, runs
+// medpipe with real flags, and its environment file holds real variables.
+func TestSystemdUnits(t *testing.T) {
+	env := readEnvFile(t, filepath.Join("systemd", "medpipe.env"))
+	units, _ := filepath.Glob(filepath.Join("systemd", "*.service"))
+	if len(units) < 3 {
+		t.Fatalf("units: %v", units)
+	}
+	for _, u := range units {
+		sections := map[string]map[string]string{}
+		f, err := os.Open(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		var section string
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSpace(sc.Text())
+			switch {
+			case line == "" || strings.HasPrefix(line, "#"):
+			case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+				section = line[1 : len(line)-1]
+				sections[section] = map[string]string{}
+			case strings.Contains(line, "=") && section != "":
+				k, v, _ := strings.Cut(line, "=")
+				sections[section][k] = v
+			default:
+				t.Errorf("%s:%d: not a unit line: %q", u, n, line)
+			}
+		}
+		f.Close()
+		for _, s := range []string{"Unit", "Service", "Install"} {
+			if sections[s] == nil {
+				t.Errorf("%s: no [%s] section", u, s)
+			}
+		}
+		exec := strings.Fields(sections["Service"]["ExecStart"])
+		if len(exec) < 2 || filepath.Base(exec[0]) != "medpipe" {
+			t.Errorf("%s: ExecStart %q does not run medpipe", u, exec)
+			continue
+		}
+		(invocation{where: u, args: exec[1:], env: env}).check(t)
+	}
+}
+
+func readEnvFile(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, _, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Errorf("%s: %q is not NAME=value", path, line)
+		}
+		names = append(names, k)
+	}
+	return names
+}
+
+// TestDockerfile: a multi-stage build of a static binary onto a pinned,
+// minimal, non-root base whose entry point is medpipe.
+func TestDockerfile(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	froms := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(s, -1)
+	if len(froms) < 2 {
+		t.Fatalf("not multi-stage: %v", froms)
+	}
+	for _, f := range froms {
+		if !strings.Contains(f[1], ":") || strings.HasSuffix(f[1], ":latest") {
+			t.Errorf("base image %s not pinned", f[1])
+		}
+	}
+	for _, want := range []string{"CGO_ENABLED=0", "USER nonroot", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	up := regexp.MustCompile(`CMD \[(.*)\]`).FindStringSubmatch(s)
+	var args []string
+	if up != nil && json.Unmarshal([]byte("["+up[1]+"]"), &args) == nil {
+		(invocation{where: "Dockerfile CMD", args: args}).check(t)
+	} else {
+		t.Error("Dockerfile has no CMD in exec form")
+	}
+}
+
+// TestNodeREDFiles: package.json pins exact versions of Node-RED and the
+// FlowFuse dashboard; flows.json parses, every reference between nodes
+// resolves, and the broker comes from the environment.
+func TestNodeREDFiles(t *testing.T) {
+	var pkg struct {
+		Dependencies map[string]string `json:"dependencies"`
+	}
+	b, err := os.ReadFile(filepath.Join("node-red", "package.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &pkg); err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range []string{"node-red", "@flowfuse/node-red-dashboard"} {
+		v := pkg.Dependencies[dep]
+		if !regexp.MustCompile(`^\d+\.\d+\.\d+$`).MatchString(v) {
+			t.Errorf("%s version %q is not pinned exactly", dep, v)
+		}
+	}
+	if _, ok := pkg.Dependencies["node-red-dashboard"]; ok {
+		t.Error("the deprecated node-red-dashboard is a dependency")
+	}
+	var nodes []map[string]any
+	b, err = os.ReadFile(filepath.Join("node-red", "flows.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &nodes); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	for _, n := range nodes {
+		ids[fmt.Sprint(n["id"])] = fmt.Sprint(n["type"])
+	}
+	types := map[string]int{}
+	for _, n := range nodes {
+		types[fmt.Sprint(n["type"])]++
+		for _, ref := range []string{"group", "page", "ui", "theme", "broker", "z"} {
+			if v, ok := n[ref].(string); ok && v != "" && n["type"] != "mqtt-broker" {
+				if _, found := ids[v]; !found {
+					t.Errorf("node %v: %s %q does not exist", n["id"], ref, v)
+				}
+			}
+		}
+		ws, _ := n["wires"].([]any)
+		for _, w := range ws {
+			for _, to := range w.([]any) {
+				if _, found := ids[fmt.Sprint(to)]; !found {
+					t.Errorf("node %v wired to missing %v", n["id"], to)
+				}
+			}
+		}
+		if n["type"] == "mqtt-broker" && (n["broker"] != "${MQTT_HOST}" || n["port"] != "${MQTT_PORT}") {
+			t.Errorf("broker %v:%v is not taken from the environment", n["broker"], n["port"])
+		}
+	}
+	for _, want := range []string{"ui-gauge", "ui-chart", "ui-dropdown", "ui-template", "mqtt in", "http in"} {
+		if types[want] == 0 {
+			t.Errorf("flows.json has no %s node", want)
+		}
+	}
+}

@@ -1,0 +1,242 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/medpipe/medpipe/testkit"
+)
+
+// TestNodeREDDashboard runs `medpipe up` with simulated devices and a real
+// Node-RED with deploy/node-red's flows, subscribed to up's embedded MQTT
+// listener. It asserts from Node-RED's side (the flow's /medpipe/devices
+// endpoint) that readings of every simulated device arrived, then loads the
+// dashboard in headless Chromium, asserts that the ECG chart has drawn data
+// points, and keeps a screenshot (MEDPIPE_ARTIFACTS, default
+// test-artifacts/ at the repository root).
+func TestNodeREDDashboard(t *testing.T) {
+	nodeRED := filepath.Join("node-red", "node_modules", "node-red", "red.js")
+	if _, err := os.Stat(nodeRED); err != nil {
+		t.Fatalf("Node-RED is not installed: run ./scripts/test.sh (it runs npm ci in deploy/node-red): %v", err)
+	}
+	chromium := chromiumPath(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	const devices = 6
+	bin := medpipeBinary(t)
+	mqttPort, natsPort := freePort(t), freePort(t)
+	up := startProcess(t, "up", nil, bin, "up", "--simulate", strconv.Itoa(devices), "--rate", "5", "--data-dir", t.TempDir(),
+		"--nats-port", strconv.Itoa(natsPort), "--mqtt-port", strconv.Itoa(mqttPort), "--monitor-port", "-2",
+		"--listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--http", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--status-every", "0")
+	_ = up
+
+	// Node-RED in a throw-away user dir holding our flows and settings, with
+	// the installed modules linked in.
+	userDir := t.TempDir()
+	for _, f := range []string{"flows.json", "settings.js"} {
+		b, err := os.ReadFile(filepath.Join("node-red", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(userDir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	modules, err := filepath.Abs(filepath.Join("node-red", "node_modules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(modules, filepath.Join(userDir, "node_modules")); err != nil {
+		t.Fatal(err)
+	}
+	nrPort := freePort(t)
+	startProcess(t, "node-red", []string{"PORT=" + strconv.Itoa(nrPort), "HOST=127.0.0.1", "MQTT_HOST=127.0.0.1", "MQTT_PORT=" + strconv.Itoa(mqttPort), "MQTT_PREFIX=Pico"},
+		"node", nodeRED, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
+	base := "http://127.0.0.1:" + strconv.Itoa(nrPort)
+
+	// Node-RED's side: every simulated device, with readings.
+	var seen struct {
+		Devices []struct {
+			ID       string `json:"id"`
+			Readings int    `json:"readings"`
+			Online   bool   `json:"online"`
+		} `json:"devices"`
+	}
+	for {
+		if resp, err := http.Get(base + "/medpipe/devices"); err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&seen)
+			resp.Body.Close()
+			withReadings := 0
+			for _, d := range seen.Devices {
+				if d.Readings >= 10 && d.Online {
+					withReadings++
+				}
+			}
+			if withReadings == devices {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("Node-RED saw %+v, want %d devices online with readings", seen.Devices, devices)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	t.Logf("Node-RED received readings of all %d devices: %+v", devices, seen.Devices)
+
+	// The dashboard in a real browser: the ECG chart draws the selected
+	// device's signal in its first series colour.
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.WindowSize(1400, 1100))
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	defer acancel()
+	bctx, bcancel := chromedp.NewContext(actx)
+	defer bcancel()
+	var points int
+	deadline := time.Now().Add(60 * time.Second)
+	if err := chromedp.Run(bctx, chromedp.Navigate(base+"/dashboard/patients")); err != nil {
+		t.Fatalf("load the dashboard: %v", err)
+	}
+	for points < 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the ECG chart drew %d pixels of its series colour after 60 s", points)
+		}
+		time.Sleep(time.Second)
+		if err := chromedp.Run(bctx, chromedp.Evaluate(countSeriesPixels, &points)); err != nil {
+			t.Fatalf("inspect the chart: %v", err)
+		}
+	}
+	var png []byte
+	if err := chromedp.Run(bctx, chromedp.Sleep(2*time.Second), chromedp.FullScreenshot(&png, 100)); err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("MEDPIPE_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join("..", "test-artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(dir, "dashboard.png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the ECG chart drew %d pixels of data; screenshot in %s", points, shot)
+}
+
+// countSeriesPixels counts, on the first chart canvas of the page (the ECG
+// chart; ECharts draws on canvas), the pixels of the first series colour
+// #0095FF: zero for an empty chart, hundreds once a line is drawn.
+const countSeriesPixels = `(() => {
+  const canvases = [...document.querySelectorAll('canvas')];
+  let n = 0;
+  for (const c of canvases) {
+    let data;
+    try { data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; } catch (e) { continue; }
+    for (let i = 0; i < data.length; i += 4) {
+      if (Math.abs(data[i] - 0) < 40 && Math.abs(data[i+1] - 149) < 40 && Math.abs(data[i+2] - 255) < 40 && data[i+3] > 0) n++;
+    }
+    if (n > 0) break;
+  }
+  return n;
+})()`
+
+// chromiumPath finds Debian's Chromium, or fails: the README's test command
+// installs it.
+func chromiumPath(t *testing.T) string {
+	for _, p := range []string{"chromium", "chromium-browser"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	t.Fatal("chromium is not installed: run ./scripts/test.sh (it installs Debian's chromium)")
+	return ""
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// medpipeBinary builds the CLI once for the package's tests.
+func medpipeBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "medpipe-deploy-test-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "medpipe")
+		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/medpipe").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startProcess runs a command until the test ends (SIGTERM, then SIGKILL)
+// and shows its output when the test fails.
+func startProcess(t *testing.T, name string, env []string, prog string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(prog, args...)
+	cmd.Env = append(os.Environ(), env...)
+	lw := &testkit.SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", name, lw.String())
+		}
+	})
+	return cmd
+}
