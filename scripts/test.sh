@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (Mosquitto from Debian's
-# packages), checks formatting, vet and staticcheck, runs every module's tests
-# and a short run of every fuzz target. Usage: ./scripts/test.sh
+# The whole test suite: installs what the tests need (Mosquitto and Chromium
+# from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
+# git-ignored), checks formatting, vet and staticcheck, runs every module's
+# tests and a short run of every fuzz target. Usage: ./scripts/test.sh
 # Environment: FUZZTIME (per fuzz target, default 3s), TEST_TIMEOUT (default 30m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,19 @@ fi
 if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
 	exit 1
+fi
+# Headless Chromium for the dashboard test (deploy/).
+if ! command -v chromium >/dev/null; then
+	log "installing chromium (Debian package)"
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+command -v chromium >/dev/null || { echo "chromium could not be installed: the dashboard test needs it" >&2; exit 1; }
+# Node-RED and the dashboard, at the versions package-lock.json pins.
+if [ ! -f deploy/node-red/node_modules/node-red/red.js ] || [ deploy/node-red/package-lock.json -nt deploy/node-red/node_modules/.package-lock.json ]; then
+	log "installing Node-RED (npm ci in deploy/node-red)"
+	command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+	(cd deploy/node-red && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 mapfile -t MODULES < <(go list -m -f '{{.Dir}}')
