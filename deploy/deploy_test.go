@@ -482,7 +482,7 @@ func TestNodeREDFiles(t *testing.T) {
 			t.Errorf("broker %v:%v is not taken from the environment", n["broker"], n["port"])
 		}
 	}
-	for _, want := range []string{"ui-gauge", "ui-chart", "ui-dropdown", "ui-template", "mqtt in", "http in"} {
+	for _, want := range []string{"ui-gauge", "ui-chart", "ui-dropdown", "ui-table", "mqtt in", "http in"} {
 		if types[want] == 0 {
 			t.Errorf("flows.json has no %s node", want)
 		}

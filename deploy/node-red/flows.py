@@ -8,7 +8,7 @@ def n(**kw):
     nodes.append(kw); return kw
 n(id=F, type="tab", label="medpipe", disabled=False, info="Readings from medpipe's MQTT topics (<prefix>/<device>/...): devices are discovered from the topics, one is shown at a time.")
 n(id="broker", type="mqtt-broker", name="medpipe broker", broker="${MQTT_HOST}", port="${MQTT_PORT}", clientid="", autoConnect=True, usetls=False, protocolVersion="4", keepalive="60", cleansession=True, autoUnsubscribe=True, birthTopic="", closeTopic="", willTopic="")
-n(id="dash-base", type="ui-base", name="medpipe", path="/dashboard", appIcon="", includeClientData=True, acceptsClientConfig=["ui-notification", "ui-control"], showPathInSidebar=False, headerContent="page", navigationStyle="default", titleBarStyle="default", showReconnectNotification=True, notificationDisplayTime=1, showDisconnectNotification=True)
+n(id="dash-base", type="ui-base", name="medpipe", path="/dashboard", appIcon="", includeClientData=True, acceptsClientConfig=["ui-notification", "ui-control"], showPathInSidebar=False, headerContent="page", navigationStyle="none", titleBarStyle="default", showReconnectNotification=True, notificationDisplayTime=1, showDisconnectNotification=True)
 n(id="dash-theme", type="ui-theme", name="medpipe", colors={"surface": "#ffffff", "primary": "#0d74ce", "bgPage": "#f4f6f8", "groupBg": "#ffffff", "groupOutline": "#d9d9e0"}, sizes={"density": "default", "pagePadding": "12px", "groupGap": "12px", "groupBorderRadius": "6px", "widgetGap": "12px"})
 n(id="dash-page", type="ui-page", name="Patients", ui="dash-base", path="/patients", icon="heart-pulse", layout="grid", theme="dash-theme", breakpoints=[{"name": "Default", "px": "0", "cols": "3"}, {"name": "Tablet", "px": "576", "cols": "6"}, {"name": "Small Desktop", "px": "768", "cols": "9"}, {"name": "Desktop", "px": "1024", "cols": "12"}], order=1, className="", visible="true", disabled="false")
 def group(id, name, width, order):
@@ -39,8 +39,8 @@ case "Internal_Device_Data/Temperature/MPU": d.mpu = value; break;
 }
 flow.set("devices", devices);
 if (isNew) {
-    out[5] = { options: Object.keys(devices).sort().map(k => ({ label: k, value: k })) };
     if (!flow.get("selected")) flow.set("selected", id); // show the first device at once
+    out[5] = { options: Object.keys(devices).sort().map(k => ({ label: k, value: k })), payload: flow.get("selected") };
 }
 if (id !== flow.get("selected") || isNaN(value)) return isNew ? out : null;
 switch (kind) {
@@ -64,11 +64,11 @@ FLEET = r"""
 const now = Date.now();
 const devices = Object.values(flow.get("devices") || {}).sort((a, b) => a.id.localeCompare(b.id));
 msg.payload = devices.map(d => ({
-    id: d.id,
-    online: now - d.lastSeen < 10000,
-    lastSeen: new Date(d.lastSeen).toISOString(),
+    device: d.id,
+    status: now - d.lastSeen < 10000 ? "online" : "offline",
+    "last seen": new Date(d.lastSeen).toLocaleTimeString(),
     readings: d.readings,
-    temp: d.temp,
+    "temperature °C": d.temp === undefined ? "" : d.temp.toFixed(1) + (d.temp >= 38 ? " (fever)" : ""),
 }));
 return msg;
 """
@@ -89,7 +89,7 @@ text("text-mpu", "MPU temperature", "MPU6050", 2)
 n(id="tick", type="inject", z=F, name="every 2 s", props=[{"p": "payload"}], repeat="2", crontab="", once=True, onceDelay="1", topic="", payload="", payloadType="date", x=150, y=420, wires=[["fleet"]])
 n(id="fleet", type="function", z=F, name="fleet status", func=FLEET, outputs=1, timeout=0, noerr=0, initialize="", finalize="", libs=[], x=360, y=420, wires=[["table-fleet"]])
 TABLE = """<template>
-  <v-table density="compact">
+  <v-table density="compact" class="medpipe-devices">
     <thead><tr><th>Device</th><th>Status</th><th>Last seen</th><th>Readings</th><th>Temperature</th></tr></thead>
     <tbody>
       <tr v-for="d in msg.payload || []" :key="d.id">
@@ -102,7 +102,7 @@ TABLE = """<template>
     </tbody>
   </v-table>
 </template>"""
-n(id="table-fleet", type="ui-template", z=F, group="g-fleet", page="", ui="", name="devices online / last seen", order=1, width="12", height="0", head="", format=TABLE, storeOutMessages=True, passthru=False, resendOnRefresh=True, templateScope="local", className="", x=580, y=420, wires=[[]])
+n(id="table-fleet", type="ui-table", z=F, group="g-fleet", name="devices online / last seen", label="", order=1, width="12", height="0", maxrows=0, passthru=False, autocols=True, showSearch=True, deselect=True, selectionType="none", columns=[], mobileBreakpoint="sm", mobileBreakpointType="defaults", action="replace", className="", x=580, y=420, wires=[])
 HTTP = r"""
 // For monitoring and the end-to-end test: what Node-RED has received.
 const now = Date.now();
