@@ -210,6 +210,18 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	// Ceilings first, on the quiet stack: measured after a saturated run,
+	// they would be depressed by the backlog still draining.
+	var ceilings *Ceilings
+	if o.Ceilings {
+		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, byte(o.QoS), msgsPerReading(o.Layout))
+		if err != nil {
+			res.CeilingError = err.Error()
+			o.Log.Warn("ceilings not measured", "err", err)
+		} else {
+			ceilings = &c
+		}
+	}
 	ids := make([]string, len(devs))
 	for i, d := range devs {
 		ids[i] = d.ID
@@ -273,17 +285,9 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	res.Totals, res.Latency, res.Series, res.cdf = ledger.Totals(), ledger.Latency(), ledger.Series(), ledger.CDF()
 	res.Delivered = float64(res.Latency.Count) / res.Seconds
 	res.RawBytesPerFrame = rawBytesPerFrame(ctx, st.natsURL)
-	if o.Ceilings {
-		// A stack left saturated (a backlog still draining) can fail the
-		// ceiling runs; the scenario's own figures stand without them.
-		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, byte(o.QoS), msgsPerReading(o.Layout))
-		if err != nil {
-			res.CeilingError = err.Error()
-			o.Log.Warn("ceilings not measured", "err", err)
-		} else {
-			res.Ceilings = &c
-			res.Ratio = res.Delivered / c.BottleneckPerSec
-		}
+	if ceilings != nil {
+		res.Ceilings = ceilings
+		res.Ratio = res.Delivered / ceilings.BottleneckPerSec
 	}
 	return res, nil
 }
