@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -161,7 +162,7 @@ type opsServer struct {
 }
 
 // listenOps binds the metrics and health endpoint. An empty address disables it.
-func listenOps(addr string, reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
+func listenOps(addr string, pprof bool, reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -171,6 +172,11 @@ func listenOps(addr string, reg *prometheus.Registry, checks ...healthCheck) (*o
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		var failed []string
 		for _, c := range checks {

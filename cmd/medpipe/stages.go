@@ -184,13 +184,20 @@ func readKeysFile(path string, log *slog.Logger) ([]wire.Device, error) {
 
 // commonFlags are those of every long-running command.
 type commonFlags struct {
-	http string
-	log  logFlags
+	http  string
+	pprof bool
+	log   logFlags
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet, defaultHTTP string) {
 	fs.StringVar(&c.http, "http", defaultHTTP, "address of the /metrics and /healthz endpoint (empty: off)")
+	fs.BoolVar(&c.pprof, "pprof", false, "also serve Go's profiler on --http at /debug/pprof/ (for measuring; keep --http private)")
 	c.log.register(fs)
+}
+
+// ops binds the metrics, health (and profiler) endpoint on --http.
+func (c *commonFlags) ops(reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
+	return listenOps(c.http, c.pprof, reg, checks...)
 }
 
 func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -222,7 +229,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w (change --listen or --tls-listen)", err)
 	}
-	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"ingest", edge.Health})
+	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"ingest", edge.Health})
 	if err != nil {
 		return err
 	}
@@ -277,7 +284,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"decrypt", w.Health})
+	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"decrypt", w.Health})
 	if err != nil {
 		return err
 	}
@@ -314,7 +321,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := listenOps(common.http, reg, natsHealth(nc), healthCheck{"mqtt", b.Health})
+	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"mqtt", b.Health})
 	if err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := listenOps(common.http, reg, natsHealth(nc), natsHealth(ncDecrypt), natsHealth(ncPublish), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
+	ops, err := common.ops(reg, natsHealth(nc), natsHealth(ncDecrypt), natsHealth(ncPublish), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
 	if err != nil {
 		return err
 	}
