@@ -56,6 +56,9 @@ type Options struct {
 	// Out is the folder for report.md, report.json and the plots ("" skips
 	// writing them).
 	Out string
+	// Profile, when set, is a folder for CPU (over the measured window) and
+	// allocation profiles of every stack process (go tool pprof reads them).
+	Profile string
 	// Progress, when set, receives a progress line every second.
 	Progress io.Writer
 	// Log receives the run's events; nil discards them.
@@ -252,8 +255,17 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	}
 	before, opened := st.counters(), time.Now()
 	ledger.Open(opened)
+	profiled := make(chan error, 1)
+	if o.Profile != "" {
+		go func() { profiled <- st.profile(ctx, o.Profile, o.Duration-time.Second) }()
+	} else {
+		profiled <- nil
+	}
 	if err := progressUntil(ctx, o, ledger, fleet, opened.Add(o.Duration)); err != nil {
 		return res, err
+	}
+	if err := <-profiled; err != nil {
+		o.Log.Warn("profiles not saved", "err", err)
 	}
 	after, closed := st.counters(), time.Now()
 	ledger.Close()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -133,6 +134,9 @@ func (s *stack) start(ctx context.Context, o Options, dir, name string, env []st
 	}
 	cmd := exec.Command(o.Binary, append(args, "--http", h)...)
 	cmd.Env = append(os.Environ(), env...)
+	if o.Profile != "" {
+		cmd.Env = append(cmd.Env, "MEDPIPE_PPROF=true")
+	}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()
@@ -215,6 +219,50 @@ func (s *stack) counters() map[string]float64 {
 		resp.Body.Close()
 	}
 	return out
+}
+
+// profile saves, from every child, a CPU profile taken over d and then the
+// allocation profile, into dir as <process>.cpu.pprof and <process>.allocs.pprof.
+func (s *stack) profile(ctx context.Context, dir string, d time.Duration) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*len(s.procs))
+	for _, p := range s.procs {
+		wg.Go(func() {
+			for _, pr := range []struct{ path, file string }{
+				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), p.name + ".cpu.pprof"},
+				{"/debug/pprof/allocs", p.name + ".allocs.pprof"},
+			} {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+pr.path, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					errs <- fmt.Errorf("bench: profile %s: %w", p.name, err)
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("bench: profile %s: %s", p.name, resp.Status)
+				}
+				if err == nil {
+					err = os.WriteFile(filepath.Join(dir, pr.file), b, 0o644)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 // ProcUsage is one process's resource use.

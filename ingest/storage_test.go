@@ -158,4 +158,3 @@ func runEdge(t *testing.T, js jetstream.JetStream, o Options) *Edge {
 	t.Cleanup(func() { cancel(); <-done })
 	return edge
 }
-

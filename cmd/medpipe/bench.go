@@ -38,6 +38,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&p99, "p99", 100*time.Millisecond, "the sweep's latency bound")
 	fs.StringVar(&o.Out, "out", "bench-results", "folder for report.md, report.json and the plots (empty: none)")
 	fs.StringVar(&compare, "compare", "", "an earlier report.json to compare with")
+	fs.StringVar(&o.Profile, "profile", "", "folder for CPU and allocation profiles of every stack process over the window (go tool pprof)")
 	fs.BoolVar(&progress, "progress", isTerminal(os.Stderr), "print a progress line every second")
 	if err := parseFlags(fs, args); err != nil {
 		return err
