@@ -46,27 +46,25 @@ func (s *trackingStore) Put(key string, m packets.ControlPacket) {
 // Del implements mqtt.Store.
 func (s *trackingStore) Del(key string) {
 	s.OrderedMemoryStore.Del(key)
-	s.forget(func(k string) bool { return k == key })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// A map delete, not a scan: with thousands of messages in flight a scan
+	// per acknowledgement made publishing quadratic.
+	if _, ok := s.pending[key]; ok {
+		delete(s.pending, key)
+		if len(s.pending) == 0 {
+			close(s.empty)
+		}
+	}
 }
 
 // Reset implements mqtt.Store.
 func (s *trackingStore) Reset() {
 	s.OrderedMemoryStore.Reset()
-	s.forget(func(string) bool { return true })
-}
-
-func (s *trackingStore) forget(match func(string) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.pending) == 0 {
-		return
-	}
-	for k := range s.pending {
-		if match(k) {
-			delete(s.pending, k)
-		}
-	}
-	if len(s.pending) == 0 {
+	if len(s.pending) > 0 {
+		clear(s.pending)
 		close(s.empty)
 	}
 }
