@@ -61,7 +61,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(o.MaxPendingPublishes),
-		jetstream.WithPublishAsyncTimeout(30*time.Second),
+		// A publish lost with a stream leader gets no answer at all; after
+		// this long its future fails and PubAck publishes it again (deduped
+		// by its message id if the first did land).
+		jetstream.WithPublishAsyncTimeout(PublishAckTimeout),
 	)
 	if err != nil {
 		nc.Close()

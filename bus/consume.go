@@ -229,16 +229,21 @@ func handleInPlace(ctx, work context.Context, msg jetstream.Msg, p int, o Consum
 func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, log *slog.Logger) {
 	defer live.close()
 	for f := range pending {
-		live.remove(f.msg)
+		// The message stays alive (in-progress acks) until its output is
+		// durable: redelivered while its output is still on the way, it
+		// would be handled twice, and a v2 frame handled twice looks like a
+		// replay of itself.
 		if f.done != nil {
 			if err := f.done.Wait(ctx); err != nil {
 				log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
+				live.remove(f.msg)
 				if ctx.Err() == nil {
 					_ = f.msg.NakWithDelay(time.Second)
 				}
 				continue
 			}
 		}
+		live.remove(f.msg)
 		_ = f.msg.Ack()
 	}
 }
@@ -310,6 +315,10 @@ func (s *inFlightSet) keepAlive(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// PublishAckTimeout is how long an asynchronous JetStream publish waits for
+// its acknowledgement before it counts as failed (and PubAck retries it).
+const PublishAckTimeout = 10 * time.Second
 
 // PubAck adapts a JetStream publish future to a Completion. A publish that
 // fails (its stream's leader lost mid-flight, say) is published again, with

@@ -40,10 +40,10 @@ type memMarks struct {
 	seen map[string]mark
 }
 
-func (m *memMarks) advance(_ context.Context, device string, seq, raw uint64) (bool, error) {
+func (m *memMarks) advance(_ context.Context, device string, f frameRef) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next, ok := m.seen[device].accepts(seq, raw)
+	next, ok := m.seen[device].accepts(f)
 	if ok {
 		next.rev = 1 // "a mark exists": there is no bucket revision here
 		m.seen[device] = next

@@ -40,7 +40,7 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 	if err != nil {
 		return dead(bus.ReasonInvalid, fr.Device, err)
 	}
-	fresh, err := w.marks.advance(ctx, fr.Device, fr.Seq, f.seq)
+	fresh, err := w.marks.advance(ctx, fr.Device, frameRef{fr.Seq, f.seq, f.received.UnixNano()})
 	if err != nil {
 		return Outcome{}, err // the mark store is unreachable: retry the frame later
 	}
@@ -57,15 +57,26 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 
 // highWater decides whether a v2 sequence number is new for its device.
 type highWater interface {
-	advance(ctx context.Context, device string, seq, raw uint64) (bool, error)
+	advance(ctx context.Context, device string, f frameRef) (bool, error)
+}
+
+// frameRef is what the replay check knows of a v2 frame: its sequence
+// number, the RAW message holding it, and when the edge received it (Unix ns).
+type frameRef struct {
+	seq, raw uint64
+	recv     int64
 }
 
 // mark is a device's high-water mark: the highest sequence number
-// accepted, the RAW message that carried it, and which of the ReplayWindow
-// numbers below it were accepted too (bit k: seq-k).
+// accepted, the RAW message that carried it, which of the ReplayWindow
+// numbers below it were accepted too (bit k: seq-k), when the edge received
+// the highest, and the sequence number and RAW message accepted last (not
+// always the highest).
 type mark struct {
-	seq, raw, rev uint64
-	seen          uint64
+	seq, raw, rev    uint64
+	seen             uint64
+	lastSeq, lastRaw uint64
+	recv             int64
 }
 
 // ReplayWindow is how far below the highest sequence number a v2 frame not
@@ -73,27 +84,43 @@ type mark struct {
 // device's frames out of order: when a publish fails (a JetStream leader
 // lost, say), ingest stores the frame again after frames that followed it.
 // As in IPsec and DTLS, a window of seen numbers accepts those and still
-// refuses every number seen before, and everything older than the window.
+// refuses every number seen before. Below the window, a frame is accepted
+// only if the edge received it before the frame holding the mark: it was
+// delayed inside the pipeline (a publish retried after a leader change can
+// land seconds and hundreds of frames late), not replayed from outside,
+// because a replay reaches an edge after the original did.
 const ReplayWindow = 64
 
-// accepts applies the replay window: whether seq may be accepted given
+// accepts applies the replay window: whether frame f may be accepted given
 // the mark, and the mark that accepting it makes.
-func (m mark) accepts(seq, raw uint64) (mark, bool) {
+func (m mark) accepts(f frameRef) (mark, bool) {
+	seq, raw := f.seq, f.raw
 	switch {
-	case m.rev != 0 && seq == m.seq && raw == m.raw:
-		return m, true // the RAW message holding the mark, redelivered
+	case m.rev != 0 && seq == m.lastSeq && raw == m.lastRaw:
+		// The RAW message accepted last, handled again: redelivered after a
+		// crash, or retried after a mark update whose answer was lost (the
+		// store's leader changed) though the update itself landed.
+		return m, true
 	case m.rev == 0 || seq > m.seq:
-		next := mark{seq: seq, raw: raw, rev: m.rev, seen: 1}
+		next := mark{seq: seq, raw: raw, rev: m.rev, seen: 1, lastSeq: seq, lastRaw: raw, recv: f.recv}
 		if d := seq - m.seq; m.rev != 0 && d < ReplayWindow {
 			next.seen |= m.seen << d
 		}
 		return next, true
 	}
 	d := m.seq - seq
-	if d >= ReplayWindow || m.seen&(1<<d) != 0 {
+	if d >= ReplayWindow {
+		if f.recv == 0 || m.recv == 0 || f.recv >= m.recv {
+			return m, false
+		}
+		m.lastSeq, m.lastRaw = seq, raw
+		return m, true
+	}
+	if m.seen&(1<<d) != 0 {
 		return m, false
 	}
 	m.seen |= 1 << d
+	m.lastSeq, m.lastRaw = seq, raw
 	return m, true
 }
 
@@ -113,20 +140,20 @@ func newSeqMarks(kv jetstream.KeyValue) *seqMarks {
 
 // advance reports whether seq is new for device and, if so, records it.
 // The same RAW message seen again (a redelivery after a crash) is new.
-func (s *seqMarks) advance(ctx context.Context, device string, seq, raw uint64) (bool, error) {
+func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		m, err := s.get(ctx, device)
 		if err != nil {
 			return false, err
 		}
-		next, ok := m.accepts(seq, raw)
+		next, ok := m.accepts(f)
 		if !ok {
 			return false, nil
 		}
 		if next == m {
 			return true, nil
 		}
-		value := []byte(strconv.FormatUint(next.seq, 10) + " " + strconv.FormatUint(next.raw, 10) + " " + strconv.FormatUint(next.seen, 16))
+		value := fmt.Appendf(nil, "%d %d %x %d %d %d", next.seq, next.raw, next.seen, next.lastSeq, next.lastRaw, next.recv)
 		if m.rev == 0 {
 			next.rev, err = s.kv.Create(ctx, device, value)
 		} else {
@@ -170,6 +197,14 @@ func (s *seqMarks) get(ctx context.Context, device string) (mark, error) {
 	m.seen = ^uint64(0)
 	if len(f) > 2 {
 		m.seen, _ = strconv.ParseUint(f[2], 16, 64)
+	}
+	m.lastSeq, m.lastRaw = m.seq, m.raw // a mark written before "last" was kept
+	if len(f) > 4 {
+		m.lastSeq, _ = strconv.ParseUint(f[3], 10, 64)
+		m.lastRaw, _ = strconv.ParseUint(f[4], 10, 64)
+	}
+	if len(f) > 5 {
+		m.recv, _ = strconv.ParseInt(f[5], 10, 64)
 	}
 	m.rev = e.Revision()
 	return m, nil

@@ -133,7 +133,7 @@ func TestSeqMarksConcurrent(t *testing.T) {
 	for i, s := range []*seqMarks{a, b} {
 		wg.Go(func() {
 			for seq := uint64(1); seq <= 100; seq++ {
-				ok, err := s.advance(t.Context(), "dev", seq, uint64(1000*(i+1))+seq)
+				ok, err := s.advance(t.Context(), "dev", frameRef{seq: seq, raw: uint64(1000*(i+1)) + seq})
 				if err != nil {
 					t.Error(err)
 					return
@@ -156,10 +156,10 @@ func TestSeqMarksConcurrent(t *testing.T) {
 		t.Fatal("the last sequence number was accepted by neither")
 	}
 	m, _ := a.get(t.Context(), "dev")
-	if ok, _ := a.advance(t.Context(), "dev", 100, m.raw); !ok {
+	if ok, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: m.raw}); !ok {
 		t.Fatal("a redelivery of the RAW message holding the mark was refused")
 	}
-	if ok, _ := a.advance(t.Context(), "dev", 100, 5555); ok {
+	if ok, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: 5555}); ok {
 		t.Fatal("the same sequence number in another RAW message was accepted")
 	}
 }
@@ -183,7 +183,7 @@ func TestReplayWindow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var m mark
 			for i, seq := range tt.seqs {
-				next, ok := m.accepts(seq, uint64(100+i))
+				next, ok := m.accepts(frameRef{seq: seq, raw: uint64(100 + i), recv: int64(1000 + i)})
 				if ok != tt.want[i] {
 					t.Fatalf("frame %d (seq %d): accepted %v, want %v", i, seq, ok, tt.want[i])
 				}
@@ -191,5 +191,61 @@ func TestReplayWindow(t *testing.T) {
 				m = next
 			}
 		})
+	}
+}
+
+// TestReplayWindowRetry checks that the RAW message accepted last is
+// accepted again when it is handled again (a retry after a mark update whose
+// answer was lost), also when it was below the mark, and that the same
+// sequence number in any other RAW message is still refused.
+func TestReplayWindowRetry(t *testing.T) {
+	tests := []struct {
+		name  string
+		frame []struct{ seq, raw uint64 }
+		want  []bool
+	}{
+		{"retry of the highest", []struct{ seq, raw uint64 }{{1, 10}, {2, 11}, {2, 11}}, []bool{true, true, true}},
+		{"retry of one below the mark", []struct{ seq, raw uint64 }{{1, 10}, {3, 11}, {2, 12}, {2, 12}}, []bool{true, true, true, true}},
+		{"copy in another RAW message", []struct{ seq, raw uint64 }{{1, 10}, {3, 11}, {2, 12}, {2, 13}}, []bool{true, true, true, false}},
+		{"retry after a later frame", []struct{ seq, raw uint64 }{{1, 10}, {3, 11}, {2, 12}, {4, 13}, {2, 12}}, []bool{true, true, true, true, false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var m mark
+			for i, f := range tt.frame {
+				next, ok := m.accepts(frameRef{seq: f.seq, raw: f.raw, recv: int64(1000 + i)})
+				if ok != tt.want[i] {
+					t.Fatalf("frame %d (seq %d, raw %d): accepted %v, want %v", i, f.seq, f.raw, ok, tt.want[i])
+				}
+				next.rev = 1
+				m = next
+			}
+		})
+	}
+}
+
+// TestReplayBelowTheWindow checks the rule below the window: a frame the
+// edge received before the frame holding the mark was delayed inside the
+// pipeline and is accepted; one received after it is a replay.
+func TestReplayBelowTheWindow(t *testing.T) {
+	var m mark
+	for i, f := range []struct {
+		ref  frameRef
+		want bool
+	}{
+		{frameRef{seq: 1, raw: 10, recv: 100}, true},
+		{frameRef{seq: 2 + ReplayWindow*3, raw: 11, recv: 300}, true},
+		{frameRef{seq: 2, raw: 12, recv: 150}, true},  // stored late by a retried publish
+		{frameRef{seq: 2, raw: 12, recv: 150}, true},  // the same RAW message handled again
+		{frameRef{seq: 3, raw: 13, recv: 400}, false}, // recorded and sent again later
+		{frameRef{seq: 1, raw: 14, recv: 0}, false},   // no receive time: refused
+		{frameRef{seq: 4, raw: 15, recv: 300}, false}, // not before the mark's frame
+	} {
+		next, ok := m.accepts(f.ref)
+		if ok != f.want {
+			t.Fatalf("frame %d %+v: accepted %v, want %v", i, f.ref, ok, f.want)
+		}
+		next.rev = 1
+		m = next
 	}
 }

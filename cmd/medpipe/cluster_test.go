@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/simulator"
@@ -24,7 +29,8 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	mq := testkit.StartMosquitto(t, testkit.MosquittoOptions{})
 	const devices, count, rate = 30, 300, 20
 	keys := filepath.Join(t.TempDir(), "keys.jsonl")
-	if _, err := simulator.LoadOrCreateKeys(keys, devices, "cl"); err != nil {
+	devs, err := simulator.LoadOrCreateKeys(keys, devices, "cl")
+	if err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"MEDPIPE_NATS=" + cl.URLs(), "MEDPIPE_REPLICAS=3", "MEDPIPE_PARTITIONS=8"}
@@ -58,6 +64,11 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 			return
 		}
 		defer nc.Close()
+		var ids []string
+		for _, d := range devs {
+			ids = append(ids, d.ID)
+		}
+		traceMissing(t, js, col, ids, count)
 		for _, st := range []string{"RAW", "READINGS", "DEADLETTER"} {
 			s, err := js.Stream(context.Background(), st)
 			if err != nil {
@@ -103,5 +114,73 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	}
 	if dups > 2*devices {
 		t.Errorf("%d duplicates: more than the frames in flight at the failover", dups)
+	}
+}
+
+// traceMissing says, for every reading that did not reach MQTT, where it
+// stopped: which RAW messages hold its frame, whether READINGS has a reading
+// for them, and any dead letter.
+func traceMissing(t *testing.T, js jetstream.JetStream, col *testkit.Collector, ids []string, count int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	order, _ := accountReadings(t, col.Messages())
+	headers := func(stream string) []nats.Header {
+		c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Log(err)
+			return nil
+		}
+		var out []nats.Header
+		for {
+			b, err := c.FetchNoWait(500)
+			if err != nil {
+				t.Log(err)
+				return out
+			}
+			n := 0
+			for m := range b.Messages() {
+				md, _ := m.Metadata()
+				h := m.Headers()
+				h.Set("Seq", strconv.FormatUint(md.Sequence.Stream, 10))
+				out = append(out, h)
+				n++
+			}
+			if n == 0 {
+				return out
+			}
+		}
+	}
+	raw := map[string][]string{} // "device:seq" → RAW sequences
+	for _, h := range headers("RAW") {
+		raw[h.Get(jetstream.MsgIDHeader)] = append(raw[h.Get(jetstream.MsgIDHeader)], h.Get("Seq"))
+	}
+	readings := map[string]bool{} // RAW sequence → READINGS has it
+	for _, h := range headers("READINGS") {
+		readings[strings.TrimPrefix(h.Get(jetstream.MsgIDHeader), "r:")] = true
+	}
+	dead := map[string]string{} // RAW sequence → reason
+	for _, h := range headers("DEADLETTER") {
+		dead[h.Get(bus.HeaderRawSeq)] = h.Get(bus.HeaderReason) + ": " + h.Get(bus.HeaderError)
+	}
+	shown := 0
+	t.Logf("RAW %d message ids, READINGS %d, DEADLETTER %d", len(raw), len(readings), len(dead))
+	for _, id := range ids {
+		got := map[uint64]bool{}
+		for _, s := range order[id] {
+			got[s] = true
+		}
+		for seq := uint64(1); seq <= uint64(count) && shown < 20; seq++ {
+			if got[seq] {
+				continue
+			}
+			shown++
+			key := id + ":" + strconv.FormatUint(seq, 10)
+			var where []string
+			for _, rs := range raw[key] {
+				where = append(where, fmt.Sprintf("RAW %s (READINGS %v, dead letter %q)", rs, readings[rs], dead[rs]))
+			}
+			t.Logf("missing %s: %v", key, where)
+		}
 	}
 }
