@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
