@@ -88,6 +88,7 @@ type Bridge struct {
 	countsMu  sync.Mutex
 	counts    map[string]uint64 // readings seen per device
 	delivered map[string]uint64 // per device, the newest READINGS sequence the broker has all of
+	first     map[string]uint64 // per device, the oldest READINGS sequence this process handled
 	failed    map[string]uint64 // per device, the oldest READINGS sequence whose delivery failed
 
 	store *trackingStore
@@ -139,7 +140,7 @@ func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: map[string]uint64{}, failed: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: map[string]uint64{}, first: map[string]uint64{}, failed: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	b.m = newMetrics(o.Metrics, &b.connected)
 	return b, nil
 }
@@ -241,11 +242,14 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		streamSeq = meta.Sequence.Stream
 		// A redelivery (an ack lost or late) of a reading this process has
 		// already delivered: READINGS keeps a device's readings in order,
-		// so anything at or below the newest delivered one was delivered.
+		// so anything this process handled at or below the newest delivered
+		// one was delivered. What a dead predecessor left unacknowledged
+		// can come after newer readings, and is below what this one handled.
 		if meta.NumDelivered > 1 && b.wasDelivered(r.Device, streamSeq) {
 			b.m.redeliveriesSkipped.Inc()
 			return nil, nil
 		}
+		b.handled(r.Device, streamSeq)
 	}
 	var msgs []Message
 	if b.o.JSONOnly {
@@ -330,7 +334,17 @@ func (b *Bridge) wasDelivered(device string, seq uint64) bool {
 	b.countsMu.Lock()
 	defer b.countsMu.Unlock()
 	f, hasFailed := b.failed[device]
-	return seq != 0 && seq <= b.delivered[device] && (!hasFailed || seq < f)
+	first, ok := b.first[device]
+	return seq != 0 && ok && seq >= first && seq <= b.delivered[device] && (!hasFailed || seq < f)
+}
+
+// handled notes that this process took on the device's READINGS message seq.
+func (b *Bridge) handled(device string, seq uint64) {
+	b.countsMu.Lock()
+	defer b.countsMu.Unlock()
+	if first, ok := b.first[device]; !ok || seq < first {
+		b.first[device] = seq
+	}
 }
 
 func (b *Bridge) markDelivered(device string, seq uint64) {

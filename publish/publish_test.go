@@ -303,10 +303,13 @@ func BenchmarkTopics(b *testing.B) {
 }
 
 // TestRedeliveryKnowledge: a redelivered reading is skipped only when this
-// process delivered it: at or below the newest delivered, and below any
-// failed delivery of the device.
+// process delivered it: handled by this process, at or below the newest
+// delivered, and below any failed delivery of the device.
 func TestRedeliveryKnowledge(t *testing.T) {
-	b := &Bridge{delivered: map[string]uint64{}, failed: map[string]uint64{}}
+	b := &Bridge{delivered: map[string]uint64{}, failed: map[string]uint64{}, first: map[string]uint64{}}
+	for _, seq := range []uint64{10, 12, 14, 15} {
+		b.handled("a", seq)
+	}
 	b.markDelivered("a", 10)
 	b.markDelivered("a", 12)
 	b.markFailed("a", 14)
@@ -320,6 +323,7 @@ func TestRedeliveryKnowledge(t *testing.T) {
 		{"a", 14, false}, // failed: publish it again
 		{"a", 15, false}, // after the failure: not known for sure
 		{"a", 16, false}, {"b", 1, false}, {"a", 0, false},
+		{"a", 9, false}, // older than anything this process handled: a predecessor's, maybe never delivered
 	}
 	for _, tt := range tests {
 		if got := b.wasDelivered(tt.device, tt.seq); got != tt.want {

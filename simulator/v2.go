@@ -3,7 +3,6 @@ package simulator
 import (
 	"bufio"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -25,17 +24,12 @@ const MaxUnacked = 2000
 type v2Device struct {
 	key     *wire.V2Key
 	mu      sync.Mutex
-	unacked []unackedFrame
+	outbox  *wire.Outbox
 	changed chan struct{} // signalled when frames are acknowledged
 }
 
-type unackedFrame struct {
-	seq   uint64
-	frame []byte
-}
-
 func newV2Device(d wire.Device) *v2Device {
-	return &v2Device{key: wire.NewV2Key(d), changed: make(chan struct{}, 1)}
+	return &v2Device{key: wire.NewV2Key(d), outbox: wire.NewOutbox(MaxUnacked, 0), changed: make(chan struct{}, 1)}
 }
 
 // seal builds reading seq as a v2 frame with a pulse batch and keeps it
@@ -48,56 +42,38 @@ func (v *v2Device) seal(id string, seq uint64, r wire.Reading, sig *Signal) ([]b
 	p.Values = r.Numbers()
 	if samples := sig.Batch(); len(samples) > 0 {
 		first := now.Add(-time.Duration(len(samples)-1) * time.Second / PulseRate)
-		p.Pulse = &wire.PulseBatch{Rate: PulseRate, Start: first.UnixMilli(), Samples: append([]float64(nil), samples...)}
-	}
-	payload, err := json.Marshal(p)
-	if err != nil {
-		return nil, false, err
+		p.Pulse = &wire.PulseBatch{Rate: PulseRate, Start: first.UnixMilli(), Samples: samples}
 	}
 	var nonce [12]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, false, err
 	}
-	frame, err := v.key.SealData(nil, id, seq, nonce, payload)
+	frame, err := v.key.SealData(nil, id, seq, nonce, wire.AppendV2Payload(nil, &p))
 	if err != nil {
 		return nil, false, err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	dropped := false
-	if len(v.unacked) >= MaxUnacked {
-		v.unacked = v.unacked[1:]
-		dropped = true
-	}
-	v.unacked = append(v.unacked, unackedFrame{seq, frame})
-	return frame, dropped, nil
+	return frame, v.outbox.Add(seq, frame) > 0, nil
 }
 
 // pending returns the unacknowledged frames, oldest first, to resend.
 func (v *v2Device) pending() [][]byte {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	out := make([][]byte, len(v.unacked))
-	for i, u := range v.unacked {
-		out[i] = u.frame
-	}
-	return out
+	return v.outbox.Frames()
 }
 
 func (v *v2Device) outstanding() int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return len(v.unacked)
+	return v.outbox.Len()
 }
 
 // ack drops every frame up to seq: the edge acknowledges in order.
 func (v *v2Device) ack(seq uint64) int {
 	v.mu.Lock()
-	n := 0
-	for n < len(v.unacked) && v.unacked[n].seq <= seq {
-		n++
-	}
-	v.unacked = v.unacked[n:]
+	n := v.outbox.Ack(seq)
 	v.mu.Unlock()
 	select {
 	case v.changed <- struct{}{}:

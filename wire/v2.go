@@ -332,3 +332,56 @@ func FormatValue(v float64) string {
 func (r *Reading) Numbers() V2Values {
 	return V2Values{r.Float(Temp), r.Float(TempMcu), r.Float(PulseSig), r.Float(AcelX), r.Float(AcelY), r.Float(AcelZ), r.Float(TempMpu)}
 }
+
+// AppendV2Payload appends p as the JSON text of a DATA payload, without
+// reflection: the firmware and the simulator encode one per frame. A value
+// that is not finite is written as null, which the server refuses.
+func AppendV2Payload(dst []byte, p *V2Payload) []byte {
+	dst = append(dst, `{"time":`...)
+	dst = strconv.AppendInt(dst, p.Time, 10)
+	dst = append(dst, `,"values":{`...)
+	v := &p.Values
+	for i, x := range [NumFields]float64{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu} {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = append(dst, fieldNames[i]...)
+		dst = append(dst, `":`...)
+		dst = appendJSONNumber(dst, x)
+	}
+	dst = append(dst, '}')
+	if p.Pulse != nil {
+		dst = append(dst, `,"pulse":{"rate":`...)
+		dst = appendJSONNumber(dst, p.Pulse.Rate)
+		dst = append(dst, `,"start":`...)
+		dst = strconv.AppendInt(dst, p.Pulse.Start, 10)
+		dst = append(dst, `,"samples":[`...)
+		for i, s := range p.Pulse.Samples {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONNumber(dst, s)
+		}
+		dst = append(dst, "]}"...)
+	}
+	return append(dst, '}')
+}
+
+// appendJSONNumber writes x as encoding/json does: the shortest text that
+// reads back as x, exponent form only for very small or large magnitudes.
+func appendJSONNumber(dst []byte, x float64) []byte {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return append(dst, "null"...)
+	}
+	if a := math.Abs(x); a != 0 && (a < 1e-6 || a >= 1e21) {
+		dst = strconv.AppendFloat(dst, x, 'e', -1, 64)
+		// clean up e-09 to e-9, as encoding/json does
+		if n := len(dst); n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+			dst[n-2] = dst[n-1]
+			dst = dst[:n-1]
+		}
+		return dst
+	}
+	return strconv.AppendFloat(dst, x, 'f', -1, 64)
+}

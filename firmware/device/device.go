@@ -1,0 +1,126 @@
+// Package device is the firmware of the medpipe wearable (Raspberry Pi
+// Pico + ESP8266): configuration mode (an access point serving an encrypted
+// configuration form) and working mode (sample the sensors, seal readings,
+// send them to the medpipe edge). It is plain Go behind small hardware
+// interfaces; board bindings for TinyGo live in package board.
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/medpipe/medpipe/firmware/esp"
+	"github.com/medpipe/medpipe/firmware/onewire"
+	"github.com/medpipe/medpipe/firmware/sensors"
+)
+
+// Pin is a digital input.
+type Pin interface{ Get() bool }
+
+// LED is the status LED.
+type LED interface{ Set(on bool) }
+
+// Board is the hardware the firmware runs on.
+type Board struct {
+	UART         io.ReadWriter    // to the ESP8266, 115200 baud
+	I2C          sensors.I2C      // MPU6050 (SDA GP14, SCL GP15)
+	Pulse        sensors.ADC      // pulse sensor (ADC0, GP26)
+	ChipTemp     sensors.ADC      // RP2040 temperature diode (ADC4)
+	OneWire      *onewire.Bus     // DS18B20 (GP16)
+	ConfigSwitch Pin              // slide switch: high selects configuration mode (GP3)
+	LED          LED              // GP2
+	Storage      Storage          // a flash region of StorageSize bytes
+	Rand         io.Reader        // nonces and challenges (crypto/rand.Reader)
+	Factory      Factory          // set when the device is made
+	Log          func(string)     // where status lines go (USB serial); nil: nowhere
+	Clock        func() time.Time // wall clock; nil: time.Now
+}
+
+// Factory is what each device carries from manufacturing, printed on its
+// label for the person who configures it.
+type Factory struct {
+	Serial          string   // names the access point: medpipe-<Serial>
+	APPassword      string   // WPA2 password of the access point (≥ 8 characters)
+	ProvisioningKey [16]byte // encrypts and authenticates the configuration form
+}
+
+// Options tunes the firmware; zero values take the defaults.
+type Options struct {
+	Period       time.Duration // between readings (default 50 ms: 20 readings/s)
+	PulseRate    int           // pulse samples per second in v2 batches (default 250)
+	OutboxFrames int           // v2 frames kept until acknowledged (default 200: 10 s at 20/s)
+	OutboxBytes  int           // and their bytes (default 64 KiB of the Pico's 264 KiB RAM)
+	Readings     int           // stop after this many readings (0: never; for tests)
+	ESP          esp.Options
+}
+
+func (o *Options) defaults() {
+	if o.Period <= 0 {
+		o.Period = 50 * time.Millisecond
+	}
+	if o.PulseRate <= 0 {
+		o.PulseRate = 250
+	}
+	if o.OutboxFrames <= 0 {
+		o.OutboxFrames = 200
+	}
+	if o.OutboxBytes <= 0 {
+		o.OutboxBytes = 64 << 10
+	}
+}
+
+// Device is the firmware's state.
+type Device struct {
+	b     *Board
+	o     Options
+	modem *esp.Modem
+	Stats Stats
+}
+
+// Stats counts what the device did (shown by LED patterns on hardware, read
+// by tests on a host).
+type Stats struct {
+	Readings, Sent, Acked, Dropped, Reconnects, SensorErrors uint64
+}
+
+// New prepares the firmware on b.
+func New(b *Board, o Options) *Device {
+	o.defaults()
+	if b.Clock == nil {
+		b.Clock = time.Now
+	}
+	return &Device{b: b, o: o, modem: esp.New(b.UART, o.ESP)}
+}
+
+func (d *Device) log(format string, args ...any) {
+	if d.b.Log != nil {
+		d.b.Log(fmt.Sprintf(format, args...))
+	}
+}
+
+// Run is the firmware's main loop: configuration mode when the switch asks
+// for it or flash holds no configuration, then working mode until ctx ends.
+func (d *Device) Run(ctx context.Context) error {
+	cfg, err := LoadConfig(d.b.Storage)
+	if d.b.ConfigSwitch.Get() || errors.Is(err, ErrNoConfig) {
+		if cfg, err = d.Configure(ctx); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	return d.Work(ctx, cfg)
+}
+
+// blink shows an error: n short flashes.
+func (d *Device) blink(n int) {
+	for range n {
+		d.b.LED.Set(true)
+		time.Sleep(80 * time.Millisecond)
+		d.b.LED.Set(false)
+		time.Sleep(80 * time.Millisecond)
+	}
+}

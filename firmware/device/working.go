@@ -1,0 +1,294 @@
+package device
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/medpipe/medpipe/firmware/esp"
+	"github.com/medpipe/medpipe/firmware/onewire"
+	"github.com/medpipe/medpipe/firmware/sensors"
+	"github.com/medpipe/medpipe/wire"
+)
+
+// Work runs working mode: join the Wi-Fi network, connect to the edge,
+// then sample, seal and send a reading every Period, reconnecting as
+// needed. v2 frames stay in an outbox until the edge acknowledges them and
+// are resent after a reconnect; legacy readings made while disconnected
+// are dropped (legacy has no acknowledgement to resend by) and counted.
+func (d *Device) Work(ctx context.Context, cfg Config) error {
+	d.log("working mode: device %s, server %s:%d, protocol %s", cfg.Device.ID, cfg.Server, cfg.Port, cfg.Protocol)
+	w := &worker{d: d, cfg: cfg, acks: make(chan uint64, 64), outbox: wire.NewOutbox(d.o.OutboxFrames, d.o.OutboxBytes)}
+	if cfg.Protocol == ProtocolLegacy {
+		w.legacy = wire.NewLegacyKey(cfg.Device)
+	} else {
+		w.v2 = wire.NewV2Key(cfg.Device)
+		next, err := reserveSeq(d.b.Storage)
+		if err != nil {
+			return fmt.Errorf("device: reserve sequence numbers: %w", err)
+		}
+		w.seq, w.seqLimit = next-1, next-1+SeqBlock
+	}
+	w.mpu = sensors.MPU6050{Bus: d.b.I2C}
+	if err := w.mpu.Configure(); err != nil {
+		d.Stats.SensorErrors++
+		d.log("%v", err)
+	}
+	w.ds = onewire.DS18B20{Bus: d.b.OneWire}
+	return w.run(ctx)
+}
+
+type worker struct {
+	d        *Device
+	cfg      Config
+	legacy   *wire.LegacyKey
+	v2       *wire.V2Key
+	seq      uint64 // last sequence number used
+	seqLimit uint64 // end of the reserved block
+	outbox   *wire.Outbox
+	acks     chan uint64
+	link     *esp.Link
+	mpu      sensors.MPU6050
+	ds       onewire.DS18B20
+
+	temp        float64   // last body temperature read
+	converting  time.Time // when the running DS18B20 conversion started
+	pulse       []float64 // samples since the last reading
+	pulseStart  time.Time
+	lastPulse   float64
+	backoff     time.Duration
+	nextConnect time.Time
+	buf, plain  []byte
+}
+
+func (w *worker) run(ctx context.Context) error {
+	d := w.d
+	if err := w.join(ctx); err != nil {
+		return err
+	}
+	pulseTick := time.NewTicker(time.Second / time.Duration(d.o.PulseRate))
+	defer pulseTick.Stop()
+	readingTick := time.NewTicker(d.o.Period)
+	defer readingTick.Stop()
+	defer func() {
+		if w.link != nil {
+			w.link.Close()
+		}
+	}()
+	w.startConversion()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case seq := <-w.acks:
+			d.Stats.Acked += uint64(w.outbox.Ack(seq))
+		case <-pulseTick.C:
+			v := sensors.Volts(d.b.Pulse.Get())
+			if len(w.pulse) == 0 {
+				w.pulseStart = d.b.Clock()
+			}
+			if len(w.pulse) < 4*d.o.PulseRate { // bounded while disconnected
+				w.pulse = append(w.pulse, v)
+			}
+			w.lastPulse = v
+		case <-readingTick.C:
+			if err := w.reading(ctx); err != nil {
+				return err
+			}
+			if d.o.Readings > 0 && d.Stats.Readings >= uint64(d.o.Readings) {
+				return w.flush(ctx)
+			}
+		}
+	}
+}
+
+// join joins the configured network, retrying with backoff: a ward's
+// access point may be down for a while.
+func (w *worker) join(ctx context.Context) error {
+	m := w.d.modem
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := m.Sync(ctx)
+		if err == nil {
+			err = m.SetMode(ctx, esp.ModeStation)
+		}
+		if err == nil {
+			err = m.Join(ctx, w.cfg.WiFiSSID, w.cfg.WiFiPassword)
+		}
+		if err == nil {
+			w.d.log("joined Wi-Fi %q", w.cfg.WiFiSSID)
+			return nil
+		}
+		w.d.log("Wi-Fi: %v; retrying in %v", err, wait)
+		w.d.blink(2)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// startConversion starts a DS18B20 conversion, read ConversionMillis later.
+func (w *worker) startConversion() {
+	if err := w.ds.Convert(); err != nil {
+		w.d.Stats.SensorErrors++
+		return
+	}
+	w.converting = time.Now()
+}
+
+// sample reads every sensor into a reading's values.
+func (w *worker) sample() wire.V2Values {
+	d := w.d
+	if !w.converting.IsZero() && time.Since(w.converting) >= onewire.ConversionMillis*time.Millisecond {
+		if t, err := w.ds.Read(); err == nil {
+			w.temp = t
+		} else {
+			d.Stats.SensorErrors++
+		}
+		w.startConversion()
+	}
+	m, err := w.mpu.Read()
+	if err != nil {
+		d.Stats.SensorErrors++
+	}
+	return wire.V2Values{
+		Temp: w.temp, TempMcu: sensors.ChipTemperature(d.b.ChipTemp.Get()), PulseSig: w.lastPulse,
+		AcelX: m.X, AcelY: m.Y, AcelZ: m.Z, TempMpu: m.Temp,
+	}
+}
+
+// reading makes, seals and sends one reading.
+func (w *worker) reading(ctx context.Context) error {
+	d := w.d
+	vals := w.sample()
+	d.Stats.Readings++
+	var frame []byte
+	if w.v2 != nil {
+		if w.seq+1 >= w.seqLimit {
+			next, err := reserveSeq(d.b.Storage)
+			if err != nil {
+				return fmt.Errorf("device: reserve sequence numbers: %w", err)
+			}
+			w.seq, w.seqLimit = next-1, next-1+SeqBlock
+		}
+		w.seq++
+		p := wire.V2Payload{Time: d.b.Clock().UnixMilli(), Values: vals}
+		if len(w.pulse) > 0 {
+			p.Pulse = &wire.PulseBatch{Rate: float64(d.o.PulseRate), Start: w.pulseStart.UnixMilli(), Samples: w.pulse}
+		}
+		w.plain = wire.AppendV2Payload(w.plain[:0], &p)
+		w.pulse = w.pulse[:0]
+		var nonce [12]byte
+		if _, err := io.ReadFull(d.b.Rand, nonce[:]); err != nil {
+			return fmt.Errorf("device: random nonce: %w", err)
+		}
+		f, err := w.v2.SealData(nil, w.cfg.Device.ID, w.seq, nonce, w.plain)
+		if err != nil {
+			return err
+		}
+		d.Stats.Dropped += uint64(w.outbox.Add(w.seq, f))
+		frame = f
+	} else {
+		w.pulse = w.pulse[:0]
+		r := vals.Reading()
+		w.plain = r.AppendJSON(w.plain[:0])
+		w.buf = w.legacy.Seal(w.buf[:0], wire.Pico, w.plain)
+		frame = w.buf
+	}
+	if !w.connected(ctx) {
+		if w.legacy != nil {
+			d.Stats.Dropped++
+		}
+		return nil
+	}
+	if _, err := w.link.WriteContext(ctx, frame); err != nil {
+		w.lost(err)
+		return nil
+	}
+	d.Stats.Sent++
+	d.b.LED.Set(d.Stats.Sent%10 < 5) // a slow blink: working
+	return nil
+}
+
+// connected makes sure a link to the edge is open, reconnecting (with
+// backoff) and resending unacknowledged v2 frames.
+func (w *worker) connected(ctx context.Context) bool {
+	if w.link != nil && !w.link.Closed() {
+		return true
+	}
+	if w.link != nil {
+		w.lost(io.EOF)
+	}
+	if time.Now().Before(w.nextConnect) {
+		return false
+	}
+	l, err := w.d.modem.Dial(ctx, w.cfg.Server, w.cfg.Port)
+	if err != nil {
+		w.backoff = min(max(2*w.backoff, 500*time.Millisecond), 30*time.Second)
+		w.nextConnect = time.Now().Add(w.backoff)
+		w.d.log("connect: %v; retrying in %v", err, w.backoff)
+		return false
+	}
+	w.link, w.backoff = l, 0
+	if w.v2 != nil {
+		go readAcks(l, w.acks)
+		// Resend, in order and byte-identical, what the edge has not acknowledged.
+		for _, f := range w.outbox.Frames() {
+			if _, err := l.WriteContext(ctx, f); err != nil {
+				w.lost(err)
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// lost forgets a broken link.
+func (w *worker) lost(err error) {
+	w.d.log("link lost: %v", err)
+	w.d.Stats.Reconnects++
+	if w.link != nil {
+		w.link.Close()
+		w.link = nil
+	}
+}
+
+// flush waits (bounded) for the edge to acknowledge every v2 frame.
+func (w *worker) flush(ctx context.Context) error {
+	deadline := time.After(10 * time.Second)
+	for w.v2 != nil && w.outbox.Len() > 0 {
+		select {
+		case seq := <-w.acks:
+			w.d.Stats.Acked += uint64(w.outbox.Ack(seq))
+		case <-deadline:
+			return fmt.Errorf("device: %d frames unacknowledged", w.outbox.Len())
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// readAcks reads ACK and ERROR frames from the edge until the link ends.
+func readAcks(l *esp.Link, acks chan<- uint64) {
+	r := bufio.NewReaderSize(l, 256)
+	var buf []byte
+	for {
+		raw, err := wire.ReadV2Frame(r, buf, 1024)
+		if err != nil {
+			return
+		}
+		buf = raw
+		f, err := wire.ParseV2(raw)
+		if err != nil {
+			l.Close()
+			return
+		}
+		if f.Type == wire.V2Ack {
+			acks <- f.Seq
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package esp_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/medpipe/medpipe/firmware/esp"
+	"github.com/medpipe/medpipe/firmware/esp/espfake"
+)
+
+func start(t *testing.T, o espfake.Options) (*esp.Modem, *espfake.Module) {
+	t.Helper()
+	mod, uart := espfake.New(o)
+	t.Cleanup(func() { mod.Close() })
+	m := esp.New(uart, esp.Options{CommandTimeout: time.Second})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return m, mod
+}
+
+// echoServer is a real loopback TCP server that echoes, upper-cased.
+func echoServer(t *testing.T) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					c.Write(bytes.ToUpper(buf[:n]))
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
+}
+
+func TestStationDialSendReceive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	addr := echoServer(t)
+	m, mod := start(t, espfake.Options{Networks: map[string]string{"ward-7": "s3cret-pass"}})
+	if err := m.SetMode(ctx, esp.ModeStation); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Join(ctx, "ward-7", "wrong-pass"); !errors.Is(err, esp.ErrCommand) {
+		t.Fatalf("join with a wrong password: %v", err)
+	}
+	if err := m.Join(ctx, "ward-7", "s3cret-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if mod.Joined() != "ward-7" {
+		t.Fatalf("joined %q", mod.Joined())
+	}
+	l, err := m.Dial(ctx, "127.0.0.1", addr.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// More than one CIPSEND's worth, to exercise chunking.
+	msg := bytes.Repeat([]byte("reading,"), 600)
+	if _, err := l.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	l.SetReadTimeout(5 * time.Second)
+	if _, err := io.ReadFull(l, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, bytes.ToUpper(msg)) {
+		t.Fatal("echo differs")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Write([]byte("x")); !errors.Is(err, esp.ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+}
+
+func TestBusyGarbageAndResync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	m, mod := start(t, espfake.Options{})
+	mod.Busy(3)
+	if err := m.SetMode(ctx, esp.ModeAccessPoint); err != nil {
+		t.Fatalf("busy module: %v", err)
+	}
+	if m.Stats().Busy != 3 {
+		t.Fatalf("busy answers counted: %d", m.Stats().Busy)
+	}
+	// A reboot's boot noise, a half line and a fake +IPD header.
+	mod.Garbage([]byte("\x00\xfe ets Jan  8 2013,rst cause:2\r\n+IPD,9,zz:\r\nhalf a line"))
+	if err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartAP(ctx, "medpipe-dev", "short", 5); err == nil {
+		t.Fatal("a WPA2 password under 8 characters was accepted")
+	}
+	if err := m.StartAP(ctx, "medpipe-dev", "long enough", 5); err != nil {
+		t.Fatal(err)
+	}
+	if ap := mod.AccessPoint(); ap.SSID != "medpipe-dev" || ap.Password != "long enough" || ap.Encryption != 3 {
+		t.Fatalf("access point %+v", ap)
+	}
+	if m.Stats().Garbage == 0 {
+		t.Fatal("garbage not counted")
+	}
+}
+
+func TestServerAcceptAndPeerClose(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	m, mod := start(t, espfake.Options{})
+	if err := m.SetMode(ctx, esp.ModeAccessPoint); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Listen(ctx, 80); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", mod.ServerAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := m.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	buf := make([]byte, 64)
+	l.SetReadTimeout(5 * time.Second)
+	n, err := l.Read(buf)
+	if err != nil || string(buf[:n]) != "GET / HTTP/1.1\r\n\r\n" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	c.Close()
+	for {
+		if _, err := l.Read(buf); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("after the peer closed: %v", err)
+		}
+	}
+}
+
+func TestPasswordsStayOutOfErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	m, _ := start(t, espfake.Options{})
+	err := m.Join(ctx, "ward-7", "hunter22-secret") // station mode not set: ERROR
+	if err == nil || bytes.Contains([]byte(err.Error()), []byte("hunter22")) {
+		t.Fatalf("join error %v", err)
+	}
+}
