@@ -21,6 +21,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
 // cliFlags is what `medpipe <cmd> -h` documents: flags and their variables.
@@ -45,7 +47,7 @@ func help(t *testing.T, cmd string) cliFlags {
 	if f, ok := helpCache[cmd]; ok {
 		return f
 	}
-	out, _ := exec.Command(medpipeBinary(t), cmd, "-h").CombinedOutput()
+	out, _ := exec.Command(testkit.MedpipeBinary(t), cmd, "-h").CombinedOutput()
 	f := cliFlags{flags: map[string]bool{}, envs: map[string]bool{}}
 	for line := range strings.SplitSeq(string(out), "\n") {
 		if m := helpLine.FindStringSubmatch(line); m != nil {

@@ -3,15 +3,11 @@ package deploy
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,14 +28,13 @@ func TestNodeREDDashboard(t *testing.T) {
 	if _, err := os.Stat(nodeRED); err != nil {
 		t.Fatalf("Node-RED is not installed: run ./scripts/test.sh (it runs npm ci in deploy/node-red): %v", err)
 	}
-	chromium := chromiumPath(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
 	const devices = 6
-	bin := medpipeBinary(t)
+	bin := testkit.MedpipeBinary(t)
 	mqttPort, natsPort := freePort(t), freePort(t)
-	up := startProcess(t, "up", nil, bin, "up", "--simulate", strconv.Itoa(devices), "--rate", "5", "--data-dir", t.TempDir(),
+	up := testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", strconv.Itoa(devices), "--rate", "5", "--data-dir", t.TempDir(),
 		"--nats-port", strconv.Itoa(natsPort), "--mqtt-port", strconv.Itoa(mqttPort), "--monitor-port", "-2",
 		"--listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--http", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--status-every", "0")
 	_ = up
@@ -64,7 +59,7 @@ func TestNodeREDDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	nrPort := freePort(t)
-	startProcess(t, "node-red", []string{"PORT=" + strconv.Itoa(nrPort), "HOST=127.0.0.1", "MQTT_HOST=127.0.0.1", "MQTT_PORT=" + strconv.Itoa(mqttPort), "MQTT_PREFIX=Pico"},
+	testkit.StartProcess(t, "node-red", []string{"PORT=" + strconv.Itoa(nrPort), "HOST=127.0.0.1", "MQTT_HOST=127.0.0.1", "MQTT_PORT=" + strconv.Itoa(mqttPort), "MQTT_PREFIX=Pico"},
 		"node", nodeRED, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
 	base := "http://127.0.0.1:" + strconv.Itoa(nrPort)
 
@@ -100,14 +95,7 @@ func TestNodeREDDashboard(t *testing.T) {
 
 	// The dashboard in a real browser: the ECG chart draws the selected
 	// device's signal in its first series colour.
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.WindowSize(1400, 1100))
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
+	bctx := testkit.Browser(ctx, t)
 	var points int
 	deadline := time.Now().Add(60 * time.Second)
 	if err := chromedp.Run(bctx, chromedp.Navigate(base+"/dashboard/patients")); err != nil {
@@ -157,49 +145,9 @@ const countSeriesPixels = `(() => {
   return n;
 })()`
 
-// chromiumPath finds Debian's Chromium, or fails: the README's test command
-// installs it.
-func chromiumPath(t *testing.T) string {
-	for _, p := range []string{"chromium", "chromium-browser"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	t.Fatal("chromium is not installed: run ./scripts/test.sh (it installs Debian's chromium)")
-	return ""
-}
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// medpipeBinary builds the CLI once for the package's tests.
-func medpipeBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "medpipe-deploy-test-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "medpipe")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/medpipe").CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	testkit.RemoveBuilt()
 	os.Exit(code)
 }
 
@@ -211,32 +159,4 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startProcess runs a command until the test ends (SIGTERM, then SIGKILL)
-// and shows its output when the test fails.
-func startProcess(t *testing.T, name string, env []string, prog string, args ...string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command(prog, args...)
-	cmd.Env = append(os.Environ(), env...)
-	lw := &testkit.SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = lw, lw
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("--- output of %s:\n%s", name, lw.String())
-		}
-	})
-	return cmd
 }

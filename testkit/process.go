@@ -1,0 +1,106 @@
+package testkit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// MedpipeBinary builds the medpipe CLI once per test binary (from the
+// workspace, so from any module's tests) and returns its path. Call
+// RemoveBuilt from TestMain to delete it.
+func MedpipeBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "medpipe-test-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "medpipe")
+		if out, err := exec.Command("go", "build", "-o", binPath, "github.com/medpipe/medpipe/cmd/medpipe").CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build medpipe: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// RemoveBuilt deletes what MedpipeBinary built.
+func RemoveBuilt() {
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+}
+
+// StartProcess runs prog until the test ends (SIGTERM, then SIGKILL after
+// 10 s) and shows its output when the test fails.
+func StartProcess(t testing.TB, name string, env []string, prog string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(prog, args...)
+	cmd.Env = append(os.Environ(), env...)
+	lw := &SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", name, lw.String())
+		}
+	})
+	return cmd
+}
+
+// ChromiumPath finds Debian's Chromium, or fails the test: the README's
+// test command installs it.
+func ChromiumPath(t testing.TB) string {
+	t.Helper()
+	for _, p := range []string{"chromium", "chromium-browser"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	t.Fatal("chromium is not installed: run ./scripts/test.sh (it installs Debian's chromium)")
+	return ""
+}
+
+// Browser starts headless Chromium with a fresh profile and the flags this
+// closed network needs (no background connections), and returns a chromedp
+// context for it; the browser ends with ctx or the test.
+func Browser(ctx context.Context, t testing.TB) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(ChromiumPath(t)), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.WindowSize(1400, 1100))
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(func() { bcancel(); acancel() })
+	return bctx
+}
