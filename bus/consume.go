@@ -318,7 +318,7 @@ func (s *inFlightSet) keepAlive(ctx context.Context, interval time.Duration) {
 
 // PublishAckTimeout is how long an asynchronous JetStream publish waits for
 // its acknowledgement before it counts as failed (and PubAck retries it).
-const PublishAckTimeout = 10 * time.Second
+const PublishAckTimeout = 30 * time.Second
 
 // PubAck adapts a JetStream publish future to a Completion. A publish that
 // fails (its stream's leader lost mid-flight, say) is published again, with

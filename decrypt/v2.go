@@ -74,7 +74,7 @@ type frameRef struct {
 // always the highest).
 type mark struct {
 	seq, raw, rev    uint64
-	seen             uint64
+	seen             window
 	lastSeq, lastRaw uint64
 	recv             int64
 }
@@ -83,13 +83,62 @@ type mark struct {
 // seen before is still accepted. Devices send in order, but RAW can hold a
 // device's frames out of order: when a publish fails (a JetStream leader
 // lost, say), ingest stores the frame again after frames that followed it.
-// As in IPsec and DTLS, a window of seen numbers accepts those and still
+// The window is as deep as a device's resend buffer (firmware 200 frames,
+// simulator 1,000): after a reconnect a device resends, in order, every frame
+// from its oldest unacknowledged one — the one whose store was lost — while
+// the frames after it were stored meanwhile. As in IPsec and DTLS, a window of seen numbers accepts those and still
 // refuses every number seen before. Below the window, a frame is accepted
 // only if the edge received it before the frame holding the mark: it was
 // delayed inside the pipeline (a publish retried after a leader change can
 // land seconds and hundreds of frames late), not replayed from outside,
 // because a replay reaches an edge after the original did.
-const ReplayWindow = 64
+const ReplayWindow = 64 * windowWords
+
+const windowWords = 16
+
+// window is the replay bitmap: bit k is seq-k.
+type window [windowWords]uint64
+
+func (w *window) has(k uint64) bool { return w[k/64]>>(k%64)&1 == 1 }
+func (w *window) set(k uint64)      { w[k/64] |= 1 << (k % 64) }
+
+// shifted returns the window after the mark moved up by d.
+func (w window) shifted(d uint64) window {
+	var out window
+	if d >= ReplayWindow {
+		return out
+	}
+	words, bits := int(d/64), d%64
+	for i := windowWords - 1; i >= words; i-- {
+		out[i] = w[i-words] << bits
+		if bits > 0 && i-words > 0 {
+			out[i] |= w[i-words-1] >> (64 - bits)
+		}
+	}
+	return out
+}
+
+// appendHex writes the window as 16-digit hex words, lowest first.
+func (w *window) appendHex(dst []byte) []byte {
+	for _, x := range w {
+		dst = fmt.Appendf(dst, "%016x", x)
+	}
+	return dst
+}
+
+// parseWindow reads what appendHex wrote, or a single hex word (a mark
+// written when the window was 64 frames).
+func parseWindow(s string) window {
+	var w window
+	if len(s) <= 16 {
+		w[0], _ = strconv.ParseUint(s, 16, 64)
+		return w
+	}
+	for i := 0; i < windowWords && 16*(i+1) <= len(s); i++ {
+		w[i], _ = strconv.ParseUint(s[16*i:16*(i+1)], 16, 64)
+	}
+	return w
+}
 
 // accepts applies the replay window: whether frame f may be accepted given
 // the mark, and the mark that accepting it makes.
@@ -102,10 +151,11 @@ func (m mark) accepts(f frameRef) (mark, bool) {
 		// store's leader changed) though the update itself landed.
 		return m, true
 	case m.rev == 0 || seq > m.seq:
-		next := mark{seq: seq, raw: raw, rev: m.rev, seen: 1, lastSeq: seq, lastRaw: raw, recv: f.recv}
-		if d := seq - m.seq; m.rev != 0 && d < ReplayWindow {
-			next.seen |= m.seen << d
+		next := mark{seq: seq, raw: raw, rev: m.rev, lastSeq: seq, lastRaw: raw, recv: f.recv}
+		if m.rev != 0 {
+			next.seen = m.seen.shifted(seq - m.seq)
 		}
+		next.seen.set(0)
 		return next, true
 	}
 	d := m.seq - seq
@@ -116,10 +166,10 @@ func (m mark) accepts(f frameRef) (mark, bool) {
 		m.lastSeq, m.lastRaw = seq, raw
 		return m, true
 	}
-	if m.seen&(1<<d) != 0 {
+	if m.seen.has(d) {
 		return m, false
 	}
-	m.seen |= 1 << d
+	m.seen.set(d)
 	m.lastSeq, m.lastRaw = seq, raw
 	return m, true
 }
@@ -153,7 +203,9 @@ func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool
 		if next == m {
 			return true, nil
 		}
-		value := fmt.Appendf(nil, "%d %d %x %d %d %d", next.seq, next.raw, next.seen, next.lastSeq, next.lastRaw, next.recv)
+		value := fmt.Appendf(nil, "%d %d ", next.seq, next.raw)
+		value = next.seen.appendHex(value)
+		value = fmt.Appendf(value, " %d %d %d", next.lastSeq, next.lastRaw, next.recv)
 		if m.rev == 0 {
 			next.rev, err = s.kv.Create(ctx, device, value)
 		} else {
@@ -194,9 +246,11 @@ func (s *seqMarks) get(ctx context.Context, device string) (mark, error) {
 	m.seq, _ = strconv.ParseUint(f[0], 10, 64)
 	m.raw, _ = strconv.ParseUint(f[1], 10, 64)
 	// A mark written before the window existed: everything below it counts as seen.
-	m.seen = ^uint64(0)
+	for i := range m.seen {
+		m.seen[i] = ^uint64(0)
+	}
 	if len(f) > 2 {
-		m.seen, _ = strconv.ParseUint(f[2], 16, 64)
+		m.seen = parseWindow(f[2])
 	}
 	m.lastSeq, m.lastRaw = m.seq, m.raw // a mark written before "last" was kept
 	if len(f) > 4 {

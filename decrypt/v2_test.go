@@ -175,9 +175,11 @@ func TestReplayWindow(t *testing.T) {
 		{"replay", []uint64{1, 2, 2, 1}, []bool{true, true, false, false}},
 		{"out of order once", []uint64{1, 3, 2, 2}, []bool{true, true, true, false}},
 		{"gap then fill", []uint64{10, 5, 9, 5, 9}, []bool{true, true, true, false, false}},
-		{"edge of the window", []uint64{100, 100 - ReplayWindow + 1, 100 - ReplayWindow}, []bool{true, true, false}},
+		{"edge of the window", []uint64{5000, 5000 - ReplayWindow + 1, 5000 - ReplayWindow}, []bool{true, true, false}},
 		{"jump clears the window", []uint64{1, 1 + ReplayWindow, 1, 2}, []bool{true, true, false, true}},
-		{"big jump", []uint64{5, 1000, 6, 999}, []bool{true, true, false, true}},
+		{"big jump", []uint64{5, 5000, 6, 4999}, []bool{true, true, false, true}},
+		{"across words", []uint64{1, 70, 130, 2, 69, 2, 69, 66}, []bool{true, true, true, true, true, false, false, true}},
+		{"deep resend", []uint64{1, 2, 3, 900, 901, 4, 4}, []bool{true, true, true, true, true, true, false}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,5 +249,24 @@ func TestReplayBelowTheWindow(t *testing.T) {
 		}
 		next.rev = 1
 		m = next
+	}
+}
+
+// TestWindowEncoding checks that a window survives the KV value, and that
+// a mark written with the old 64-frame window reads as its first word.
+func TestWindowEncoding(t *testing.T) {
+	var w window
+	for _, k := range []uint64{0, 1, 63, 64, 500, ReplayWindow - 1} {
+		w.set(k)
+	}
+	if got := parseWindow(string(w.appendHex(nil))); got != w {
+		t.Fatalf("round trip: %x, want %x", got, w)
+	}
+	if got := parseWindow("8000000000000001"); got[0] != 0x8000000000000001 || got[1] != 0 {
+		t.Fatalf("old format: %x", got)
+	}
+	s := w.shifted(65)
+	if !s.has(65) || !s.has(66) || !s.has(128) || !s.has(129) || s.has(0) || s.has(64) {
+		t.Fatalf("shifted by 65: %x", s)
 	}
 }

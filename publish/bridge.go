@@ -87,9 +87,7 @@ type Bridge struct {
 
 	countsMu  sync.Mutex
 	counts    map[string]uint64 // readings seen per device
-	delivered map[string]uint64 // per device, the newest READINGS sequence the broker has all of
-	first     map[string]uint64 // per device, the oldest READINGS sequence this process handled
-	failed    map[string]uint64 // per device, the oldest READINGS sequence whose delivery failed
+	delivered recentSet         // READINGS sequences whose MQTT messages the broker has, lately
 
 	store *trackingStore
 	// gate is closed from a connection loss until the new connection has
@@ -140,7 +138,7 @@ func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: map[string]uint64{}, first: map[string]uint64{}, failed: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: newRecentSet(recentDelivered), window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	b.m = newMetrics(o.Metrics, &b.connected)
 	return b, nil
 }
@@ -240,16 +238,14 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	var streamSeq uint64
 	if meta, err := msg.Metadata(); err == nil {
 		streamSeq = meta.Sequence.Stream
-		// A redelivery (an ack lost or late) of a reading this process has
-		// already delivered: READINGS keeps a device's readings in order,
-		// so anything this process handled at or below the newest delivered
-		// one was delivered. What a dead predecessor left unacknowledged
-		// can come after newer readings, and is below what this one handled.
-		if meta.NumDelivered > 1 && b.wasDelivered(r.Device, streamSeq) {
+		// A redelivery (an ack lost or late) of a reading this process
+		// delivered itself, moments ago: skip it. Only the exact sequence
+		// counts: a message lost on its way here is redelivered after newer
+		// ones, and must not be taken for delivered.
+		if meta.NumDelivered > 1 && b.wasDelivered(streamSeq) {
 			b.m.redeliveriesSkipped.Inc()
 			return nil, nil
 		}
-		b.handled(r.Device, streamSeq)
 	}
 	var msgs []Message
 	if b.o.JSONOnly {
@@ -305,7 +301,6 @@ func (d *delivery) Wait(ctx context.Context) error {
 		}
 		if err := t.Error(); err != nil {
 			d.b.m.errors.Inc()
-			d.b.markFailed(d.device, d.seq)
 			return fmt.Errorf("publish: mqtt: %w", err)
 		}
 	}
@@ -322,46 +317,56 @@ func (d *delivery) Wait(ctx context.Context) error {
 			}
 		}
 	}
-	d.b.markDelivered(d.device, d.seq)
+	d.b.markDelivered(d.seq)
 	return nil
 }
 
-// wasDelivered reports whether the broker has everything of the device's
-// READINGS message seq, as far as this process knows: it is at or below
-// the newest delivered one, and below any whose delivery failed (a failed
-// one is redelivered after later ones were delivered).
-func (b *Bridge) wasDelivered(device string, seq uint64) bool {
+// recentDelivered is how many delivered READINGS sequences a bridge
+// remembers: a lost ack brings a message back within AckWait, by when a
+// 2,000-device fleet at 5 readings/s has delivered 60,000 more. A sequence
+// forgotten is published again: a duplicate, never a loss.
+const recentDelivered = 1 << 16
+
+// wasDelivered reports whether this process had every MQTT message of the
+// READINGS message seq acknowledged by the broker, lately.
+func (b *Bridge) wasDelivered(seq uint64) bool {
 	b.countsMu.Lock()
 	defer b.countsMu.Unlock()
-	f, hasFailed := b.failed[device]
-	first, ok := b.first[device]
-	return seq != 0 && ok && seq >= first && seq <= b.delivered[device] && (!hasFailed || seq < f)
+	return b.delivered.has(seq)
 }
 
-// handled notes that this process took on the device's READINGS message seq.
-func (b *Bridge) handled(device string, seq uint64) {
+func (b *Bridge) markDelivered(seq uint64) {
 	b.countsMu.Lock()
 	defer b.countsMu.Unlock()
-	if first, ok := b.first[device]; !ok || seq < first {
-		b.first[device] = seq
-	}
+	b.delivered.add(seq)
 }
 
-func (b *Bridge) markDelivered(device string, seq uint64) {
-	b.countsMu.Lock()
-	defer b.countsMu.Unlock()
-	b.delivered[device] = max(b.delivered[device], seq)
-	if b.failed[device] == seq {
-		delete(b.failed, device)
-	}
+// recentSet remembers the last n sequences added (a ring and an index).
+type recentSet struct {
+	ring []uint64
+	next int
+	set  map[uint64]struct{}
 }
 
-func (b *Bridge) markFailed(device string, seq uint64) {
-	b.countsMu.Lock()
-	defer b.countsMu.Unlock()
-	if f, ok := b.failed[device]; !ok || seq < f {
-		b.failed[device] = seq
+func newRecentSet(n int) recentSet {
+	return recentSet{ring: make([]uint64, n), set: make(map[uint64]struct{}, n)}
+}
+
+func (r *recentSet) has(seq uint64) bool {
+	_, ok := r.set[seq]
+	return ok
+}
+
+func (r *recentSet) add(seq uint64) {
+	if seq == 0 || r.has(seq) {
+		return
 	}
+	if old := r.ring[r.next]; old != 0 {
+		delete(r.set, old)
+	}
+	r.ring[r.next] = seq
+	r.set[seq] = struct{}{}
+	r.next = (r.next + 1) % len(r.ring)
 }
 
 // reopen lets publishing resume once the connection of the given epoch has

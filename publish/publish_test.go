@@ -303,35 +303,30 @@ func BenchmarkTopics(b *testing.B) {
 }
 
 // TestRedeliveryKnowledge: a redelivered reading is skipped only when this
-// process delivered it: handled by this process, at or below the newest
-// delivered, and below any failed delivery of the device.
+// process delivered exactly that READINGS message, lately.
 func TestRedeliveryKnowledge(t *testing.T) {
-	b := &Bridge{delivered: map[string]uint64{}, failed: map[string]uint64{}, first: map[string]uint64{}}
-	for _, seq := range []uint64{10, 12, 14, 15} {
-		b.handled("a", seq)
+	b := &Bridge{delivered: newRecentSet(4)}
+	for _, seq := range []uint64{10, 12, 15} {
+		b.markDelivered(seq)
 	}
-	b.markDelivered("a", 10)
-	b.markDelivered("a", 12)
-	b.markFailed("a", 14)
-	b.markDelivered("a", 15) // delivered after 14 failed; 14 comes back
 	tests := []struct {
-		device string
-		seq    uint64
-		want   bool
+		seq  uint64
+		want bool
 	}{
-		{"a", 10, true}, {"a", 12, true}, {"a", 13, true},
-		{"a", 14, false}, // failed: publish it again
-		{"a", 15, false}, // after the failure: not known for sure
-		{"a", 16, false}, {"b", 1, false}, {"a", 0, false},
-		{"a", 9, false}, // older than anything this process handled: a predecessor's, maybe never delivered
+		{10, true}, {12, true}, {15, true},
+		{11, false}, // lost on its way here, redelivered after newer ones: publish it
+		{14, false}, // failed: publish it again
+		{16, false}, {0, false},
 	}
 	for _, tt := range tests {
-		if got := b.wasDelivered(tt.device, tt.seq); got != tt.want {
-			t.Errorf("wasDelivered(%s, %d) = %v, want %v", tt.device, tt.seq, got, tt.want)
+		if got := b.wasDelivered(tt.seq); got != tt.want {
+			t.Errorf("wasDelivered(%d) = %v, want %v", tt.seq, got, tt.want)
 		}
 	}
-	b.markDelivered("a", 14) // the redelivery of 14 succeeded
-	if !b.wasDelivered("a", 15) {
-		t.Error("after the failed one is delivered, the newer ones count as delivered again")
+	for _, seq := range []uint64{20, 21, 22} {
+		b.markDelivered(seq)
+	}
+	if b.wasDelivered(10) || !b.wasDelivered(15) || !b.wasDelivered(22) {
+		t.Error("the set does not keep exactly the last 4")
 	}
 }

@@ -2,7 +2,8 @@
 # The whole test suite: installs what the tests need (Mosquitto and Chromium
 # from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
 # git-ignored), checks formatting, vet and staticcheck, runs every module's
-# tests and a short run of every fuzz target. Usage: ./scripts/test.sh
+# tests, compiles the firmware for the Pico with TinyGo (firmware/tinygo.sh)
+# and runs every fuzz target briefly. Usage: ./scripts/test.sh
 # Environment: FUZZTIME (per fuzz target, default 3s), TEST_TIMEOUT (default 30m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,9 @@ go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" "${PKGS[@]}"
 # --- tests -------------------------------------------------------------------
 log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
+
+log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
+firmware/tinygo.sh
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

@@ -15,9 +15,10 @@ import (
 // PulseRate is the sample rate of the pulse batches v2 devices send.
 const PulseRate = 250
 
-// MaxUnacked bounds the frames a v2 device keeps for resending: at 20
-// readings/s, 100 s of readings. Beyond it the oldest is dropped, and counted.
-const MaxUnacked = 2000
+// MaxUnacked bounds the frames a v2 device keeps for resending (within the
+// server's replay window of 1,024, so every resent frame is judged): at 20
+// readings/s, 50 s of readings. Beyond it the oldest is dropped, and counted.
+const MaxUnacked = 1000
 
 // v2Device is a v2 device's protocol state: the frames the edge has not
 // acknowledged yet, resent in order after every reconnect.

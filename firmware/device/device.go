@@ -28,7 +28,7 @@ type Board struct {
 	UART         io.ReadWriter    // to the ESP8266, 115200 baud
 	I2C          sensors.I2C      // MPU6050 (SDA GP14, SCL GP15)
 	Pulse        sensors.ADC      // pulse sensor (ADC0, GP26)
-	ChipTemp     sensors.ADC      // RP2040 temperature diode (ADC4)
+	ChipTemp     func() float64   // RP2040 temperature diode (ADC4), °C
 	OneWire      *onewire.Bus     // DS18B20 (GP16)
 	ConfigSwitch Pin              // slide switch: high selects configuration mode (GP3)
 	LED          LED              // GP2

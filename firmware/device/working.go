@@ -155,7 +155,7 @@ func (w *worker) sample() wire.V2Values {
 		d.Stats.SensorErrors++
 	}
 	return wire.V2Values{
-		Temp: w.temp, TempMcu: sensors.ChipTemperature(d.b.ChipTemp.Get()), PulseSig: w.lastPulse,
+		Temp: w.temp, TempMcu: d.b.ChipTemp(), PulseSig: w.lastPulse,
 		AcelX: m.X, AcelY: m.Y, AcelZ: m.Z, TempMpu: m.Temp,
 	}
 }

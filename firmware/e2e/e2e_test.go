@@ -22,6 +22,7 @@ import (
 	"github.com/medpipe/medpipe/firmware/device/page"
 	"github.com/medpipe/medpipe/firmware/esp/espfake"
 	"github.com/medpipe/medpipe/firmware/hwfake"
+	"github.com/medpipe/medpipe/firmware/sensors"
 	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
@@ -127,7 +128,7 @@ func newBoard(t *testing.T, edge string) *fakeBoard {
 	motion.Set(0.01, -0.02, 0.98, 24.5)
 	fb := &fakeBoard{mod: mod, flash: hwfake.NewFlash(device.StorageSize), sw: &hwfake.Pin{}, led: &hwfake.LED{}, motion: motion}
 	fb.Board = &device.Board{
-		UART: uart, I2C: motion, Pulse: pulse, ChipTemp: chip, OneWire: hwfake.NewDS18B20(36.625).Bus(),
+		UART: uart, I2C: motion, Pulse: pulse, ChipTemp: func() float64 { return sensors.ChipTemperature(chip.Get()) }, OneWire: hwfake.NewDS18B20(36.625).Bus(),
 		ConfigSwitch: fb.sw, LED: fb.led, Storage: fb.flash, Rand: rand.Reader,
 		Factory: device.Factory{Serial: "0042", APPassword: "label-passphrase", ProvisioningKey: [16]byte([]byte("provisioning-key"))},
 		Log:     func(s string) { t.Log("firmware: " + s) },

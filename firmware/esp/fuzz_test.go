@@ -1,0 +1,43 @@
+package esp
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// FuzzModemInput feeds the reader whatever a noisy UART could carry,
+// then checks that the driver still resynchronises and answers commands.
+func FuzzModemInput(f *testing.F) {
+	f.Add([]byte("\r\n+IPD,0,5:hello\r\n0,CONNECT\r\n"))
+	f.Add([]byte("+IPD,9,99999:\r\nbusy p...\r\n> \r\nSEND OK\r\n"))
+	f.Add([]byte("+IPD,1,3:ab"))
+	f.Fuzz(func(t *testing.T, noise []byte) {
+		fw, mod := net.Pipe()
+		defer fw.Close()
+		defer mod.Close()
+		m := New(fw, Options{CommandTimeout: 200 * time.Millisecond})
+		go func() {
+			mod.Write(noise)
+			// Answer every command line with OK, as a module would after noise.
+			buf := make([]byte, 256)
+			for {
+				n, err := mod.Read(buf)
+				if err != nil {
+					return
+				}
+				if bytes.Contains(buf[:n], []byte("\r\n")) {
+					io.WriteString(mod, "\r\nOK\r\n")
+				}
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		// A +IPD header can swallow up to 8 KiB of what follows as payload;
+		// the driver must still come back, within Sync's retries.
+		_ = m.Sync(ctx)
+	})
+}
