@@ -398,6 +398,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // rawBytesPerFrame is RAW's stored bytes over its frames.
 func rawBytesPerFrame(ctx context.Context, url string) float64 {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a saturated server answers late
+	defer cancel()
 	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: url, Name: "medpipe-bench-info"})
 	if err != nil {
 		return 0

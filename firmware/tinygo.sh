@@ -12,7 +12,8 @@
 # Environment:
 #   MEDPIPE_TINYGO_CACHE  cache root (default ~/.cache/medpipe); TinyGo source,
 #                         binary and TINYGOROOT live in <cache>/tinygo-0.42.0
-#   MEDPIPE_RP2040_SVD    RP2040 SVD (default <repo>/../shared/firmware/RP2040.svd)
+#   MEDPIPE_RP2040_SVD    RP2040 SVD (default <repo>/../shared/firmware/RP2040.svd,
+#                         or beside the repository a clone was made from)
 #   MEDPIPE_FIRMWARE_OUT  output object (overridden by -o)
 # The first run installs LLVM 19 with apt-get (if missing) and builds TinyGo
 # (a few minutes); later runs reuse the cache. GOWORK=off is set for every go
@@ -45,6 +46,14 @@ CACHE_DIR=${MEDPIPE_TINYGO_CACHE:-$HOME/.cache/medpipe}
 ROOT=$CACHE_DIR/tinygo-$TINYGO_VERSION # the writable source copy == TINYGOROOT
 TINYGO=$ROOT/build/tinygo
 SVD=${MEDPIPE_RP2040_SVD:-$REPO_ROOT/../shared/firmware/RP2040.svd}
+# A clone elsewhere (CI's clean clone) finds the shared folder beside the
+# repository it was cloned from.
+if [ -z "${MEDPIPE_RP2040_SVD:-}" ] && [ ! -f "$SVD" ]; then
+	origin=$(git -C "$REPO_ROOT" config --get remote.origin.url 2>/dev/null || true)
+	if [ -n "$origin" ] && [ -f "$origin/../shared/firmware/RP2040.svd" ]; then
+		SVD=$origin/../shared/firmware/RP2040.svd
+	fi
+fi
 OUT=${MEDPIPE_FIRMWARE_OUT:-$FW_DIR/build/pico.o}
 PKG=./cmd/pico
 

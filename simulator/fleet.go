@@ -257,9 +257,11 @@ func (dev *device) connect(ctx context.Context) bool {
 			dev.f.errors.Add(1)
 			dev.f.o.Log.Debug("edge refused a frame", "device", dev.d.ID, "code", code)
 		})
-		// Resend, in order, what the edge has not acknowledged.
+		// Resend, in order, what the edge has not acknowledged; a saturated
+		// edge must not hold the device (and a stopping fleet) for ever.
 		for _, frame := range dev.v2.pending() {
-			if _, err := c.Write(frame); err != nil {
+			_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(frame); err != nil || ctx.Err() != nil {
 				dev.f.errors.Add(1)
 				dev.disconnect()
 				return false
