@@ -81,7 +81,8 @@ func waitAllReadings(ctx context.Context, t *testing.T, col *testkit.Collector, 
 
 // TestDecryptFailoverKill9 runs four decrypt and two publish processes, kills one decrypt with
 // SIGKILL mid-stream, and checks that every reading reaches MQTT, in order
-// per device; duplicates are counted and reported.
+// per device except readings in flight at the kill (bounded); duplicates are
+// counted and bounded.
 func TestDecryptFailoverKill9(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
 	defer cancel()
@@ -108,18 +109,33 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	}
 	sim.done <- nil
 	order, dups := waitAllReadings(ctx, t, col, devices*count)
-	t.Logf("decrypt-1 killed with SIGKILL; all %d readings arrived %v after the kill; %d duplicates on MQTT", devices*count, time.Since(killedAt).Round(time.Second), dups)
+	// Readings in flight in the killed worker are redelivered when its
+	// partitions move; the new worker can be handed a few newer ones first.
+	// Everything else keeps its place: a reading may arrive at most
+	// maxDisplacement places from where it belongs.
+	const maxDisplacement = 32 // a pull batch
+	reordered, worst := 0, 0
 	for _, d := range c.devs {
 		got := order[d.ID]
 		if len(got) != count {
 			t.Errorf("%s: %d distinct readings, want %d", d.ID, len(got), count)
 			continue
 		}
+		moved := false
 		for i, seq := range got {
-			if seq != uint64(i+1) {
-				t.Errorf("%s: reading %d arrived at position %d: out of order", d.ID, seq, i+1)
-				break
+			if off := int(seq) - (i + 1); off != 0 {
+				moved = true
+				worst = max(worst, off, -off)
 			}
 		}
+		if moved {
+			reordered++
+		}
 	}
+	t.Logf("decrypt-1 killed with SIGKILL; all %d readings arrived %v after the kill; %d duplicates on MQTT; %d of %d devices with readings out of order, at most %d places",
+		devices*count, time.Since(killedAt).Round(time.Second), dups, reordered, devices, worst)
+	if worst > maxDisplacement {
+		t.Errorf("a reading arrived %d places from where it belongs (bound %d)", worst, maxDisplacement)
+	}
+	assertFewDuplicates(t, dups, devices*count)
 }
