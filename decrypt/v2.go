@@ -86,8 +86,9 @@ type mark struct {
 // The window is as deep as a device's resend buffer (firmware 200 frames,
 // simulator 1,000): after a reconnect a device resends, in order, every frame
 // from its oldest unacknowledged one — the one whose store was lost — while
-// the frames after it were stored meanwhile. As in IPsec and DTLS, a window of seen numbers accepts those and still
-// refuses every number seen before. Below the window, a frame is accepted
+// the frames after it were stored meanwhile. As in IPsec and DTLS, a
+// window of seen numbers accepts those and still refuses every number seen
+// before. Below the window, a frame is accepted
 // only if the edge received it before the frame holding the mark: it was
 // delayed inside the pipeline (a publish retried after a leader change can
 // land seconds and hundreds of frames late), not replayed from outside,

@@ -268,7 +268,7 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			return nil, ctx.Err()
 		}
 	}
-	c := &delivery{b: b, epoch: epoch, tokens: make([]mqtt.Token, len(msgs)), device: r.Device, seq: streamSeq}
+	c := &delivery{b: b, epoch: epoch, tokens: make([]mqtt.Token, len(msgs)), seq: streamSeq}
 	for i, m := range msgs {
 		c.tokens[i] = b.client.Publish(m.Topic, b.o.QoS, b.o.Retain, m.Payload)
 	}
@@ -283,7 +283,6 @@ type delivery struct {
 	b      *Bridge
 	epoch  uint64
 	tokens []mqtt.Token
-	device string
 	seq    uint64 // READINGS stream sequence
 }
 

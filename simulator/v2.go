@@ -1,7 +1,6 @@
 package simulator
 
 import (
-	"bufio"
 	"crypto/rand"
 	"errors"
 	"io"
@@ -85,27 +84,8 @@ func (v *v2Device) ack(seq uint64) int {
 
 // readReplies reads the edge's ACK and ERROR frames until the connection ends.
 func (v *v2Device) readReplies(c net.Conn, acked func(int), errored func(code byte)) {
-	r := bufio.NewReader(c)
-	var buf []byte
-	for {
-		raw, err := wire.ReadV2Frame(r, buf, 1024)
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				c.Close() // the write side notices and reconnects
-			}
-			return
-		}
-		buf = raw
-		f, err := wire.ParseV2(raw)
-		if err != nil {
-			c.Close()
-			return
-		}
-		switch f.Type {
-		case wire.V2Ack:
-			acked(v.ack(f.Seq))
-		case wire.V2Error:
-			errored(f.Code)
-		}
+	err := wire.ReadV2Replies(c, func(seq uint64) { acked(v.ack(seq)) }, func(_ uint64, code byte) { errored(code) })
+	if !errors.Is(err, io.EOF) {
+		c.Close() // the write side notices and reconnects
 	}
 }

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bufio"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -168,6 +169,35 @@ func AppendV2Error(dst []byte, seq uint64, code byte, msg string) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, seq)
 	dst = append(dst, code)
 	return append(dst, msg...)
+}
+
+// ReadV2Replies reads the edge's ACK and ERROR frames from a device's
+// connection until it fails, calling ack and refused (which may be nil) for
+// each in order. It returns what ended it: io.EOF when the edge closed the
+// connection cleanly, otherwise a read error or a frame no device should get.
+// The simulator and the firmware both read their replies with it.
+func ReadV2Replies(r io.Reader, ack func(seq uint64), refused func(seq uint64, code byte)) error {
+	br := bufio.NewReaderSize(r, 256)
+	var buf []byte
+	for {
+		raw, err := ReadV2Frame(br, buf, 1024)
+		if err != nil {
+			return err
+		}
+		buf = raw
+		f, err := ParseV2(raw)
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case V2Ack:
+			ack(f.Seq)
+		case V2Error:
+			if refused != nil {
+				refused(f.Seq, f.Code)
+			}
+		}
+	}
 }
 
 // V2Key is a device's AES-128-GCM key for protocol v2, derived from its

@@ -1,8 +1,8 @@
 package device
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -272,23 +272,10 @@ func (w *worker) flush(ctx context.Context) error {
 	return nil
 }
 
-// readAcks reads ACK and ERROR frames from the edge until the link ends.
+// readAcks reads ACK and ERROR frames from the edge until the link ends;
+// a link that carries something else is closed, and reconnected.
 func readAcks(l *esp.Link, acks chan<- uint64) {
-	r := bufio.NewReaderSize(l, 256)
-	var buf []byte
-	for {
-		raw, err := wire.ReadV2Frame(r, buf, 1024)
-		if err != nil {
-			return
-		}
-		buf = raw
-		f, err := wire.ParseV2(raw)
-		if err != nil {
-			l.Close()
-			return
-		}
-		if f.Type == wire.V2Ack {
-			acks <- f.Seq
-		}
+	if err := wire.ReadV2Replies(l, func(seq uint64) { acks <- seq }, nil); !errors.Is(err, io.EOF) {
+		l.Close()
 	}
 }
