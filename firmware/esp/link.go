@@ -25,9 +25,6 @@ func newLink(m *Modem, id int, server bool) *Link {
 	return &Link{m: m, id: id, server: server, notify: make(chan struct{}, 1)}
 }
 
-// ID returns the module's link id (0-4).
-func (l *Link) ID() int { return l.id }
-
 // SetReadTimeout bounds every later Read (0: wait for ever).
 func (l *Link) SetReadTimeout(d time.Duration) {
 	l.mu.Lock()

@@ -82,30 +82,16 @@ func (p *Pin) Set(high bool) { p.v.Store(high) }
 // Get returns the level.
 func (p *Pin) Get() bool { return p.v.Load() }
 
-// LED records the LED's state changes.
-type LED struct {
-	on      atomic.Bool
-	changes atomic.Int64
-}
+// LED is the status LED.
+type LED struct{ on atomic.Bool }
 
 // Set switches the LED.
-func (l *LED) Set(on bool) {
-	if l.on.Swap(on) != on {
-		l.changes.Add(1)
-	}
-}
-
-// On reports whether the LED is lit.
-func (l *LED) On() bool { return l.on.Load() }
-
-// Changes counts how often the LED changed.
-func (l *LED) Changes() int64 { return l.changes.Load() }
+func (l *LED) Set(on bool) { l.on.Store(on) }
 
 // Flash is a region of flash memory, erased to 0xFF.
 type Flash struct {
-	mu     sync.Mutex
-	data   []byte
-	writes int
+	mu   sync.Mutex
+	data []byte
 }
 
 // NewFlash returns an erased region of size bytes.
@@ -135,15 +121,7 @@ func (f *Flash) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > int64(len(f.data)) {
 		return 0, errors.New("flash: out of range")
 	}
-	f.writes++
 	return copy(f.data[off:], p), nil
-}
-
-// Writes counts the writes, to check wear.
-func (f *Flash) Writes() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.writes
 }
 
 // DS18B20 is a temperature sensor on a simulated 1-Wire line. Time is

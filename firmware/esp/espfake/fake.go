@@ -34,17 +34,15 @@ type Module struct {
 
 	wmu sync.Mutex // serialises writes to the UART
 
-	mu       sync.Mutex
-	mode     int
-	mux      bool
-	echo     bool
-	ap       AP
-	joined   string
-	links    [5]net.Conn
-	ln       net.Listener
-	busy     int
-	commands []string
-	closed   bool
+	mu     sync.Mutex
+	mode   int
+	mux    bool
+	echo   bool
+	ap     AP
+	joined string
+	links  [5]net.Conn
+	ln     net.Listener
+	busy   int
 }
 
 // AP is the access point configuration set with CWSAP.
@@ -70,7 +68,6 @@ func New(o Options) (*Module, net.Conn) {
 // Close stops the module: its UART, links and server.
 func (m *Module) Close() error {
 	m.mu.Lock()
-	m.closed = true
 	links, ln := m.links, m.ln
 	m.mu.Unlock()
 	for _, c := range links {
@@ -113,13 +110,6 @@ func (m *Module) Mode() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.mode
-}
-
-// Commands returns every command received, in order.
-func (m *Module) Commands() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]string(nil), m.commands...)
 }
 
 // Busy makes the next n commands answer "busy p..." as a module still
@@ -170,7 +160,6 @@ func (m *Module) serve() {
 			continue
 		}
 		m.mu.Lock()
-		m.commands = append(m.commands, line)
 		echo, busy := m.echo, m.busy > 0
 		if busy {
 			m.busy--
