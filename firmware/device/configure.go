@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/medpipe/medpipe/firmware/device/page"
@@ -54,24 +55,42 @@ func (d *Device) Configure(ctx context.Context) (Config, error) {
 		}
 	}
 	d.log("configuration mode: join Wi-Fi medpipe-%s, open http://192.168.4.1/", f.Serial)
+	// Each link is served on its own: a browser opens spare connections
+	// that may stay silent, and one must not hold up the others.
+	serving, stop := context.WithCancel(ctx)
+	defer stop()
 	s := &configServer{d: d}
-	for {
-		l, err := m.Accept(ctx)
-		if err != nil {
-			return Config{}, err
+	stored := make(chan Config, 1)
+	go func() {
+		for {
+			l, err := m.Accept(serving)
+			if err != nil {
+				return
+			}
+			go func() {
+				defer l.Close()
+				if cfg, done := s.serve(serving, l); done {
+					select {
+					case stored <- cfg:
+					default:
+					}
+				}
+			}()
 		}
-		cfg, done := s.serve(ctx, l)
-		l.Close()
-		if done {
-			d.log("configuration stored for device %s", cfg.Device.ID)
-			d.b.LED.Set(false)
-			return cfg, nil
-		}
+	}()
+	select {
+	case cfg := <-stored:
+		d.log("configuration stored for device %s", cfg.Device.ID)
+		d.b.LED.Set(false)
+		return cfg, nil
+	case <-ctx.Done():
+		return Config{}, ctx.Err()
 	}
 }
 
 type configServer struct {
 	d         *Device
+	mu        sync.Mutex
 	challenge []byte // outstanding single-use challenge, nil when none
 }
 
@@ -135,6 +154,9 @@ func readLine(r *bufio.Reader) (string, error) {
 func (s *configServer) serve(ctx context.Context, l *esp.Link) (Config, bool) {
 	l.SetReadTimeout(10 * time.Second)
 	req, err := readRequest(bufio.NewReaderSize(l, 512))
+	if errors.Is(err, esp.ErrTimeout) || errors.Is(err, io.EOF) {
+		return Config{}, false // a spare connection that never asked: close it without an answer
+	}
 	if err != nil {
 		s.reply(ctx, l, 400, "text/plain", nil, []byte("bad request: "+err.Error()))
 		return Config{}, false
@@ -148,7 +170,9 @@ func (s *configServer) serve(ctx context.Context, l *esp.Link) (Config, bool) {
 			s.reply(ctx, l, 500, "text/plain", nil, []byte("no randomness"))
 			return Config{}, false
 		}
+		s.mu.Lock()
 		s.challenge = c
+		s.mu.Unlock()
 		s.reply(ctx, l, 200, "text/plain", nil, []byte(hex.EncodeToString(c)))
 	case req.method == "POST" && req.path == "/config":
 		cfg, err := s.configure(req.body)
@@ -181,10 +205,13 @@ func (s *configServer) configure(body []byte) (Config, error) {
 		return Config{}, fmt.Errorf("%w: form", ErrConfig)
 	}
 	// The challenge is single-use: a recorded submission cannot be replayed.
-	if s.challenge == nil || !bytes.Equal(challenge, s.challenge) {
+	s.mu.Lock()
+	ok := s.challenge != nil && bytes.Equal(challenge, s.challenge)
+	s.challenge = nil
+	s.mu.Unlock()
+	if !ok {
 		return Config{}, ErrAuth
 	}
-	s.challenge = nil
 	plain, err := eaxOpen(s.d.b.Factory.ProvisioningKey[:], nonce, challenge, sealed)
 	if err != nil {
 		return Config{}, err
