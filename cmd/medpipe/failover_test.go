@@ -111,31 +111,13 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	order, dups := waitAllReadings(ctx, t, col, devices*count)
 	// Readings in flight in the killed worker are redelivered when its
 	// partitions move; the new worker can be handed a few newer ones first.
-	// Everything else keeps its place: a reading may arrive at most
-	// maxDisplacement places from where it belongs.
-	const maxDisplacement = 32 // a pull batch
-	reordered, worst := 0, 0
 	for _, d := range c.devs {
-		got := order[d.ID]
-		if len(got) != count {
-			t.Errorf("%s: %d distinct readings, want %d", d.ID, len(got), count)
-			continue
-		}
-		moved := false
-		for i, seq := range got {
-			if off := int(seq) - (i + 1); off != 0 {
-				moved = true
-				worst = max(worst, off, -off)
-			}
-		}
-		if moved {
-			reordered++
+		if got := len(order[d.ID]); got != count {
+			t.Errorf("%s: %d distinct readings, want %d", d.ID, got, count)
 		}
 	}
+	reordered, worst := assertDisplacement(t, order, maxDisplacement)
 	t.Logf("decrypt-1 killed with SIGKILL; all %d readings arrived %v after the kill; %d duplicates on MQTT; %d of %d devices with readings out of order, at most %d places",
 		devices*count, time.Since(killedAt).Round(time.Second), dups, reordered, devices, worst)
-	if worst > maxDisplacement {
-		t.Errorf("a reading arrived %d places from where it belongs (bound %d)", worst, maxDisplacement)
-	}
 	assertFewDuplicates(t, dups, devices*count)
 }

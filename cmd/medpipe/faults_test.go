@@ -12,7 +12,8 @@ import (
 // SIGTERM, and starts it again, while simulated devices send. It counts
 // every reading on MQTT: none may be lost; after SIGTERM (a graceful
 // drain) none may arrive twice and the drain must end within its bound;
-// after SIGKILL duplicates are counted and bounded by what was in flight.
+// after SIGKILL duplicates are counted and bounded by what was in flight,
+// and readings in flight may arrive a few places late.
 // Ingest faults use v2 devices: only v2 readings are acknowledged to the
 // device, so only they can be promised across an ingest restart (a
 // legacy device's bytes in flight die with the connection).
@@ -92,7 +93,16 @@ func TestStageFaults(t *testing.T) {
 			if dups > 8*512 {
 				t.Errorf("%d duplicates: more than could have been in flight", dups)
 			}
-			assertInOrder(t, order)
+			if tt.signal == syscall.SIGTERM {
+				assertInOrder(t, order)
+				return
+			}
+			// A reading in flight at the kill may reach the broker only when
+			// the new process publishes it again, after a newer one the old
+			// process got through (seen 1 place, in 5 of 30 devices, under CI
+			// load; the MQTT session that held it died with the process).
+			reordered, worst := assertDisplacement(t, order, maxDisplacement)
+			t.Logf("%d of %d devices with readings out of order, at most %d places", reordered, devices, worst)
 		})
 	}
 }

@@ -130,6 +130,34 @@ func assertInOrder(t *testing.T, order map[string][]uint64) {
 	}
 }
 
+// maxDisplacement bounds how far from its place a reading may arrive after a
+// stage is killed (a pull batch): readings in flight at the kill come again
+// after a few newer ones that had already gone through.
+const maxDisplacement = 32
+
+// assertDisplacement checks that every device's readings arrived at most
+// bound places from where they belong, and reports how many devices had any
+// out of place and the largest displacement seen.
+func assertDisplacement(t *testing.T, order map[string][]uint64, bound int) (reordered, worst int) {
+	t.Helper()
+	for _, seqs := range order {
+		moved := false
+		for i, seq := range seqs {
+			if off := int(seq) - (i + 1); off != 0 {
+				moved = true
+				worst = max(worst, off, -off)
+			}
+		}
+		if moved {
+			reordered++
+		}
+	}
+	if worst > bound {
+		t.Errorf("a reading arrived %d places from where it belongs (bound %d)", worst, bound)
+	}
+	return reordered, worst
+}
+
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop(t *testing.T, within time.Duration) {
 	t.Helper()
