@@ -18,6 +18,18 @@ type Completion interface {
 	Wait(ctx context.Context) error
 }
 
+// StagedCompletion is a Completion whose output may be started only once a
+// first step has succeeded (decrypt stores a v2 device's high-water mark
+// before the reading that advanced it). ConsumePartitions calls Start in
+// partition order, each once the messages before it were started but
+// without waiting for their outputs to be durable, so that the first steps
+// and the outputs of consecutive messages overlap instead of each costing
+// a round trip in turn. A Start error counts as a failed Wait.
+type StagedCompletion interface {
+	Completion
+	Start(ctx context.Context) error
+}
+
 // HandleFunc processes one message in partition order. It returns a
 // Completion for its output (nil when there is nothing to wait for), or an
 // error when the message could not be processed now; it is then redelivered.
@@ -102,6 +114,7 @@ func collect(errs <-chan error) []error {
 type inFlight struct {
 	msg  jetstream.Msg
 	done Completion
+	err  error // a StagedCompletion's Start failed
 }
 
 func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetstream.Consumer, p int, o ConsumeOptions) error {
@@ -118,10 +131,15 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	stop := context.AfterFunc(ctx, it.Drain) // deliver what is buffered, pull no more
 	defer stop()
 
+	// handled → started → acknowledged, each stage in partition order;
+	// slots bounds the messages between handling and acknowledgement.
+	slots := make(chan struct{}, o.MaxInFlight)
+	handled := make(chan inFlight, o.MaxInFlight)
 	pending := make(chan inFlight, o.MaxInFlight)
 	var live inFlightSet
 	var acker sync.WaitGroup
-	acker.Go(func() { ackInOrder(work, pending, &live, o.Log) })
+	acker.Go(func() { startInOrder(work, handled, pending) })
+	acker.Go(func() { ackInOrder(work, pending, &live, slots, o.Log) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 
 	// Take messages out of the client's buffer at once, so that every
@@ -152,6 +170,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	}()
 	stopped := false
 	for msg := range incoming {
+		slots <- struct{}{}
 		var done Completion
 		if !stopped {
 			done, err = handleInPlace(ctx, work, msg, p, o)
@@ -160,11 +179,12 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 		if stopped { // the message comes back later; nothing after it is handled before it
 			live.remove(msg)
 			_ = msg.NakWithDelay(time.Second)
+			<-slots
 			continue
 		}
-		pending <- inFlight{msg, done}
+		handled <- inFlight{msg: msg, done: done}
 	}
-	close(pending)
+	close(handled)
 	acker.Wait()
 	if ctx.Err() != nil && work.Err() == nil && !stopped {
 		unpinIfOurs(js, c, pinID, o)
@@ -224,9 +244,21 @@ func handleInPlace(ctx, work context.Context, msg jetstream.Msg, p int, o Consum
 	}
 }
 
+// startInOrder starts the outputs of staged completions in the order their
+// messages were handled, and passes every message on to be acknowledged.
+func startInOrder(ctx context.Context, handled <-chan inFlight, pending chan<- inFlight) {
+	defer close(pending)
+	for f := range handled {
+		if s, ok := f.done.(StagedCompletion); ok {
+			f.err = s.Start(ctx)
+		}
+		pending <- f
+	}
+}
+
 // ackInOrder acknowledges messages in the order they were handled, each once
-// its output is durable.
-func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, log *slog.Logger) {
+// its output is durable, and frees their slots.
+func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, log *slog.Logger) {
 	defer live.close()
 	for f := range pending {
 		// The message stays alive (in-progress acks) until its output is
@@ -234,17 +266,23 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		// would be handled twice, and a v2 frame handled twice looks like a
 		// replay of itself.
 		if f.done != nil {
-			if err := f.done.Wait(ctx); err != nil {
+			err := f.err
+			if err == nil {
+				err = f.done.Wait(ctx)
+			}
+			if err != nil {
 				log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
 				live.remove(f.msg)
 				if ctx.Err() == nil {
 					_ = f.msg.NakWithDelay(time.Second)
 				}
+				<-slots
 				continue
 			}
 		}
 		live.remove(f.msg)
 		_ = f.msg.Ack()
+		<-slots
 	}
 }
 

@@ -40,7 +40,7 @@ type memMarks struct {
 	seen map[string]mark
 }
 
-func (m *memMarks) advance(_ context.Context, device string, f frameRef) (bool, error) {
+func (m *memMarks) advance(_ context.Context, device string, f frameRef) (bool, *markWrite, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	next, ok := m.seen[device].accepts(f)
@@ -48,5 +48,5 @@ func (m *memMarks) advance(_ context.Context, device string, f frameRef) (bool, 
 		next.rev = 1 // "a mark exists": there is no bucket revision here
 		m.seen[device] = next
 	}
-	return ok, nil
+	return ok, nil, nil
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	frames, searches, candidates, ambiguous prometheus.Counter
 	cacheHits, cacheMisses, publishErrors   prometheus.Counter
 	registryUpdates, sharedHits             prometheus.Counter
+	markConflicts                           prometheus.Counter
 	readings, deadLetters                   *prometheus.CounterVec
 }
 
@@ -41,6 +42,7 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 		publishErrors:   c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
 		sharedHits:      c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates: c("registry_updates_total", "Device registry changes applied to the key index."),
+		markConflicts:   c("mark_write_failures_total", "v2 high-water mark writes refused (another worker moved the mark) or lost; their frames are decided again."),
 		readings:        vec("readings_total", "Readings published, by protocol and legacy variant.", "protocol", "variant"),
 		deadLetters:     vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
 	}

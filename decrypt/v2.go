@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
@@ -40,7 +41,7 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 	if err != nil {
 		return dead(bus.ReasonInvalid, fr.Device, err)
 	}
-	fresh, err := w.marks.advance(ctx, fr.Device, frameRef{fr.Seq, f.seq, f.received.UnixNano()})
+	fresh, write, err := w.marks.advance(ctx, fr.Device, frameRef{fr.Seq, f.seq, f.received.UnixNano()})
 	if err != nil {
 		return Outcome{}, err // the mark store is unreachable: retry the frame later
 	}
@@ -52,12 +53,13 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 	r.Protocol, r.Variant, r.Seq = bus.ProtocolV2, "", fr.Seq
 	r.DeviceTime = time.UnixMilli(p.Time).UTC()
 	r.Pulse = p.Pulse
-	return Outcome{Reading: r}, nil
+	return Outcome{Reading: r, mark: write}, nil
 }
 
-// highWater decides whether a v2 sequence number is new for its device.
+// highWater decides whether a v2 sequence number is new for its device,
+// and returns the write that records it, if any.
 type highWater interface {
-	advance(ctx context.Context, device string, f frameRef) (bool, error)
+	advance(ctx context.Context, device string, f frameRef) (bool, *markWrite, error)
 }
 
 // frameRef is what the replay check knows of a v2 frame: its sequence
@@ -178,61 +180,134 @@ func (m mark) accepts(f frameRef) (mark, bool) {
 // seqMarks keeps v2 high-water marks in a KV bucket with compare-and-set,
 // so that every worker refuses a replay, with a local copy of the marks
 // this worker wrote (v2 partitions are pinned per device, so it is
-// usually current; a conflict reloads it).
+// usually current; a failed write drops it, and the next frame reloads it).
+//
+// Writes are asynchronous, so that a partition does not wait a round trip
+// per frame: the reading of a frame is published only once the mark that
+// accepted it is stored (see v2Output), and a device's next frame is
+// decided only once its previous mark write has an answer, so each write
+// is a compare-and-set against a known revision.
 type seqMarks struct {
+	js    jetstream.JetStream
 	kv    jetstream.KeyValue
 	mu    sync.Mutex
-	local map[string]mark
+	local map[string]*markEntry
 }
 
-func newSeqMarks(kv jetstream.KeyValue) *seqMarks {
-	return &seqMarks{kv: kv, local: map[string]mark{}}
+// markEntry is this worker's view of a device's mark: m, stored once write
+// (when not nil) succeeds.
+type markEntry struct {
+	m     mark
+	write *markWrite
 }
 
-// advance reports whether seq is new for device and, if so, records it.
-// The same RAW message seen again (a redelivery after a crash) is new.
-func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool, error) {
-	for attempt := 0; attempt < 5; attempt++ {
-		m, err := s.get(ctx, device)
-		if err != nil {
-			return false, err
-		}
-		next, ok := m.accepts(f)
-		if !ok {
-			return false, nil
-		}
-		if next == m {
-			return true, nil
-		}
-		value := fmt.Appendf(nil, "%d %d ", next.seq, next.raw)
-		value = next.seen.appendHex(value)
-		value = fmt.Appendf(value, " %d %d %d", next.lastSeq, next.lastRaw, next.recv)
-		if m.rev == 0 {
-			next.rev, err = s.kv.Create(ctx, device, value)
-		} else {
-			next.rev, err = s.kv.Update(ctx, device, value, m.rev)
-		}
-		if err == nil {
-			s.mu.Lock()
-			s.local[device] = next
-			s.mu.Unlock()
-			return true, nil
-		}
-		// Another worker moved the mark: reload and decide again.
-		s.mu.Lock()
-		delete(s.local, device)
-		s.mu.Unlock()
+func newSeqMarks(js jetstream.JetStream, kv jetstream.KeyValue) *seqMarks {
+	return &seqMarks{js: js, kv: kv, local: map[string]*markEntry{}}
+}
+
+// advance reports whether frame f is new for device and, if so, returns the
+// write that records it (nil when nothing changed: the RAW message accepted
+// last, handled again). The reading must wait for the write.
+func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool, *markWrite, error) {
+	m, err := s.current(ctx, device)
+	if err != nil {
+		return false, nil, err
 	}
-	return false, errors.New("decrypt: high-water mark kept changing under concurrent updates")
-}
-
-func (s *seqMarks) get(ctx context.Context, device string) (mark, error) {
+	next, ok := m.accepts(f)
+	if !ok {
+		return false, nil, nil
+	}
+	if next == m {
+		return true, nil, nil
+	}
+	value := fmt.Appendf(nil, "%d %d ", next.seq, next.raw)
+	value = next.seen.appendHex(value)
+	value = fmt.Appendf(value, " %d %d %d", next.lastSeq, next.lastRaw, next.recv)
+	msg := &nats.Msg{Subject: kvSubject(s.kv, device), Data: value}
+	fut, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(m.rev), bus.Backpressure)
+	if err != nil {
+		return false, nil, fmt.Errorf("decrypt: store high-water mark: %w", err)
+	}
+	w := &markWrite{fut: fut, turn: make(chan struct{}, 1)}
 	s.mu.Lock()
-	m, ok := s.local[device]
+	s.local[device] = &markEntry{m: next, write: w}
 	s.mu.Unlock()
-	if ok {
-		return m, nil
+	return true, w, nil
+}
+
+// current is the device's stored mark: the local copy once its write is
+// answered, or the bucket's.
+func (s *seqMarks) current(ctx context.Context, device string) (mark, error) {
+	s.mu.Lock()
+	e := s.local[device]
+	s.mu.Unlock()
+	if e != nil && e.write != nil {
+		rev, err := e.write.wait(ctx)
+		s.mu.Lock()
+		if s.local[device] == e {
+			if err != nil {
+				delete(s.local, device) // another worker moved it, or the write was lost: reload
+			} else {
+				e.m.rev, e.write = rev, nil
+			}
+		}
+		s.mu.Unlock()
+		if err != nil {
+			if ctx.Err() != nil {
+				return mark{}, ctx.Err()
+			}
+			e = nil
+		}
 	}
+	if e != nil {
+		return e.m, nil
+	}
+	return s.load(ctx, device)
+}
+
+// markWrite is one asynchronous mark write; both the device's next frame
+// and the frame's own output wait for it, so its answer is read once and
+// kept.
+type markWrite struct {
+	fut  jetstream.PubAckFuture
+	turn chan struct{} // held by the one reading the future
+	done bool
+	rev  uint64
+	err  error
+}
+
+// wait returns the revision the write made, or why it failed (a revision
+// mismatch: another worker moved the mark).
+func (w *markWrite) wait(ctx context.Context) (uint64, error) {
+	select {
+	case w.turn <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-w.turn }()
+	if !w.done {
+		select {
+		case ack := <-w.fut.Ok():
+			w.rev = ack.Sequence
+		case err := <-w.fut.Err():
+			w.err = fmt.Errorf("decrypt: store high-water mark: %w", err)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		w.done = true
+	}
+	return w.rev, w.err
+}
+
+// kvSubject is the subject JetStream stores a key of bucket kv under (a
+// bucket of this cluster, neither mirrored nor in another domain).
+func kvSubject(kv jetstream.KeyValue, key string) string {
+	return "$KV." + kv.Bucket() + "." + key
+}
+
+// load reads the device's mark from the bucket.
+func (s *seqMarks) load(ctx context.Context, device string) (mark, error) {
+	var m mark
 	e, err := s.kv.Get(ctx, device)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return mark{}, nil

@@ -126,17 +126,23 @@ func TestSeqMarksConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := newSeqMarks(kv), newSeqMarks(kv)
+	a, b := newSeqMarks(js, kv), newSeqMarks(js, kv)
 	var mu sync.Mutex
 	accepted := map[uint64]int{}
 	var wg sync.WaitGroup
 	for i, s := range []*seqMarks{a, b} {
 		wg.Go(func() {
 			for seq := uint64(1); seq <= 100; seq++ {
-				ok, err := s.advance(t.Context(), "dev", frameRef{seq: seq, raw: uint64(1000*(i+1)) + seq})
+				ok, write, err := s.advance(t.Context(), "dev", frameRef{seq: seq, raw: uint64(1000*(i+1)) + seq})
 				if err != nil {
 					t.Error(err)
 					return
+				}
+				if ok && write != nil {
+					// Accepted only once stored: a write refused because the
+					// other worker moved the mark leaves no reading.
+					_, err := write.wait(t.Context())
+					ok = err == nil
 				}
 				if ok {
 					mu.Lock()
@@ -155,11 +161,14 @@ func TestSeqMarksConcurrent(t *testing.T) {
 	if accepted[100] != 1 {
 		t.Fatal("the last sequence number was accepted by neither")
 	}
-	m, _ := a.get(t.Context(), "dev")
-	if ok, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: m.raw}); !ok {
+	m, err := a.current(t.Context(), "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: m.raw}); !ok {
 		t.Fatal("a redelivery of the RAW message holding the mark was refused")
 	}
-	if ok, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: 5555}); ok {
+	if ok, _, _ := a.advance(t.Context(), "dev", frameRef{seq: 100, raw: 5555}); ok {
 		t.Fatal("the same sequence number in another RAW message was accepted")
 	}
 }

@@ -103,7 +103,7 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	}
 	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log}
 	if o.Seqs != nil {
-		w.marks = newSeqMarks(o.Seqs)
+		w.marks = newSeqMarks(js, o.Seqs)
 	}
 	w.bufs.New = func() any { return &scratch{} }
 	return w, nil
@@ -223,7 +223,39 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if out.Reading == nil {
 		return w.deadLetter(f, out)
 	}
+	if out.mark != nil {
+		return &v2Output{w: w, mark: out.mark, reading: out.Reading}, nil
+	}
 	return w.publishReading(out.Reading)
+}
+
+// v2Output publishes a v2 reading once the high-water mark that accepted
+// it is stored: a mark write that fails (another worker moved the mark
+// meanwhile) leaves no reading behind, and the frame is decided again.
+type v2Output struct {
+	w       *Worker
+	mark    *markWrite
+	reading *bus.Reading
+	out     bus.Completion
+}
+
+// Start waits for the mark write and publishes the reading.
+func (o *v2Output) Start(ctx context.Context) error {
+	if _, err := o.mark.wait(ctx); err != nil {
+		o.w.m.markConflicts.Inc()
+		return err
+	}
+	var err error
+	o.out, err = o.w.publishReading(o.reading)
+	return err
+}
+
+// Wait waits until READINGS has the reading.
+func (o *v2Output) Wait(ctx context.Context) error {
+	if o.out == nil {
+		return errors.New("decrypt: v2 reading not started")
+	}
+	return o.out.Wait(ctx)
 }
 
 // Outcome is what decrypt makes of one RAW frame: a reading for READINGS,
@@ -233,6 +265,8 @@ type Outcome struct {
 	Reason  bus.Reason   // dead letters: why
 	Device  string       // dead letters: the device, where known
 	Err     error        // dead letters: what failed (never key material)
+
+	mark *markWrite // a v2 reading: the high-water mark write it waits for
 }
 
 // dead is the Outcome of a frame that goes to DEADLETTER.
@@ -262,7 +296,7 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 	if need := 2 * len(sc.ct); cap(sc.plain) < need { // what Open needs, so that it does not allocate
 		sc.plain = make([]byte, need)
 	}
-	id, known, err := w.identify(ctx, sc, f.conn)
+	id, known, err := w.identify(ctx, sc, f.conn, f.frameSeq)
 	switch {
 	case errors.Is(err, ErrUnknownDevice):
 		return dead(bus.ReasonUnknownDevice, "", err)
@@ -275,16 +309,19 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 		return dead(bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
 	}
 	if !known {
-		w.remember(ctx, f.conn, connDevice{id.Device, id.Variant})
+		w.remember(f.conn, connDevice{id.Device, id.Variant})
 	}
 	return Outcome{Reading: w.reading(f, &id)}, nil
 }
 
 // identify opens the frame with the connection's known key, or searches.
-// known reports that the connection's cached device opened it.
-func (w *Worker) identify(ctx context.Context, sc *scratch, conn string) (Identified, bool, error) {
+// known reports that the connection's cached device opened it. A
+// connection's first frame is searched for at once: no worker can have
+// seen the connection yet, and a round trip to the shared store, which
+// slows with the server's load, would hold the partition for nothing.
+func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSeq uint64) (Identified, bool, error) {
 	c, ok := w.cache.get(conn)
-	if !ok {
+	if !ok && frameSeq > 1 {
 		if c, ok = w.shared(ctx, conn); ok {
 			w.cache.put(conn, c)
 		}
@@ -326,12 +363,17 @@ func (w *Worker) shared(ctx context.Context, conn string) (connDevice, bool) {
 }
 
 // remember caches a connection's device here and for the other workers.
-func (w *Worker) remember(ctx context.Context, conn string, d connDevice) {
+// The shared entry is a hint that spares another worker a search after a
+// partition moves, so it is published without waiting for JetStream's
+// answer: a synchronous put per new connection held the partition for a
+// round trip, which under load (10,000 devices connecting) cost more than
+// everything else decrypt does. A lost hint costs one search.
+func (w *Worker) remember(conn string, d connDevice) {
 	w.cache.put(conn, d)
 	if w.o.Conns == nil {
 		return
 	}
-	if _, err := w.o.Conns.Put(ctx, conn, []byte(d.device+" "+d.variant.String())); err != nil {
+	if err := w.js.Conn().Publish(kvSubject(w.o.Conns, conn), []byte(d.device+" "+d.variant.String())); err != nil {
 		w.log.Warn("could not share a connection's device", "conn", conn, "err", err)
 	}
 }

@@ -67,6 +67,13 @@ type Options struct {
 	FrameTimeout time.Duration
 	// IdleTimeout closes a connection that sends nothing for this long (default 2 min).
 	IdleTimeout time.Duration
+	// MaxPendingFrames bounds frames published to RAW and not yet
+	// acknowledged, over all connections (default 2048). Keep it below the
+	// JetStream context's own bound (bus.ConnectOptions.MaxPendingPublishes,
+	// default 4096): connections wait here, one woken per acknowledgement,
+	// whereas nats.go wakes every stalled publisher at once, which with
+	// thousands of connections costs more than the publishes themselves.
+	MaxPendingFrames int
 	// DrainTimeout bounds the wait for pending publishes at shutdown (default 10 s).
 	DrainTimeout time.Duration
 	// Log receives connection events; nil uses slog.Default().
@@ -109,6 +116,9 @@ func (o *Options) setDefaults() error {
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 10 * time.Second
 	}
+	if o.MaxPendingFrames <= 0 {
+		o.MaxPendingFrames = 2048
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -134,6 +144,7 @@ type Edge struct {
 	log     *slog.Logger
 	m       *metrics
 	pending chan pendingPublish
+	window  chan struct{} // one slot per frame awaiting RAW's ack
 
 	connSeq     atomic.Uint64
 	active      atomic.Int64
@@ -195,6 +206,7 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 		js: js, o: o, ln: ln, tlsLn: tlsLn, log: o.Log,
 		m:        newMetrics(o.Metrics),
 		pending:  make(chan pendingPublish, 8192),
+		window:   make(chan struct{}, o.MaxPendingFrames),
 		conns:    map[net.Conn]struct{}{},
 		perIP:    map[string]int{},
 		byID:     map[string]*conn{},
@@ -462,9 +474,7 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 		e.throttle(cn)
 		msg := e.rawMsg(cn, cn.id, bus.ProtocolLegacy, seq, frame)
 		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
-		// Blocks while too many publishes are pending: a slow JetStream
-		// slows this socket's reads instead of growing memory.
-		f, err := e.js.PublishMsgAsync(msg, bus.Backpressure)
+		f, err := e.publish(msg)
 		if err != nil {
 			if !e.retry(msg, err) && e.abandon.Err() != nil {
 				e.unconfirmed.Add(1)
@@ -508,7 +518,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
 				msg.Header.Set(jetstream.MsgIDHeader, f.Device+":"+strconv.FormatUint(f.Seq, 10))
-				fut, perr := e.js.PublishMsgAsync(msg, bus.Backpressure)
+				fut, perr := e.publish(msg)
 				if perr != nil {
 					fut = nil
 					if !e.retry(msg, perr) {
@@ -607,6 +617,23 @@ func (e *Edge) closed(cn *conn, err error, frames uint64) {
 	}
 }
 
+// publish stores a frame in RAW asynchronously once the edge's window has
+// room; the slot is freed when awaitStored has the outcome. Blocking here
+// while too many frames are pending is how a slow JetStream slows the
+// sockets' reads instead of growing memory.
+func (e *Edge) publish(msg *nats.Msg) (jetstream.PubAckFuture, error) {
+	select {
+	case e.window <- struct{}{}:
+	case <-e.abandon.Done():
+		return nil, fmt.Errorf("ingest: frame not published: %w", e.abandon.Err())
+	}
+	f, err := e.js.PublishMsgAsync(msg, bus.Backpressure)
+	if err != nil {
+		<-e.window
+	}
+	return f, err
+}
+
 // watchAcks waits for publish acks in publishing order and retries failures.
 // One goroutine serves every legacy connection: futures resolve in roughly
 // publishing order, so waiting on them in order costs little.
@@ -627,6 +654,7 @@ const (
 
 // awaitStored waits for a publish's ack, retrying on failure.
 func (e *Edge) awaitStored(p pendingPublish) publishOutcome {
+	defer func() { <-e.window }()
 	if e.abandon.Err() != nil {
 		e.unconfirmed.Add(1)
 		return unconfirmed

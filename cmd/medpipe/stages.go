@@ -58,6 +58,7 @@ type ingestFlags struct {
 	maxRate     float64
 	maxBad      int
 	maxFrame    int
+	maxPending  int
 	idleGap     time.Duration
 	idleTimeout time.Duration
 	tlsListen   string
@@ -73,6 +74,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
 	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
 	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
+	fs.IntVar(&f.maxPending, "max-pending-frames", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
@@ -80,7 +82,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (ingest.Options, error) {
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
-		IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 	}
 	if f.tls.set() {
 		cfg, err := f.tls.serverConfig()
