@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/wire"
@@ -277,5 +278,60 @@ func TestWindowEncoding(t *testing.T) {
 	s := w.shifted(65)
 	if !s.has(65) || !s.has(66) || !s.has(128) || !s.has(129) || s.has(0) || s.has(64) {
 		t.Fatalf("shifted by 65: %x", s)
+	}
+}
+
+// TestStaleMarkLetsNoReplayThrough: a worker whose copy of a device's mark
+// is stale (another worker accepted newer frames meanwhile) decides a
+// replay of one of those frames as new; its mark write is refused, and the
+// reading must not reach READINGS before that answer: the frame comes back,
+// is decided against the stored mark, and dead-lettered as a replay.
+func TestStaleMarkLetsNoReplayThrough(t *testing.T) {
+	js := setup(t)
+	devs := loadKeys(t)
+	d := devs[3]
+	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(js, Options{Keys: devs, Partitions: parts, Seqs: kv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	publishV2Raw(t, js, d.ID, 1, v2FrameFor(t, d, 1, false))
+	streamMsgs(t, js, bus.StreamReadings, 1)
+	other := newSeqMarks(js, kv) // another worker, after a partition moved
+	for seq := uint64(2); seq <= 3; seq++ {
+		ok, write, err := other.advance(t.Context(), d.ID, frameRef{seq: seq, raw: 9000 + seq})
+		if err != nil || !ok {
+			t.Fatalf("other worker: seq %d: ok %v, err %v", seq, ok, err)
+		}
+		if _, err := write.wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishV2Raw(t, js, d.ID, 2, v2FrameFor(t, d, 2, false)) // a replay of what the other worker took
+	dl := streamMsgs(t, js, bus.StreamDeadLetter, 1)
+	if r := dl[0].Headers().Get(bus.HeaderReason); r != string(bus.ReasonReplayed) {
+		t.Fatalf("dead letter reason %q, want %q", r, bus.ReasonReplayed)
+	}
+	s, err := js.Stream(t.Context(), bus.StreamReadings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("READINGS holds %d readings, want 1: the replay got through", info.State.Msgs)
+	}
+	if got := testutil.ToFloat64(w.m.markConflicts); got != 1 {
+		t.Fatalf("mark write failures %v, want 1", got)
 	}
 }

@@ -80,6 +80,9 @@ func (s *Signal) Next(seq uint64) wire.Reading {
 	for range n {
 		s.batch = append(s.batch, math.Round((1.5+s.ecg.Advance(1.0/PulseRate))*1000)/1000)
 	}
+	if len(s.batch) > MaxPulseBatch {
+		s.batch = s.batch[len(s.batch)-MaxPulseBatch:]
+	}
 	pulse := s.batch[len(s.batch)-1] + (s.rng.Float64()-0.5)*0.02
 	warm := 1 - math.Exp(-t/s.mcuWarmup)
 	return wire.Reading{
