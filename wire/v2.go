@@ -382,18 +382,8 @@ func AppendV2Payload(dst []byte, p *V2Payload) []byte {
 	}
 	dst = append(dst, '}')
 	if p.Pulse != nil {
-		dst = append(dst, `,"pulse":{"rate":`...)
-		dst = appendJSONNumber(dst, p.Pulse.Rate)
-		dst = append(dst, `,"start":`...)
-		dst = strconv.AppendInt(dst, p.Pulse.Start, 10)
-		dst = append(dst, `,"samples":[`...)
-		for i, s := range p.Pulse.Samples {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendJSONNumber(dst, s)
-		}
-		dst = append(dst, "]}"...)
+		dst = append(dst, `,"pulse":`...)
+		dst = p.Pulse.appendJSON(dst)
 	}
 	return append(dst, '}')
 }
