@@ -202,6 +202,11 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
+	if o.Out != "" {
+		// The stack's logs go with the report: they say what a stage did
+		// about a reading the ledger found late or missing.
+		defer keepLogs(dir, filepath.Join(o.Out, "logs"))
+	}
 	devs, keys, err := fleetKeys(o, dir)
 	if err != nil {
 		return res, err
@@ -347,7 +352,10 @@ func subscribe(url string, qos byte, l *Ledger) (mqtt.Client, error) {
 	}
 	subscribed := make(chan error, 1)
 	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-subscriber").
-		SetCleanSession(true).SetAutoReconnect(true).SetOrderMatters(false).
+		// In order: with OrderMatters(false) paho runs each handler on a
+		// goroutine of its own, and the ledger counted readings that the
+		// broker had delivered in order as reordered (1-16 per run).
+		SetCleanSession(true).SetAutoReconnect(true).SetOrderMatters(true).
 		// The broker drops QoS 1 messages for a subscriber that falls behind
 		// its queue; a deep client channel keeps this one from being slow.
 		SetMessageChannelDepth(1 << 16).
@@ -428,4 +436,17 @@ func machine() string {
 		}
 	}
 	return fmt.Sprintf("%s, %d cores", model, numCPU())
+}
+
+// keepLogs copies the stack processes' logs from dir into out.
+func keepLogs(dir, out string) {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	if len(logs) == 0 || os.MkdirAll(out, 0o755) != nil {
+		return
+	}
+	for _, l := range logs {
+		if b, err := os.ReadFile(l); err == nil {
+			_ = os.WriteFile(filepath.Join(out, filepath.Base(l)), b, 0o644)
+		}
+	}
 }

@@ -41,6 +41,8 @@ type deviceBook struct {
 	last      uint64 // highest sequence delivered so far
 	dups      uint64
 	reordered uint64
+	// firstLate is the first reading that arrived after a later one.
+	firstLate uint64
 }
 
 // Second is one second of the measured window.
@@ -117,6 +119,9 @@ func (l *Ledger) deliver(d *deviceBook, seq uint64, t time.Time) {
 	d.delivered[seq-1] = true
 	if seq < d.last {
 		d.reordered++
+		if d.firstLate == 0 {
+			d.firstLate = seq
+		}
 	}
 	d.last = max(d.last, seq)
 	if !l.open.IsZero() && !l.closed && !d.sent[seq-1].Before(l.open) {
@@ -158,6 +163,8 @@ type Totals struct {
 	LostDevices int `json:"lost_devices"`
 	// LostSample names up to ten lost readings as device:seq.
 	LostSample []string `json:"lost_sample,omitempty"`
+	// ReorderedSample names up to ten devices' first late reading as device:seq.
+	ReorderedSample []string `json:"reordered_sample,omitempty"`
 }
 
 // Totals sums the account; a reading sent and not delivered (yet) is lost.
@@ -187,6 +194,9 @@ func (l *Ledger) Totals() Totals {
 		}
 		t.Duplicated += d.dups
 		t.Reordered += d.reordered
+		if d.firstLate != 0 && len(t.ReorderedSample) < 10 {
+			t.ReorderedSample = append(t.ReorderedSample, l.ids[di]+":"+strconv.FormatUint(d.firstLate, 10))
+		}
 	}
 	return t
 }

@@ -63,6 +63,12 @@ func (r *Report) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "\nSweep: the highest rate that held (nothing lost, p99 within the bound) was %g readings/s per device.\n", r.MaxHeld)
 	}
 	for _, x := range r.Results {
+		if len(x.Totals.LostSample) > 0 {
+			fmt.Fprintf(w, "\nUndelivered at %d × %g/s, first ones (device:reading): %s.\n", x.Devices, x.Rate, strings.Join(x.Totals.LostSample, ", "))
+		}
+		if len(x.Totals.ReorderedSample) > 0 {
+			fmt.Fprintf(w, "\nReadings that arrived after a later one at %d × %g/s, first per device (device:reading): %s.\n", x.Devices, x.Rate, strings.Join(x.Totals.ReorderedSample, ", "))
+		}
 		if x.Ceilings != nil {
 			c := x.Ceilings
 			fmt.Fprintf(w, "\nCeilings at %d × %g/s: JetStream %.0f publishes/s and %.0f acked consumes/s (%.0f readings/s at 2 stored messages each); MQTT %.0f messages/s at QoS %d (%.0f readings/s at %d messages each).\n",

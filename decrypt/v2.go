@@ -192,7 +192,14 @@ type seqMarks struct {
 	kv    jetstream.KeyValue
 	mu    sync.Mutex
 	local map[string]*markEntry
+	// accepted holds RAW messages whose marks this worker stored lately: a
+	// redelivery of one (its ack lost, or it waited in the client past
+	// AckWait) is the same frame, not a replay, however far the mark moved.
+	accepted bus.RecentSeqs
 }
+
+// recentAccepted bounds seqMarks.accepted: a minute of 1,000 v2 readings/s.
+const recentAccepted = 1 << 16
 
 // markEntry is this worker's view of a device's mark: m, stored once write
 // (when not nil) succeeds.
@@ -202,7 +209,7 @@ type markEntry struct {
 }
 
 func newSeqMarks(js jetstream.JetStream, kv jetstream.KeyValue) *seqMarks {
-	return &seqMarks{js: js, kv: kv, local: map[string]*markEntry{}}
+	return &seqMarks{js: js, kv: kv, local: map[string]*markEntry{}, accepted: bus.NewRecentSeqs(recentAccepted)}
 }
 
 // advance reports whether frame f is new for device and, if so, returns the
@@ -212,6 +219,12 @@ func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool
 	m, err := s.current(ctx, device)
 	if err != nil {
 		return false, nil, err
+	}
+	s.mu.Lock()
+	again := s.accepted.Has(f.raw)
+	s.mu.Unlock()
+	if again {
+		return true, nil, nil // its reading is published again, and READINGS drops the copy
 	}
 	next, ok := m.accepts(f)
 	if !ok {
@@ -228,7 +241,7 @@ func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool
 	if err != nil {
 		return false, nil, fmt.Errorf("decrypt: store high-water mark: %w", err)
 	}
-	w := &markWrite{fut: fut, turn: make(chan struct{}, 1)}
+	w := &markWrite{s: s, device: device, f: f, fut: fut, turn: make(chan struct{}, 1)}
 	s.mu.Lock()
 	s.local[device] = &markEntry{m: next, write: w}
 	s.mu.Unlock()
@@ -269,11 +282,14 @@ func (s *seqMarks) current(ctx context.Context, device string) (mark, error) {
 // and the frame's own output wait for it, so its answer is read once and
 // kept.
 type markWrite struct {
-	fut  jetstream.PubAckFuture
-	turn chan struct{} // held by the one reading the future
-	done bool
-	rev  uint64
-	err  error
+	s      *seqMarks
+	device string
+	f      frameRef
+	fut    jetstream.PubAckFuture
+	turn   chan struct{} // held by the one reading the future
+	done   bool
+	rev    uint64
+	err    error
 }
 
 // wait returns the revision the write made, or why it failed (a revision
@@ -289,6 +305,7 @@ func (w *markWrite) wait(ctx context.Context) (uint64, error) {
 		select {
 		case ack := <-w.fut.Ok():
 			w.rev = ack.Sequence
+			w.s.remember(w.f.raw)
 		case err := <-w.fut.Err():
 			w.err = fmt.Errorf("decrypt: store high-water mark: %w", err)
 		case <-ctx.Done():
@@ -297,6 +314,31 @@ func (w *markWrite) wait(ctx context.Context) (uint64, error) {
 		w.done = true
 	}
 	return w.rev, w.err
+}
+
+// landed reports, after the write failed, whether its frame is recorded
+// all the same: the write timed out or lost its answer (a leader change)
+// yet reached the bucket. The device's next frames may have been decided
+// since, so the frame is looked for in the stored window, not as the last
+// one. A refusal (another worker moved the mark) did not land.
+func (w *markWrite) landed(ctx context.Context) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(w.err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return false
+	}
+	m, err := w.s.load(ctx, w.device)
+	if err != nil || m.rev == 0 || w.f.seq > m.seq || m.seq-w.f.seq >= ReplayWindow || !m.seen.has(m.seq-w.f.seq) {
+		return false
+	}
+	w.s.remember(w.f.raw)
+	return true
+}
+
+// remember records a RAW message whose mark is stored.
+func (s *seqMarks) remember(raw uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accepted.Add(raw)
 }
 
 // kvSubject is the subject JetStream stores a key of bucket kv under (a

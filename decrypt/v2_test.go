@@ -335,3 +335,69 @@ func TestStaleMarkLetsNoReplayThrough(t *testing.T) {
 		t.Fatalf("mark write failures %v, want 1", got)
 	}
 }
+
+// failedFuture is a publish whose answer was lost: it fails with err
+// whatever happened on the server.
+type failedFuture struct{ err error }
+
+func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f failedFuture) Err() <-chan error {
+	c := make(chan error, 1)
+	c <- f.err
+	return c
+}
+func (f failedFuture) Msg() *nats.Msg { return nil }
+
+// TestMarkRedeliveryAndLostAnswer: a RAW message whose mark this worker
+// stored is accepted again when redelivered, however far the mark moved
+// since (its reading is published again and READINGS drops the copy),
+// while the same sequence number in another RAW message stays a replay;
+// and a mark write whose answer was lost counts as stored when the bucket
+// holds its frame, but not when the bucket refused it.
+func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
+	js := setup(t)
+	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSeqMarks(js, kv)
+	accept := func(seq, raw uint64) *markWrite {
+		t.Helper()
+		ok, w, err := s.advance(t.Context(), "dev", frameRef{seq: seq, raw: raw})
+		if err != nil || !ok {
+			t.Fatalf("seq %d raw %d: ok %v, err %v", seq, raw, ok, err)
+		}
+		if w != nil {
+			if _, err := w.wait(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return w
+	}
+	w1 := accept(1, 101)
+	accept(2, 102)
+	accept(3, 103)
+	if ok, _, _ := s.advance(t.Context(), "dev", frameRef{seq: 1, raw: 101}); !ok {
+		t.Fatal("a redelivery of an accepted RAW message was refused")
+	}
+	if ok, _, _ := s.advance(t.Context(), "dev", frameRef{seq: 1, raw: 999}); ok {
+		t.Fatal("sequence 1 in another RAW message was accepted")
+	}
+
+	// Seq 1's write, had its answer been lost: the bucket holds seq 1.
+	lost := &markWrite{s: newSeqMarks(js, kv), device: "dev", f: w1.f, fut: failedFuture{jetstream.ErrAsyncPublishTimeout}, turn: make(chan struct{}, 1)}
+	if _, err := lost.wait(t.Context()); err == nil || !lost.landed(t.Context()) {
+		t.Fatalf("a write whose answer was lost, with its frame in the bucket: err %v, landed %v", err, lost.landed(t.Context()))
+	}
+	// Seq 10 was never stored.
+	never := &markWrite{s: s, device: "dev", f: frameRef{seq: 10, raw: 110}, fut: failedFuture{jetstream.ErrAsyncPublishTimeout}, turn: make(chan struct{}, 1)}
+	if _, err := never.wait(t.Context()); err == nil || never.landed(t.Context()) {
+		t.Fatal("a write that never reached the bucket counted as stored")
+	}
+	// A refusal is final even when the frame is in the bucket (another
+	// worker stored a copy of it).
+	refused := &markWrite{s: s, device: "dev", f: w1.f, fut: failedFuture{&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}}, turn: make(chan struct{}, 1)}
+	if _, err := refused.wait(t.Context()); err == nil || refused.landed(t.Context()) {
+		t.Fatal("a refused write counted as stored")
+	}
+}

@@ -87,7 +87,7 @@ type Bridge struct {
 
 	countsMu  sync.Mutex
 	counts    map[string]uint64 // readings seen per device
-	delivered recentSet         // READINGS sequences whose MQTT messages the broker has, lately
+	delivered bus.RecentSeqs    // READINGS sequences whose MQTT messages the broker has, lately
 
 	store *trackingStore
 	// gate is closed from a connection loss until the new connection has
@@ -138,7 +138,7 @@ func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: newRecentSet(recentDelivered), window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
+	b := &Bridge{js: js, o: o, log: o.Log, counts: map[string]uint64{}, delivered: bus.NewRecentSeqs(recentDelivered), window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	b.m = newMetrics(o.Metrics, &b.connected)
 	return b, nil
 }
@@ -331,41 +331,13 @@ const recentDelivered = 1 << 16
 func (b *Bridge) wasDelivered(seq uint64) bool {
 	b.countsMu.Lock()
 	defer b.countsMu.Unlock()
-	return b.delivered.has(seq)
+	return b.delivered.Has(seq)
 }
 
 func (b *Bridge) markDelivered(seq uint64) {
 	b.countsMu.Lock()
 	defer b.countsMu.Unlock()
-	b.delivered.add(seq)
-}
-
-// recentSet remembers the last n sequences added (a ring and an index).
-type recentSet struct {
-	ring []uint64
-	next int
-	set  map[uint64]struct{}
-}
-
-func newRecentSet(n int) recentSet {
-	return recentSet{ring: make([]uint64, n), set: make(map[uint64]struct{}, n)}
-}
-
-func (r *recentSet) has(seq uint64) bool {
-	_, ok := r.set[seq]
-	return ok
-}
-
-func (r *recentSet) add(seq uint64) {
-	if seq == 0 || r.has(seq) {
-		return
-	}
-	if old := r.ring[r.next]; old != 0 {
-		delete(r.set, old)
-	}
-	r.ring[r.next] = seq
-	r.set[seq] = struct{}{}
-	r.next = (r.next + 1) % len(r.ring)
+	b.delivered.Add(seq)
 }
 
 // reopen lets publishing resume once the connection of the given epoch has

@@ -305,7 +305,7 @@ func BenchmarkTopics(b *testing.B) {
 // TestRedeliveryKnowledge: a redelivered reading is skipped only when this
 // process delivered exactly that READINGS message, lately.
 func TestRedeliveryKnowledge(t *testing.T) {
-	b := &Bridge{delivered: newRecentSet(4)}
+	b := &Bridge{delivered: bus.NewRecentSeqs(4)}
 	for _, seq := range []uint64{10, 12, 15} {
 		b.markDelivered(seq)
 	}
