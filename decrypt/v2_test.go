@@ -46,7 +46,7 @@ func publishV2Raw(t *testing.T, js jetstream.JetStream, device string, n int, fr
 	}
 }
 
-func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) {
+func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) *Worker {
 	t.Helper()
 	seqs, err := bus.OpenSeqStore(t.Context(), js, 1)
 	if err != nil {
@@ -60,6 +60,7 @@ func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return w
 }
 
 // TestV2Frames: readings; replays refused by either of two workers; a frame
@@ -290,19 +291,11 @@ func TestStaleMarkLetsNoReplayThrough(t *testing.T) {
 	js := setup(t)
 	devs := loadKeys(t)
 	d := devs[3]
+	w := runV2Worker(t, js, devs)
 	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := New(js, Options{Keys: devs, Partitions: parts, Seqs: kv})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
 	publishV2Raw(t, js, d.ID, 1, v2FrameFor(t, d, 1, false))
 	streamMsgs(t, js, bus.StreamReadings, 1)
 	other := newSeqMarks(js, kv) // another worker, after a partition moved

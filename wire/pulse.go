@@ -77,22 +77,15 @@ func (b *PulseBatch) decodeFast(data []byte) bool {
 		i = skipSpace(data, i+1)
 		switch key {
 		case "rate":
-			n, j := numberEnd(data, i)
-			if n == 0 {
-				return false
-			}
-			x, err := strconv.ParseFloat(string(data[i:j]), 64)
-			if err != nil {
+			x, j, ok := floatAt(data, i)
+			if !ok {
 				return false
 			}
 			rate, i = x, j
 		case "start":
-			n, j := numberEnd(data, i)
-			if n == 0 {
-				return false
-			}
+			j := numberEnd(data, i)
 			x, err := strconv.ParseInt(string(data[i:j]), 10, 64)
-			if err != nil {
+			if j == i || err != nil {
 				return false
 			}
 			start, i = x, j
@@ -107,12 +100,8 @@ func (b *PulseBatch) decodeFast(data []byte) bool {
 				break
 			}
 			for {
-				n, j := numberEnd(data, i)
-				if n == 0 {
-					return false
-				}
-				x, err := strconv.ParseFloat(string(data[i:j]), 64)
-				if err != nil {
+				x, j, ok := floatAt(data, i)
+				if !ok {
 					return false
 				}
 				samples = append(samples, x)
@@ -158,9 +147,17 @@ func (b *PulseBatch) decodeFast(data []byte) bool {
 	return true
 }
 
-// numberEnd returns the length and end of the JSON number at data[i:]
-// (0 when there is none: null, a string...).
-func numberEnd(data []byte, i int) (int, int) {
+// floatAt reads the JSON number at data[i:] as a float64 and returns the
+// index after it; ok is false for anything else (null, a string...) and
+// for a number that does not fit.
+func floatAt(data []byte, i int) (float64, int, bool) {
+	j := numberEnd(data, i)
+	x, err := strconv.ParseFloat(string(data[i:j]), 64)
+	return x, j, j > i && err == nil
+}
+
+// numberEnd returns the end of the run of number characters at data[i:].
+func numberEnd(data []byte, i int) int {
 	j := i
 	for j < len(data) {
 		c := data[j]
@@ -170,5 +167,5 @@ func numberEnd(data []byte, i int) (int, int) {
 		}
 		break
 	}
-	return j - i, j
+	return j
 }
