@@ -36,9 +36,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	env := []string{"MEDPIPE_NATS=" + cl.URLs(), "MEDPIPE_REPLICAS=3", "MEDPIPE_PARTITIONS=8"}
 	edge := freeAddr(t)
 	start := func(name string, args ...string) *proc {
-		h := freeAddr(t)
-		p := startProc(t, name, env, append(args, "--http", h)...)
-		waitHealthy(ctx, t, h)
+		p, _ := startServing(ctx, t, name, env, args...)
 		return p
 	}
 	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: mq.URL(), Filter: "Pico/+/reading", QoS: 1, ClientID: "cluster-test", CleanSession: true})

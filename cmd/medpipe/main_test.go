@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,6 +158,32 @@ func assertDisplacement(t *testing.T, order map[string][]uint64, bound int) (reo
 	}
 	return reordered, worst
 }
+
+// startServing runs a stage with /healthz on a port the stage picks itself
+// (--http 127.0.0.1:0: a port picked beforehand can be taken by another
+// test's process before the stage binds it) and waits until it is healthy.
+// It returns the process and the address its start-up line gives.
+func startServing(ctx context.Context, t *testing.T, name string, env []string, args ...string) (*proc, string) {
+	t.Helper()
+	p := startProc(t, name, env, append(args, "--http", "127.0.0.1:0")...)
+	for {
+		if m := servingAddr.FindStringSubmatch(p.out.String()); m != nil {
+			waitHealthy(ctx, t, m[1])
+			return p, m[1]
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err // for cleanup
+			t.Fatalf("%s exited before serving: %v", name, err)
+		case <-ctx.Done():
+			t.Fatalf("%s gave no start-up line", name)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// servingAddr finds the --http address in a stage's start-up line.
+var servingAddr = regexp.MustCompile(`\bhttp=(127\.0\.0\.1:[0-9]+)`)
 
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop(t *testing.T, within time.Duration) {

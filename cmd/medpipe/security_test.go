@@ -73,9 +73,7 @@ func TestSecuredPipelineLeaksNoSecret(t *testing.T) {
 	plainAddr, tlsAddr := freeAddr(t), freeAddr(t)
 	var https []string
 	start := func(name string, extraEnv []string, args ...string) *proc {
-		h := freeAddr(t)
-		p := startProc(t, name, append(append([]string{}, env...), extraEnv...), append(args, "--http", h)...)
-		waitHealthy(ctx, t, h)
+		p, h := startServing(ctx, t, name, append(append([]string{}, env...), extraEnv...), args...)
 		https = append(https, h)
 		return p
 	}
