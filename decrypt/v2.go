@@ -290,6 +290,7 @@ type markWrite struct {
 	done   bool
 	rev    uint64
 	err    error
+	seen   bool // failed, yet the bucket's window holds the frame (see settle)
 }
 
 // wait returns the revision the write made, or why it failed (a revision
@@ -308,6 +309,7 @@ func (w *markWrite) wait(ctx context.Context) (uint64, error) {
 			w.s.remember(w.f.raw)
 		case err := <-w.fut.Err():
 			w.err = fmt.Errorf("decrypt: store high-water mark: %w", err)
+			w.settle(ctx)
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
@@ -316,23 +318,45 @@ func (w *markWrite) wait(ctx context.Context) (uint64, error) {
 	return w.rev, w.err
 }
 
-// landed reports, after the write failed, whether its frame is recorded
-// all the same: the write timed out or lost its answer (a leader change)
-// yet reached the bucket. The device's next frames may have been decided
-// since, so the frame is looked for in the stored window, not as the last
-// one. A refusal (another worker moved the mark) did not land.
-func (w *markWrite) landed(ctx context.Context) bool {
+// settle finds out, after the write failed, whether it reached the bucket
+// all the same (it timed out, or lost its answer in a leader change). If
+// the stored mark is the one it wrote, it succeeded. If a later write has
+// moved the mark since, the frame counts as recorded when the stored window
+// holds it. The frame is then remembered as accepted: retried later, behind
+// frames decided meanwhile, it must not be taken for a replay of itself. A
+// refusal (another worker moved the mark) did not land.
+func (w *markWrite) settle(ctx context.Context) {
 	var apiErr *jetstream.APIError
 	if errors.As(w.err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		return false
+		return
 	}
-	m, err := w.s.load(ctx, w.device)
-	if err != nil || m.rev == 0 || w.f.seq > m.seq || m.seq-w.f.seq >= ReplayWindow || !m.seen.has(m.seq-w.f.seq) {
-		return false
+	var m mark
+	var err error
+	// The bucket may be electing a leader too: ask again for a while.
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if m, err = w.s.load(ctx, w.device); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	switch {
+	case m.rev != 0 && m.lastSeq == w.f.seq && m.lastRaw == w.f.raw:
+		w.rev, w.err = m.rev, nil
+	case m.rev != 0 && w.f.seq <= m.seq && m.seq-w.f.seq < ReplayWindow && m.seen.has(m.seq-w.f.seq):
+		w.seen = true
+	default:
+		return
 	}
 	w.s.remember(w.f.raw)
-	return true
 }
+
+// landed reports whether the failed write's frame is recorded all the
+// same (see settle).
+func (w *markWrite) landed() bool { return w.seen }
 
 // remember records a RAW message whose mark is stored.
 func (s *seqMarks) remember(raw uint64) {

@@ -377,20 +377,35 @@ func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
 		t.Fatal("sequence 1 in another RAW message was accepted")
 	}
 
-	// Seq 1's write, had its answer been lost: the bucket holds seq 1.
-	lost := &markWrite{s: newSeqMarks(js, kv), device: "dev", f: w1.f, fut: failedFuture{jetstream.ErrAsyncPublishTimeout}, turn: make(chan struct{}, 1)}
-	if _, err := lost.wait(t.Context()); err == nil || !lost.landed(t.Context()) {
-		t.Fatalf("a write whose answer was lost, with its frame in the bucket: err %v, landed %v", err, lost.landed(t.Context()))
+	lostAnswer := func(s *seqMarks, f frameRef, err error) *markWrite {
+		return &markWrite{s: s, device: "dev", f: f, fut: failedFuture{err}, turn: make(chan struct{}, 1)}
+	}
+	// Seq 3's write, had its answer been lost: the bucket holds its mark,
+	// so it succeeded, with the stored revision.
+	last := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 3, raw: 103}, jetstream.ErrAsyncPublishTimeout)
+	if rev, err := last.wait(t.Context()); err != nil || rev == 0 {
+		t.Fatalf("a write whose answer was lost, its mark the stored one: rev %d, err %v", rev, err)
+	}
+	// Seq 1's write, had its answer been lost, frames after it decided
+	// since: the stored window holds seq 1, so its frame counts as recorded,
+	// and its RAW message is accepted when it comes back.
+	other := newSeqMarks(js, kv)
+	lost := lostAnswer(other, w1.f, jetstream.ErrAsyncPublishTimeout)
+	if _, err := lost.wait(t.Context()); err == nil || !lost.landed() {
+		t.Fatalf("a write whose answer was lost, with its frame in the window: err %v, landed %v", err, lost.landed())
+	}
+	if ok, _, _ := other.advance(t.Context(), "dev", w1.f); !ok {
+		t.Fatal("the RAW message of a write that landed unanswered was refused when retried")
 	}
 	// Seq 10 was never stored.
-	never := &markWrite{s: s, device: "dev", f: frameRef{seq: 10, raw: 110}, fut: failedFuture{jetstream.ErrAsyncPublishTimeout}, turn: make(chan struct{}, 1)}
-	if _, err := never.wait(t.Context()); err == nil || never.landed(t.Context()) {
+	never := lostAnswer(s, frameRef{seq: 10, raw: 110}, jetstream.ErrAsyncPublishTimeout)
+	if _, err := never.wait(t.Context()); err == nil || never.landed() {
 		t.Fatal("a write that never reached the bucket counted as stored")
 	}
 	// A refusal is final even when the frame is in the bucket (another
 	// worker stored a copy of it).
-	refused := &markWrite{s: s, device: "dev", f: w1.f, fut: failedFuture{&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}}, turn: make(chan struct{}, 1)}
-	if _, err := refused.wait(t.Context()); err == nil || refused.landed(t.Context()) {
+	refused := lostAnswer(newSeqMarks(js, kv), w1.f, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence})
+	if _, err := refused.wait(t.Context()); err == nil || refused.landed() {
 		t.Fatal("a refused write counted as stored")
 	}
 }

@@ -202,11 +202,12 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 		tlsLn = tls.NewListener(tlsLn, o.TLSConfig)
 	}
 	abandon, abandonCancel := context.WithCancel(context.Background())
+	window := make(chan struct{}, o.MaxPendingFrames)
 	return &Edge{
 		js: js, o: o, ln: ln, tlsLn: tlsLn, log: o.Log,
-		m:        newMetrics(o.Metrics),
+		m:        newMetrics(o.Metrics, func() float64 { return float64(len(window)) }),
 		pending:  make(chan pendingPublish, 8192),
-		window:   make(chan struct{}, o.MaxPendingFrames),
+		window:   window,
 		conns:    map[net.Conn]struct{}{},
 		perIP:    map[string]int{},
 		byID:     map[string]*conn{},

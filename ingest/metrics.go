@@ -14,7 +14,9 @@ type metrics struct {
 	publishRetries prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the edge's metrics; pending reports the frames awaiting
+// RAW's acknowledgement (the --max-pending-frames window).
+func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
 	m := &metrics{
 		active:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_ingest_connections_active", Help: "Device connections open now."}),
 		conns:          prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_total", Help: "Device connections accepted."}),
@@ -33,6 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rejected.WithLabelValues(l)
 	}
 	if reg != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while it is at --max-pending-frames."}, pending))
 		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries)
 	}
 	return m
