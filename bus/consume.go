@@ -270,23 +270,19 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		// durable: redelivered while its output is still on the way, it
 		// would be handled twice, and a v2 frame handled twice looks like a
 		// replay of itself.
-		if f.done != nil {
-			err := f.err
-			if err == nil {
-				err = f.done.Wait(ctx)
-			}
-			if err != nil {
-				log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
-				live.remove(f.msg)
-				if ctx.Err() == nil {
-					_ = f.msg.NakWithDelay(time.Second)
-				}
-				<-slots
-				continue
-			}
+		err := f.err
+		if err == nil && f.done != nil {
+			err = f.done.Wait(ctx)
 		}
 		live.remove(f.msg)
-		_ = f.msg.Ack()
+		if err == nil {
+			_ = f.msg.Ack()
+		} else {
+			log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
+			if ctx.Err() == nil {
+				_ = f.msg.NakWithDelay(time.Second)
+			}
+		}
 		<-slots
 	}
 }

@@ -290,7 +290,7 @@ type markWrite struct {
 	done   bool
 	rev    uint64
 	err    error
-	seen   bool // failed, yet the bucket's window holds the frame (see settle)
+	landed bool // failed, yet the bucket's window holds the frame (see settle)
 }
 
 // wait returns the revision the write made, or why it failed (a revision
@@ -347,16 +347,12 @@ func (w *markWrite) settle(ctx context.Context) {
 	case m.rev != 0 && m.lastSeq == w.f.seq && m.lastRaw == w.f.raw:
 		w.rev, w.err = m.rev, nil
 	case m.rev != 0 && w.f.seq <= m.seq && m.seq-w.f.seq < ReplayWindow && m.seen.has(m.seq-w.f.seq):
-		w.seen = true
+		w.landed = true
 	default:
 		return
 	}
 	w.s.remember(w.f.raw)
 }
-
-// landed reports whether the failed write's frame is recorded all the
-// same (see settle).
-func (w *markWrite) landed() bool { return w.seen }
 
 // remember records a RAW message whose mark is stored.
 func (s *seqMarks) remember(raw uint64) {

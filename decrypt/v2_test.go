@@ -391,21 +391,21 @@ func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
 	// and its RAW message is accepted when it comes back.
 	other := newSeqMarks(js, kv)
 	lost := lostAnswer(other, w1.f, jetstream.ErrAsyncPublishTimeout)
-	if _, err := lost.wait(t.Context()); err == nil || !lost.landed() {
-		t.Fatalf("a write whose answer was lost, with its frame in the window: err %v, landed %v", err, lost.landed())
+	if _, err := lost.wait(t.Context()); err == nil || !lost.landed {
+		t.Fatalf("a write whose answer was lost, with its frame in the window: err %v, landed %v", err, lost.landed)
 	}
 	if ok, _, _ := other.advance(t.Context(), "dev", w1.f); !ok {
 		t.Fatal("the RAW message of a write that landed unanswered was refused when retried")
 	}
 	// Seq 10 was never stored.
 	never := lostAnswer(s, frameRef{seq: 10, raw: 110}, jetstream.ErrAsyncPublishTimeout)
-	if _, err := never.wait(t.Context()); err == nil || never.landed() {
+	if _, err := never.wait(t.Context()); err == nil || never.landed {
 		t.Fatal("a write that never reached the bucket counted as stored")
 	}
 	// A refusal is final even when the frame is in the bucket (another
 	// worker stored a copy of it).
 	refused := lostAnswer(newSeqMarks(js, kv), w1.f, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence})
-	if _, err := refused.wait(t.Context()); err == nil || refused.landed() {
+	if _, err := refused.wait(t.Context()); err == nil || refused.landed {
 		t.Fatal("a refused write counted as stored")
 	}
 }

@@ -14,11 +14,10 @@ import (
 // PulseRate is the sample rate of the pulse batches v2 devices send.
 const PulseRate = 250
 
-// MaxPulseBatch bounds the samples of one frame to the last 4 s, as the
-// firmware does: below 0.25 readings/s a whole interval's batch (10 s: 2,500
-// samples, ~15 KB) would exceed the edge's 8 KB frame limit, be refused,
-// and be resent for ever.
-const MaxPulseBatch = 4 * PulseRate
+// MaxPulseBatch bounds the samples of one frame to the last
+// wire.MaxPulseSeconds: below 0.25 readings/s a whole interval's batch (10 s:
+// 2,500 samples, ~15 KB) would exceed the edge's 8 KB frame limit.
+const MaxPulseBatch = wire.MaxPulseSeconds * PulseRate
 
 // MaxUnacked bounds the frames a v2 device keeps for resending (within the
 // server's replay window of 1,024, so every resent frame is judged): at 20

@@ -291,6 +291,12 @@ type V2Values struct {
 	TempMpu  float64 `json:"TempMpu"`
 }
 
+// MaxPulseSeconds bounds the pulse samples a device puts in one frame: 4 s
+// at 250 Hz is 1,000 samples, about 6 KB of JSON, so the frame stays under
+// the edge's 8 KB limit however rarely the device sends (a frame over it is
+// refused, and a device that resends it would do so for ever).
+const MaxPulseSeconds = 4
+
 // PulseBatch is a run of evenly spaced pulse samples.
 type PulseBatch struct {
 	Rate    float64   `json:"rate"`    // samples per second

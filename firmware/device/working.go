@@ -89,7 +89,7 @@ func (w *worker) run(ctx context.Context) error {
 			if len(w.pulse) == 0 {
 				w.pulseStart = d.b.Clock()
 			}
-			if len(w.pulse) < 4*d.o.PulseRate { // bounded while disconnected
+			if len(w.pulse) < wire.MaxPulseSeconds*d.o.PulseRate { // bounded while disconnected, and to fit a frame
 				w.pulse = append(w.pulse, v)
 			}
 			w.lastPulse = v
