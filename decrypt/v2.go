@@ -143,6 +143,13 @@ func parseWindow(s string) window {
 	return w
 }
 
+// encode is the mark as the bucket stores it (see load).
+func (m mark) encode() []byte {
+	value := fmt.Appendf(nil, "%d %d ", m.seq, m.raw)
+	value = m.seen.appendHex(value)
+	return fmt.Appendf(value, " %d %d %d", m.lastSeq, m.lastRaw, m.recv)
+}
+
 // accepts applies the replay window: whether frame f may be accepted given
 // the mark, and the mark that accepting it makes.
 func (m mark) accepts(f frameRef) (mark, bool) {
@@ -233,15 +240,11 @@ func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool
 	if next == m {
 		return true, nil, nil
 	}
-	value := fmt.Appendf(nil, "%d %d ", next.seq, next.raw)
-	value = next.seen.appendHex(value)
-	value = fmt.Appendf(value, " %d %d %d", next.lastSeq, next.lastRaw, next.recv)
-	msg := &nats.Msg{Subject: kvSubject(s.kv, device), Data: value}
-	fut, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(m.rev), bus.Backpressure)
-	if err != nil {
+	w := &markWrite{s: s, device: device, f: f, value: next.encode(), prev: m.rev, turn: make(chan struct{}, 1)}
+	msg := &nats.Msg{Subject: kvSubject(s.kv, device), Data: w.value}
+	if w.fut, err = s.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(w.prev), bus.Backpressure); err != nil {
 		return false, nil, fmt.Errorf("decrypt: store high-water mark: %w", err)
 	}
-	w := &markWrite{s: s, device: device, f: f, fut: fut, turn: make(chan struct{}, 1)}
 	s.mu.Lock()
 	s.local[device] = &markEntry{m: next, write: w}
 	s.mu.Unlock()
@@ -285,6 +288,8 @@ type markWrite struct {
 	s      *seqMarks
 	device string
 	f      frameRef
+	value  []byte // the mark written
+	prev   uint64 // the revision it replaces
 	fut    jetstream.PubAckFuture
 	turn   chan struct{} // held by the one reading the future
 	done   bool
@@ -318,25 +323,36 @@ func (w *markWrite) wait(ctx context.Context) (uint64, error) {
 	return w.rev, w.err
 }
 
-// settle finds out, after the write failed, whether it reached the bucket
-// all the same (it timed out, or lost its answer in a leader change). If
-// the stored mark is the one it wrote, it succeeded. If a later write has
-// moved the mark since, the frame counts as recorded when the stored window
+// settle decides, after the write failed without a refusal, whether it
+// reached the bucket all the same. Such a write may still land: it waits
+// in the client's reconnect buffer (nats.go fails pending acks with
+// ErrDisconnected on reconnect), or reached a stream leader that went down
+// before answering. So the same mark is written again against the same
+// revision, until an answer: at most one of the two copies can land, and
+// either stores this mark. A refusal then means the mark moved: if the
+// stored mark is the one written, the write succeeded; if a later write
+// has moved it since, the frame counts as recorded when the stored window
 // holds it. The frame is then remembered as accepted: retried later, behind
-// frames decided meanwhile, it must not be taken for a replay of itself. A
-// refusal (another worker moved the mark) did not land.
+// frames decided meanwhile, it must not be taken for a replay of itself.
 func (w *markWrite) settle(ctx context.Context) {
-	var apiErr *jetstream.APIError
-	if errors.As(w.err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		return
+	if markRefused(w.err) {
+		return // another worker moved the mark: this write did not land
 	}
+	subject := kvSubject(w.s.kv, w.device)
 	var m mark
-	var err error
-	// The bucket may be electing a leader too: ask again for a while.
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		if m, err = w.s.load(ctx, w.device); err == nil {
-			break
+		ack, err := w.s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: w.value}, jetstream.WithExpectLastSequencePerSubject(w.prev))
+		if err == nil {
+			w.rev, w.err = ack.Sequence, nil
+			w.s.remember(w.f.raw)
+			return
 		}
+		if markRefused(err) {
+			if m, err = w.s.load(ctx, w.device); err == nil {
+				break
+			}
+		}
+		// The bucket may be electing a leader: ask again for a while.
 		select {
 		case <-ctx.Done():
 			return
@@ -352,6 +368,13 @@ func (w *markWrite) settle(ctx context.Context) {
 		return
 	}
 	w.s.remember(w.f.raw)
+}
+
+// markRefused reports whether err is the bucket refusing a mark write
+// because the mark is no longer at the revision the write expected.
+func markRefused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // remember records a RAW message whose mark is stored.

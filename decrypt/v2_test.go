@@ -345,8 +345,10 @@ func (f failedFuture) Msg() *nats.Msg { return nil }
 // stored is accepted again when redelivered, however far the mark moved
 // since (its reading is published again and READINGS drops the copy),
 // while the same sequence number in another RAW message stays a replay;
-// and a mark write whose answer was lost counts as stored when the bucket
-// holds its frame, but not when the bucket refused it.
+// and a mark write whose answer was lost is written again against the
+// same revision: it counts as stored when the bucket holds its frame or
+// takes the second copy, but not when the bucket refused it or the mark
+// moved past it without it.
 func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
 	js := setup(t)
 	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
@@ -377,12 +379,20 @@ func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
 		t.Fatal("sequence 1 in another RAW message was accepted")
 	}
 
-	lostAnswer := func(s *seqMarks, f frameRef, err error) *markWrite {
-		return &markWrite{s: s, device: "dev", f: f, fut: failedFuture{err}, turn: make(chan struct{}, 1)}
+	// lostAnswer is the write of frame f over the mark stored at revision
+	// prev, its answer err whatever happened on the server.
+	lostAnswer := func(s *seqMarks, f frameRef, prev uint64, err error) *markWrite {
+		t.Helper()
+		m, lerr := s.load(t.Context(), "dev")
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		next, _ := m.accepts(f)
+		return &markWrite{s: s, device: "dev", f: f, value: next.encode(), prev: prev, fut: failedFuture{err}, turn: make(chan struct{}, 1)}
 	}
-	// Seq 3's write, had its answer been lost: the bucket holds its mark,
-	// so it succeeded, with the stored revision.
-	last := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 3, raw: 103}, jetstream.ErrAsyncPublishTimeout)
+	// Seq 3's write, had its answer been lost: the bucket holds its mark
+	// (the second copy is refused), so it succeeded, with the stored revision.
+	last := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 3, raw: 103}, w1.rev, jetstream.ErrAsyncPublishTimeout)
 	if rev, err := last.wait(t.Context()); err != nil || rev == 0 {
 		t.Fatalf("a write whose answer was lost, its mark the stored one: rev %d, err %v", rev, err)
 	}
@@ -390,21 +400,41 @@ func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
 	// since: the stored window holds seq 1, so its frame counts as recorded,
 	// and its RAW message is accepted when it comes back.
 	other := newSeqMarks(js, kv)
-	lost := lostAnswer(other, w1.f, jetstream.ErrAsyncPublishTimeout)
+	lost := lostAnswer(other, w1.f, 0, nats.ErrDisconnected)
 	if _, err := lost.wait(t.Context()); err == nil || !lost.landed {
 		t.Fatalf("a write whose answer was lost, with its frame in the window: err %v, landed %v", err, lost.landed)
 	}
 	if ok, _, _ := other.advance(t.Context(), "dev", w1.f); !ok {
 		t.Fatal("the RAW message of a write that landed unanswered was refused when retried")
 	}
-	// Seq 10 was never stored.
-	never := lostAnswer(s, frameRef{seq: 10, raw: 110}, jetstream.ErrAsyncPublishTimeout)
-	if _, err := never.wait(t.Context()); err == nil || never.landed {
-		t.Fatal("a write that never reached the bucket counted as stored")
+	// A write for seq 11 over seq 3's mark that never reached the bucket,
+	// while another worker's write for seq 10 took that revision: its
+	// second copy is refused, and the stored mark does not hold it.
+	stored, err := s.load(t.Context(), "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 11, raw: 111}, stored.rev, jetstream.ErrAsyncPublishTimeout)
+	accept(10, 110)
+	if _, err := stale.wait(t.Context()); err == nil || stale.landed {
+		t.Fatal("a write that never reached the bucket counted as stored after the mark moved")
+	}
+	// Seq 12's write never reached the bucket, and the mark has not moved:
+	// the second copy lands.
+	stored, err = s.load(t.Context(), "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	never := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 12, raw: 112}, stored.rev, nats.ErrDisconnected)
+	if rev, err := never.wait(t.Context()); err != nil || rev <= stored.rev {
+		t.Fatalf("a write that never reached the bucket, written again: rev %d (stored %d), err %v", rev, stored.rev, err)
+	}
+	if m, err := s.load(t.Context(), "dev"); err != nil || m.seq != 12 || m.lastRaw != 112 {
+		t.Fatalf("mark after the second copy: %+v, err %v", m, err)
 	}
 	// A refusal is final even when the frame is in the bucket (another
 	// worker stored a copy of it).
-	refused := lostAnswer(newSeqMarks(js, kv), w1.f, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence})
+	refused := lostAnswer(newSeqMarks(js, kv), w1.f, 0, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence})
 	if _, err := refused.wait(t.Context()); err == nil || refused.landed {
 		t.Fatal("a refused write counted as stored")
 	}
