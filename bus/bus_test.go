@@ -45,8 +45,21 @@ func TestEnsureStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, _ := js.Stream(ctx, StreamRaw)
-	if cfg := s.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Compression != jetstream.S2Compression || cfg.Storage != jetstream.FileStorage {
+	if cfg := s.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Compression != jetstream.NoCompression || cfg.Storage != jetstream.FileStorage {
 		t.Fatalf("RAW config %+v", cfg)
+	}
+	// Compression is a setting of every stream, changed in place.
+	if _, err := EnsureStreams(ctx, js, StreamOptions{Compression: jetstream.S2Compression}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{StreamRaw, StreamReadings, StreamDeadLetter} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg := s.CachedInfo().Config; cfg.Compression != jetstream.S2Compression || cfg.MaxAge == time.Hour {
+			t.Fatalf("%s after asking for S2 (and default limits): %+v", name, cfg)
+		}
 	}
 	// A contradicting partition count is a clear error.
 	if _, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 8}); !errors.Is(err, ErrStreamMismatch) {

@@ -43,6 +43,13 @@ type StreamOptions struct {
 	// DuplicateWindow is how long a message id is remembered so that a
 	// retried publish is stored once (default 2 min).
 	DuplicateWindow time.Duration
+	// Compression of every stream's blocks on disk (default none).
+	// jetstream.S2Compression stores RAW in about 40 % less disk, but the
+	// server compresses each full block (up to 8 MB) in one go, holding the
+	// block meanwhile: on 2 cores that put p99 latency at 74-87 ms instead
+	// of 26-33 ms at 750 readings/s. Archives (zstd) are the cheap way to
+	// keep old frames.
+	Compression jetstream.StoreCompression
 }
 
 func (o *StreamOptions) setDefaults() {
@@ -81,7 +88,7 @@ func StreamConfigs(o StreamOptions, partitions int) []jetstream.StreamConfig {
 		MaxAge:      o.RawMaxAge,
 		MaxBytes:    o.RawMaxBytes,
 		Duplicates:  o.DuplicateWindow,
-		Compression: jetstream.S2Compression,
+		Compression: o.Compression,
 		Replicas:    o.Replicas,
 		Metadata:    meta,
 	}, {
@@ -93,7 +100,7 @@ func StreamConfigs(o StreamOptions, partitions int) []jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      o.ReadingsMaxAge,
 		Duplicates:  o.DuplicateWindow,
-		Compression: jetstream.S2Compression,
+		Compression: o.Compression,
 		Replicas:    o.Replicas,
 		Metadata:    meta,
 	}, {
@@ -105,7 +112,7 @@ func StreamConfigs(o StreamOptions, partitions int) []jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      o.DeadLetterMaxAge,
 		Duplicates:  o.DuplicateWindow,
-		Compression: jetstream.S2Compression,
+		Compression: o.Compression,
 		Replicas:    o.Replicas,
 	}}
 }

@@ -7,8 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/replay/archive"
@@ -105,14 +108,25 @@ func BenchmarkReplayArchive(b *testing.B) {
 }
 
 // BenchmarkRaw stores 5 s of the fleet (100,000 frames) in an embedded
-// JetStream RAW (file storage, S2 as configured by bus), reports the
-// stream's bytes and the store's disk bytes per frame, and what an hour
-// and a day of the fleet cost on disk; then replays RAW through the
-// ordered consumer and reports frames/s, and how fast it exports.
+// JetStream RAW (file storage, uncompressed by default or S2: see
+// --stream-compression), reports the stream's bytes and the store's disk
+// bytes per frame, and what an hour and a day of the fleet cost on disk;
+// then replays RAW through the ordered consumer and reports frames/s, and
+// how fast it exports.
 func BenchmarkRaw(b *testing.B) {
+	for _, c := range []jetstream.StoreCompression{jetstream.NoCompression, jetstream.S2Compression} {
+		b.Run(strings.ToLower(c.String()), func(b *testing.B) { benchmarkRaw(b, c) })
+	}
+}
+
+func benchmarkRaw(b *testing.B, compression jetstream.StoreCompression) {
 	const seconds = 5
 	ctx := context.Background()
-	bb := testkit.StartBus(b, bus.DefaultPartitions)
+	bb := testkit.StartBus(b, 0)
+	var err error
+	if bb.Partitions, err = bus.EnsureStreams(ctx, bb.JS, bus.StreamOptions{Partitions: bus.DefaultPartitions, Compression: compression}); err != nil {
+		b.Fatal(err)
+	}
 	devs := rawgen.Devices(benchDevices, "dev", 10)
 	g := rawgen.New(rawgen.Options{Devices: devs, Start: time.Now().Add(-time.Hour), Rate: benchRate, Seed: 10, Partitions: bb.Partitions})
 	frames := benchDevices * benchRate * seconds
