@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 )
@@ -48,6 +49,9 @@ func (b *PulseBatch) UnmarshalJSON(data []byte) error {
 	return json.Unmarshal(data, (*pulseBatchJSON)(b))
 }
 
+// comma separates a batch's samples.
+var comma = []byte{','}
+
 // decodeFast reads the object {"rate":n,"start":n,"samples":[n,...]} (keys
 // in any order, each optional), and reports false, having changed nothing,
 // for anything else. data is valid JSON: encoding/json checked it.
@@ -92,6 +96,10 @@ func (b *PulseBatch) decodeFast(data []byte) bool {
 		case "samples":
 			if i >= len(data) || data[i] != '[' {
 				return false
+			}
+			// Sized once: growing by appends allocates twice the batch.
+			if n := bytes.Count(data[i:i+max(bytes.IndexByte(data[i:], ']'), 0)], comma) + 1; cap(samples) < n {
+				samples = make([]float64, 0, n)
 			}
 			samples, haveSamples = samples[:0], true
 			i = skipSpace(data, i+1)
