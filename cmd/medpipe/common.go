@@ -109,7 +109,7 @@ func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
 	fs.Int64Var(&n.streams.RawMaxBytes, "raw-max-bytes", bus.DefaultRawMaxBytes, "RAW size limit in bytes; the oldest frames go first")
 	fs.DurationVar(&n.streams.ReadingsMaxAge, "readings-max-age", bus.DefaultReadingsMaxAge, "how long READINGS keeps readings")
-	fs.Var((*compressionFlag)(&n.streams.Compression), "stream-compression", "compression of the streams on disk (`algorithm`): none, or s2 (about 40 % less disk for RAW, and a longer latency tail)")
+	fs.Var((*compressionFlag)(&n.streams.Compression), "stream-compression", "compression of the streams on disk (`algorithm`): none, or s2 (35 % less disk for RAW, and a longer latency tail)")
 }
 
 // compressionFlag reads a stream compression by its JetStream name.
