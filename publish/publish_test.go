@@ -30,6 +30,7 @@ func TestTopics(t *testing.T) {
 		addresses bool
 		json      bool
 		remote    string
+		v2        bool
 		want      []string
 	}{
 		{name: "values only", want: []string{
@@ -48,12 +49,18 @@ func TestTopics(t *testing.T) {
 		{name: "json topic", json: true, want: []string{
 			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z"}`,
 		}},
+		{name: "json topic, v2", json: true, v2: true, want: []string{
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42}`,
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rr := *r
 			if tt.remote != "" {
 				rr.Remote = tt.remote
+			}
+			if tt.v2 {
+				rr.Protocol, rr.Seq, rr.DeviceTime = bus.ProtocolV2, 42, rr.Received.Add(-50*time.Millisecond)
 			}
 			msgs := Topics(nil, "P", &rr, tt.addresses, tt.json)
 			var got []string

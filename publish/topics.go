@@ -34,6 +34,9 @@ type jsonReading struct {
 	Device   string     `json:"device"`
 	Values   bus.Values `json:"values"`
 	Received time.Time  `json:"received"`
+	// DeviceTime is when a v2 device took the reading, by its clock
+	// (absent for legacy).
+	DeviceTime time.Time `json:"device_time,omitzero"`
 	// Seq is a v2 device's frame sequence number (absent for legacy).
 	Seq uint64 `json:"seq,omitempty"`
 }
@@ -77,7 +80,7 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 
 // JSONMessage is a reading as one JSON message on <prefix>/<id>/reading.
 func JSONMessage(prefix string, r *bus.Reading) Message {
-	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.Seq})
+	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.DeviceTime, r.Seq})
 	return Message{prefix + "/" + r.Device + "/reading", b}
 }
 

@@ -54,7 +54,11 @@ type Options struct {
 	OutboxFrames int           // v2 frames kept until acknowledged (default 200: 10 s at 20/s)
 	OutboxBytes  int           // and their bytes (default 64 KiB of the Pico's 264 KiB RAM)
 	Readings     int           // stop after this many readings (0: never; for tests)
-	ESP          esp.Options
+	// SNTPServers set the clock of v2 readings through the ESP8266 (at most
+	// three; default pool.ntp.org). Until the module has the time, readings
+	// carry the Pico's uptime clock.
+	SNTPServers []string
+	ESP         esp.Options
 }
 
 func (o *Options) defaults() {
@@ -69,6 +73,9 @@ func (o *Options) defaults() {
 	}
 	if o.OutboxBytes <= 0 {
 		o.OutboxBytes = 64 << 10
+	}
+	if len(o.SNTPServers) == 0 {
+		o.SNTPServers = []string{"pool.ntp.org"}
 	}
 }
 

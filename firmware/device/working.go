@@ -61,6 +61,47 @@ type worker struct {
 	backoff     time.Duration
 	nextConnect time.Time
 	buf, plain  []byte
+
+	clockOffset time.Duration // SNTP time minus Board.Clock
+	clockSet    bool
+	nextClock   time.Time // when to read the module's clock again
+}
+
+// Clock resync intervals: until the module has the time, and after.
+const (
+	clockRetry  = 10 * time.Second
+	clockResync = time.Hour
+)
+
+// now is the device's wall clock: the board's, corrected by SNTP.
+func (w *worker) now() time.Time { return w.d.b.Clock().Add(w.clockOffset) }
+
+// syncClock reads the ESP8266's SNTP clock when due and corrects the
+// device's clock by it. v2 readings carry the device's time; legacy ones
+// carry none, so legacy devices never ask.
+func (w *worker) syncClock(ctx context.Context) {
+	if w.v2 == nil || time.Now().Before(w.nextClock) {
+		return
+	}
+	w.nextClock = time.Now().Add(clockRetry)
+	t, err := w.d.modem.SNTPTime(ctx)
+	if err != nil {
+		if !errors.Is(err, esp.ErrNotSynced) {
+			// Not a clock still unset: an AT firmware without SNTP, say.
+			w.d.log("clock: %v", err)
+			w.nextClock = time.Now().Add(clockResync)
+		}
+		return
+	}
+	// The module tells whole seconds: the time is within the second after t.
+	off := t.Add(500 * time.Millisecond).Sub(w.d.b.Clock())
+	if d := off - w.clockOffset; !w.clockSet || d > 2*time.Second || d < -2*time.Second {
+		w.d.log("clock set by SNTP: %s (moved %v)", t.Format(time.RFC3339), d.Round(time.Millisecond))
+	}
+	// The pulse samples gathered so far move with the clock.
+	w.pulseStart = w.pulseStart.Add(off - w.clockOffset)
+	w.clockOffset, w.clockSet = off, true
+	w.nextClock = time.Now().Add(clockResync)
 }
 
 func (w *worker) run(ctx context.Context) error {
@@ -87,13 +128,14 @@ func (w *worker) run(ctx context.Context) error {
 		case <-pulseTick.C:
 			v := sensors.Volts(d.b.Pulse.Get())
 			if len(w.pulse) == 0 {
-				w.pulseStart = d.b.Clock()
+				w.pulseStart = w.now()
 			}
 			if len(w.pulse) < wire.MaxPulseSeconds*d.o.PulseRate { // bounded while disconnected, and to fit a frame
 				w.pulse = append(w.pulse, v)
 			}
 			w.lastPulse = v
 		case <-readingTick.C:
+			w.syncClock(ctx)
 			if err := w.reading(ctx); err != nil {
 				return err
 			}
@@ -118,6 +160,7 @@ func (w *worker) join(ctx context.Context) error {
 		}
 		if err == nil {
 			w.d.log("joined Wi-Fi %q", w.cfg.WiFiSSID)
+			w.startClock(ctx)
 			return nil
 		}
 		w.d.log("Wi-Fi: %v; retrying in %v", err, wait)
@@ -128,6 +171,31 @@ func (w *worker) join(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// startClock has the module keep time by SNTP and waits a little for it,
+// so that the first readings carry the right time. An AT firmware without
+// SNTP leaves the device on its uptime clock.
+func (w *worker) startClock(ctx context.Context) {
+	if w.v2 == nil {
+		return
+	}
+	if err := w.d.modem.SNTP(ctx, w.d.o.SNTPServers...); err != nil {
+		w.d.log("clock: SNTP: %v", err)
+		return
+	}
+	for range 10 {
+		w.nextClock = time.Time{}
+		if w.syncClock(ctx); w.clockSet {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	w.d.log("clock: no SNTP time yet; readings carry the uptime clock until it comes")
 }
 
 // startConversion starts a DS18B20 conversion, read ConversionMillis later.
@@ -175,7 +243,7 @@ func (w *worker) reading(ctx context.Context) error {
 			w.seq, w.seqLimit = next-1, next-1+SeqBlock
 		}
 		w.seq++
-		p := wire.V2Payload{Time: d.b.Clock().UnixMilli(), Values: vals}
+		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals}
 		if len(w.pulse) > 0 {
 			p.Pulse = &wire.PulseBatch{Rate: float64(d.o.PulseRate), Start: w.pulseStart.UnixMilli(), Samples: w.pulse}
 		}

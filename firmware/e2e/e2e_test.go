@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,9 +68,11 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 
 // jsonReading is the payload of Pico/<id>/reading.
 type jsonReading struct {
-	Device string
-	Seq    uint64
-	Values map[string]string
+	Device     string
+	Seq        uint64
+	Values     map[string]string
+	Received   time.Time
+	DeviceTime time.Time `json:"device_time"`
 }
 
 // waitReadings waits for n readings of the device on MQTT.
@@ -167,6 +170,10 @@ func TestWorkingModeDeliversReadings(t *testing.T) {
 			p := startPipeline(t, cfg.Device)
 			fb := newBoard(t, p.edge)
 			const readings = 60
+			// The Pico's own clock counts from power-on; SNTP through the
+			// ESP8266 must set v2 readings' time.
+			boot := time.Now()
+			fb.Clock = func() time.Time { return time.Unix(0, 0).Add(time.Since(boot)) }
 			d := device.New(fb.Board, device.Options{Readings: readings})
 			done := make(chan error, 1)
 			go func() { done <- d.Work(ctx, cfg) }()
@@ -193,6 +200,21 @@ func TestWorkingModeDeliversReadings(t *testing.T) {
 					if !seen[seq] {
 						t.Errorf("v2 reading %d lost", seq)
 					}
+				}
+				// The module's clock has whole seconds, so the device's
+				// time is within half a second of the edge's, plus the trip
+				// (and, for frames resent after the drop, the wait).
+				var lags []time.Duration
+				for _, r := range got {
+					lag := r.Received.Sub(r.DeviceTime)
+					if lag < -600*time.Millisecond {
+						t.Errorf("v2 reading %d: device time %v is after its receipt %v", r.Seq, r.DeviceTime, r.Received)
+					}
+					lags = append(lags, lag)
+				}
+				slices.Sort(lags)
+				if median := lags[len(lags)/2]; median > 600*time.Millisecond {
+					t.Errorf("v2 readings reach the edge %v after their device time (median): the clock was not set by SNTP", median)
 				}
 				if d.Stats.Reconnects == 0 {
 					t.Error("the dropped link went unnoticed")

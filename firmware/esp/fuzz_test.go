@@ -41,3 +41,26 @@ func FuzzModemInput(f *testing.F) {
 		_ = m.Sync(ctx)
 	})
 }
+
+// FuzzParseSNTPTime: any answer either parses to a set clock (2020 on, whole
+// seconds, UTC) that formats back to itself, or gives an error; never a
+// panic.
+func FuzzParseSNTPTime(f *testing.F) {
+	f.Add("Tue Oct 19 17:47:56 2021")
+	f.Add("Thu Aug  4 14:48:05 2026")
+	f.Add("Thu Jan 01 00:00:00 1970")
+	f.Add(" Mon Feb 29 23:59:60 2024\r")
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseSNTPTime(s)
+		if err != nil {
+			return
+		}
+		if got.Year() < 2020 || got.Nanosecond() != 0 || got.Location() != time.UTC {
+			t.Fatalf("%q parsed to %v", s, got)
+		}
+		again, err := ParseSNTPTime(got.Format(SNTPLayout))
+		if err != nil || !again.Equal(got) {
+			t.Fatalf("%q: %v formats to %q, which parses to %v, %v", s, got, got.Format(SNTPLayout), again, err)
+		}
+	})
+}

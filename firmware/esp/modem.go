@@ -25,6 +25,8 @@ var (
 	ErrClosed   = errors.New("esp: link closed")
 	ErrSendFail = errors.New("esp: send failed")
 	ErrNoLink   = errors.New("esp: no free link")
+	// ErrNotSynced: the module has no time from SNTP yet (it answers 1970).
+	ErrNotSynced = errors.New("esp: clock not set by SNTP yet")
 )
 
 // MaxLinks is how many links the AT firmware multiplexes (ids 0-4).
@@ -372,6 +374,52 @@ func (m *Modem) StartAP(ctx context.Context, ssid, password string, ch int) erro
 func (m *Modem) Join(ctx context.Context, ssid, password string) error {
 	_, err := m.Command(ctx, fmt.Sprintf(`+CWJAP="%s","%s"`, quote(ssid), quote(password)), m.o.JoinTimeout)
 	return err
+}
+
+// SNTP makes the module keep its clock from the given SNTP servers (at
+// most three), in UTC. It syncs in the background once it has a network.
+func (m *Modem) SNTP(ctx context.Context, servers ...string) error {
+	if len(servers) == 0 || len(servers) > 3 {
+		return fmt.Errorf("esp: SNTP takes 1 to 3 servers, not %d", len(servers))
+	}
+	cmd := "+CIPSNTPCFG=1,0"
+	for _, s := range servers {
+		cmd += `,"` + quote(s) + `"`
+	}
+	_, err := m.Command(ctx, cmd, 0)
+	return err
+}
+
+// SNTPTime returns the module's clock (to the second), or ErrNotSynced
+// before SNTP has set it.
+func (m *Modem) SNTPTime(ctx context.Context) (time.Time, error) {
+	lines, err := m.Command(ctx, "+CIPSNTPTIME?", 0)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, "+CIPSNTPTIME:"); ok {
+			return ParseSNTPTime(v)
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w: no +CIPSNTPTIME in %q", ErrCommand, lines)
+}
+
+// SNTPLayout is how the AT firmware writes its clock (C's asctime, UTC
+// with timezone 0); the day may be space-padded or zero-padded.
+const SNTPLayout = "Mon Jan _2 15:04:05 2006"
+
+// ParseSNTPTime reads the module's clock as AT+CIPSNTPTIME? answers it.
+// A clock before 2020 has not been set (the module starts at 1970).
+func ParseSNTPTime(s string) (time.Time, error) {
+	t, err := time.Parse(SNTPLayout, strings.TrimSpace(s))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("esp: SNTP time %q: %w", s, err)
+	}
+	if t.Year() < 2020 {
+		return time.Time{}, ErrNotSynced
+	}
+	return t, nil
 }
 
 // Listen starts the TCP server on port; Accept returns its links.

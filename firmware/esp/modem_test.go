@@ -172,3 +172,65 @@ func TestPasswordsStayOutOfErrors(t *testing.T) {
 		t.Fatalf("join error %v", err)
 	}
 }
+
+// TestSNTP: the module answers 1970 until SNTP is configured and it has a
+// network, then its clock; both padding styles of the day parse.
+func TestSNTP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	now := time.Date(2026, 12, 2, 5, 4, 3, 0, time.UTC)
+	m, mod := start(t, espfake.Options{Networks: map[string]string{"ward-7": "s3cret-pass"}, Now: func() time.Time { return now }})
+	if _, err := m.SNTPTime(ctx); !errors.Is(err, esp.ErrNotSynced) {
+		t.Fatalf("before CIPSNTPCFG: %v", err)
+	}
+	if err := m.SNTP(ctx); err == nil {
+		t.Fatal("SNTP without a server was accepted")
+	}
+	if err := m.SNTP(ctx, "ntp.ward7.example", "pool.ntp.org"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mod.SNTPServers(); len(got) != 2 || got[0] != "ntp.ward7.example" {
+		t.Fatalf("servers %q", got)
+	}
+	if _, err := m.SNTPTime(ctx); !errors.Is(err, esp.ErrNotSynced) {
+		t.Fatalf("before joining a network: %v", err)
+	}
+	if err := m.SetMode(ctx, esp.ModeStation); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Join(ctx, "ward-7", "s3cret-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.SNTPTime(ctx); err != nil || !got.Equal(now) {
+		t.Fatalf("SNTP time %v, err %v; want %v", got, err, now)
+	}
+
+	tests := []struct {
+		in      string
+		want    time.Time
+		wantErr error
+	}{
+		{in: "Tue Oct 19 17:47:56 2021", want: time.Date(2021, 10, 19, 17, 47, 56, 0, time.UTC)},
+		{in: "Thu Aug 04 14:48:05 2026", want: time.Date(2026, 8, 4, 14, 48, 5, 0, time.UTC)},
+		{in: "Thu Aug  4 14:48:05 2026", want: time.Date(2026, 8, 4, 14, 48, 5, 0, time.UTC)},
+		{in: "Thu Jan 01 00:00:00 1970", wantErr: esp.ErrNotSynced},
+		{in: "Thu Jan 01 00:00:12 1970", wantErr: esp.ErrNotSynced},
+	}
+	for _, tt := range tests {
+		got, err := esp.ParseSNTPTime(tt.in)
+		if tt.wantErr != nil {
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("%q: %v, want %v", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !got.Equal(tt.want) {
+			t.Errorf("%q: %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"", "yesterday", "Tue Oct 19 25:47:56 2021"} {
+		if _, err := esp.ParseSNTPTime(bad); err == nil || errors.Is(err, esp.ErrNotSynced) {
+			t.Errorf("%q: %v, want a parse error", bad, err)
+		}
+	}
+}

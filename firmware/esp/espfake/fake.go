@@ -25,6 +25,12 @@ type Options struct {
 	// ServerAddr is where the TCP server of CIPSERVER listens (default
 	// 127.0.0.1:0; Addr tells the port).
 	ServerAddr string
+	// SNTPDelay is how long after CIPSNTPCFG, once joined to a network, the
+	// clock is set (default 0: at once). Before that CIPSNTPTIME? answers
+	// 1970, as the real module does.
+	SNTPDelay time.Duration
+	// Now is the time SNTP gives (default time.Now).
+	Now func() time.Time
 }
 
 // Module is one fake ESP8266.
@@ -43,6 +49,8 @@ type Module struct {
 	links  [5]net.Conn
 	ln     net.Listener
 	busy   int
+	sntp   []string  // servers set with CIPSNTPCFG
+	sntpAt time.Time // when, or when joined if later
 }
 
 // AP is the access point configuration set with CWSAP.
@@ -58,6 +66,9 @@ func New(o Options) (*Module, net.Conn) {
 	}
 	if o.ServerAddr == "" {
 		o.ServerAddr = "127.0.0.1:0"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	fw, mod := net.Pipe()
 	m := &Module{o: o, uart: mod, echo: true}
@@ -239,8 +250,21 @@ func (m *Module) command(br *bufio.Reader, cmd string) {
 		}
 		m.mu.Lock()
 		m.joined = args[0]
+		m.sntpAt = time.Now()
 		m.mu.Unlock()
 		m.say("WIFI CONNECTED", "WIFI GOT IP", "", "OK")
+	case "+CIPSNTPCFG":
+		// enable,timezone[,server1[,server2[,server3]]]
+		if len(args) < 2 || len(args) > 5 || args[0] != "1" {
+			m.say("ERROR")
+			return
+		}
+		m.mu.Lock()
+		m.sntp, m.sntpAt = args[2:], time.Now()
+		m.mu.Unlock()
+		m.say("", "OK")
+	case "+CIPSNTPTIME?":
+		m.say("+CIPSNTPTIME:"+m.clock().Format("Mon Jan 02 15:04:05 2006"), "", "OK")
 	case "+CIPSERVER":
 		m.startServer(args)
 	case "+CIPSTART":
@@ -260,6 +284,24 @@ func (m *Module) command(br *bufio.Reader, cmd string) {
 	default:
 		m.say("ERROR")
 	}
+}
+
+// SNTPServers returns the servers set with CIPSNTPCFG.
+func (m *Module) SNTPServers() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sntp
+}
+
+// clock is the module's clock: SNTP time once configured, joined and
+// SNTPDelay on; 1970 (its power-on time) before.
+func (m *Module) clock() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.sntp == nil || m.joined == "" || time.Since(m.sntpAt) < m.o.SNTPDelay {
+		return time.Unix(0, 0).UTC()
+	}
+	return m.o.Now().UTC()
 }
 
 // splitArgs splits AT arguments at commas outside quotes and unquotes them.
