@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/wire"
 )
@@ -18,7 +20,7 @@ import (
 func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("simulate", "Simulated devices: each its own TCP connection, key and protocol, sending encrypted readings.\nEvery reading carries its device sequence number (see simulator.EncodeSeq) so loss and order can be counted.", stderr)
 	var (
-		lf          logFlags
+		common      commonFlags
 		server      string
 		keys        string
 		keysOut     string
@@ -37,7 +39,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		statusEvery time.Duration
 		fever       float64
 	)
-	lf.register(fs)
+	common.register(fs, "")
 	fs.StringVar(&server, "server", "127.0.0.1:9998", "ingest edge address host:port")
 	fs.StringVar(&keys, "keys", "", "keys file of the fleet; created with --devices new devices when missing (give the same file to decrypt or keys import)")
 	fs.StringVar(&keysOut, "keys-out", "", "generate a new fleet of --devices devices and write its keys file here (mode 0600; must not exist)")
@@ -58,7 +60,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := lf.logger(stderr)
+	log, err := common.log.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -92,7 +94,17 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "protocol", protocol, "mix", mix, "keys", keys+keysOut)
+	ops, err := common.ops(simulatorMetrics(fleet), healthCheck{"devices", func() error {
+		if st := fleet.Stats(); st.Devices > 0 && st.Connected == 0 {
+			return errors.New("no device connected")
+		}
+		return nil
+	}})
+	if err != nil {
+		return err
+	}
+	go ops.serve(ctx)
+	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "protocol", protocol, "mix", mix, "keys", keys+keysOut, "http", ops.Addr())
 	start := time.Now()
 	if interactive {
 		err = menu.Run(ctx, fleet, os.Stdin, stdout)
@@ -115,6 +127,23 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return err
+}
+
+// simulatorMetrics exports a fleet's counters.
+func simulatorMetrics(f *simulator.Fleet) *prometheus.Registry {
+	reg := newRegistry()
+	counter := func(name, help string, v func(simulator.Stats) uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "medpipe_simulator_" + name, Help: help},
+			func() float64 { return float64(v(f.Stats())) }))
+	}
+	counter("readings_sent_total", "Readings written to the edge.", func(s simulator.Stats) uint64 { return s.Sent })
+	counter("frames_acked_total", "v2 frames the edge acknowledged.", func(s simulator.Stats) uint64 { return s.Acked })
+	counter("frames_dropped_total", "v2 frames dropped unacknowledged from a full resend buffer.", func(s simulator.Stats) uint64 { return s.Dropped })
+	counter("reconnects_total", "Device reconnections.", func(s simulator.Stats) uint64 { return s.Reconnects })
+	counter("errors_total", "Device errors (connect, write, refused frames).", func(s simulator.Stats) uint64 { return s.Errors })
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_simulator_devices_connected", Help: "Devices with an open connection."},
+		func() float64 { return float64(f.Stats().Connected) }))
+	return reg
 }
 
 // simulatedFleet returns the devices to simulate: from --keys (created when

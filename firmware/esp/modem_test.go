@@ -11,6 +11,7 @@ import (
 
 	"github.com/medpipe/medpipe/firmware/esp"
 	"github.com/medpipe/medpipe/firmware/esp/espfake"
+	"github.com/medpipe/medpipe/testkit"
 )
 
 func start(t *testing.T, o espfake.Options) (*esp.Modem, *espfake.Module) {
@@ -29,31 +30,16 @@ func start(t *testing.T, o espfake.Options) (*esp.Modem, *espfake.Module) {
 // echoServer is a real loopback TCP server that echoes, upper-cased.
 func echoServer(t *testing.T) *net.TCPAddr {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return testkit.ServeTCP(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					c.Write(bytes.ToUpper(buf[:n]))
-				}
-			}()
+			c.Write(bytes.ToUpper(buf[:n]))
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr)
+	})
 }
 
 func TestStationDialSendReceive(t *testing.T) {
