@@ -95,13 +95,17 @@ func (w *worker) syncClock(ctx context.Context) {
 	}
 	// The module tells whole seconds: the time is within the second after t.
 	off := t.Add(500 * time.Millisecond).Sub(w.d.b.Clock())
-	if d := off - w.clockOffset; !w.clockSet || d > 2*time.Second || d < -2*time.Second {
-		w.d.log("clock set by SNTP: %s (moved %v)", t.Format(time.RFC3339), d.Round(time.Millisecond))
+	w.nextClock = time.Now().Add(clockResync)
+	d := off - w.clockOffset
+	if w.clockSet && d >= -time.Second && d <= time.Second {
+		// Within the module's rounding (a crystal drifts 0.2 s an hour):
+		// a step would only make readings' times go back and forth.
+		return
 	}
+	w.d.log("clock set by SNTP: %s (moved %v)", t.Format(time.RFC3339), d.Round(time.Millisecond))
 	// The pulse samples gathered so far move with the clock.
 	w.pulseStart = w.pulseStart.Add(off - w.clockOffset)
 	w.clockOffset, w.clockSet = off, true
-	w.nextClock = time.Now().Add(clockResync)
 }
 
 func (w *worker) run(ctx context.Context) error {
