@@ -305,13 +305,11 @@ func newStageCluster(ctx context.Context, t *testing.T, partitions, devices int,
 	return c
 }
 
-// start runs a stage process with its own --http address and waits until
-// its /healthz answers.
+// start runs a stage process (see startServing) and waits until its
+// /healthz answers.
 func (c *stageCluster) start(name string, args ...string) *proc {
 	c.t.Helper()
-	h := freeAddr(c.t)
-	p := startProc(c.t, name, c.env, append(args, "--http", h)...)
-	waitHealthy(c.ctx, c.t, h)
+	p, _ := startServing(c.ctx, c.t, name, c.env, args...)
 	return p
 }
 
