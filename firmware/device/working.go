@@ -76,13 +76,17 @@ const (
 // now is the device's wall clock: the board's, corrected by SNTP.
 func (w *worker) now() time.Time { return w.d.b.Clock().Add(w.clockOffset) }
 
-// syncClock reads the ESP8266's SNTP clock when due and corrects the
-// device's clock by it. v2 readings carry the device's time; legacy ones
-// carry none, so legacy devices never ask.
+// syncClock reads the module's clock when due. v2 readings carry the
+// device's time; legacy ones carry none, so legacy devices never ask.
 func (w *worker) syncClock(ctx context.Context) {
-	if w.v2 == nil || time.Now().Before(w.nextClock) {
-		return
+	if w.v2 != nil && !time.Now().Before(w.nextClock) {
+		w.readClock(ctx)
 	}
+}
+
+// readClock reads the ESP8266's SNTP clock, corrects the device's clock by
+// it, and sets when to read it next.
+func (w *worker) readClock(ctx context.Context) {
 	w.nextClock = time.Now().Add(clockRetry)
 	t, err := w.d.modem.SNTPTime(ctx)
 	if err != nil {
@@ -189,8 +193,8 @@ func (w *worker) startClock(ctx context.Context) {
 		return
 	}
 	for range 10 {
-		w.nextClock = time.Time{}
-		if w.syncClock(ctx); w.clockSet {
+		w.readClock(ctx)
+		if w.clockSet {
 			return
 		}
 		select {
