@@ -13,7 +13,7 @@ type metrics struct {
 	frames, searches, candidates, ambiguous prometheus.Counter
 	cacheHits, cacheMisses, publishErrors   prometheus.Counter
 	registryUpdates, sharedHits             prometheus.Counter
-	markConflicts                           prometheus.Counter
+	markWriteFailures                       prometheus.Counter
 	readings, deadLetters                   *prometheus.CounterVec
 }
 
@@ -33,18 +33,18 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 		return m
 	}
 	m := &metrics{
-		frames:          c("frames_total", "RAW frames handled."),
-		searches:        c("key_searches_total", "Frames whose device was searched for over all keys."),
-		candidates:      c("search_candidates_total", "Keys whose first block fitted during searches."),
-		ambiguous:       c("ambiguous_total", "Frames that more than one key opened fully."),
-		cacheHits:       c("cache_hits_total", "Frames opened with their connection's known key."),
-		cacheMisses:     c("cache_misses_total", "Frames their connection's known key did not open (searched again)."),
-		publishErrors:   c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
-		sharedHits:      c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
-		registryUpdates: c("registry_updates_total", "Device registry changes applied to the key index."),
-		markConflicts:   c("mark_write_failures_total", "v2 high-water mark writes refused (another worker moved the mark) or lost; their frames are decided again."),
-		readings:        vec("readings_total", "Readings published, by protocol and legacy variant.", "protocol", "variant"),
-		deadLetters:     vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
+		frames:            c("frames_total", "RAW frames handled."),
+		searches:          c("key_searches_total", "Frames whose device was searched for over all keys."),
+		candidates:        c("search_candidates_total", "Keys whose first block fitted during searches."),
+		ambiguous:         c("ambiguous_total", "Frames that more than one key opened fully."),
+		cacheHits:         c("cache_hits_total", "Frames opened with their connection's known key."),
+		cacheMisses:       c("cache_misses_total", "Frames their connection's known key did not open (searched again)."),
+		publishErrors:     c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
+		sharedHits:        c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
+		registryUpdates:   c("registry_updates_total", "Device registry changes applied to the key index."),
+		markWriteFailures: c("mark_write_failures_total", "v2 high-water mark writes refused (another worker moved the mark) or lost; their frames are decided again."),
+		readings:          vec("readings_total", "Readings published, by protocol and legacy variant.", "protocol", "variant"),
+		deadLetters:       vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
 	}
 	_, err := register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."},
 		func() float64 { return float64(ix.Len()) }))

@@ -324,7 +324,7 @@ func TestStaleMarkLetsNoReplayThrough(t *testing.T) {
 	if info.State.Msgs != 1 {
 		t.Fatalf("READINGS holds %d readings, want 1: the replay got through", info.State.Msgs)
 	}
-	if got := testutil.ToFloat64(w.m.markConflicts); got != 1 {
+	if got := testutil.ToFloat64(w.m.markWriteFailures); got != 1 {
 		t.Fatalf("mark write failures %v, want 1", got)
 	}
 }

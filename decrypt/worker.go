@@ -242,7 +242,7 @@ type v2Output struct {
 // Start waits for the mark write and publishes the reading.
 func (o *v2Output) Start(ctx context.Context) error {
 	if _, err := o.mark.wait(ctx); err != nil && (ctx.Err() != nil || !o.mark.landed) {
-		o.w.m.markConflicts.Inc()
+		o.w.m.markWriteFailures.Inc()
 		return err
 	}
 	var err error

@@ -97,8 +97,10 @@ func (b *PulseBatch) decodeFast(data []byte) bool {
 			if i >= len(data) || data[i] != '[' {
 				return false
 			}
-			// Sized once: growing by appends allocates twice the batch.
-			if n := bytes.Count(data[i:i+max(bytes.IndexByte(data[i:], ']'), 0)], comma) + 1; cap(samples) < n {
+			// Sized once: growing by appends allocates twice the batch. The
+			// array holds numbers only, so its first ']' closes it.
+			end := i + max(bytes.IndexByte(data[i:], ']'), 0)
+			if n := bytes.Count(data[i:end], comma) + 1; cap(samples) < n {
 				samples = make([]float64, 0, n)
 			}
 			samples, haveSamples = samples[:0], true
