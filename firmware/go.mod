@@ -5,8 +5,7 @@ go 1.26.0
 require (
 	github.com/chromedp/chromedp v0.14.2
 	github.com/klauspost/compress v1.20.3
-	github.com/medpipe/medpipe/testkit v0.0.0
-	github.com/medpipe/medpipe/wire v0.0.0
+	github.com/medpipe/medpipe v0.0.0
 )
 
 require (
@@ -20,7 +19,6 @@ require (
 	github.com/gobwas/ws v1.4.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/gorilla/websocket v1.5.3 // indirect
-	github.com/medpipe/medpipe/bus v0.0.0 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
@@ -34,8 +32,4 @@ require (
 	golang.org/x/time v0.16.0 // indirect
 )
 
-replace (
-	github.com/medpipe/medpipe/bus => ../bus
-	github.com/medpipe/medpipe/testkit => ../testkit
-	github.com/medpipe/medpipe/wire => ../wire
-)
+replace github.com/medpipe/medpipe => ../

@@ -17,8 +17,8 @@
 #   MEDPIPE_FIRMWARE_OUT  output object (overridden by -o)
 # The first run installs LLVM 19 with apt-get (if missing) and builds TinyGo
 # (a few minutes); later runs reuse the cache. GOWORK=off is set for every go
-# and tinygo call: firmware/ is not in go.work, so its go.mod needs replace
-# directives for in-repo modules (e.g. wire => ../wire).
+# and tinygo call, so the firmware module builds on its own go.mod: it reaches
+# the root module (wire) through its replace directive (github.com/medpipe/medpipe => ../).
 set -euo pipefail
 
 TINYGO_MODULE=github.com/tinygo-org/tinygo # tinygo.org/x/tinygo is not a real module path

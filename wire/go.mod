@@ -1,3 +1,0 @@
-module github.com/medpipe/medpipe/wire
-
-go 1.26
