@@ -7,12 +7,12 @@ import (
 
 // BenchmarkOpen compares the per-frame cost of opening a reading with a
 // known key: legacy (hex decode, AES-CBC, padding, JSON) against v2
-// (header parse, AES-GCM with tag check, JSON).
+// (header parse, AES-GCM with tag check, binary payload).
 func BenchmarkOpen(b *testing.B) {
 	legacyKey := NewLegacyKey(v2Device)
 	v2Key := NewV2Key(v2Device)
 	legacyFrame := legacyKey.Seal(nil, Pico, []byte(sample))
-	v2Frame, err := v2Key.SealData(nil, v2Device.ID, 1, [12]byte{}, []byte(v2SamplePayload))
+	v2Frame, err := v2Key.SealData(nil, 1, v2SamplePayload)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func BenchmarkSeal(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			var err error
-			if buf, err = vk.SealData(buf[:0], v2Device.ID, 1, [12]byte{}, []byte(v2SamplePayload)); err != nil {
+			if buf, err = vk.SealData(buf[:0], 1, v2SamplePayload); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,6 +1,6 @@
 package wire
 
-// Outbox keeps a v2 device's frames until the edge acknowledges them, so
+// Outbox keeps a v2 device's frames until the pipeline acknowledges them, so
 // that they can be resent, in order and byte-identical, after a reconnect
 // (see PROTOCOL.md, ACK). It is bounded by frame count and by bytes; when
 // full, the oldest frame is dropped and counted. The simulator and the
@@ -40,17 +40,58 @@ func (o *Outbox) Add(seq uint64, frame []byte) int {
 	return n
 }
 
-// Ack drops every frame up to and including seq (the edge acknowledges in
-// order) and returns how many it dropped.
-func (o *Outbox) Ack(seq uint64) int {
-	n := 0
-	for n < len(o.frames) && o.frames[n].seq <= seq {
-		o.bytes -= len(o.frames[n].frame)
-		o.frames[n] = outboxFrame{}
-		n++
+// Settlement is what a reply did to the outbox.
+type Settlement int
+
+// Settlements.
+const (
+	// Unverified: the reply's MAC does not match a buffered frame (forged,
+	// or about a frame already settled); nothing changed.
+	Unverified Settlement = iota
+	// Acked: the pipeline accepted the frame; it was dropped.
+	Acked
+	// Dropped: the pipeline refused the frame for good (replayed, invalid);
+	// it was dropped, and the device must act on the code (PROTOCOL.md).
+	Dropped
+	// Kept: a verified refusal after which the frame is to be resent
+	// (tampered in transit) or held (revoked); it stays.
+	Kept
+)
+
+// Settle applies a reply from the pipeline (an ACK or REFUSED frame) to the
+// buffered frame it names, verified under k: a frame is dropped only on a
+// reply whose MAC covers exactly that frame's sequence number and tag.
+func (o *Outbox) Settle(k *V2Key, f *V2Frame) Settlement {
+	i := o.find(f.Seq)
+	if i < 0 || !k.VerifyReply(f, o.frames[i].frame) {
+		return Unverified
 	}
-	o.frames = o.frames[n:]
-	return n
+	if f.Type == V2Refused && (f.Code == V2RefTampered || f.Code == V2RefRevoked) {
+		return Kept
+	}
+	o.remove(i)
+	if f.Type == V2Ack {
+		return Acked
+	}
+	return Dropped
+}
+
+// find returns the index of frame seq, or -1.
+func (o *Outbox) find(seq uint64) int {
+	for i, f := range o.frames {
+		if f.seq == seq {
+			return i
+		}
+	}
+	return -1
+}
+
+// remove drops the frame at index i.
+func (o *Outbox) remove(i int) {
+	o.bytes -= len(o.frames[i].frame)
+	copy(o.frames[i:], o.frames[i+1:])
+	o.frames[len(o.frames)-1] = outboxFrame{}
+	o.frames = o.frames[:len(o.frames)-1]
 }
 
 // Len returns the number of unacknowledged frames.

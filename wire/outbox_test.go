@@ -5,21 +5,18 @@ import (
 	"testing"
 )
 
-func TestOutbox(t *testing.T) {
+func TestOutboxBounds(t *testing.T) {
 	tests := []struct {
 		name                string
 		maxFrames, maxBytes int
-		add                 []int // frame sizes, seq 1, 2, …
-		ack                 uint64
+		add                 []int  // frame sizes, seq 1, 2, …
 		wantSeqs            []byte // first byte of each kept frame (its seq)
 		wantDropped         uint64
 	}{
-		{"keeps all", 4, 0, []int{10, 10, 10}, 0, []byte{1, 2, 3}, 0},
-		{"ack drops up to seq", 4, 0, []int{10, 10, 10}, 2, []byte{3}, 0},
-		{"ack beyond all", 4, 0, []int{10, 10}, 9, nil, 0},
-		{"frame bound drops oldest", 2, 0, []int{10, 10, 10}, 0, []byte{2, 3}, 1},
-		{"byte bound drops oldest", 10, 25, []int{10, 10, 10}, 0, []byte{2, 3}, 1},
-		{"a frame larger than the byte bound is still kept", 10, 5, []int{10, 10}, 0, []byte{2}, 1},
+		{"keeps all", 4, 0, []int{10, 10, 10}, []byte{1, 2, 3}, 0},
+		{"frame bound drops oldest", 2, 0, []int{10, 10, 10}, []byte{2, 3}, 1},
+		{"byte bound drops oldest", 10, 25, []int{10, 10, 10}, []byte{2, 3}, 1},
+		{"a frame larger than the byte bound is still kept", 10, 5, []int{10, 10}, []byte{2}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -28,7 +25,6 @@ func TestOutbox(t *testing.T) {
 				f := bytes.Repeat([]byte{byte(i + 1)}, n)
 				o.Add(uint64(i+1), f)
 			}
-			o.Ack(tt.ack)
 			var got []byte
 			total := 0
 			for _, f := range o.Frames() {
@@ -39,5 +35,46 @@ func TestOutbox(t *testing.T) {
 				t.Fatalf("kept %v (len %d, %d bytes), dropped %d; want %v, dropped %d", got, o.Len(), o.Bytes(), o.Dropped(), tt.wantSeqs, tt.wantDropped)
 			}
 		})
+	}
+}
+
+// TestOutboxSettle: only a verified reply for a buffered frame drops it,
+// in any order; forged, misdirected and repeated replies change nothing.
+func TestOutboxSettle(t *testing.T) {
+	k := NewV2Key(v2Device)
+	other := NewV2Key(Device{ID: v2Device.ID, Key: [16]byte([]byte("0000000000000000")), IV: v2Device.IV})
+	o := NewOutbox(10, 0)
+	tags := map[uint64][]byte{}
+	for seq := uint64(1); seq <= 4; seq++ {
+		f, _ := k.SealData(nil, seq, v2SamplePayload)
+		pf, _ := ParseV2(f)
+		tags[seq] = pf.Tag()
+		o.Add(seq, f)
+	}
+	reply := func(b []byte) *V2Frame {
+		f, err := ParseV2(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &f
+	}
+	steps := []struct {
+		name  string
+		reply []byte
+		want  Settlement
+		left  int
+	}{
+		{"forged ACK for the last seq", other.AppendAck(nil, 4, tags[4]), Unverified, 4},
+		{"ACK with another frame's tag", k.AppendAck(nil, 2, tags[1]), Unverified, 4},
+		{"ACK of seq 3 first", k.AppendAck(nil, 3, tags[3]), Acked, 3},
+		{"same ACK again", k.AppendAck(nil, 3, tags[3]), Unverified, 3},
+		{"tampered: keep it", k.AppendRefused(nil, 1, V2RefTampered, tags[1]), Kept, 3},
+		{"replayed: drop it", k.AppendRefused(nil, 1, V2RefReplayed, tags[1]), Dropped, 2},
+		{"ACK of 2", k.AppendAck(nil, 2, tags[2]), Acked, 1},
+	}
+	for _, s := range steps {
+		if got := o.Settle(k, reply(s.reply)); got != s.want || o.Len() != s.left {
+			t.Fatalf("%s: %v with %d left, want %v with %d", s.name, got, o.Len(), s.want, s.left)
+		}
 	}
 }

@@ -16,26 +16,7 @@ import (
 // to encoding/json, so the result is always what encoding/json gives
 // (FuzzPulseBatchJSON checks it). Writing stays with encoding/json: a
 // MarshalJSON method was slower, as encoding/json re-scans what it returns.
-
-// appendJSON writes the batch (NaN and infinities as null, which devices
-// never send: the firmware's samples are voltages).
-func (b *PulseBatch) appendJSON(dst []byte) []byte {
-	dst = append(dst, `{"rate":`...)
-	dst = appendJSONNumber(dst, b.Rate)
-	dst = append(dst, `,"start":`...)
-	dst = strconv.AppendInt(dst, b.Start, 10)
-	if b.Samples == nil {
-		return append(dst, `,"samples":null}`...)
-	}
-	dst = append(dst, `,"samples":[`...)
-	for i, s := range b.Samples {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = appendJSONNumber(dst, s)
-	}
-	return append(dst, "]}"...)
-}
+// (Devices no longer send JSON: v2 carries the samples as packed ADC codes.)
 
 // pulseBatchJSON is PulseBatch without its JSON methods: the reference
 // decoding.

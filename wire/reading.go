@@ -22,8 +22,6 @@ const (
 	NumFields
 )
 
-var fieldNames = [NumFields]string{"Temp", "TempMcu", "PulseSig", "Acel_x", "Acel_y", "Acel_z", "TempMpu"}
-
 // Name is the field's JSON key as devices send it.
 func (f Field) Name() string {
 	if f >= NumFields {
