@@ -33,7 +33,44 @@ const (
 	HeaderReason   = "Medpipe-Reason"   // DEADLETTER: why the frame was rejected (a Reason)
 	HeaderError    = "Medpipe-Error"    // DEADLETTER: the error text (never secrets)
 	HeaderRawSeq   = "Medpipe-Raw-Seq"  // DEADLETTER: the frame's RAW stream sequence
+	// HeaderEdge names the edge instance that received a frame: decrypt
+	// sends the device's reply to AckSubject(edge).
+	HeaderEdge = "Medpipe-Edge"
+	// HeaderResend marks a v2 frame the edge stores again because RAW
+	// already held it (a device's resend within the duplicate window): it
+	// asks decrypt for the verified ACK the device is still owed.
+	HeaderResend = "Medpipe-Resend"
 )
+
+// SubjectAckPrefix + edge instance id is the core NATS subject on which
+// decrypt sends v2 replies (ACK, REFUSED: frames made with the device's
+// ACK key, which the edge never holds) for the edge to relay to the
+// device's connection, named by HeaderConn. Publishers: decrypt only;
+// subscribers: the edge whose id it is (ingest subscribes to
+// SubjectAckPrefix + its own id).
+const SubjectAckPrefix = "medpipe.ack."
+
+// AckSubject is the reply subject of edge instance edge.
+func AckSubject(edge string) string { return SubjectAckPrefix + edge }
+
+// V2MsgID is the Nats-Msg-Id of a v2 frame in RAW: device, sequence
+// number and the frame's GCM tag, in hex. The tag is
+// what only the genuine frame has: a sender without the device's key
+// cannot take a genuine frame's (device, seq) place in RAW's duplicate
+// window, while a byte-identical resend of the genuine frame is still
+// stored once.
+func V2MsgID(device string, seq uint64, tag []byte) string {
+	const hexDigits = "0123456789abcdef"
+	b := make([]byte, 0, len(device)+1+20+1+32)
+	b = append(b, device...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, ':')
+	for _, c := range tag {
+		b = append(b, hexDigits[c>>4], hexDigits[c&15])
+	}
+	return string(b)
+}
 
 // Protocol values for HeaderProtocol.
 const (
@@ -53,6 +90,10 @@ const (
 	ReasonRevoked       Reason = "revoked"        // the device's key was revoked
 	ReasonTampered      Reason = "tampered"       // v2: the authentication tag does not match
 	ReasonReplayed      Reason = "replayed"       // v2: sequence number at or below the device's high-water mark
+	ReasonDowngrade     Reason = "downgrade"      // a legacy frame from a device pinned to v2
+	// ReasonDuplicate is a v2 frame accepted before, resent: it is
+	// acknowledged again and never dead-lettered (replay counts it).
+	ReasonDuplicate Reason = "duplicate"
 )
 
 // DefaultPartitions is the number of RAW and READINGS partitions a new

@@ -40,13 +40,13 @@ type memMarks struct {
 	seen map[string]mark
 }
 
-func (m *memMarks) advance(_ context.Context, device string, f frameRef) (bool, *markWrite, error) {
+func (m *memMarks) advance(_ context.Context, device string, f frameRef) (verdict, *markWrite, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next, ok := m.seen[device].accepts(f)
-	if ok {
+	next, v := m.seen[device].accepts(f)
+	if v == fresh {
 		next.rev = 1 // "a mark exists": there is no bucket revision here
 		m.seen[device] = next
 	}
-	return ok, nil, nil
+	return v, nil, nil
 }

@@ -14,6 +14,8 @@ type metrics struct {
 	cacheHits, cacheMisses, publishErrors   prometheus.Counter
 	registryUpdates, sharedHits             prometheus.Counter
 	markWriteFailures                       prometheus.Counter
+	replies, replyErrors, duplicates        prometheus.Counter
+	replayedDevices                         prometheus.Gauge
 	readings, deadLetters                   *prometheus.CounterVec
 }
 
@@ -43,16 +45,23 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 		sharedHits:        c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates:   c("registry_updates_total", "Device registry changes applied to the key index."),
 		markWriteFailures: c("mark_write_failures_total", "v2 high-water mark writes refused (another worker moved the mark) or lost; their frames are decided again."),
+		replies:           c("v2_replies_total", "v2 replies (ACK, REFUSED) sent to edges for their devices."),
+		replyErrors:       c("v2_reply_errors_total", "v2 replies that could not be sent (the device resends and is answered again)."),
+		duplicates:        c("v2_duplicates_total", "v2 frames accepted before and resent: acknowledged again, not stored twice."),
 		readings:          vec("readings_total", "Readings published, by protocol and legacy variant.", "protocol", "variant"),
 		deadLetters:       vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
 	}
-	_, err := register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."},
+	var err error
+	m.replayedDevices, err = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_decrypt_v2_replayed_devices",
+		Help: "v2 devices whose frames have been refused as replayed for over 5 s with none accepted (see /healthz for their ids)."}))
+	errs = append(errs, err)
+	_, err = register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_decrypt_devices", Help: "Devices in the key index."},
 		func() float64 { return float64(ix.Len()) }))
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("decrypt: metrics: %w", err)
 	}
-	for _, r := range []bus.Reason{bus.ReasonUnknownDevice, bus.ReasonAmbiguous, bus.ReasonMalformed, bus.ReasonInvalid, bus.ReasonRevoked, bus.ReasonTampered, bus.ReasonReplayed} {
+	for _, r := range []bus.Reason{bus.ReasonUnknownDevice, bus.ReasonAmbiguous, bus.ReasonMalformed, bus.ReasonInvalid, bus.ReasonRevoked, bus.ReasonTampered, bus.ReasonReplayed, bus.ReasonDowngrade} {
 		m.deadLetters.WithLabelValues(string(r)) // every reason shows, at zero, from the start
 	}
 	return m, nil

@@ -19,47 +19,94 @@ import (
 // errReplayed marks a v2 frame at or below its device's high-water mark.
 var errReplayed = errors.New("decrypt: sequence number at or below the device's high-water mark")
 
+// errDowngrade marks a legacy frame of a device pinned to v2.
+var errDowngrade = errors.New("decrypt: legacy frame from a device pinned to protocol v2")
+
 // decodeV2 checks and decrypts a v2 frame: key by device id (no search),
-// tag, payload, then the replay check shared by all workers.
+// tag, payload, then the replay check against the device's mark for this
+// key generation. Every outcome about an authentic frame carries a reply
+// for the device, made with its ACK key (an ACK once the reading is
+// stored, or a REFUSED); a frame whose tag does not check gets a REFUSED
+// bound to the tag received, which a device acts on only if it matches a
+// frame it sent.
 func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcome, error) {
 	fr, err := wire.ParseV2(f.data)
 	if err != nil {
 		return dead(bus.ReasonMalformed, "", err)
 	}
 	key, revoked, ok := w.ix.LookupV2(fr.Device)
-	switch {
-	case !ok:
+	if !ok {
 		return dead(bus.ReasonUnknownDevice, fr.Device, ErrUnknownDevice)
-	case revoked:
-		return dead(bus.ReasonRevoked, fr.Device, errors.New("device key revoked"))
+	}
+	refuse := func(reason bus.Reason, code byte, err error) (Outcome, error) {
+		out, _ := dead(reason, fr.Device, err)
+		out.reply = key.AppendRefused(nil, fr.Seq, code, fr.Tag())
+		return out, nil
+	}
+	if revoked {
+		return refuse(bus.ReasonRevoked, wire.V2RefRevoked, errors.New("device key revoked"))
 	}
 	sc.plain, err = key.Open(sc.plain[:0], &fr)
 	if err != nil {
-		return dead(bus.ReasonTampered, fr.Device, err)
+		return refuse(bus.ReasonTampered, wire.V2RefTampered, err)
 	}
 	p, err := wire.ParseV2Payload(sc.plain)
 	if err != nil {
-		return dead(bus.ReasonInvalid, fr.Device, err)
+		return refuse(bus.ReasonInvalid, wire.V2RefInvalid, err)
 	}
-	fresh, write, err := w.marks.advance(ctx, fr.Device, frameRef{fr.Seq, f.seq, f.received.UnixNano()})
+	mk := markKey(fr.Device, key.Generation())
+	v, write, err := w.marks.advance(ctx, mk, frameRef{fr.Seq, f.seq, f.received.UnixNano()})
 	if err != nil {
 		return Outcome{}, err // the mark store is unreachable: retry the frame later
 	}
-	if !fresh {
-		return dead(bus.ReasonReplayed, fr.Device, fmt.Errorf("%w (seq %d)", errReplayed, fr.Seq))
+	switch v {
+	case duplicate:
+		// A resend of a frame already accepted (its first copy's ACK was
+		// lost): acknowledged again, its reading is not stored twice.
+		w.stuck.accepted(fr.Device)
+		return Outcome{Reason: bus.ReasonDuplicate, Device: fr.Device, Duplicate: true, reply: key.AppendAck(nil, fr.Seq, fr.Tag())}, nil
+	case refused:
+		w.stuck.refused(fr.Device, w.log)
+		return refuse(bus.ReasonReplayed, wire.V2RefReplayed, fmt.Errorf("%w (seq %d = epoch %d, counter %d)", errReplayed, fr.Seq, wire.V2SeqEpoch(fr.Seq), wire.V2SeqCounter(fr.Seq)))
 	}
+	w.stuck.accepted(fr.Device)
+	w.pin(fr.Device)
 	id := Identified{Device: fr.Device, Reading: p.Values.Reading()}
 	r := w.reading(f, &id)
 	r.Protocol, r.Variant, r.Seq = bus.ProtocolV2, "", fr.Seq
 	r.DeviceTime = time.UnixMilli(p.Time).UTC()
-	r.Pulse = p.Pulse
-	return Outcome{Reading: r, mark: write}, nil
+	if p.Pulse != nil {
+		r.Pulse = p.Pulse.Batch()
+	}
+	return Outcome{Reading: r, mark: write, reply: key.AppendAck(nil, fr.Seq, fr.Tag())}, nil
 }
+
+// markKey is the bucket key of a device's mark for one key generation:
+// rotating the key starts a new mark, and an operator's reset deletes
+// mark.<device>.> (see ResetMarks).
+func markKey(device, generation string) string {
+	return markPrefix + device + "." + generation
+}
+
+// Key prefixes in the mark bucket.
+const (
+	markPrefix = "mark."
+	pinPrefix  = "pin."
+)
+
+// verdict is what the replay check makes of a v2 frame.
+type verdict int
+
+const (
+	refused   verdict = iota // below the window, or not new: a replay
+	fresh                    // new: accept it
+	duplicate                // accepted before (within the window): acknowledge again
+)
 
 // highWater decides whether a v2 sequence number is new for its device,
 // and returns the write that records it, if any.
 type highWater interface {
-	advance(ctx context.Context, device string, f frameRef) (bool, *markWrite, error)
+	advance(ctx context.Context, device string, f frameRef) (verdict, *markWrite, error)
 }
 
 // frameRef is what the replay check knows of a v2 frame: its sequence
@@ -152,36 +199,36 @@ func (m mark) encode() []byte {
 
 // accepts applies the replay window: whether frame f may be accepted given
 // the mark, and the mark that accepting it makes.
-func (m mark) accepts(f frameRef) (mark, bool) {
+func (m mark) accepts(f frameRef) (mark, verdict) {
 	seq, raw := f.seq, f.raw
 	switch {
 	case m.rev != 0 && seq == m.lastSeq && raw == m.lastRaw:
 		// The RAW message accepted last, handled again: redelivered after a
 		// crash, or retried after a mark update whose answer was lost (the
 		// store's leader changed) though the update itself landed.
-		return m, true
-	case m.rev == 0 || seq > m.seq:
+		return m, fresh
+	case m.rev == 0 || m.seq == 0 || seq > m.seq:
 		next := mark{seq: seq, raw: raw, rev: m.rev, lastSeq: seq, lastRaw: raw, recv: f.recv}
 		if m.rev != 0 {
 			next.seen = m.seen.shifted(seq - m.seq)
 		}
 		next.seen.set(0)
-		return next, true
+		return next, fresh
 	}
 	d := m.seq - seq
 	if d >= ReplayWindow {
 		if f.recv == 0 || m.recv == 0 || f.recv >= m.recv {
-			return m, false
+			return m, refused
 		}
 		m.lastSeq, m.lastRaw = seq, raw
-		return m, true
+		return m, fresh
 	}
 	if m.seen.has(d) {
-		return m, false
+		return m, duplicate
 	}
 	m.seen.set(d)
 	m.lastSeq, m.lastRaw = seq, raw
-	return m, true
+	return m, fresh
 }
 
 // seqMarks keeps v2 high-water marks in a KV bucket with compare-and-set,
@@ -203,6 +250,7 @@ type seqMarks struct {
 	// redelivery of one (its ack lost, or it waited in the client past
 	// AckWait) is the same frame, not a replay, however far the mark moved.
 	accepted bus.RecentSeqs
+	stream   jetstream.Stream // the bucket's stream, for delete markers
 }
 
 // recentAccepted bounds seqMarks.accepted: a minute of 1,000 v2 readings/s.
@@ -222,33 +270,49 @@ func newSeqMarks(js jetstream.JetStream, kv jetstream.KeyValue) *seqMarks {
 // advance reports whether frame f is new for device and, if so, returns the
 // write that records it (nil when nothing changed: the RAW message accepted
 // last, handled again). The reading must wait for the write.
-func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (bool, *markWrite, error) {
+func (s *seqMarks) advance(ctx context.Context, device string, f frameRef) (verdict, *markWrite, error) {
 	m, err := s.current(ctx, device)
 	if err != nil {
-		return false, nil, err
+		return refused, nil, err
 	}
 	s.mu.Lock()
 	again := s.accepted.Has(f.raw)
 	s.mu.Unlock()
 	if again {
-		return true, nil, nil // its reading is published again, and READINGS drops the copy
+		return fresh, nil, nil // its reading is published again, and READINGS drops the copy
 	}
-	next, ok := m.accepts(f)
-	if !ok {
-		return false, nil, nil
+	next, v := m.accepts(f)
+	if v == refused {
+		// Decided on this worker's copy: the operator may have reset the
+		// mark since (medpipe keys reset-mark). A refusal is rare, so the
+		// bucket is asked before it stands.
+		if m, err = s.load(ctx, device); err != nil {
+			return refused, nil, err
+		}
+		s.mu.Lock()
+		if e := s.local[device]; e != nil && e.write == nil {
+			e.m = m
+		}
+		s.mu.Unlock()
+		if next, v = m.accepts(f); v == refused {
+			return refused, nil, nil
+		}
+	}
+	if v != fresh {
+		return v, nil, nil
 	}
 	if next == m {
-		return true, nil, nil
+		return fresh, nil, nil
 	}
 	w := &markWrite{s: s, device: device, f: f, value: next.encode(), prev: m.rev, turn: make(chan struct{}, 1)}
 	msg := &nats.Msg{Subject: kvSubject(s.kv, device), Data: w.value}
 	if w.fut, err = s.js.PublishMsgAsync(msg, jetstream.WithExpectLastSequencePerSubject(w.prev), bus.Backpressure); err != nil {
-		return false, nil, fmt.Errorf("decrypt: store high-water mark: %w", err)
+		return refused, nil, fmt.Errorf("decrypt: store high-water mark: %w", err)
 	}
 	s.mu.Lock()
 	s.local[device] = &markEntry{m: next, write: w}
 	s.mu.Unlock()
-	return true, w, nil
+	return fresh, w, nil
 }
 
 // current is the device's stored mark: the local copy once its write is
@@ -390,15 +454,21 @@ func kvSubject(kv jetstream.KeyValue, key string) string {
 	return "$KV." + kv.Bucket() + "." + key
 }
 
-// load reads the device's mark from the bucket.
+// load reads the device's mark from the bucket. A deleted or purged mark
+// is absent, but its delete marker's revision is what the next write must
+// expect: treating it as revision 0 made every write fail for ever (an
+// operator's delete livelocked the partition).
 func (s *seqMarks) load(ctx context.Context, device string) (mark, error) {
 	var m mark
 	e, err := s.kv.Get(ctx, device)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return mark{}, nil
+		return mark{rev: s.deletedAt(ctx, device)}, nil
 	}
 	if err != nil {
 		return mark{}, fmt.Errorf("decrypt: read high-water mark: %w", err)
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		return mark{rev: e.Revision()}, nil
 	}
 	f := strings.Fields(string(e.Value()))
 	if len(f) < 2 {
@@ -423,4 +493,22 @@ func (s *seqMarks) load(ctx context.Context, device string) (mark, error) {
 	}
 	m.rev = e.Revision()
 	return m, nil
+}
+
+// deletedAt returns the revision of a deleted key's marker (0 when the key
+// never existed): the bucket's stream keeps the marker as the subject's
+// last message, and a compare-and-set must name it.
+func (s *seqMarks) deletedAt(ctx context.Context, device string) uint64 {
+	if s.stream == nil {
+		st, err := s.js.Stream(ctx, "KV_"+s.kv.Bucket())
+		if err != nil {
+			return 0
+		}
+		s.stream = st
+	}
+	msg, err := s.stream.GetLastMsgForSubject(ctx, kvSubject(s.kv, device))
+	if err != nil {
+		return 0
+	}
+	return msg.Sequence
 }

@@ -68,6 +68,8 @@ type Worker struct {
 	log   *slog.Logger
 	bufs  sync.Pool
 	marks highWater // nil without Options.Seqs (live) or in-memory (Decoder)
+	stuck *stuckDevices
+	pins  pins
 }
 
 // New checks the options and builds the key index.
@@ -101,7 +103,8 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log}
+	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log, pins: pins{set: map[string]bool{}}}
+	w.stuck = newStuckDevices(m.replayedDevices.Set)
 	if o.Seqs != nil {
 		w.marks = newSeqMarks(js, o.Seqs)
 	}
@@ -112,10 +115,15 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 // Index is the worker's key index.
 func (w *Worker) Index() *KeyIndex { return w.ix }
 
-// Health returns nil while NATS is connected.
+// Health returns nil while NATS is connected and no v2 device has had its
+// frames refused as replayed for StuckAfter (it names them: such a device
+// is dark until its sequence moves past its mark or an operator resets it).
 func (w *Worker) Health() error {
 	if s := w.js.Conn().Status(); s != nats.CONNECTED {
 		return fmt.Errorf("nats %s", s)
+	}
+	if ids := w.stuck.stuck(); len(ids) > 0 {
+		return fmt.Errorf("degraded: v2 devices refused as replayed for over %v: %s", StuckAfter, strings.Join(ids, ", "))
 	}
 	return nil
 }
@@ -134,6 +142,18 @@ func (w *Worker) Run(ctx context.Context) error {
 			return nil
 		}
 		w.log.Info("key index loaded from the registry", "devices", w.ix.Len())
+	}
+	if w.o.Seqs != nil {
+		ready := make(chan struct{})
+		watchErr := make(chan error, 1)
+		go func() { watchErr <- w.watchPins(ctx, sync.OnceFunc(func() { close(ready) })) }()
+		select {
+		case <-ready: // pinned devices are known: no recorded legacy frame slips through at start
+		case err := <-watchErr:
+			return fmt.Errorf("decrypt: watch v2 pins: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
 	}
 	err := bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
@@ -220,22 +240,53 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if err != nil {
 		return nil, err
 	}
+	if out.Duplicate {
+		w.m.duplicates.Inc()
+		w.sendReply(f.header, out.reply)
+		return nil, nil
+	}
 	if out.Reading == nil {
+		w.sendReply(f.header, out.reply)
 		return w.deadLetter(f, out)
 	}
 	if out.mark != nil {
-		return &v2Output{w: w, mark: out.mark, reading: out.Reading}, nil
+		return &v2Output{w: w, mark: out.mark, reading: out.Reading, header: f.header, ack: out.reply}, nil
 	}
-	return w.publishReading(out.Reading)
+	c, err := w.publishReading(out.Reading)
+	if err != nil || out.reply == nil {
+		return c, err
+	}
+	return replyAfter{c, w, f.header, out.reply}, nil
+}
+
+// replyAfter sends a v2 ACK once the reading's publish is acknowledged.
+type replyAfter struct {
+	bus.Completion
+	w      *Worker
+	header nats.Header
+	reply  []byte
+}
+
+// Wait waits for the reading, then acknowledges the frame to the device.
+func (r replyAfter) Wait(ctx context.Context) error {
+	if err := r.Completion.Wait(ctx); err != nil {
+		return err
+	}
+	r.w.sendReply(r.header, r.reply)
+	return nil
 }
 
 // v2Output publishes a v2 reading once the high-water mark that accepted
 // it is stored: a mark write that fails (another worker moved the mark
 // meanwhile) leaves no reading behind, and the frame is decided again.
+// Once READINGS holds the reading, the device's verified ACK goes to the
+// edge that received the frame.
 type v2Output struct {
 	w       *Worker
 	mark    *markWrite
 	reading *bus.Reading
+	header  nats.Header
+	ack     []byte
 	out     bus.Completion
 }
 
@@ -255,7 +306,11 @@ func (o *v2Output) Wait(ctx context.Context) error {
 	if o.out == nil {
 		return errors.New("decrypt: v2 reading not started")
 	}
-	return o.out.Wait(ctx)
+	if err := o.out.Wait(ctx); err != nil {
+		return err
+	}
+	o.w.sendReply(o.header, o.ack)
+	return nil
 }
 
 // Outcome is what decrypt makes of one RAW frame: a reading for READINGS,
@@ -265,8 +320,12 @@ type Outcome struct {
 	Reason  bus.Reason   // dead letters: why
 	Device  string       // dead letters: the device, where known
 	Err     error        // dead letters: what failed (never key material)
+	// Duplicate is a v2 frame accepted before (Reason ReasonDuplicate): it
+	// is acknowledged again, neither stored nor dead-lettered.
+	Duplicate bool
 
-	mark *markWrite // a v2 reading: the high-water mark write it waits for
+	mark  *markWrite // a v2 reading: the high-water mark write it waits for
+	reply []byte     // v2: the reply for the device (ACK, REFUSED), made with its ACK key
 }
 
 // dead is the Outcome of a frame that goes to DEADLETTER.
@@ -310,6 +369,11 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 	}
 	if !known {
 		w.remember(f.conn, connDevice{id.Device, id.Variant})
+	}
+	if w.pins.has(id.Device) {
+		// The device has spoken v2 (or an operator pinned it): a legacy
+		// frame in its name is a recording replayed, or a downgrade.
+		return dead(bus.ReasonDowngrade, id.Device, errDowngrade)
 	}
 	return Outcome{Reading: w.reading(f, &id)}, nil
 }

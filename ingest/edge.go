@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.EdgeID == "" {
 		o.EdgeID = randomID()
+	}
+	if strings.ContainsAny(o.EdgeID, ".*> \t\r\n") {
+		return fmt.Errorf("ingest: edge id %q: it names a NATS subject token (no '.', '*', '>' or spaces)", o.EdgeID)
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 20000
@@ -253,6 +257,13 @@ func (e *Edge) Run(ctx context.Context) error {
 		}
 		defer func() { _ = sub.Unsubscribe() }()
 	}
+	if nc := e.js.Conn(); nc != nil {
+		sub, err := e.relayReplies(nc)
+		if err != nil {
+			return fmt.Errorf("ingest: subscribe to v2 replies: %w", err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	var conns sync.WaitGroup
 	stop := context.AfterFunc(ctx, e.beginShutdown)
 	defer stop()
@@ -404,6 +415,17 @@ type conn struct {
 	id, remote, local, ip string
 	log                   *slog.Logger
 	connLimits
+	wmu sync.Mutex // v2 replies come from the connection's writer and from decrypt's relay
+}
+
+// writeReply writes one v2 reply frame whole; it reports whether the
+// connection took it.
+func (cn *conn) writeReply(b []byte) bool {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	_ = cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := cn.Write(b)
+	return err == nil
 }
 
 // serve detects a connection's protocol by its first byte and serves it:
@@ -450,6 +472,7 @@ var (
 func (e *Edge) rawMsg(cn *conn, partitionKey, protocol string, seq uint64, frame []byte) *nats.Msg {
 	msg := &nats.Msg{Subject: bus.RawSubject(bus.Partition(partitionKey, e.o.Partitions)), Data: append([]byte(nil), frame...), Header: nats.Header{}}
 	msg.Header.Set(bus.HeaderConn, cn.id)
+	msg.Header.Set(bus.HeaderEdge, e.o.EdgeID)
 	msg.Header.Set(bus.HeaderFrameSeq, strconv.FormatUint(seq, 10))
 	msg.Header.Set(bus.HeaderRemote, cn.remote)
 	msg.Header.Set(bus.HeaderLocal, cn.local)
@@ -486,18 +509,21 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 	}
 }
 
-// v2Reply is what the device is owed for one frame, in order: an ACK once
-// the frame is stored, or an ERROR.
+// v2Reply is what the edge owes the device for one frame, in order: an
+// (unauthenticated) ERROR when the frame could not be stored; the ACK
+// comes from decrypt, which alone can make one the device verifies.
 type v2Reply struct {
 	pendingPublish
 	seq  uint64
-	code byte // an ERROR to send instead of waiting for a publish
+	n    uint64 // the frame's number in the connection
+	code byte   // an ERROR to send instead of waiting for a publish
 	text string
 }
 
 // serveV2 reads a v2 stream. RAW partitions v2 frames by device, so a
 // device's frames stay in order across reconnects, and their message id
-// device:seq stores a retransmission once.
+// (bus.V2MsgID: device, seq and the tag, which only the genuine frame has)
+// stores a retransmission once.
 func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 	replies := make(chan v2Reply, 256)
 	var writer sync.WaitGroup
@@ -518,7 +544,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				e.throttle(cn)
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
-				msg.Header.Set(jetstream.MsgIDHeader, f.Device+":"+strconv.FormatUint(f.Seq, 10))
+				msg.Header.Set(jetstream.MsgIDHeader, bus.V2MsgID(f.Device, f.Seq, f.Tag()))
 				fut, perr := e.publish(msg)
 				if perr != nil {
 					fut = nil
@@ -527,7 +553,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 						continue
 					}
 				}
-				replies <- v2Reply{pendingPublish: pendingPublish{msg: msg, future: fut}, seq: f.Seq}
+				replies <- v2Reply{pendingPublish: pendingPublish{msg: msg, future: fut}, seq: f.Seq, n: n}
 				continue
 			}
 		}
@@ -542,7 +568,12 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 	}
 }
 
-// replyV2 writes ACKs and ERRORs to a v2 device in frame order.
+// replyV2 follows a v2 connection's publishes in frame order: a frame RAW
+// could not store gets an ERROR (the device keeps it and resends), and a
+// frame RAW already held (a resend within the duplicate window: the ACK of
+// its first copy was lost) is stored again marked HeaderResend, so that
+// decrypt sends the verified ACK the device is still owed. A stored frame
+// gets nothing from here: its ACK comes from decrypt (relayReplies).
 func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
 	var out []byte
 	broken := false
@@ -552,11 +583,15 @@ func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
 		case r.code != 0:
 			out = wire.AppendV2Error(out, r.seq, r.code, r.text)
 		case r.future == nil: // stored by a synchronous retry
-			out = wire.AppendV2Ack(out, r.seq)
+			continue
 		default:
-			switch e.awaitStored(r.pendingPublish) {
+			outcome, dup := e.awaitStoredDup(r.pendingPublish)
+			switch outcome {
 			case stored:
-				out = wire.AppendV2Ack(out, r.seq)
+				if dup {
+					e.askReack(cn, r)
+				}
+				continue
 			case lost:
 				out = wire.AppendV2Error(out, r.seq, wire.V2ErrStore, "frame not stored")
 			case unconfirmed:
@@ -568,11 +603,49 @@ func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
 		if broken {
 			continue // keep waiting for the publishes; the device will resend what it lacks
 		}
-		_ = cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		if _, err := cn.Write(out); err != nil {
+		if !cn.writeReply(out) {
 			broken = true
 		}
 	}
+}
+
+// askReack stores a resent v2 frame again, marked HeaderResend, under a
+// message id of its own: decrypt finds it accepted before and acknowledges
+// it again. It is fire and forget: if it is lost, the device resends.
+func (e *Edge) askReack(cn *conn, r v2Reply) {
+	msg := &nats.Msg{Subject: r.msg.Subject, Data: r.msg.Data, Header: nats.Header{}}
+	for k, v := range r.msg.Header {
+		msg.Header[k] = v
+	}
+	msg.Header.Set(bus.HeaderResend, "1")
+	msg.Header.Set(jetstream.MsgIDHeader, "resend:"+cn.id+":"+strconv.FormatUint(r.n, 10))
+	e.m.resends.Inc()
+	if _, err := e.js.PublishMsgAsync(msg, bus.Backpressure); err != nil && e.retryLog.allow() {
+		e.log.Warn("could not ask decrypt to acknowledge a resent frame again", "conn", cn.id, "err", err)
+	}
+}
+
+// relayReplies forwards decrypt's v2 replies (ACK, REFUSED, made with the
+// device's ACK key, which the edge does not hold) to the connection that
+// carried the frame. A reply for a connection gone is dropped: the device
+// resends the frame on its next connection and is answered again.
+func (e *Edge) relayReplies(nc *nats.Conn) (*nats.Subscription, error) {
+	return nc.Subscribe(bus.AckSubject(e.o.EdgeID), func(m *nats.Msg) {
+		f, err := wire.ParseV2(m.Data)
+		if err != nil || (f.Type != wire.V2Ack && f.Type != wire.V2Refused) {
+			return
+		}
+		e.mu.Lock()
+		cn := e.byID[m.Header.Get(bus.HeaderConn)]
+		e.mu.Unlock()
+		if cn == nil {
+			e.m.repliesDropped.Inc()
+			return
+		}
+		if cn.writeReply(m.Data) {
+			e.m.repliesRelayed.Inc()
+		}
+	})
 }
 
 // closed logs why a connection ended and counts errors by reason.
@@ -655,26 +728,34 @@ const (
 
 // awaitStored waits for a publish's ack, retrying on failure.
 func (e *Edge) awaitStored(p pendingPublish) publishOutcome {
+	o, _ := e.awaitStoredDup(p)
+	return o
+}
+
+// awaitStoredDup is awaitStored that also reports whether RAW already held
+// the message (its id within the duplicate window) when the first publish
+// was acknowledged.
+func (e *Edge) awaitStoredDup(p pendingPublish) (publishOutcome, bool) {
 	defer func() { <-e.window }()
 	if e.abandon.Err() != nil {
 		e.unconfirmed.Add(1)
-		return unconfirmed
+		return unconfirmed, false
 	}
 	select {
-	case <-p.future.Ok():
-		return stored
+	case ack := <-p.future.Ok():
+		return stored, ack != nil && ack.Duplicate
 	case err := <-p.future.Err():
 		if e.retry(p.msg, err) {
-			return stored
+			return stored, false
 		}
 		if e.abandon.Err() != nil {
 			e.unconfirmed.Add(1)
-			return unconfirmed
+			return unconfirmed, false
 		}
-		return lost
+		return lost, false
 	case <-e.abandon.Done():
 		e.unconfirmed.Add(1)
-		return unconfirmed
+		return unconfirmed, false
 	}
 }
 

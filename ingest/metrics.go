@@ -12,6 +12,9 @@ type metrics struct {
 	connErrors     *prometheus.CounterVec
 	publishErrors  prometheus.Counter
 	publishRetries prometheus.Counter
+	// v2 replies: decrypt's relayed to devices, dropped (connection gone),
+	// and resent frames stored again to be acknowledged again.
+	repliesRelayed, repliesDropped, resends prometheus.Counter
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
@@ -27,6 +30,9 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
 		connErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connection_errors_total", Help: "Connections closed for bad input or read errors, by reason."}, []string{"reason"}),
 		publishErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_errors_total", Help: "Publishes to RAW that failed at first."}),
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
+		repliesRelayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_relayed_total", Help: "v2 replies from decrypt (ACK, REFUSED) written to devices."}),
+		repliesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_dropped_total", Help: "v2 replies from decrypt for connections already closed (the device resends)."}),
+		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
 	}
 	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames", "tls_handshake"} {
 		m.connErrors.WithLabelValues(r)
@@ -36,7 +42,7 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while it is at --max-pending-frames."}, pending))
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.repliesRelayed, m.repliesDropped, m.resends)
 	}
 	return m
 }

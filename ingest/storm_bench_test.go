@@ -46,6 +46,7 @@ func BenchmarkEdgeUnderStorm(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			h := start(b, Options{MaxFrame: 1024, FrameTimeout: 5 * time.Second})
+			ackAsDecrypt(b, h.js.Conn(), goodKeys(20))
 			addr := h.edge.Addr().String()
 			ctx, cancel := context.WithCancel(context.Background())
 			var abusers sync.WaitGroup
@@ -78,6 +79,17 @@ func BenchmarkEdgeUnderStorm(b *testing.B) {
 	}
 }
 
+// goodKeys are the v2 keys of goodDevices' devices.
+func goodKeys(devices int) map[string]*wire.V2Key {
+	keys := map[string]*wire.V2Key{}
+	for d := range devices {
+		dev := testDev
+		dev.ID = "good-" + strconv.Itoa(d)
+		keys[dev.ID] = wire.NewV2Key(dev)
+	}
+	return keys
+}
+
 // goodDevices runs v2 devices, each on its own connection at rate frames/s,
 // until n frames are acknowledged; it returns each frame's ACK latency.
 func goodDevices(b *testing.B, addr string, devices int, rate float64, n int) []time.Duration {
@@ -102,7 +114,7 @@ func goodDevices(b *testing.B, addr string, devices int, rate float64, n int) []
 			var frame []byte
 			for seq := uint64(1); seq <= uint64(per); seq++ {
 				<-tick.C
-				frame, err = key.SealData(frame[:0], dev.ID, seq, [12]byte{byte(seq), byte(d)}, []byte(`{"time":1,"values":{"Temp":36.6}}`))
+				frame, err = key.SealData(frame[:0], seq, v2Payload)
 				if err != nil {
 					b.Error(err)
 					return
@@ -118,7 +130,7 @@ func goodDevices(b *testing.B, addr string, devices int, rate float64, n int) []
 					b.Errorf("device %d frame %d: no ACK: %v", d, seq, err)
 					return
 				}
-				if f, err := wire.ParseV2(raw); err != nil || f.Type != wire.V2Ack || f.Seq != seq {
+				if f, err := wire.ParseV2(raw); err != nil || f.Type != wire.V2Ack || !key.VerifyReply(&f, frame) {
 					b.Errorf("device %d frame %d: reply %+v %v", d, seq, f, err)
 					return
 				}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -17,9 +18,12 @@ import (
 
 var v2Key = wire.NewV2Key(testDev)
 
+// v2Payload is a valid reading's payload.
+var v2Payload, _ = wire.AppendV2Payload(nil, &wire.V2Payload{Time: 1, Values: wire.V2Values{Temp: 36.6, TempMcu: 23.7, PulseSig: 1.7, AcelZ: 1, TempMpu: 23.4}})
+
 func v2Frame(t testing.TB, seq uint64) []byte {
 	t.Helper()
-	f, err := v2Key.SealData(nil, testDev.ID, seq, [12]byte{byte(seq)}, []byte(`{"time":1,"values":{"Temp":36.6,"TempMcu":23.7,"PulseSig":1.7,"Acel_x":0,"Acel_y":0,"Acel_z":1,"TempMpu":23.4}}`))
+	f, err := v2Key.SealData(nil, seq, v2Payload)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,10 +44,51 @@ func readReply(t testing.TB, r *bufio.Reader) wire.V2Frame {
 	return f
 }
 
-// TestV2AckAfterStore: every frame is acknowledged, in order, once stored;
-// a retransmitted frame is acknowledged again but stored once.
-func TestV2AckAfterStore(t *testing.T) {
+// ackAsDecrypt stands in for decrypt's replies in the edge's own tests: it
+// acknowledges every v2 frame stored in RAW, with the device's ACK key, on
+// the reply subject of the edge that received it (decrypt's real path is
+// tested in decrypt and end to end in cmd/medpipe).
+func ackAsDecrypt(t testing.TB, nc *nats.Conn, keys map[string]*wire.V2Key) {
+	t.Helper()
+	sub, err := nc.Subscribe(bus.SubjectRawPrefix+">", func(m *nats.Msg) {
+		if m.Header.Get(bus.HeaderProtocol) != bus.ProtocolV2 {
+			return
+		}
+		f, err := wire.ParseV2(m.Data)
+		if err != nil {
+			return
+		}
+		k := keys[f.Device]
+		if k == nil {
+			return
+		}
+		if _, err := k.Open(nil, &f); err != nil {
+			return
+		}
+		_ = nc.PublishMsg(&nats.Msg{Subject: bus.AckSubject(m.Header.Get(bus.HeaderEdge)), Data: k.AppendAck(nil, f.Seq, f.Tag()),
+			Header: nats.Header{bus.HeaderConn: {m.Header.Get(bus.HeaderConn)}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+}
+
+// TestV2StoreAndRelay: every frame is stored once under an id that holds
+// its tag; a byte-identical resend is stored once more, marked as a
+// resend, so that decrypt acknowledges it again; a forged frame for the
+// same (device, seq) is stored apart and cannot shadow the genuine one;
+// decrypt's replies reach the device's connection.
+func TestV2StoreAndRelay(t *testing.T) {
 	h := start(t, Options{})
+	ackAsDecrypt(t, h.js.Conn(), map[string]*wire.V2Key{testDev.ID: v2Key})
+	forger := dial(t, h)
+	forged := v2Frame(t, 7)
+	forged[len(forged)-wire.V2TagLen] ^= 1 // no key: the tag cannot be right
+	if _, err := forger.Write(forged); err != nil {
+		t.Fatal(err)
+	}
+	rawMessages(t, h.js, 1)
 	c := dial(t, h)
 	r := bufio.NewReader(c)
 	for seq := uint64(1); seq <= 20; seq++ {
@@ -51,31 +96,45 @@ func TestV2AckAfterStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	got := map[uint64]bool{}
+	for range 20 {
+		f := readReply(t, r)
+		if f.Type != wire.V2Ack || !v2Key.VerifyReply(&f, v2Frame(t, f.Seq)) {
+			t.Fatalf("reply %+v does not verify", f)
+		}
+		got[f.Seq] = true
+	}
+	if len(got) != 20 {
+		t.Fatalf("ACKs for %d frames, want 20", len(got))
+	}
 	if _, err := c.Write(v2Frame(t, 7)); err != nil { // a resend after a lost ACK
 		t.Fatal(err)
-	}
-	for want := uint64(1); want <= 20; want++ {
-		if f := readReply(t, r); f.Type != wire.V2Ack || f.Seq != want {
-			t.Fatalf("reply %+v, want ACK %d", f, want)
-		}
 	}
 	if f := readReply(t, r); f.Type != wire.V2Ack || f.Seq != 7 {
 		t.Fatalf("resend: reply %+v", f)
 	}
-	msgs := rawMessages(t, h.js, 20) // the resend is not stored twice
-	for _, m := range msgs {
-		if m.Headers().Get(bus.HeaderProtocol) != bus.ProtocolV2 || m.Headers().Get(bus.HeaderDevice) != testDev.ID {
+	msgs := rawMessages(t, h.js, 22) // the forgery, 20 frames, the resend's request for an ACK
+	resends := 0
+	for _, m := range msgs[1:] {
+		if m.Headers().Get(bus.HeaderProtocol) != bus.ProtocolV2 || m.Headers().Get(bus.HeaderDevice) != testDev.ID || m.Headers().Get(bus.HeaderEdge) != h.edge.o.EdgeID {
 			t.Fatalf("headers %v", m.Headers())
 		}
 		if m.Subject() != bus.RawSubject(bus.Partition(testDev.ID, parts)) {
 			t.Fatalf("subject %s: v2 frames are partitioned by device", m.Subject())
 		}
-		if _, err := wire.ParseV2(m.Data()); err != nil {
-			t.Fatal(err)
+		if m.Headers().Get(bus.HeaderResend) != "" {
+			resends++
 		}
 	}
-	if id := msgs[6].Headers().Get(jetstream.MsgIDHeader); id != testDev.ID+":7" {
+	if resends != 1 {
+		t.Fatalf("%d resend requests, want 1", resends)
+	}
+	f7, _ := wire.ParseV2(v2Frame(t, 7))
+	if id := msgs[7].Headers().Get(jetstream.MsgIDHeader); id != bus.V2MsgID(testDev.ID, 7, f7.Tag()) {
 		t.Fatalf("message id %q", id)
+	}
+	if testutil.ToFloat64(h.edge.m.repliesRelayed) < 21 {
+		t.Fatalf("%v replies relayed", testutil.ToFloat64(h.edge.m.repliesRelayed))
 	}
 }
 
@@ -88,7 +147,7 @@ func TestV2BadFramesCloseCleanly(t *testing.T) {
 	}{
 		{"truncated", func(t *testing.T) []byte { f := v2Frame(t, 1); return f[:len(f)-3] }, "truncated", 0},
 		{"oversize", func(t *testing.T) []byte { return []byte{wire.V2Magic, wire.V2Version, wire.V2Data, 0xff, 0xff} }, "too_long", wire.V2ErrTooLarge},
-		{"not a DATA frame", func(t *testing.T) []byte { return wire.AppendV2Ack(nil, 1) }, "malformed", wire.V2ErrMalformed},
+		{"not a DATA frame", func(t *testing.T) []byte { return wire.AppendV2Error(nil, 1, 1, "x") }, "malformed", wire.V2ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -118,6 +177,7 @@ func TestV2BadFramesCloseCleanly(t *testing.T) {
 // TestLegacyAndV2OnOnePort: both protocols at once on the same listener.
 func TestLegacyAndV2OnOnePort(t *testing.T) {
 	h := start(t, Options{})
+	ackAsDecrypt(t, h.js.Conn(), map[string]*wire.V2Key{testDev.ID: v2Key})
 	legacy, v2 := dial(t, h), dial(t, h)
 	for i := 1; i <= 10; i++ {
 		legacy.Write(frame(i))

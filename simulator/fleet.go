@@ -37,6 +37,9 @@ type Options struct {
 	// Adjust, when set, changes each reading before it is sealed (the
 	// interactive device applies the operator's settings with it).
 	Adjust func(r *wire.Reading)
+	// Epoch is the v2 devices' boot epoch (see BootEpoch); zero takes the
+	// wall clock's seconds.
+	Epoch uint32
 	// OnSend, when set, is told of each reading written to the edge (the
 	// index of the device in Devices, the reading's sequence number, the
 	// time of the write), so that a benchmark can time it end to end. It
@@ -49,9 +52,11 @@ type Stats struct {
 	Devices, Connected int
 	Sent, Reconnects   uint64
 	Errors             uint64
-	// Acked counts v2 frames the edge acknowledged; Dropped, v2 frames
-	// dropped unacknowledged from a full resend buffer.
-	Acked, Dropped uint64
+	// Acked counts v2 frames the pipeline acknowledged with a verified
+	// ACK; Dropped, v2 frames dropped unacknowledged from a full resend
+	// buffer or refused for good; Unverified, replies whose MAC did not
+	// verify (forged, or for a frame already settled), which drop nothing.
+	Acked, Dropped, Unverified uint64
 }
 
 // Fleet runs simulated devices.
@@ -65,6 +70,7 @@ type Fleet struct {
 	dropped    atomic.Uint64
 	fallMu     sync.Mutex
 	falls      map[int]bool // devices asked to fall
+	unverified atomic.Uint64
 }
 
 // NewFleet checks the options.
@@ -83,6 +89,9 @@ func NewFleet(o Options) (*Fleet, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if o.Epoch == 0 {
+		o.Epoch = wallEpoch()
 	}
 	for _, d := range o.Devices {
 		if !d.V2 && d.Variant != wire.Pico && d.Variant != wire.Pseudo {
@@ -118,7 +127,7 @@ func (f *Fleet) Stats() Stats {
 	return Stats{
 		Devices: len(f.o.Devices), Connected: int(f.connected.Load()),
 		Sent: f.sent.Load(), Reconnects: f.reconnects.Load(), Errors: f.errors.Load(),
-		Acked: f.acked.Load(), Dropped: f.dropped.Load(),
+		Acked: f.acked.Load(), Dropped: f.dropped.Load(), Unverified: f.unverified.Load(),
 	}
 }
 
@@ -167,7 +176,7 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 	}
 	dev.sig.FeverPerHour = f.o.FeverPerHour
 	if d.V2 {
-		dev.v2 = newV2Device(d.Device)
+		dev.v2 = newV2Device(d.Device, f.o.Epoch, &f.unverified)
 	}
 	defer dev.disconnect()
 	timer := time.NewTimer(delay)
@@ -208,6 +217,12 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 	}
 }
 
+// flushStall is how long a flushing v2 device waits for an ACK before it
+// reconnects and resends. ACKs come from decrypt once READINGS holds the
+// reading, so they wait behind decrypt's backlog: reconnecting sooner only
+// resends frames still queued and adds to that backlog.
+const flushStall = 20 * time.Second
+
 // flushV2 keeps a v2 device connected until the edge has acknowledged
 // every frame, reconnecting (which resends) when acknowledgements stall.
 func (dev *device) flushV2(ctx context.Context) {
@@ -229,8 +244,8 @@ func (dev *device) flushV2(ctx context.Context) {
 		}
 		if n := dev.v2.outstanding(); n < left {
 			left, lastProgress = n, time.Now()
-		} else if time.Since(lastProgress) > 3*time.Second {
-			dev.disconnect() // the edge went quiet: reconnect and resend
+		} else if time.Since(lastProgress) > flushStall {
+			dev.disconnect() // the pipeline went quiet: reconnect and resend
 			lastProgress = time.Now()
 		}
 	}
@@ -253,9 +268,12 @@ func (dev *device) connect(ctx context.Context) bool {
 	dev.backoff = 0
 	dev.f.connected.Add(1)
 	if dev.v2 != nil {
-		go dev.v2.readReplies(c, func(n int) { dev.f.acked.Add(uint64(n)) }, func(code byte) {
+		go dev.v2.readReplies(c, func() { dev.f.acked.Add(1) }, func(code byte) {
+			if code == wire.V2RefReplayed || code == wire.V2RefInvalid {
+				dev.f.dropped.Add(1)
+			}
 			dev.f.errors.Add(1)
-			dev.f.o.Log.Debug("edge refused a frame", "device", dev.d.ID, "code", code)
+			dev.f.o.Log.Debug("pipeline refused a frame", "device", dev.d.ID, "code", code)
 		})
 		// Resend, in order, what the edge has not acknowledged; a saturated
 		// edge must not hold the device (and a stopping fleet) for ever.
@@ -309,7 +327,7 @@ func (dev *device) send(seq uint64) error {
 		dev.f.o.Adjust(&r)
 	}
 	if dev.v2 != nil {
-		frame, dropped, err := dev.v2.seal(dev.d.ID, seq, r, dev.sig)
+		frame, dropped, err := dev.v2.seal(seq, r, dev.sig)
 		if err != nil {
 			return err
 		}

@@ -1,11 +1,16 @@
 package simulator
 
 import (
-	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/medpipe/medpipe/wire"
@@ -15,8 +20,8 @@ import (
 const PulseRate = 250
 
 // MaxPulseBatch bounds the samples of one frame to the last
-// wire.MaxPulseSeconds: below 0.25 readings/s a whole interval's batch (10 s:
-// 2,500 samples, ~15 KB) would exceed the edge's 8 KB frame limit.
+// wire.MaxPulseSeconds: below 0.25 readings/s a whole interval's batch
+// would grow without bound.
 const MaxPulseBatch = wire.MaxPulseSeconds * PulseRate
 
 // MaxUnacked bounds the frames a v2 device keeps for resending (within the
@@ -24,41 +29,48 @@ const MaxPulseBatch = wire.MaxPulseSeconds * PulseRate
 // readings/s, 50 s of readings. Beyond it the oldest is dropped, and counted.
 const MaxUnacked = 1000
 
-// v2Device is a v2 device's protocol state: the frames the edge has not
-// acknowledged yet, resent in order after every reconnect.
+// v2Device is a v2 device's protocol state: its boot epoch and the frames
+// the pipeline has not acknowledged yet, resent in order after every
+// reconnect. A frame leaves the buffer only on a reply whose MAC verifies
+// for exactly that frame (wire.Outbox.Settle).
 type v2Device struct {
 	key     *wire.V2Key
 	mu      sync.Mutex
 	outbox  *wire.Outbox
-	changed chan struct{} // signalled when frames are acknowledged
+	epoch   uint32        // boot epoch: the high 32 bits of every sequence number
+	base    uint64        // the reading number before the epoch's counter 1
+	last    uint64        // the last reading sealed
+	changed chan struct{} // signalled when frames are settled
+	// forged counts replies that did not verify (forged, or for a frame
+	// already settled): they change nothing.
+	forged *atomic.Uint64
 }
 
-func newV2Device(d wire.Device) *v2Device {
-	return &v2Device{key: wire.NewV2Key(d), outbox: wire.NewOutbox(MaxUnacked, 0), changed: make(chan struct{}, 1)}
+func newV2Device(d wire.Device, epoch uint32, forged *atomic.Uint64) *v2Device {
+	return &v2Device{key: wire.NewV2Key(d), outbox: wire.NewOutbox(MaxUnacked, 0), epoch: epoch, changed: make(chan struct{}, 1), forged: forged}
 }
 
-// seal builds reading seq as a v2 frame with a pulse batch and keeps it
-// until it is acknowledged. It returns the frame and whether an old one
+// seal builds reading number n as a v2 frame with a pulse batch and keeps
+// it until it is acknowledged. It returns the frame and whether an old one
 // had to be dropped.
-func (v *v2Device) seal(id string, seq uint64, r wire.Reading, sig *Signal) ([]byte, bool, error) {
+func (v *v2Device) seal(n uint64, r wire.Reading, sig *Signal) ([]byte, bool, error) {
 	var p wire.V2Payload
 	now := time.Now()
 	p.Time = now.UnixMilli()
 	p.Values = r.Numbers()
-	if samples := sig.Batch(); len(samples) > 0 {
-		first := now.Add(-time.Duration(len(samples)-1) * time.Second / PulseRate)
-		p.Pulse = &wire.PulseBatch{Rate: PulseRate, Start: first.UnixMilli(), Samples: samples}
-	}
-	var nonce [12]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, false, err
-	}
-	frame, err := v.key.SealData(nil, id, seq, nonce, wire.AppendV2Payload(nil, &p))
+	p.Pulse = PulseCodes(sig.Batch(), now)
+	payload, err := wire.AppendV2Payload(nil, &p)
 	if err != nil {
 		return nil, false, err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	seq := wire.V2Seq(v.epoch, uint32(n-v.base))
+	v.last = n
+	frame, err := v.key.SealData(nil, seq, payload)
+	if err != nil {
+		return nil, false, err
+	}
 	return frame, v.outbox.Add(seq, frame) > 0, nil
 }
 
@@ -75,22 +87,96 @@ func (v *v2Device) outstanding() int {
 	return v.outbox.Len()
 }
 
-// ack drops every frame up to seq: the edge acknowledges in order.
-func (v *v2Device) ack(seq uint64) int {
+// settle applies one reply; a verified `replayed` refusal starts a new boot
+// epoch, as a rebooted device would, so that the next frames are new.
+func (v *v2Device) settle(f *wire.V2Frame) wire.Settlement {
 	v.mu.Lock()
-	n := v.outbox.Ack(seq)
+	s := v.outbox.Settle(v.key, f)
+	if s == wire.Dropped && f.Code == wire.V2RefReplayed {
+		v.epoch = max(v.epoch+1, wallEpoch())
+		v.base = v.last
+	}
 	v.mu.Unlock()
+	if s == wire.Unverified {
+		v.forged.Add(1)
+	}
 	select {
 	case v.changed <- struct{}{}:
 	default:
 	}
-	return n
+	return s
 }
 
-// readReplies reads the edge's ACK and ERROR frames until the connection ends.
-func (v *v2Device) readReplies(c net.Conn, acked func(int), errored func(code byte)) {
-	err := wire.ReadV2Replies(c, func(seq uint64) { acked(v.ack(seq)) }, func(_ uint64, code byte) { errored(code) })
+// readReplies reads the pipeline's replies until the connection ends.
+func (v *v2Device) readReplies(c net.Conn, acked func(), refused func(code byte)) {
+	err := wire.ReadV2Replies(c, func(f *wire.V2Frame) {
+		switch f.Type {
+		case wire.V2Error:
+			refused(f.Code) // not authenticated: counted, nothing dropped
+		default:
+			switch v.settle(f) {
+			case wire.Acked:
+				acked()
+			case wire.Dropped, wire.Kept:
+				refused(f.Code)
+			}
+		}
+	})
 	if !errors.Is(err, io.EOF) {
 		c.Close() // the write side notices and reconnects
 	}
+}
+
+// PulseCodes turns the pulse samples (volts) ending at now into the batch
+// a v2 frame carries: 12-bit ADC codes; nil when there are none.
+func PulseCodes(samples []float64, now time.Time) *wire.PulseCodes {
+	if len(samples) == 0 {
+		return nil
+	}
+	first := now.Add(-time.Duration(len(samples)-1) * time.Second / PulseRate)
+	codes := make([]uint16, len(samples))
+	for i, s := range samples {
+		codes[i] = wire.PulseCode(s)
+	}
+	return &wire.PulseCodes{Rate: PulseRate, Start: first.UnixMilli(), Codes: codes}
+}
+
+// wallEpoch is a boot epoch from the wall clock: seconds since 1970, which
+// grow between two starts of a simulator at least a second apart.
+func wallEpoch() uint32 { return uint32(time.Now().Unix()) }
+
+// BootEpoch returns the boot epoch for a simulator start: the wall clock's
+// seconds, but above the epoch recorded in file (when given), which it then
+// records. A simulator restarted from nothing (no file) still moves on by
+// the clock; the file keeps it moving on when the clock does not (two
+// starts within a second, a clock set back).
+func BootEpoch(file string) (uint32, error) {
+	epoch := wallEpoch()
+	if file == "" {
+		return epoch, nil
+	}
+	b, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		last, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+		if perr != nil {
+			return 0, fmt.Errorf("simulator: boot epoch file %s: %w", file, perr)
+		}
+		if uint32(last) >= epoch {
+			epoch = uint32(last) + 1
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, fmt.Errorf("simulator: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return 0, fmt.Errorf("simulator: %w", err)
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(epoch), 10)+"\n"), 0o600); err != nil {
+		return 0, fmt.Errorf("simulator: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return 0, fmt.Errorf("simulator: %w", err)
+	}
+	return epoch, nil
 }

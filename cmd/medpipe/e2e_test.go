@@ -166,6 +166,7 @@ type pipeline struct {
 	server *bus.Embedded
 	js     jetstream.JetStream
 	edge   *ingest.Edge
+	worker *decrypt.Worker
 	stop   func()
 }
 
@@ -204,7 +205,7 @@ func startPipelineWith(t *testing.T, mqttURL func(e *bus.Embedded) string, keys 
 			}
 		})
 	}
-	p := &pipeline{server: e, js: js, edge: edge}
+	p := &pipeline{server: e, js: js, edge: edge, worker: worker}
 	p.stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
 	t.Cleanup(p.stop)
 	return p

@@ -11,6 +11,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
+	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -22,6 +23,8 @@ when running against NATS. Subcommands:
   rotate ID     give a device a new random key and IV (printed once, or --config-out)
   revoke ID     refuse the device's frames from now on (they go to DEADLETTER as revoked)
   export        print every device as a JSON-lines keys file (contains secrets)
+  reset-mark ID forget a v2 device's sequence marks (a unit reflashed or replaced whose frames are refused as replayed)
+  protocol ID v2|auto  pin a device to v2 (its legacy frames are refused as downgrade) or unpin it
 Flags go before the subcommand: medpipe keys --nats URL list`
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,8 +54,14 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return errors.New("keys: no subcommand")
 	}
 	sub, arg := rest[0], ""
-	need := map[string]bool{"import": true, "add": true, "rotate": true, "revoke": true}
-	if need[sub] {
+	need := map[string]bool{"import": true, "add": true, "rotate": true, "revoke": true, "reset-mark": true}
+	var arg2 string
+	if sub == "protocol" {
+		if len(rest) != 3 {
+			return errors.New("keys protocol: want a device id and v2 or auto")
+		}
+		arg, arg2 = rest[1], rest[2]
+	} else if need[sub] {
 		if len(rest) != 2 {
 			return fmt.Errorf("keys %s: want exactly one argument", sub)
 		}
@@ -78,6 +87,26 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	switch sub {
+	case "reset-mark", "protocol":
+		seqs, err := bus.OpenSeqStore(ctx, js, replicas)
+		if err != nil {
+			return err
+		}
+		if sub == "protocol" {
+			if err := decrypt.SetProtocol(ctx, seqs, arg, arg2); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: protocol %s\n", arg, arg2)
+			return nil
+		}
+		n, err := decrypt.ResetMarks(ctx, seqs, arg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d marks reset\n", arg, n)
+		return nil
+	}
 	reg, err := registry.Open(ctx, js, replicas)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -84,7 +85,12 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("--protocol/--variant: %w", err)
 		}
 	}
-	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, FeverPerHour: fever, Log: log}
+	// v2 devices' boot epoch: above the one recorded next to the keys file.
+	epoch, err := simulator.BootEpoch(epochFile(cmp.Or(keys, keysOut)))
+	if err != nil {
+		return err
+	}
+	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, FeverPerHour: fever, Log: log, Epoch: epoch}
 	var menu *simulator.Interactive
 	if interactive {
 		menu = simulator.NewInteractive()
@@ -144,6 +150,15 @@ func simulatorMetrics(f *simulator.Fleet) *prometheus.Registry {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_simulator_devices_connected", Help: "Devices with an open connection."},
 		func() float64 { return float64(f.Stats().Connected) }))
 	return reg
+}
+
+// epochFile is where a simulated fleet's boot epoch is kept: next to its
+// keys file.
+func epochFile(keys string) string {
+	if keys == "" {
+		return ""
+	}
+	return keys + ".epoch"
 }
 
 // simulatedFleet returns the devices to simulate: from --keys (created when

@@ -149,7 +149,11 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	stages := map[string]runner{"ingest": edge, "decrypt": worker, "publish": bridge}
 	if len(sims) > 0 {
-		fleet, err := simulator.NewFleet(simulator.Options{Server: loopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
+		epoch, err := simulator.BootEpoch(epochFile(filepath.Join(dataDir, simulatedKeys)))
+		if err != nil {
+			return err
+		}
+		fleet, err := simulator.NewFleet(simulator.Options{Server: loopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Epoch: epoch, Log: log.With("stage", "simulate")})
 		if err != nil {
 			return err
 		}
@@ -169,6 +173,9 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	return err
 }
 
+// simulatedKeys is the keys file of up's simulated devices, in the data dir.
+const simulatedKeys = "simulated-keys.jsonl"
+
 // upDevices returns the keys decrypt uses (the keys file's plus simulated
 // ones) and the simulated devices.
 func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *slog.Logger) ([]wire.Device, []simulator.Device, error) {
@@ -182,7 +189,7 @@ func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *s
 	if n <= 0 {
 		return devs, nil, nil
 	}
-	simKeys, err := simulator.LoadOrCreateKeys(filepath.Join(dataDir, "simulated-keys.jsonl"), n, "sim")
+	simKeys, err := simulator.LoadOrCreateKeys(filepath.Join(dataDir, simulatedKeys), n, "sim")
 	if err != nil {
 		return nil, nil, fmt.Errorf("simulated device keys: %w", err)
 	}

@@ -20,7 +20,7 @@ import (
 // are dropped (legacy has no acknowledgement to resend by) and counted.
 func (d *Device) Work(ctx context.Context, cfg Config) error {
 	d.log("working mode: device %s, server %s:%d, protocol %s", cfg.Device.ID, cfg.Server, cfg.Port, cfg.Protocol)
-	w := &worker{d: d, cfg: cfg, acks: make(chan uint64, 64), outbox: wire.NewOutbox(d.o.OutboxFrames, d.o.OutboxBytes)}
+	w := &worker{d: d, cfg: cfg, acks: make(chan wire.V2Frame, 64), outbox: wire.NewOutbox(d.o.OutboxFrames, d.o.OutboxBytes)}
 	if cfg.Protocol == ProtocolLegacy {
 		w.legacy = wire.NewLegacyKey(cfg.Device)
 	} else {
@@ -48,7 +48,7 @@ type worker struct {
 	seq      uint64 // last sequence number used
 	seqLimit uint64 // end of the reserved block
 	outbox   *wire.Outbox
-	acks     chan uint64
+	acks     chan wire.V2Frame // replies from the pipeline, verified by settle
 	link     *esp.Link
 	mpu      sensors.MPU6050
 	ds       onewire.DS18B20
@@ -131,8 +131,8 @@ func (w *worker) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case seq := <-w.acks:
-			d.Stats.Acked += uint64(w.outbox.Ack(seq))
+		case r := <-w.acks:
+			w.settle(&r)
 		case <-pulseTick.C:
 			v := sensors.Volts(d.b.Pulse.Get())
 			if len(w.pulse) == 0 {
@@ -253,15 +253,19 @@ func (w *worker) reading(ctx context.Context) error {
 		w.seq++
 		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals}
 		if len(w.pulse) > 0 {
-			p.Pulse = &wire.PulseBatch{Rate: float64(d.o.PulseRate), Start: w.pulseStart.UnixMilli(), Samples: w.pulse}
+			codes := make([]uint16, len(w.pulse))
+			for i, v := range w.pulse {
+				codes[i] = wire.PulseCode(v)
+			}
+			p.Pulse = &wire.PulseCodes{Rate: uint16(d.o.PulseRate), Start: w.pulseStart.UnixMilli(), Codes: codes}
 		}
-		w.plain = wire.AppendV2Payload(w.plain[:0], &p)
+		var err error
+		if w.plain, err = wire.AppendV2Payload(w.plain[:0], &p); err != nil {
+			return err
+		}
 		w.pulse = w.pulse[:0]
-		var nonce [12]byte
-		if _, err := io.ReadFull(d.b.Rand, nonce[:]); err != nil {
-			return fmt.Errorf("device: random nonce: %w", err)
-		}
-		f, err := w.v2.SealData(nil, w.cfg.Device.ID, w.seq, nonce, w.plain)
+		// The nonce comes from the sequence number (wire.V2Key.Nonce): no RNG.
+		f, err := w.v2.SealData(nil, w.seq, w.plain)
 		if err != nil {
 			return err
 		}
@@ -337,8 +341,8 @@ func (w *worker) flush(ctx context.Context) error {
 	deadline := time.After(10 * time.Second)
 	for w.v2 != nil && w.outbox.Len() > 0 {
 		select {
-		case seq := <-w.acks:
-			w.d.Stats.Acked += uint64(w.outbox.Ack(seq))
+		case r := <-w.acks:
+			w.settle(&r)
 		case <-deadline:
 			return fmt.Errorf("device: %d frames unacknowledged", w.outbox.Len())
 		case <-ctx.Done():
@@ -348,10 +352,26 @@ func (w *worker) flush(ctx context.Context) error {
 	return nil
 }
 
-// readAcks reads ACK and ERROR frames from the edge until the link ends;
-// a link that carries something else is closed, and reconnected.
-func readAcks(l *esp.Link, acks chan<- uint64) {
-	if err := wire.ReadV2Replies(l, func(seq uint64) { acks <- seq }, nil); !errors.Is(err, io.EOF) {
+// settle applies a reply from the pipeline: a frame leaves the outbox only
+// on an ACK (or a final refusal) whose MAC verifies for exactly that frame.
+func (w *worker) settle(r *wire.V2Frame) {
+	switch w.outbox.Settle(w.v2, r) {
+	case wire.Acked:
+		w.d.Stats.Acked++
+	case wire.Dropped:
+		w.d.Stats.Dropped++
+		w.d.log("frame %d refused by the pipeline (code %d)", r.Seq, r.Code)
+	}
+}
+
+// readAcks reads ACK, REFUSED and ERROR frames from the edge until the
+// link ends; a link that carries something else is closed, and reconnected.
+func readAcks(l *esp.Link, acks chan<- wire.V2Frame) {
+	if err := wire.ReadV2Replies(l, func(f *wire.V2Frame) {
+		if f.Type != wire.V2Error {
+			acks <- *f
+		}
+	}); !errors.Is(err, io.EOF) {
 		l.Close()
 	}
 }

@@ -6,7 +6,6 @@ package rawgen
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -146,24 +145,18 @@ func (g *Generator) Next() (Frame, error) {
 	msg.Header.Set(bus.HeaderReceived, recv.UTC().Format(time.RFC3339Nano))
 	msg.Header.Set(bus.HeaderProtocol, d.Protocol)
 	if d.v2 != nil {
-		p := wire.V2Payload{Time: recv.UnixMilli(), Values: r.Numbers()}
-		if s := d.sig.Batch(); len(s) > 0 {
-			p.Pulse = &wire.PulseBatch{Rate: simulator.PulseRate, Start: recv.Add(-time.Duration(len(s)-1) * time.Second / simulator.PulseRate).UnixMilli(), Samples: append([]float64(nil), s...)}
-		}
-		payload, err := json.Marshal(p)
+		p := wire.V2Payload{Time: recv.UnixMilli(), Values: r.Numbers(), Pulse: simulator.PulseCodes(d.sig.Batch(), recv)}
+		payload, err := wire.AppendV2Payload(nil, &p)
 		if err != nil {
 			return Frame{}, fmt.Errorf("rawgen: %w", err)
 		}
-		var nonce [12]byte
-		for j := range nonce {
-			nonce[j] = byte(g.rng.Uint32())
-		}
-		if msg.Data, err = d.v2.SealData(nil, d.ID, seq, nonce, payload); err != nil {
+		if msg.Data, err = d.v2.SealData(nil, seq, payload); err != nil {
 			return Frame{}, fmt.Errorf("rawgen: %w", err)
 		}
+		tag := msg.Data[len(msg.Data)-wire.V2TagLen:]
 		msg.Subject = bus.RawSubject(bus.Partition(d.ID, g.o.Partitions))
 		msg.Header.Set(bus.HeaderDevice, d.ID)
-		msg.Header.Set(jetstream.MsgIDHeader, d.ID+":"+strconv.FormatUint(seq, 10))
+		msg.Header.Set(jetstream.MsgIDHeader, bus.V2MsgID(d.ID, seq, tag))
 	} else {
 		g.plain = r.AppendJSON(g.plain[:0])
 		msg.Data = d.legacy.Seal(nil, d.Variant, g.plain)
