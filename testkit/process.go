@@ -25,6 +25,15 @@ var (
 // RemoveBuilt from TestMain to delete it.
 func MedpipeBinary(t testing.TB) string {
 	t.Helper()
+	path, err := BuildMedpipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// BuildMedpipe is MedpipeBinary for callers without a testing.TB.
+func BuildMedpipe() (string, error) {
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "medpipe-test-bin-")
 		if err != nil {
@@ -36,10 +45,7 @@ func MedpipeBinary(t testing.TB) string {
 			binErr = fmt.Errorf("go build medpipe: %v\n%s", err, out)
 		}
 	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
+	return binPath, binErr
 }
 
 // RemoveBuilt deletes what MedpipeBinary built.
