@@ -178,7 +178,7 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// opsServer serves /metrics and /healthz.
+// opsServer serves /metrics, /livez, /readyz and /healthz.
 type opsServer struct {
 	srv *http.Server
 	ln  net.Listener
@@ -200,7 +200,15 @@ func listenOps(addr string, pprof bool, reg *prometheus.Registry, checks ...heal
 		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
 	}
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	// /livez: the process serves (a liveness probe restarts only a hung
+	// process); /readyz: its dependencies (NATS, MQTT) answer, so a broker
+	// outage takes pods out of service without restarting them. /healthz
+	// is /readyz under its older name.
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	ready := func(w http.ResponseWriter, _ *http.Request) {
 		var failed []string
 		for _, c := range checks {
 			if err := c.check(); err != nil {
@@ -214,7 +222,9 @@ func listenOps(addr string, pprof bool, reg *prometheus.Registry, checks ...heal
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
+	}
+	mux.HandleFunc("/readyz", ready)
+	mux.HandleFunc("/healthz", ready)
 	return &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
 }
 
