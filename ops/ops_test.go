@@ -1,7 +1,7 @@
 package ops
 
 import (
-	"errors"
+	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -10,48 +10,39 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-func TestProbes(t *testing.T) {
-	var broken error
+// TestEndpoints: /metrics serves the registry, and the profiler only when asked.
+func TestEndpoints(t *testing.T) {
 	reg := NewRegistry()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "ops_test_total", Help: "test"})
-	reg.MustRegister(c)
-	s, err := Listen(Options{Addr: "127.0.0.1:0", Gatherer: reg, Checks: []Check{{"dep", func() error { return broken }}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(t.Context())
-	base := "http://" + s.Addr()
-	tests := []struct {
-		name, path string
-		broken     error
-		code       int
-		body       string
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "ops_test_total", Help: "test"}))
+	for _, tt := range []struct {
+		name  string
+		pprof bool
+		path  string
+		code  int
+		body  string
 	}{
-		{"ready", "/readyz", nil, 200, "ok"},
-		{"healthz is readyz", "/healthz", nil, 200, "ok"},
-		{"not ready", "/readyz", errors.New("down"), 503, "dep: down"},
-		{"healthz not ready", "/healthz", errors.New("down"), 503, "dep: down"},
-		{"alive while not ready", "/livez", errors.New("down"), 200, "ok"},
-		{"metrics", "/metrics", nil, 200, "ops_test_total 0"},
-		{"no pprof unless asked", "/debug/pprof/", nil, 404, ""},
-	}
-	for _, tt := range tests {
+		{"metrics", false, "/metrics", 200, "ops_test_total 0"},
+		{"runtime metrics", false, "/metrics", 200, "go_goroutines"},
+		{"no pprof unless asked", false, "/debug/pprof/", 404, ""},
+		{"pprof when asked", true, "/debug/pprof/", 200, "goroutine"},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			broken = tt.broken
-			code, body := get(t, base+tt.path)
-			if code != tt.code || !strings.Contains(body, tt.body) {
-				t.Fatalf("%s: %d %q, want %d containing %q", tt.path, code, body, tt.code, tt.body)
+			srv, err := Listen(Options{Addr: "127.0.0.1:0", Pprof: tt.pprof, Gatherer: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() { srv.Serve(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			resp, err := http.Get("http://" + srv.Addr() + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.code || !strings.Contains(string(b), tt.body) {
+				t.Fatalf("GET %s = %d, want %d containing %q", tt.path, resp.StatusCode, tt.code, tt.body)
 			}
 		})
 	}
