@@ -240,6 +240,11 @@ func (dev *device) flushV2(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-dev.v2.changed:
+		case c := <-dev.v2.ended:
+			if c == dev.conn {
+				dev.disconnect() // the edge closed the connection: reconnect and resend
+			}
+			continue
 		case <-time.After(time.Second):
 		}
 		if n := dev.v2.outstanding(); n < left {

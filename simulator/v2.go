@@ -41,13 +41,14 @@ type v2Device struct {
 	base    uint64        // the reading number before the epoch's counter 1
 	last    uint64        // the last reading sealed
 	changed chan struct{} // signalled when frames are settled
+	ended   chan net.Conn // the connection whose reply reader ended
 	// forged counts replies that did not verify (forged, or for a frame
 	// already settled): they change nothing.
 	forged *atomic.Uint64
 }
 
 func newV2Device(d wire.Device, epoch uint32, forged *atomic.Uint64) *v2Device {
-	return &v2Device{key: wire.NewV2Key(d), outbox: wire.NewOutbox(MaxUnacked, 0), epoch: epoch, changed: make(chan struct{}, 1), forged: forged}
+	return &v2Device{key: wire.NewV2Key(d), outbox: wire.NewOutbox(MaxUnacked, 0), epoch: epoch, changed: make(chan struct{}, 1), ended: make(chan net.Conn, 1), forged: forged}
 }
 
 // seal builds reading number n as a v2 frame with a pulse batch and keeps
@@ -124,6 +125,10 @@ func (v *v2Device) readReplies(c net.Conn, acked func(), refused func(code byte)
 	})
 	if !errors.Is(err, io.EOF) {
 		c.Close() // the write side notices and reconnects
+	}
+	select {
+	case v.ended <- c: // a flushing device reconnects at once
+	default:
 	}
 }
 
