@@ -80,6 +80,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	nf.role = bus.RoleReplay
 	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
 	if err != nil {
 		return err
@@ -199,6 +200,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer r.Close()
 
+	nf.role = bus.RoleReplay
 	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
 	if err != nil {
 		return err
@@ -209,7 +211,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		nf.streams.Partitions = r.Header().Partitions
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = bus.EnsureStreams(sctx, js, nf.streams)
+	_, err = bus.VerifyStreams(sctx, js, nf.givenStreams(), log)
 	cancel()
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	httppprof "net/http/pprof"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -49,7 +50,17 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-// natsFlags are the flags of every stage that talks to NATS.
+// defaultDataDir is medpipe up's data directory, where the other commands
+// also look for the credentials up generated.
+const defaultDataDir = "medpipe-data"
+
+// Files in up's data directory (see bus.CredentialsDir, bus.JetStreamKeyFile).
+const (
+	credentialsDir   = bus.CredentialsDir
+	jetStreamKeyFile = bus.JetStreamKeyFile
+)
+
+// natsFlags are the flags of every command that talks to NATS.
 type natsFlags struct {
 	urls         string
 	streams      bus.StreamOptions
@@ -57,17 +68,29 @@ type natsFlags struct {
 	passwordFile string
 	creds        string
 	nkey         string
+	credsDir     string
 	tls          tlsFiles
+	// role is the user the command connects as when no credential flag is
+	// given and --nats-credentials-dir holds that role's password.
+	role bus.Role
+	fs   *flag.FlagSet // to tell the stream flags given from the defaults
 }
 
 func (n *natsFlags) register(fs *flag.FlagSet) {
+	n.registerConn(fs)
+	n.registerStreams(fs)
+}
+
+// registerConn registers the connection flags (server, credentials, TLS):
+// the same for every command that talks to NATS.
+func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated (every node of a cluster; tls://… for TLS)")
 	fs.StringVar(&n.user, "nats-user", "", "NATS username (password from --nats-password-file or MEDPIPE_NATS_PASSWORD)")
 	fs.StringVar(&n.passwordFile, "nats-password-file", "", "file holding the NATS password")
 	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&n.nkey, "nats-nkey", "", "file holding a NATS user nkey seed")
 	n.tls.register(fs, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
-	n.registerStreams(fs)
+	fs.StringVar(&n.credsDir, "nats-credentials-dir", filepath.Join(defaultDataDir, credentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
 }
 
 // options are the nats.go options for the credentials and TLS given.
@@ -78,7 +101,15 @@ func (n *natsFlags) options() ([]nats.Option, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, nats.UserInfo(n.user, pw))
+		opts = append(opts, bus.UserOptions(n.user, pw)...)
+	} else if n.creds == "" && n.nkey == "" && n.role != "" && n.credsDir != "" {
+		pw, err := bus.ReadCredential(n.credsDir, n.role)
+		switch {
+		case err == nil:
+			opts = append(opts, bus.UserOptions(string(n.role), pw)...)
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("--nats-credentials-dir: %w", err)
+		}
 	}
 	if n.creds != "" {
 		if _, err := os.Stat(n.creds); err != nil {
@@ -104,6 +135,7 @@ func (n *natsFlags) options() ([]nats.Option, error) {
 }
 
 func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
+	n.fs = fs
 	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams', %d for new ones)", bus.DefaultPartitions))
 	fs.IntVar(&n.streams.Replicas, "replicas", 1, "stream replicas (3 on a JetStream cluster)")
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
@@ -134,8 +166,34 @@ func (c *compressionFlag) Set(s string) error {
 	return nil
 }
 
-// connect connects to NATS and creates or verifies the streams. It returns
-// the partition count in force.
+// givenStreams is the stream options with only the flags given (on the
+// command line or in the environment): a limit left at its default is not
+// an opinion about an existing stream.
+func (n *natsFlags) givenStreams() bus.StreamOptions {
+	o := n.streams
+	if n.fs == nil {
+		return o
+	}
+	given := map[string]bool{}
+	n.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["replicas"] {
+		o.Replicas = 0
+	}
+	if !given["raw-max-age"] {
+		o.RawMaxAge = 0
+	}
+	if !given["raw-max-bytes"] {
+		o.RawMaxBytes = 0
+	}
+	if !given["readings-max-age"] {
+		o.ReadingsMaxAge = 0
+	}
+	o.CompressionSet = given["stream-compression"]
+	return o
+}
+
+// connect connects to NATS and verifies the streams (never changing them;
+// see bus.VerifyStreams). It returns the partition count in force.
 func (n *natsFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, int, error) {
 	opts, err := n.options()
 	if err != nil {
@@ -147,7 +205,7 @@ func (n *natsFlags) connect(ctx context.Context, name string, log *slog.Logger) 
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	parts, err := bus.EnsureStreams(sctx, js, n.streams)
+	parts, err := bus.VerifyStreams(sctx, js, n.givenStreams(), log)
 	if err != nil {
 		nc.Close()
 		return nil, nil, 0, err

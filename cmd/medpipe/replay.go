@@ -26,16 +26,6 @@ Select by --since/--until (RFC 3339 or relative like -2h; the edge's receive tim
 globs like 'iot_med_dev_0*') and --seq FROM-TO. Reads RAW with an ephemeral ordered consumer: the live
 stages' consumers are not touched. Never changes any stream's settings.`
 
-// registerConn registers the connection flags of natsFlags without the
-// stream limits: replay and archive read streams and must never change
-// their limits (EnsureStreams would apply the flags' defaults to RAW).
-func (n *natsFlags) registerConn(fs *flag.FlagSet) {
-	limits := flag.NewFlagSet("", flag.ContinueOnError)
-	var scratch natsFlags
-	scratch.registerStreams(limits)
-	registerExcept(fs, n.register, func(name string) bool { return limits.Lookup(name) != nil })
-}
-
 // registerExcept registers the flags register defines, except those skip names.
 func registerExcept(fs *flag.FlagSet, register func(*flag.FlagSet), skip func(name string) bool) {
 	all := flag.NewFlagSet("", flag.ContinueOnError)
@@ -157,6 +147,12 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var js jetstream.JetStream
 	if fromArchive == "" || keys == "" {
+		// Keys from the registry need its reader's rights: admin (the
+		// replay role reads RAW but not the registry).
+		nf.role = bus.RoleReplay
+		if keys == "" {
+			nf.role = bus.RoleAdmin
+		}
 		nc, j, err := nf.dial(ctx, "medpipe-replay", log)
 		if err != nil {
 			return err
@@ -231,7 +227,7 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	reg, err := registry.Open(rctx, js, 1)
+	reg, err := registry.Bind(rctx, js, 1)
 	if err != nil {
 		return nil, "", err
 	}

@@ -122,6 +122,7 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
+	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -152,9 +153,12 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	if f.qos < 0 || f.qos > 2 {
 		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password, err := secret("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD")
-	if err != nil {
-		return publish.Options{}, err
+	password := f.password
+	if password == "" {
+		var err error
+		if password, err = secret("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD"); err != nil {
+			return publish.Options{}, err
+		}
 	}
 	tlsConfig, err := f.tls.clientConfig()
 	if err != nil {
@@ -210,6 +214,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	common.register(fs, ":9101")
 	nf.register(fs)
 	inf.register(fs)
+	nf.role = bus.RoleIngest
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -247,6 +252,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	common.register(fs, ":9102")
 	nf.register(fs)
 	df.register(fs)
+	nf.role = bus.RoleDecrypt
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -271,7 +277,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if df.keys == "" {
-		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
@@ -302,6 +308,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	common.register(fs, ":9103")
 	nf.register(fs)
 	pf.register(fs, "tcp://127.0.0.1:1883")
+	nf.role = bus.RolePublish
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

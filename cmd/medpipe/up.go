@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -41,8 +42,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		variant, protocol           string
 		statusEvery                 time.Duration
 	)
-	common.register(fs, ":9100")
-	fs.StringVar(&dataDir, "data-dir", "medpipe-data", "JetStream store and generated simulator keys")
+	common.register(fs, "127.0.0.1:9100")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "JetStream store (encrypted at rest), the generated NATS/MQTT credentials of every role, its encryption key and simulator keys")
 	fs.StringVar(&host, "host", "127.0.0.1", "address the embedded NATS, MQTT and monitoring listeners bind to (0.0.0.0 for other machines)")
 	fs.IntVar(&natsPort, "nats-port", 4222, "embedded NATS client port")
 	fs.IntVar(&mqttPort, "mqtt-port", 1883, "embedded MQTT port (MQTT 3.1.1)")
@@ -69,9 +70,13 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 
+	creds, jsKey, err := upSecrets(dataDir)
+	if err != nil {
+		return err
+	}
 	e, err := bus.StartEmbedded(bus.EmbeddedOptions{
 		Host: host, Port: natsPort, MQTTPort: mqttPort, HTTPPort: monPort,
-		StoreDir: filepath.Join(dataDir, "jetstream"),
+		StoreDir: filepath.Join(dataDir, "jetstream"), Credentials: creds, TopicPrefix: pf.prefix, JetStreamKey: jsKey,
 	})
 	var pe *bus.PortError
 	if errors.As(err, &pe) {
@@ -83,34 +88,40 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer e.Shutdown()
 
 	nf.urls = e.ClientURL()
-	// One connection and JetStream context per stage, as when they run as
-	// separate processes: ingest's publishes must not use up the window of
-	// pending publishes that decrypt needs, nor queue ahead of its acks.
-	connect := func(name string) (*nats.Conn, jetstream.JetStream, error) {
-		nc, js, err := bus.Connect(ctx, bus.ConnectOptions{Name: name, Log: log, Options: []nats.Option{nats.InProcessServer(e.Server)}})
-		return nc, js, err
+	// One connection and JetStream context per stage, each as its own role,
+	// as when they run as separate processes: ingest's publishes must not
+	// use up the window of pending publishes that decrypt needs, nor queue
+	// ahead of its acks, and no stage may do another's work.
+	connect := func(role bus.Role) (*nats.Conn, jetstream.JetStream, error) {
+		opts := append(bus.UserOptions(string(role), creds[role]), nats.InProcessServer(e.Server))
+		return bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-" + string(role), Log: log, Options: opts})
 	}
-	nc, js, err := connect("medpipe-up-ingest")
+	ncAdmin, jsAdmin, err := connect(bus.RoleAdmin)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	parts, err := bus.ApplyStreams(sctx, jsAdmin, nf.givenStreams())
+	cancel()
+	ncAdmin.Close() // up's stages need no admin rights from here on
+	if err != nil {
+		return err
+	}
+	nc, js, err := connect(bus.RoleIngest)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	ncDecrypt, jsDecrypt, err := connect("medpipe-up-decrypt")
+	ncDecrypt, jsDecrypt, err := connect(bus.RoleDecrypt)
 	if err != nil {
 		return err
 	}
 	defer ncDecrypt.Close()
-	ncPublish, jsPublish, err := connect("medpipe-up-publish")
+	ncPublish, jsPublish, err := connect(bus.RolePublish)
 	if err != nil {
 		return err
 	}
 	defer ncPublish.Close()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	parts, err := bus.EnsureStreams(sctx, js, nf.streams)
-	cancel()
-	if err != nil {
-		return err
-	}
 
 	reg := newRegistry()
 	iopts, err := inf.options(parts, log, reg)
@@ -134,6 +145,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if pf.mqtt == "" {
 		pf.mqtt = "tcp://" + loopbackAddr(e.MQTTAddr)
+		pf.user, pf.password = string(bus.RolePublish), creds[bus.RolePublish]
 	}
 	popts, err := pf.options(parts, log, reg)
 	if err != nil {
@@ -157,7 +169,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	log.Info("medpipe up",
 		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", len(devs), "simulated", len(sims), "partitions", parts)
+		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, credentialsDir), "keys", len(devs), "simulated", len(sims), "partitions", parts)
 	if len(devs) == 0 {
 		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
 	}
@@ -167,6 +179,24 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	err = runAll(ctx, ops, stages)
 	log.Info("medpipe up stopped", "err", err)
 	return err
+}
+
+// upSecrets loads or, on first start, generates the password of every role
+// (dashboards log in to MQTT as "dashboard") and the JetStream encryption
+// key, in the data directory (0700, files 0600).
+func upSecrets(dataDir string) (bus.Credentials, string, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("--data-dir: %w", err)
+	}
+	creds, err := bus.LoadOrCreateCredentials(filepath.Join(dataDir, credentialsDir))
+	if err != nil {
+		return nil, "", err
+	}
+	key, err := bus.LoadOrCreateSecret(filepath.Join(dataDir, jetStreamKeyFile))
+	if err != nil {
+		return nil, "", err
+	}
+	return creds, key, nil
 }
 
 // upDevices returns the keys decrypt uses (the keys file's plus simulated

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
 )
@@ -22,7 +23,8 @@ func TestUpSimulate(t *testing.T) {
 	defer cancel()
 	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
 	mqttPort := port()
-	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", dataDir,
 		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", freeAddr(t), "--http", freeAddr(t), "--status-every", "1s"}
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
@@ -33,7 +35,8 @@ func TestUpSimulate(t *testing.T) {
 	for col == nil {
 		if c, err := net.Dial("tcp", "127.0.0.1:"+mqttPort); err == nil {
 			c.Close()
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true})
+			user, pw := dashboardLogin(t, dataDir)
+			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true, Username: user, Password: pw})
 			break
 		}
 		select {
@@ -96,18 +99,20 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	}
 	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
 	mqttPort, edge := port(), freeAddr(t)
+	dataDir := t.TempDir()
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(upCtx, []string{"up", "--keys", keys, "--data-dir", t.TempDir(), "--json-topic",
+		done <- run(upCtx, []string{"up", "--keys", keys, "--data-dir", dataDir, "--json-topic",
 			"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge, "--http", "", "--status-every", "0"}, &logs, &logs)
 	}()
 	var col *testkit.Collector
 	for col == nil {
 		if c, err := net.Dial("tcp", edge); err == nil {
 			c.Close()
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true})
+			user, pw := dashboardLogin(t, dataDir)
+			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true, Username: user, Password: pw})
 			break
 		}
 		select {
@@ -141,4 +146,14 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("up: %v", err)
 	}
+}
+
+// dashboardLogin is the MQTT login up generated for dashboards in dataDir.
+func dashboardLogin(t *testing.T, dataDir string) (string, string) {
+	t.Helper()
+	pw, err := bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(bus.RoleDashboard), pw
 }
