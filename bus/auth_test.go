@@ -70,7 +70,7 @@ func startShipped(t *testing.T) *shipped {
 	sh := &shipped{creds: bus.Credentials{}, storeDir: t.TempDir()}
 	for _, r := range bus.Roles {
 		sh.creds[r] = randomSecret(t)
-		t.Setenv(bus.PasswordEnv(r), sh.creds[r])
+		t.Setenv(bus.RolePasswordEnv(r), sh.creds[r])
 	}
 	t.Setenv(bus.JetStreamKeyEnv, randomSecret(t))
 	opts, err := server.ProcessConfigFile(filepath.Join(shippedDir, "nats-server.conf"))
@@ -388,7 +388,7 @@ func TestMQTTOnShippedConfig(t *testing.T) {
 	if _, err := sh.mqttClient(t, string(bus.RoleDashboard)); err == nil {
 		t.Fatal("dashboard with a wrong password connected")
 	}
-	sh.creds[bus.RoleDashboard] = os.Getenv(bus.PasswordEnv(bus.RoleDashboard))
+	sh.creds[bus.RoleDashboard] = os.Getenv(bus.RolePasswordEnv(bus.RoleDashboard))
 
 	dash, err := sh.mqttClient(t, string(bus.RoleDashboard))
 	allowed(t, "dashboard connects", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/replay"
 	"github.com/medpipe/medpipe/replay/archive"
+	"github.com/medpipe/medpipe/stage"
 )
 
 const archiveSynopsis = `Archives of RAW: zstd files with every frame, its headers, sequence and time, and a manifest.
@@ -81,7 +82,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	nf.role = bus.RoleReplay
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -201,7 +202,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer r.Close()
 
 	nf.role = bus.RoleReplay
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -210,8 +211,8 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
 		nf.streams.Partitions = r.Header().Partitions
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = bus.VerifyStreams(sctx, js, nf.givenStreams(), log)
+	vctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	_, err = bus.VerifyStreams(vctx, js, nf.givenStreams(), log)
 	cancel()
 	if err != nil {
 		return err

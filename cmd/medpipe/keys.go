@@ -13,6 +13,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
+	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -76,12 +77,12 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var devs []wire.Device
 	if sub == "import" {
-		if devs, err = readKeysFile(arg, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(arg, log); err != nil {
 			return err
 		}
 	}
 
-	nc, js, err := nf.dial(ctx, "medpipe-keys", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-keys", log))
 	if err != nil {
 		return err
 	}

@@ -11,13 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/replay"
+	"github.com/medpipe/medpipe/stage"
 )
 
 const replaySynopsis = `Replays stored frames (RAW, or an archive file with --from-archive) through decrypt's own code
@@ -35,15 +35,6 @@ func registerExcept(fs *flag.FlagSet, register func(*flag.FlagSet), skip func(na
 			fs.Var(f.Value, f.Name, f.Usage)
 		}
 	})
-}
-
-// dial connects to NATS without creating or changing any stream.
-func (n *natsFlags) dial(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	opts, err := n.options()
-	if err != nil {
-		return nil, nil, err
-	}
-	return bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Options: opts})
 }
 
 // stringList is a repeatable string flag.
@@ -153,7 +144,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if keys == "" {
 			nf.role = bus.RoleAdmin
 		}
-		nc, j, err := nf.dial(ctx, "medpipe-replay", log)
+		nc, j, err := bus.Connect(ctx, nf.conn("medpipe-replay", log))
 		if err != nil {
 			return err
 		}
@@ -216,7 +207,7 @@ func sourceName(archive string) string {
 // keyIndex loads the keys file, or the registry as it is now.
 func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log *slog.Logger) (*decrypt.KeyIndex, string, error) {
 	if keysFile != "" {
-		devs, err := readKeysFile(keysFile, log)
+		devs, err := decrypt.ReadKeysFile(keysFile, log)
 		if err != nil {
 			return nil, "", err
 		}
@@ -225,21 +216,14 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 	if js == nil {
 		return nil, "", errors.New("no --keys file and no NATS for the registry")
 	}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
 	reg, err := registry.Bind(rctx, js, 1)
 	if err != nil {
 		return nil, "", err
 	}
-	recs, err := reg.List(rctx)
-	if err != nil {
-		return nil, "", err
-	}
-	ix := decrypt.NewKeyIndex(nil)
-	for _, r := range recs {
-		ix.Put(r.Device(), r.IsRevoked()) // revoked devices' frames count as revoked, as live
-	}
-	return ix, "registry " + registry.Bucket, nil
+	ix, err := decrypt.LoadKeyIndex(rctx, reg)
+	return ix, "registry " + registry.Bucket, err
 }
 
 // replaySink opens the output; closeOut is safe to call twice.

@@ -14,8 +14,8 @@ import (
 const streamsSynopsis = `medpipe's streams, their stages' durable consumers and KV buckets: an admin's action.
 Stages only verify the streams (a stage whose flags contradict a stream logs a warning and keeps the
 stream's limits), so changing a limit is done here. Subcommands:
-  apply   create what is missing; on existing streams set the limits given as flags (--raw-max-age,
-          --raw-max-bytes, --readings-max-age, --replicas, --stream-compression) and nothing else
+  apply   create what is missing; on existing streams set the limits given as flags (retention,
+          replicas, compression) and nothing else
   show    print each stream's limits and size
 Against medpipe up, streams connects as admin with the password up generated (--nats-credentials-dir).`
 
@@ -43,7 +43,7 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	nc, js, err := nf.dial(ctx, "medpipe-streams", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-streams", log))
 	if err != nil {
 		return err
 	}

@@ -6,21 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
 	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -43,7 +41,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		statusEvery                 time.Duration
 	)
 	common.register(fs, "127.0.0.1:9100")
-	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "JetStream store (encrypted at rest), the generated NATS/MQTT credentials of every role, its encryption key and simulator keys")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "JetStream store (encrypted at rest), the generated NATS/MQTT credentials of every role, the store's key and simulator keys")
 	fs.StringVar(&host, "host", "127.0.0.1", "address the embedded NATS, MQTT and monitoring listeners bind to (0.0.0.0 for other machines)")
 	fs.IntVar(&natsPort, "nats-port", 4222, "embedded NATS client port")
 	fs.IntVar(&mqttPort, "mqtt-port", 1883, "embedded MQTT port (MQTT 3.1.1)")
@@ -60,10 +58,12 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
+	p, err := common.process(stderr)
 	if err != nil {
 		return err
 	}
+	defer p.Close()
+	log := p.Log()
 
 	devs, sims, err := upDevices(df.keys, dataDir, simulate, protocol, variant, log)
 	if err != nil {
@@ -86,45 +86,45 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer e.Shutdown()
+	defer p.Close() // before the server shuts down
 
-	nf.urls = e.ClientURL()
+	// The admin creates the streams, consumers and buckets and applies the
+	// limits given as flags (never the defaults over an operator's); then
+	// its connection closes: up's stages need no admin rights.
+	userOpts := func(role bus.Role) []nats.Option {
+		return append(bus.UserOptions(string(role), creds[role]), nats.InProcessServer(e.Server))
+	}
+	ncAdmin, jsAdmin, err := bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-admin", Log: log, Options: userOpts(bus.RoleAdmin)})
+	if err != nil {
+		return err
+	}
+	parts, err := stage.ApplyStreams(ctx, jsAdmin, nf.givenStreams())
+	ncAdmin.Close()
+	if err != nil {
+		return err
+	}
 	// One connection and JetStream context per stage, each as its own role,
 	// as when they run as separate processes: ingest's publishes must not
 	// use up the window of pending publishes that decrypt needs, nor queue
 	// ahead of its acks, and no stage may do another's work.
-	connect := func(role bus.Role) (*nats.Conn, jetstream.JetStream, error) {
-		opts := append(bus.UserOptions(string(role), creds[role]), nats.InProcessServer(e.Server))
-		return bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-" + string(role), Log: log, Options: opts})
+	connect := func(role bus.Role) (jetstream.JetStream, error) {
+		_, js, err := p.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-" + string(role), Options: userOpts(role)})
+		return js, err
 	}
-	ncAdmin, jsAdmin, err := connect(bus.RoleAdmin)
+	js, err := connect(bus.RoleIngest)
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	parts, err := bus.ApplyStreams(sctx, jsAdmin, nf.givenStreams())
-	cancel()
-	ncAdmin.Close() // up's stages need no admin rights from here on
+	jsDecrypt, err := connect(bus.RoleDecrypt)
 	if err != nil {
 		return err
 	}
-	nc, js, err := connect(bus.RoleIngest)
+	jsPublish, err := connect(bus.RolePublish)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ncDecrypt, jsDecrypt, err := connect(bus.RoleDecrypt)
-	if err != nil {
-		return err
-	}
-	defer ncDecrypt.Close()
-	ncPublish, jsPublish, err := connect(bus.RolePublish)
-	if err != nil {
-		return err
-	}
-	defer ncPublish.Close()
 
-	reg := newRegistry()
-	iopts, err := inf.options(parts, log, reg)
+	iopts, err := inf.options(parts, log, p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -132,8 +132,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
-	dopts := df.options(devs, parts, log, reg)
-	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	dopts := df.options(devs, parts, log, p.Metrics())
+	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas)
 	cancel()
 	if err != nil {
@@ -144,10 +144,10 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	if pf.mqtt == "" {
-		pf.mqtt = "tcp://" + loopbackAddr(e.MQTTAddr)
+		pf.mqtt = "tcp://" + stage.LoopbackAddr(e.MQTTAddr)
 		pf.user, pf.password = string(bus.RolePublish), creds[bus.RolePublish]
 	}
-	popts, err := pf.options(parts, log, reg)
+	popts, err := pf.options(parts, log, p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -155,28 +155,26 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := common.ops(reg, natsHealth(nc), natsHealth(ncDecrypt), natsHealth(ncPublish), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
-	if err != nil {
-		return err
-	}
-	stages := map[string]runner{"ingest": edge, "decrypt": worker, "publish": bridge}
+	p.Add("ingest", edge, edge.Health)
+	p.Add("decrypt", worker, worker.Health)
+	p.Add("publish", bridge, nil)
+	p.Check("mqtt", bridge.Health)
 	if len(sims) > 0 {
-		fleet, err := simulator.NewFleet(simulator.Options{Server: loopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
+		fleet, err := simulator.NewFleet(simulator.Options{Server: stage.LoopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
 		if err != nil {
 			return err
 		}
-		stages["simulate"] = fleet
+		p.Add("simulate", fleet, nil)
 	}
-	log.Info("medpipe up",
-		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, credentialsDir), "keys", len(devs), "simulated", len(sims), "partitions", parts)
 	if len(devs) == 0 {
 		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
 	}
 	if statusEvery > 0 {
-		go statusLine(ctx, log, reg, statusEvery)
+		go stage.StatusLine(ctx, log, p.Metrics(), statusEvery)
 	}
-	err = runAll(ctx, ops, stages)
+	err = p.Run(ctx, "medpipe up",
+		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
+		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, bus.CredentialsDir), "keys", len(devs), "simulated", len(sims), "partitions", parts)
 	log.Info("medpipe up stopped", "err", err)
 	return err
 }
@@ -188,11 +186,11 @@ func upSecrets(dataDir string) (bus.Credentials, string, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("--data-dir: %w", err)
 	}
-	creds, err := bus.LoadOrCreateCredentials(filepath.Join(dataDir, credentialsDir))
+	creds, err := bus.LoadOrCreateCredentials(filepath.Join(dataDir, bus.CredentialsDir))
 	if err != nil {
 		return nil, "", err
 	}
-	key, err := bus.LoadOrCreateSecret(filepath.Join(dataDir, jetStreamKeyFile))
+	key, err := bus.LoadOrCreateSecret(filepath.Join(dataDir, bus.JetStreamKeyFile))
 	if err != nil {
 		return nil, "", err
 	}
@@ -205,7 +203,7 @@ func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *s
 	var devs []wire.Device
 	if keysFile != "" {
 		var err error
-		if devs, err = readKeysFile(keysFile, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(keysFile, log); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -232,73 +230,4 @@ func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *s
 		}
 	}
 	return devs, sims, nil
-}
-
-// loopbackAddr turns a wildcard listen address into one a local client can dial.
-func loopbackAddr(addr string) string {
-	h, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if ip := net.ParseIP(h); h == "" || ip != nil && ip.IsUnspecified() {
-		h = "127.0.0.1"
-	}
-	return net.JoinHostPort(h, p)
-}
-
-// statusLine logs the pipeline's counters and rates every interval.
-func statusLine(ctx context.Context, log *slog.Logger, g prometheus.Gatherer, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	names := []struct{ label, metric string }{
-		{"frames_in", "medpipe_ingest_frames_total"},
-		{"readings_out", "medpipe_decrypt_readings_total"},
-		{"mqtt_messages", "medpipe_publish_mqtt_messages_total"},
-		{"dead_letters", "medpipe_decrypt_deadletters_total"},
-	}
-	errorMetrics := []string{"medpipe_ingest_connection_errors_total", "medpipe_ingest_publish_errors_total", "medpipe_decrypt_publish_errors_total", "medpipe_publish_mqtt_errors_total"}
-	prev := map[string]float64{}
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			sums := gatherSums(g)
-			secs := now.Sub(last).Seconds()
-			last = now
-			attrs := []any{}
-			for _, n := range names {
-				v := sums[n.metric]
-				attrs = append(attrs, n.label, strconv.FormatFloat(v, 'f', 0, 64)+" ("+strconv.FormatFloat((v-prev[n.metric])/secs, 'f', 0, 64)+"/s)")
-				prev[n.metric] = v
-			}
-			var errs float64
-			for _, m := range errorMetrics {
-				errs += sums[m]
-			}
-			attrs = append(attrs, "errors", errs, "connections", sums["medpipe_ingest_connections_active"])
-			log.Info("status", attrs...)
-		}
-	}
-}
-
-// gatherSums sums every counter and gauge by metric name over its labels.
-func gatherSums(g prometheus.Gatherer) map[string]float64 {
-	out := map[string]float64{}
-	mfs, err := g.Gather()
-	if err != nil {
-		return out
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				out[mf.GetName()] += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				out[mf.GetName()] += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return out
 }

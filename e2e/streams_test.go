@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -71,17 +71,17 @@ func TestRestartNeverShrinksRetention(t *testing.T) {
 		}
 		return logs.String()
 	}
-	stage("ingest", "--listen", freeAddr(t))
+	stage("ingest", "--listen", testkit.FreeAddr(t))
 	keys := filepath.Join(t.TempDir(), "keys.jsonl")
 	if _, err := simulator.LoadOrCreateKeys(keys, 1, "dev"); err != nil {
 		t.Fatal(err)
 	}
 	stage("decrypt", "--keys", keys)
-	stage("publish", "--mqtt", "tcp://"+freeAddr(t))
+	stage("publish", "--mqtt", "tcp://"+testkit.FreeAddr(t))
 	if a, b, r := limits(); a != age || b != size || r != 48*time.Hour {
 		t.Fatalf("after stages with default flags: RAW %v %d, READINGS %v; want %v %d, 48h", a, b, r, age, size)
 	}
-	logs := stage("ingest", "--listen", freeAddr(t), "--raw-max-age", "24h")
+	logs := stage("ingest", "--listen", testkit.FreeAddr(t), "--raw-max-age", "24h")
 	if a, b, _ := limits(); a != age || b != size {
 		t.Fatalf("after a stage with --raw-max-age 24h: %v %d", a, b)
 	}

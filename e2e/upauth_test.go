@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -24,7 +24,7 @@ import (
 func TestUpSecuredByDefault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
+	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
 	natsPort, mqttPort := port(), port()
 	dataDir := t.TempDir()
 	upCtx, stop := context.WithCancel(ctx)
@@ -32,7 +32,7 @@ func TestUpSecuredByDefault(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(upCtx, []string{"up", "--simulate", "3", "--rate", "5", "--data-dir", dataDir,
-			"--nats-port", natsPort, "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", freeAddr(t), "--http", "", "--status-every", "0"}, &logs, &logs)
+			"--nats-port", natsPort, "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", testkit.FreeAddr(t), "--http", "", "--status-every", "0"}, &logs, &logs)
 	}()
 	defer func() {
 		stop()
@@ -81,7 +81,7 @@ func TestUpSecuredByDefault(t *testing.T) {
 
 	// MQTT: anonymous refused; a dashboard reads and cannot write.
 	mqttConnect := func(user, pw string) (mqtt.Client, error) {
-		o := mqtt.NewClientOptions().AddBroker(mqttURL).SetClientID("attack-"+user).SetAutoReconnect(false).SetUsername(user).SetPassword(pw)
+		o := mqtt.NewClientOptions().AddBroker(mqttURL).SetClientID("attack-" + user).SetAutoReconnect(false).SetUsername(user).SetPassword(pw)
 		c := mqtt.NewClient(o)
 		tok := c.Connect()
 		if !tok.WaitTimeout(20 * time.Second) {
@@ -136,4 +136,3 @@ func TestUpSecuredByDefault(t *testing.T) {
 		t.Fatalf("audit: %v\n%s", err, out)
 	}
 }
-
