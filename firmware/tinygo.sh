@@ -385,7 +385,16 @@ secrets=(-bench-defaults)
 (cd "$FW_DIR" && go run ./internal/mkuf2 -elf "$ELF" "${secrets[@]}" -o "$OUT")
 
 # --- 8. sizes ------------------------------------------------------------------
-"$LLVM_SIZE" "$ELF"
-read -r text data bss _ < <("$LLVM_SIZE" "$ELF" | awk 'NR==2')
-log "flash = text + data (the image in flash, boot2 and vectors included); RAM = data + bss (static; the rest of the 264 KiB is heap and stacks)"
-echo "$(basename "$ELF"): flash $((text + data)) bytes, RAM $((data + bss)) bytes static; $(basename "$OUT"): $(($(stat -c %s "$OUT") / 512)) UF2 blocks ($WIRING wiring, $([ -n "$FACTORY" ] && echo "factory block $(basename "$FACTORY")" || echo "BENCH secrets"))"
+# From the sections (llvm-size -A): flash is everything placed in flash
+# (0x10000000-0x1fffffff: boot2, vectors and code, read-only data) plus
+# .data's initial values; RAM is everything placed in RAM (0x20000000 on:
+# .data, .bss and the two cores' main stacks), the rest of the 264 KiB
+# being the heap (goroutine stacks included).
+"$LLVM_SIZE" -A "$ELF" | awk '$3 ~ /^[0-9]+$/ && $3 > 0'
+read -r flash ram < <("$LLVM_SIZE" -A -d "$ELF" | awk '
+	$3 ~ /^[0-9]+$/ && $3 >= 268435456 && $3 < 536870912 { flash += $2 }
+	$3 ~ /^[0-9]+$/ && $3 >= 536870912 { ram += $2 }
+	$1 == ".data" { flash += $2 }
+	END { print flash + 0, ram + 0 }')
+blocks=$(($(stat -c %s "$OUT") / 512))
+echo "$(basename "$ELF"): flash $flash bytes, RAM $ram bytes static; $(basename "$OUT"): $blocks UF2 blocks ($WIRING wiring, $([ -n "$FACTORY" ] && echo "factory block $(basename "$FACTORY")" || echo "BENCH secrets"))"
