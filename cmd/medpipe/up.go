@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
@@ -49,6 +50,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	nf.registerStreams(fs)
 	inf.register(fs)
 	df.register(fs)
+	fs.Lookup("keys").Usage = "device keys file (JSON lines) that seeds the device registry in JetStream KV at start; devices already there keep their keys, rotations and revocations (medpipe keys works live against up)"
 	pf.register(fs, "")
 	fs.IntVar(&simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
 	fs.Float64Var(&rate, "rate", 20, "readings per second of each simulated device")
@@ -98,11 +100,29 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer ncAdmin.Close()
 	parts, err := stage.ApplyStreams(ctx, jsAdmin, nf.givenStreams())
-	ncAdmin.Close()
 	if err != nil {
 		return err
 	}
+	// The registry is the one source of keys, as for separate stages: the
+	// keys file and simulated devices seed it (as admin, audited), and
+	// `medpipe keys` changes it while up runs.
+	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	defer cancel()
+	reg, err := registry.Open(sctx, jsAdmin, nf.streams.Replicas)
+	if err != nil {
+		return err
+	}
+	added, err := reg.Seed(sctx, devs)
+	if err != nil {
+		return fmt.Errorf("seed the device registry: %w", err)
+	}
+	known, err := reg.List(sctx)
+	if err != nil {
+		return err
+	}
+	ncAdmin.Close() // up's stages need no admin rights from here on
 	// One connection and JetStream context per stage, each as its own role,
 	// as when they run as separate processes: ingest's publishes must not
 	// use up the window of pending publishes that decrypt needs, nor queue
@@ -132,11 +152,11 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
-	dopts := df.options(devs, parts, log, p.Metrics())
-	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
-	dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas)
-	cancel()
-	if err != nil {
+	dopts := df.options(nil, parts, log, p.Metrics())
+	if dopts.Registry, err = registry.Bind(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
+		return err
+	}
+	if dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
 		return err
 	}
 	worker, err := decrypt.New(jsDecrypt, dopts)
@@ -166,15 +186,15 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 		p.Add("simulate", fleet, nil)
 	}
-	if len(devs) == 0 {
-		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
+	if len(known) == 0 {
+		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N, or run medpipe keys import")
 	}
 	if statusEvery > 0 {
 		go stage.StatusLine(ctx, log, p.Metrics(), statusEvery)
 	}
 	err = p.Run(ctx, "medpipe up",
 		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, bus.CredentialsDir), "keys", len(devs), "simulated", len(sims), "partitions", parts)
+		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, bus.CredentialsDir), "keys", "registry "+registry.Bucket, "devices_known", len(known), "devices_added", len(added), "simulated", len(sims), "partitions", parts)
 	log.Info("medpipe up stopped", "err", err)
 	return err
 }
