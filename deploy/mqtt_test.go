@@ -79,18 +79,18 @@ func startShippedMosquitto(t *testing.T) (url string, passwords map[string]strin
 		"MQTT_SECRETS_DIR=" + filepath.Join(root, "secrets"), "MOSQUITTO_RUN_DIR=" + filepath.Join(root, "run"),
 		"MOSQUITTO_CONF=" + confPath, "PATH=" + filepath.Dir(bin) + ":" + os.Getenv("PATH"),
 	}, "sh", start)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		select {
+		case <-cmd.Exited():
+			t.Fatalf("start.sh exited: %v", cmd.Err())
+		default:
+		}
 		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err == nil {
-			c.Close()
-			break
+		if err != nil {
+			return fmt.Errorf("mosquitto from start.sh not accepting on %d: %w", port, err)
 		}
-		if cmd.ProcessState != nil || time.Now().After(deadline) {
-			t.Fatalf("mosquitto from start.sh not accepting on %d: %v", port, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return c.Close()
+	})
 	pw, err := os.ReadFile(filepath.Join(root, "run", "passwd"))
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package ops
 
 import (
 	"context"
@@ -18,23 +18,23 @@ import (
 // on liveness, so a broker outage must fail only readiness.
 func TestProbes(t *testing.T) {
 	var down atomic.Bool
-	check := healthCheck{"nats", func() error {
+	check := Check{"nats", func() error {
 		if down.Load() {
 			return errors.New("disconnected")
 		}
 		return nil
 	}}
-	ops, err := listenOps("127.0.0.1:0", false, prometheus.NewRegistry(), check)
+	srv, err := Listen(Options{Addr: "127.0.0.1:0", Gatherer: prometheus.NewRegistry(), Checks: []Check{check}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
-	go func() { ops.serve(ctx); close(done) }()
+	go func() { srv.Serve(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
 	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + ops.Addr() + path)
+		resp, err := http.Get("http://" + srv.Addr() + path)
 		if err != nil {
 			t.Fatal(err)
 		}
