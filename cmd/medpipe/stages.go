@@ -175,9 +175,13 @@ func (f *publishFlags) mqttSink(session bool, idPrefix string, log *slog.Logger,
 	if err != nil {
 		return nil, err
 	}
+	every := f.addressEvery
+	if !session && every == 0 {
+		every = -1 // replay: 0 has always meant never
+	}
 	return publish.NewMQTTSink(publish.MQTTSinkOptions{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
-		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: f.addressEvery,
+		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: every,
 		Session: session, ClientIDPrefix: idPrefix, Log: log, Metrics: reg,
 	})
 }
