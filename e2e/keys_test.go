@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/provision"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -50,6 +51,25 @@ func TestKeysCommand(t *testing.T) {
 	}
 	if st, err := os.Stat(cfg); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("config file: %v %v", st, err)
+	}
+	// One command registers a wearable and writes its factory block, as a
+	// UF2 for the Pico's boot ROM; the label's secrets are printed once.
+	uf2 := filepath.Join(t.TempDir(), "bed-3.uf2")
+	out, _ = keys("--config-out", filepath.Join(t.TempDir(), "bed-3.jsonl"), "--firmware-config", uf2, "add", "bed-3")
+	blob, err := os.ReadFile(uf2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(uf2); st.Mode().Perm() != 0o600 {
+		t.Fatalf("factory block mode %v", st.Mode())
+	}
+	sector, err := provision.ReadUF2(blob, provision.FactoryAddr, provision.SectorSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := provision.Parse(sector)
+	if err != nil || f.Serial != "bed-3" || !strings.Contains(out, f.APPassword) || !strings.Contains(out, "medpipe-bed-3") {
+		t.Fatalf("factory block %+v, %v; printed %q", f.Serial, err, out)
 	}
 	list, _ := keys("list")
 	if strings.Contains(list, secret) || !strings.Contains(list, "iot_med_dev_01") || !strings.Contains(list, "new-device") {

@@ -72,7 +72,7 @@ log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
-firmware/tinygo.sh
+firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

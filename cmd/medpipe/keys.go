@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -12,13 +13,16 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/provision"
 	"github.com/medpipe/medpipe/wire"
 )
 
 const keysSynopsis = `The device registry in JetStream KV (bucket ` + registry.Bucket + `), the source of truth for keys
 when running against NATS. Subcommands:
   import FILE   load today's JSON-lines keys file (idempotent; reports added / changed / unchanged)
-  add ID        register a device with a random key and IV, printed once (or written with --config-out)
+  add ID        register a device with a random key and IV, printed once (or written with --config-out);
+                with --firmware-config FILE also write the wearable's factory block (serial, access point
+                password, provisioning key; a .uf2 to copy onto the Pico, else a raw block for picotool)
   list          ids, created, rotated, revoked (secrets only with --show-secrets)
   rotate ID     give a device a new random key and IV (printed once, or --config-out)
   revoke ID     refuse the device's frames from now on (they go to DEADLETTER as revoked)
@@ -32,6 +36,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		replicas    int
 		showSecrets bool
 		configOut   string
+		fwConfig    string
+		fwSerial    string
 		lf          logFlags
 	)
 	lf.register(fs)
@@ -39,6 +45,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
+	fs.StringVar(&fwConfig, "firmware-config", "", "add: write the device's firmware factory block to this file (mode 0600; .uf2 or raw)")
+	fs.StringVar(&fwSerial, "firmware-serial", "", "add: the serial in the factory block (default: the device id, if at most 24 characters)")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -107,6 +115,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		line := wire.AppendKeyLine(nil, r.Device())
+		if sub == "add" && fwConfig != "" {
+			if err := writeFirmwareConfig(fwConfig, fwSerial, r.ID, stdout); err != nil {
+				return err
+			}
+		}
 		if configOut != "" {
 			if err := os.WriteFile(configOut, line, 0o600); err != nil {
 				return fmt.Errorf("--config-out: %w", err)
@@ -166,4 +179,26 @@ func stamp(t time.Time) string {
 		return "-"
 	}
 	return t.Format(time.RFC3339)
+}
+
+// writeFirmwareConfig writes a new factory block for device id to path and
+// prints what goes on the device's label (shown once, like the keys).
+func writeFirmwareConfig(path, serial, id string, stdout io.Writer) error {
+	if serial == "" {
+		serial = id
+	}
+	f, err := provision.New(serial, rand.Reader)
+	if err != nil {
+		return fmt.Errorf("--firmware-config: %w (set --firmware-serial)", err)
+	}
+	b, err := f.File(path)
+	if err != nil {
+		return fmt.Errorf("--firmware-config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("--firmware-config: %w", err)
+	}
+	_, err = fmt.Fprintf(stdout, "firmware factory block for %s written to %s; print on the device's label (shown once):\n  access point  medpipe-%s\n  password      %s\n  provisioning  %x\n",
+		id, path, f.Serial, f.APPassword, f.ProvisioningKey)
+	return err
 }
