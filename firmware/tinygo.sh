@@ -325,8 +325,16 @@ if [ "$LINK" = 1 ]; then
 	fi
 	TINYGO_CACHE=$(cd / && TINYGOROOT=$ROOT "$TINYGO" env GOCACHE)
 	PICOLIBC_A=$TINYGO_CACHE/picolibc-thumbv6m-unknown-unknown-eabi-cortex-m0plus/lib.a
-	PICOLIBC_VERSION=$(apt-cache policy picolibc-arm-none-eabi | awk '/Candidate:/ {print $2}')
-	[ -n "$PICOLIBC_VERSION" ] && [ "$PICOLIBC_VERSION" != "(none)" ] || die "apt knows no picolibc-arm-none-eabi (apt-get update?)"
+	picolibc_candidate() { apt-cache policy picolibc-arm-none-eabi | awk '/Candidate:/ {print $2}'; }
+	PICOLIBC_VERSION=$(picolibc_candidate)
+	if [ -z "$PICOLIBC_VERSION" ] || [ "$PICOLIBC_VERSION" = "(none)" ]; then
+		log "apt knows no picolibc-arm-none-eabi yet: apt-get update"
+		SUDO=()
+		[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+		"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+		PICOLIBC_VERSION=$(picolibc_candidate)
+	fi
+	[ -n "$PICOLIBC_VERSION" ] && [ "$PICOLIBC_VERSION" != "(none)" ] || die "apt knows no picolibc-arm-none-eabi"
 	if [ -f "$PICOLIBC_A" ] && stamp_ok picolibc "$PICOLIBC_VERSION $PICOLIBC_A"; then
 		log "picolibc: cached (Debian picolibc-arm-none-eabi $PICOLIBC_VERSION)"
 	else

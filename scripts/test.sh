@@ -37,6 +37,16 @@ if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
 	exit 1
 fi
+# deploy/'s tests check the shipped haproxy.cfg with haproxy and score the
+# systemd units with systemd-analyze.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+	log "installing haproxy (Debian package)"
+	apt_install haproxy
+fi
+if ! command -v systemd-analyze >/dev/null; then
+	log "installing systemd (Debian package, for systemd-analyze)"
+	apt_install systemd
+fi
 # Headless Chromium for the dashboard test (deploy/).
 if ! command -v chromium >/dev/null; then
 	log "installing chromium (Debian package)"
