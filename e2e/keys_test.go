@@ -83,4 +83,32 @@ func TestKeysCommand(t *testing.T) {
 	if strings.Contains(exported, "iot_med_dev_02") || !strings.Contains(exported, secret) {
 		t.Fatalf("export:\n%s", exported)
 	}
+	// Re-importing yesterday's file leaves a revoked device revoked.
+	if out, _ := keys("import", keysFile); !strings.HasPrefix(out, "added 0, changed 0, unchanged 1, revoked (left revoked) 1") {
+		t.Fatalf("import after revoke: %s", out)
+	}
+	if list, _ := keys("list"); !revokedIn(list, "iot_med_dev_02") {
+		t.Fatalf("iot_med_dev_02 un-revoked by an import:\n%s", list)
+	}
+	// Every operation that changed or showed a key is in the audit, with a
+	// fingerprint and never the key.
+	audit, _ := keys("audit")
+	for _, want := range []string{"import  iot_med_dev_01", "add     new-device", "rotate  new-device", "revoke  iot_med_dev_02", "export  iot_med_dev_01", "list-secrets  iot_med_dev_01"} {
+		if !strings.Contains(strings.Join(strings.Fields(audit), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("audit lacks %q:\n%s", want, audit)
+		}
+	}
+	if strings.Contains(audit, secret) || !strings.Contains(audit, "sha256:") {
+		t.Fatalf("audit shows a key or no fingerprint:\n%s", audit)
+	}
+}
+
+// revokedIn reports whether list's row of id has a revocation time.
+func revokedIn(list, id string) bool {
+	for line := range strings.SplitSeq(list, "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == id {
+			return f[3] != "-"
+		}
+	}
+	return false
 }

@@ -46,7 +46,7 @@ type Options struct {
 	// over all partitions (default DefaultMaxInFlightMessages).
 	MaxInFlightMessages int
 
-	// Partitions is the partition count in force (see bus.EnsureStreams).
+	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// MaxInFlight bounds readings in flight per partition (default DefaultMaxInFlight).
 	MaxInFlight int
@@ -73,7 +73,7 @@ type Bridge struct {
 // New checks the options; it does not connect.
 func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Partitions <= 0 {
-		return nil, errors.New("publish: Partitions must be set (see bus.EnsureStreams)")
+		return nil, errors.New("publish: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight

@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
@@ -27,6 +29,9 @@ when running against NATS. Subcommands:
   rotate ID     give a device a new random key and IV (printed once, or --config-out)
   revoke ID     refuse the device's frames from now on (they go to DEADLETTER as revoked)
   export        print every device as a JSON-lines keys file (contains secrets)
+  audit         who did which key operation on which device, with key fingerprints (never keys)
+Every operation that changes or shows a key is recorded in the audit stream (` + bus.StreamAudit + `).
+Against medpipe up, keys connects as admin with the password up generated (--nats-credentials-dir).
 Flags go anywhere: medpipe keys import fleet.jsonl --nats URL`
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -36,12 +41,17 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		replicas    int
 		showSecrets bool
 		configOut   string
+		auditFrom   uint64
+		auditLimit  int
 		fwConfig    string
 		fwSerial    string
 		lf          logFlags
 	)
 	lf.register(fs)
 	nf.registerConn(fs)
+	nf.role = bus.RoleAdmin
+	fs.Uint64Var(&auditFrom, "from", 0, "audit: first entry (sequence number) to show")
+	fs.IntVar(&auditLimit, "limit", 0, "audit: most entries to show (0: all)")
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
@@ -83,6 +93,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if sub == "audit" {
+		return printAudit(ctx, js, auditFrom, auditLimit, stdout)
+	}
 	reg, err := registry.Open(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -94,11 +107,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "added %d, changed %d, unchanged %d\n", len(rep.Added), len(rep.Changed), len(rep.Unchanged))
+		fmt.Fprintf(stdout, "added %d, changed %d, unchanged %d, revoked (left revoked) %d\n", len(rep.Added), len(rep.Changed), len(rep.Unchanged), len(rep.Revoked))
 		for _, l := range []struct {
 			what string
 			ids  []string
-		}{{"added", rep.Added}, {"changed", rep.Changed}} {
+		}{{"added", rep.Added}, {"changed", rep.Changed}, {"revoked, not changed", rep.Revoked}} {
 			for _, id := range l.ids {
 				fmt.Fprintf(stdout, "  %s %s\n", l.what, id)
 			}
@@ -138,7 +151,12 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "revoked %s at %s\n", r.ID, r.Revoked.Format(time.RFC3339))
 		return nil
 	case "list":
-		recs, err := reg.List(ctx)
+		var recs []registry.Record
+		if showSecrets {
+			recs, err = reg.Secrets(ctx, registry.ActionListSecrets, nil)
+		} else {
+			recs, err = reg.List(ctx)
+		}
 		if err != nil {
 			return err
 		}
@@ -157,14 +175,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return tw.Flush()
 	case "export":
-		recs, err := reg.List(ctx)
+		recs, err := reg.Secrets(ctx, registry.ActionExport, func(r registry.Record) bool { return !r.IsRevoked() })
 		if err != nil {
 			return err
 		}
 		for _, r := range recs {
-			if r.IsRevoked() {
-				continue
-			}
 			if _, err := stdout.Write(wire.AppendKeyLine(nil, r.Device())); err != nil {
 				return err
 			}
@@ -172,6 +187,20 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return nil
 	}
 	return fmt.Errorf("keys: unknown subcommand %q", sub)
+}
+
+// printAudit shows the audit stream as a table.
+func printAudit(ctx context.Context, js jetstream.JetStream, from uint64, limit int, stdout io.Writer) error {
+	entries, err := registry.Audit(ctx, js, from, limit)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tUSER\tACTION\tDEVICE\tFINGERPRINT\tDETAIL")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, stamp(e.Time), e.User, e.Action, e.Device, e.Fingerprint, e.Detail)
+	}
+	return tw.Flush()
 }
 
 func stamp(t time.Time) string {

@@ -95,6 +95,7 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
+	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -167,9 +168,12 @@ func (f *publishFlags) mqttSink(session bool, idPrefix string, log *slog.Logger,
 	if f.qos < 0 || f.qos > 2 {
 		return nil, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password, err := secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv)
-	if err != nil {
-		return nil, err
+	password := f.password
+	if password == "" {
+		var err error
+		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv); err != nil {
+			return nil, err
+		}
 	}
 	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
@@ -219,6 +223,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var inf ingestFlags
 	common.register(fs, ":9101")
 	nf.register(fs)
+	nf.role = bus.RoleIngest
 	inf.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -228,7 +233,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -251,6 +256,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var df decryptFlags
 	common.register(fs, ":9102")
 	nf.register(fs)
+	nf.role = bus.RoleDecrypt
 	df.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -266,7 +272,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -275,7 +281,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
 	if df.keys == "" {
-		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
@@ -301,6 +307,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var pf publishFlags
 	common.register(fs, ":9103")
 	nf.register(fs)
+	nf.role = bus.RolePublish
 	pf.register(fs, publish.DefaultMQTTURL)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -310,7 +317,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/firmware/device"
 	"github.com/medpipe/medpipe/firmware/device/page"
 	"github.com/medpipe/medpipe/firmware/esp/espfake"
@@ -49,7 +50,8 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 	}
 	port := func() string { return strconv.Itoa(testkit.FreePort(t)) }
 	mqttPort, edge := port(), "127.0.0.1:"+port()
-	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", dataDir,
 		"--json-topic", "--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
 		"--http", "", "--status-every", "0")
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -62,7 +64,13 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true})
+	// Dashboards log in with the password up generated in its data dir.
+	pw, err := bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true,
+		Username: string(bus.RoleDashboard), Password: pw})
 	return &pipeline{edge: edge, col: col}
 }
 
