@@ -326,6 +326,12 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 			w.cache.put(conn, c)
 		}
 	}
+	if ok && c.device == "" {
+		// The connection's first search found no key: its later frames are
+		// not searched again (one search per unidentified connection; the
+		// edge cuts the connection at that first dead letter).
+		return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
+	}
 	if ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
 			r, v, err := key.Open(sc.plain, sc.ct, c.variant)
@@ -341,6 +347,9 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 	w.m.searches.Inc()
 	id, err := w.ix.Identify(sc.plain, sc.ct)
 	w.m.candidates.Add(float64(id.Candidates))
+	if !ok && errors.Is(err, ErrUnknownDevice) {
+		w.cache.put(conn, connDevice{}) // unidentified: see above
+	}
 	return id, false, err
 }
 
