@@ -17,6 +17,7 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/replay"
 	"github.com/medpipe/medpipe/replay/archive"
+	"github.com/medpipe/medpipe/stage"
 )
 
 const archiveSynopsis = `Archives of RAW: zstd files with every frame, its headers, sequence and time, and a manifest.
@@ -80,7 +81,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer r.Close()
 
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -208,10 +209,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
 		nf.streams.Partitions = r.Header().Partitions
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = bus.EnsureStreams(sctx, js, nf.streams)
-	cancel()
-	if err != nil {
+	if _, err := stage.EnsureStreams(ctx, js, nf.streams); err != nil {
 		return err
 	}
 	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas, OriginalSubjects: original}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
+	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -27,14 +28,14 @@ Flags go before the subcommand: medpipe keys --nats URL list`
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("keys", keysSynopsis, stderr)
 	var (
-		urls        string
+		nf          natsFlags
 		replicas    int
 		showSecrets bool
 		configOut   string
 		lf          logFlags
 	)
 	lf.register(fs)
-	fs.StringVar(&urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated")
+	nf.registerConn(fs)
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
@@ -66,12 +67,12 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var devs []wire.Device
 	if sub == "import" {
-		if devs, err = readKeysFile(arg, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(arg, log); err != nil {
 			return err
 		}
 	}
 
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: urls, Name: "medpipe-keys"})
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-keys", log))
 	if err != nil {
 		return err
 	}

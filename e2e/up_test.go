@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -20,10 +20,10 @@ import (
 func TestUpSimulate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
+	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
 	mqttPort := port()
 	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", t.TempDir(),
-		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", freeAddr(t), "--http", freeAddr(t), "--status-every", "1s"}
+		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", testkit.FreeAddr(t), "--http", testkit.FreeAddr(t), "--status-every", "1s"}
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
@@ -94,8 +94,8 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
-	mqttPort, edge := port(), freeAddr(t)
+	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
+	mqttPort, edge := port(), testkit.FreeAddr(t)
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -34,8 +34,8 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := []string{"MEDPIPE_NATS=" + cl.URLs(), "MEDPIPE_REPLICAS=3", "MEDPIPE_PARTITIONS=8"}
-	edge := freeAddr(t)
-	start := func(name string, args ...string) *proc {
+	edge := testkit.FreeAddr(t)
+	start := func(name string, args ...string) *testkit.Proc {
 		p, _ := startServing(ctx, t, name, env, args...)
 		return p
 	}
@@ -44,14 +44,14 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	start("decrypt", "decrypt", "--keys", keys)
 	start("publish", "publish", "--mqtt", mq.URL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edge, "--keys", keys,
+	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edge, "--keys", keys,
 		"--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", strconv.Itoa(rate), "--protocol", "v2")
 	time.Sleep(4 * time.Second)
 	leader := cl.StreamLeader(ctx, t, "RAW")
 	killedAt := time.Now()
 	leader.Shutdown()
 	t.Logf("shut down %s, the RAW stream leader", leader.Name())
-	summary := sim.simulated(ctx, t)
+	summary := simulated(ctx, t, sim)
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
