@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (Mosquitto and Chromium
-# from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
+# The whole test suite: installs what the tests need (Mosquitto, HAProxy and
+# Chromium from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
 # git-ignored), checks formatting, vet and staticcheck, runs every module's
 # tests, compiles the firmware for the Pico with TinyGo (firmware/tinygo.sh)
 # and runs every fuzz target briefly. Usage: ./scripts/test.sh
@@ -35,6 +35,20 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/d
 fi
 if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
+	exit 1
+fi
+# HAProxy for the PROXY protocol test through the shipped deploy/haproxy.cfg (e2e/).
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+	log "installing haproxy (Debian package)"
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+fi
+# The package may start a proxy of its own; the test runs its own on loopback.
+if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then
+	as_root systemctl disable --now haproxy >/dev/null 2>&1 || true
+fi
+if [ ! -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null; then
+	echo "haproxy could not be installed: the PROXY protocol test needs it" >&2
 	exit 1
 fi
 # Headless Chromium for the dashboard test (deploy/).
