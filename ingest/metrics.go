@@ -16,7 +16,7 @@ type metrics struct {
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
-// RAW's acknowledgement (the --max-pending-frames window), penalised the
+// RAW's acknowledgement (the --ingest-in-flight window), penalised the
 // addresses refused for a penalty now.
 func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *metrics {
 	m := &metrics{

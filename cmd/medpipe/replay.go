@@ -99,7 +99,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	lf.register(fs)
 	nf.registerConn(fs)
 	// publish's MQTT flags, but not its per-partition window: replay has one stream of readings.
-	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-inflight" })
+	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-in-flight" })
 	sf.register(fs, true)
 	// Replayed readings must not pass for live ones unless asked to.
 	prefix := fs.Lookup("prefix")

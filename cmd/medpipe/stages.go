@@ -63,7 +63,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.penalty, "penalty", ingest.DefaultPenalty, "refuse new connections from an address for this long once it was cut for abuse --penalty-strikes times within about as long (-1s: never)")
 	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
-	fs.IntVar(&f.maxPending, "max-pending-frames", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
+	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
@@ -105,7 +105,7 @@ type decryptFlags struct {
 
 func (f *decryptFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}; without it, keys come from the registry in JetStream KV (see medpipe keys)")
-	fs.IntVar(&f.maxInFlight, "max-inflight", 512, "frames in flight per partition")
+	fs.IntVar(&f.maxInFlight, "decrypt-in-flight", 512, "frames in flight per partition")
 }
 
 func (f *decryptFlags) options(devs []wire.Device, parts int, log *slog.Logger, reg prometheus.Registerer) decrypt.Options {
@@ -140,7 +140,7 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
 	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
 	fs.IntVar(&f.addressEvery, "address-every", 50, "publish a device's addresses on its first reading and every this many")
-	fs.IntVar(&f.maxInFlight, "publish-inflight", 512, "readings in flight to the broker per partition")
+	fs.IntVar(&f.maxInFlight, "publish-in-flight", 512, "readings in flight to the broker per partition")
 }
 
 func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
@@ -48,6 +49,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	nf.registerStreams(fs)
 	inf.register(fs)
 	df.register(fs)
+	fs.Lookup("keys").Usage = "device keys file (JSON lines) that seeds the device registry in JetStream KV at start; devices already there keep their keys, rotations and revocations (medpipe keys works live against up)"
 	pf.register(fs, "")
 	fs.IntVar(&simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
 	fs.Float64Var(&rate, "rate", 20, "readings per second of each simulated device")
@@ -115,11 +117,24 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
-	dopts := df.options(devs, parts, log, p.Metrics())
+	// The registry is the one source of keys, as for separate stages: the
+	// keys file and simulated devices seed it, and `medpipe keys` changes
+	// it while up runs.
+	dopts := df.options(nil, parts, log, p.Metrics())
 	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
-	dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas)
-	cancel()
+	defer cancel()
+	if dopts.Registry, err = registry.Open(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
+		return err
+	}
+	added, err := dopts.Registry.Seed(sctx, devs)
 	if err != nil {
+		return fmt.Errorf("seed the device registry: %w", err)
+	}
+	known, err := dopts.Registry.List(sctx)
+	if err != nil {
+		return err
+	}
+	if dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
 		return err
 	}
 	worker, err := decrypt.New(jsDecrypt, dopts)
@@ -148,15 +163,15 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 		p.Add("simulate", fleet, nil)
 	}
-	if len(devs) == 0 {
-		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
+	if len(known) == 0 {
+		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N, or run medpipe keys import")
 	}
 	if statusEvery > 0 {
 		go stage.StatusLine(ctx, log, p.Metrics(), statusEvery)
 	}
 	err = p.Run(ctx, "medpipe up",
 		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", len(devs), "simulated", len(sims), "partitions", parts)
+		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", "registry "+registry.Bucket, "devices_known", len(known), "devices_added", len(added), "simulated", len(sims), "partitions", parts)
 	log.Info("medpipe up stopped", "err", err)
 	return err
 }
