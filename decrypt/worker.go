@@ -325,7 +325,7 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 		}
 	}
 	if ok && c.device == "" {
-		// The connection's first search found no key: its later frames are
+		// The connection's first frame fitted no key: its later frames are
 		// not searched again (one search per unidentified connection; the
 		// edge cuts the connection at that first dead letter).
 		return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
@@ -345,8 +345,11 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 	w.m.searches.Inc()
 	id, err := w.ix.Identify(sc.plain, sc.ct)
 	w.m.candidates.Add(float64(id.Candidates))
-	if !ok && errors.Is(err, ErrUnknownDevice) {
-		w.cache.put(conn, connDevice{}) // unidentified: see above
+	if !ok && frameSeq == 1 && errors.Is(err, ErrUnknownDevice) {
+		// Unidentified: see above. Only the first frame decides it: a later
+		// one that fits no key may share its connection with a known
+		// device's (the old desktop simulator), whose frames must go on.
+		w.cache.put(conn, connDevice{})
 	}
 	return id, false, err
 }

@@ -189,7 +189,7 @@ func TestPerAddressLimits(t *testing.T) {
 				t.Fatalf("frames by address %v", by)
 			}
 		}},
-		{"no key opens the frame: cut at the first dead letter", Options{}, func(t *testing.T, h *harness) {
+		{"no key opens the first frame: cut at its dead letter", Options{}, func(t *testing.T, h *harness) {
 			bad := dialFrom(t, h, attacker)
 			talk(t, bad, 1)
 			msgs := rawMessages(t, h.js, 1)
@@ -200,6 +200,7 @@ func TestPerAddressLimits(t *testing.T) {
 			defer nc.Close()
 			m := nats.NewMsg(bus.DeadLetterSubject(bus.ReasonUnknownDevice))
 			m.Header.Set(bus.HeaderConn, msgs[0].Headers().Get(bus.HeaderConn))
+			m.Header.Set(bus.HeaderFrameSeq, msgs[0].Headers().Get(bus.HeaderFrameSeq))
 			m.Header.Set(bus.HeaderReason, string(bus.ReasonUnknownDevice))
 			if err := nc.PublishMsg(m); err != nil {
 				t.Fatal(err)

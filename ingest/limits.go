@@ -346,13 +346,14 @@ func countsAgainstConnection(reason string) bool {
 	return reason != "" && reason != string(bus.ReasonReplayed)
 }
 
-// cutsAtOnce reports whether one dead letter of this reason ends the
-// connection: no key opens its frames (or several do), so nothing else it
-// sends can become a reading either. Decrypt searched every key for it once
-// and dead-letters its later frames without searching again (see
-// decrypt's connection cache); cutting it stops them coming at all.
-func cutsAtOnce(reason string) bool {
-	return reason == string(bus.ReasonUnknownDevice) || reason == string(bus.ReasonAmbiguous)
+// cutsAtOnce reports whether one dead letter ends the connection: no key
+// opens its first frame, so it is unidentified. Decrypt searched every key
+// for it once and dead-letters its later frames without searching again
+// (see decrypt's connection cache); cutting it stops them coming at all. A
+// later frame that fits no key on an identified connection (a device
+// sharing it with a stranger) counts towards MaxBadFrames instead.
+func cutsAtOnce(reason, frameSeq string) bool {
+	return reason == string(bus.ReasonUnknownDevice) && frameSeq == "1"
 }
 
 // Why watchDeadLetters cut a connection.
@@ -362,7 +363,7 @@ const (
 )
 
 // watchDeadLetters closes a connection of this edge once MaxBadFrames of its
-// frames were dead-lettered, or at once when no key opens its frame: a
+// frames were dead-lettered, or at once when no key opens its first: a
 // sender whose frames fit no key (or fail authentication) costs decrypt a
 // trial of every key, so it is cut off instead of being served for ever. It
 // returns the subscription to unsubscribe at shutdown.
@@ -381,7 +382,7 @@ func (e *Edge) watchDeadLetters(nc *nats.Conn) (*nats.Subscription, error) {
 			return
 		}
 		kick := kickBadFrames
-		if cutsAtOnce(reason) {
+		if cutsAtOnce(reason, m.Header.Get(bus.HeaderFrameSeq)) {
 			kick = kickUnknownDevice
 		} else if cn.badFrames.Add(1) != int64(e.o.MaxBadFrames) {
 			return
