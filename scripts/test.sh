@@ -37,18 +37,23 @@ if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
 	exit 1
 fi
-# HAProxy for the PROXY protocol test through the shipped deploy/haproxy.cfg (e2e/).
+# deploy/'s tests check the shipped haproxy.cfg with haproxy and score the
+# systemd units with systemd-analyze.
 if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
 	log "installing haproxy (Debian package)"
-	as_root apt-get update -qq
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+	apt_install haproxy
 fi
-# The package may start a proxy of its own; the test runs its own on loopback.
+if ! command -v systemd-analyze >/dev/null; then
+	log "installing systemd (Debian package, for systemd-analyze)"
+	apt_install systemd
+fi
+# The package may start a proxy of its own; e2e/'s PROXY protocol test runs
+# the shipped haproxy.cfg on loopback itself.
 if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then
 	as_root systemctl disable --now haproxy >/dev/null 2>&1 || true
 fi
 if [ ! -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null; then
-	echo "haproxy could not be installed: the PROXY protocol test needs it" >&2
+	echo "haproxy could not be installed: the deploy and PROXY protocol tests need it" >&2
 	exit 1
 fi
 # Headless Chromium for the dashboard test (deploy/).
@@ -86,7 +91,7 @@ log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
-firmware/tinygo.sh
+firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do
