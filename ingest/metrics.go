@@ -15,15 +15,17 @@ type metrics struct {
 	// v2 replies: decrypt's relayed to devices, dropped (connection gone),
 	// and resent frames stored again to be acknowledged again.
 	repliesRelayed, repliesDropped, resends prometheus.Counter
+	penalties                               prometheus.Counter
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
-// RAW's acknowledgement (the --ingest-in-flight window).
-func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
+// RAW's acknowledgement (the --ingest-in-flight window), penalised the
+// addresses refused for a penalty now.
+func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *metrics {
 	m := &metrics{
 		active:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_ingest_connections_active", Help: "Device connections open now."}),
 		conns:          prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_connections_total", Help: "Device connections accepted."}),
-		rejected:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connections_rejected_total", Help: "Connections closed on arrival, by the bound that refused them (max_conns, max_conns_per_ip)."}, []string{"limit"}),
+		rejected:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connections_rejected_total", Help: "Connections closed on arrival, by the bound that refused them (max_conns, max_conns_per_ip, max_preframe_per_ip, accept_rate, penalised)."}, []string{"limit"}),
 		throttled:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frames_throttled_total", Help: "Frames whose reading was delayed because their connection exceeded the frame-rate bound."}),
 		frames:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_frames_total", Help: "Complete frames read from devices, by protocol."}, []string{"protocol"}),
 		frameBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_frame_bytes_total", Help: "Bytes of complete frames read."}),
@@ -33,16 +35,19 @@ func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
 		repliesRelayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_relayed_total", Help: "v2 replies from decrypt (ACK, REFUSED) written to devices."}),
 		repliesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_dropped_total", Help: "v2 replies from decrypt for connections already closed (the device resends)."}),
 		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
+		penalties:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_penalties_total", Help: "Times an address was penalised (refused new connections for --penalty) for being cut for abuse --penalty-strikes times."}),
 	}
-	for _, r := range []string{"not_hex", "too_long", "idle", "frame_timeout", "truncated", "read", "unknown_protocol", "malformed", "bad_frames", "tls_handshake"} {
+	for _, r := range []string{"not_hex", "too_long", "too_short", "idle", "frame_timeout", "first_frame_timeout", "truncated", "read", "unknown_protocol",
+		"malformed", "bad_frames", "unknown_device", "tls_handshake", "proxy_header", "proxy_untrusted", "penalised"} {
 		m.connErrors.WithLabelValues(r)
 	}
-	for _, l := range []string{"max_conns", "max_conns_per_ip"} {
+	for _, l := range refusals {
 		m.rejected.WithLabelValues(l)
 	}
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while it is at --max-pending-frames."}, pending))
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.repliesRelayed, m.repliesDropped, m.resends)
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_penalised_addresses", Help: "Addresses refused new connections now for a penalty (--penalty)."}, penalised))
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends)
 	}
 	return m
 }
