@@ -147,12 +147,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // apply brings one registry change into the index.
 func (w *Worker) apply(r registry.Record, deleted bool) {
-	if deleted {
-		w.ix.Delete(r.ID)
-		return
+	w.ix.Apply(r, deleted)
+	if !deleted {
+		w.m.registryUpdates.Inc()
 	}
-	w.ix.Put(r.Device(), r.IsRevoked())
-	w.m.registryUpdates.Inc()
 }
 
 // scratch is one frame's working memory. ConsumePartitions calls the

@@ -413,7 +413,7 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("base image %s not pinned", f[1])
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "USER nonroot", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static"} {
+	for _, want := range []string{"CGO_ENABLED=0", "USER 65532:65532", "--chown=65532:65532", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}

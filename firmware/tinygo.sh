@@ -89,8 +89,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} with apt-get"
 	SUDO=()
 	[ "$(id -u)" -eq 0 ] || SUDO=(sudo)
-	"${SUDO[@]}" apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+	"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+	DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 else
 	log "apt packages present: ${APT_PACKAGES[*]}"
 fi

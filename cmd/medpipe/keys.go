@@ -11,6 +11,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
+	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -22,28 +23,24 @@ when running against NATS. Subcommands:
   rotate ID     give a device a new random key and IV (printed once, or --config-out)
   revoke ID     refuse the device's frames from now on (they go to DEADLETTER as revoked)
   export        print every device as a JSON-lines keys file (contains secrets)
-Flags go before the subcommand: medpipe keys --nats URL list`
+Flags go anywhere: medpipe keys import fleet.jsonl --nats URL`
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("keys", keysSynopsis, stderr)
 	var (
-		urls        string
+		nf          natsFlags
 		replicas    int
 		showSecrets bool
 		configOut   string
 		lf          logFlags
 	)
 	lf.register(fs)
-	fs.StringVar(&urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated")
+	nf.registerConn(fs)
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	// Subcommand and its argument follow the flags; MEDPIPE_* fill the rest.
-	rest := fs.Args()
-	if err := parseFlags(fs, nil); err != nil {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if len(rest) == 0 {
@@ -66,12 +63,12 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var devs []wire.Device
 	if sub == "import" {
-		if devs, err = readKeysFile(arg, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(arg, log); err != nil {
 			return err
 		}
 	}
 
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: urls, Name: "medpipe-keys"})
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-keys", log))
 	if err != nil {
 		return err
 	}

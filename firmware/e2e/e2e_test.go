@@ -132,7 +132,7 @@ func newBoard(t *testing.T, edge string) *fakeBoard {
 	fb := &fakeBoard{mod: mod, flash: hwfake.NewFlash(device.StorageSize), sw: &hwfake.Pin{}, led: &hwfake.LED{}, motion: motion}
 	fb.Board = &device.Board{
 		UART: uart, I2C: motion, Pulse: pulse, ChipTemp: func() float64 { return sensors.ChipTemperature(chip.Get()) }, OneWire: hwfake.NewDS18B20(36.625).Bus(),
-		ConfigSwitch: fb.sw, LED: fb.led, Storage: fb.flash, Rand: rand.Reader,
+		ConfigSwitch: fb.sw, LED: fb.led, Storage: fb.flash, Noise: rand.Reader,
 		Factory: device.Factory{Serial: "0042", APPassword: "label-passphrase", ProvisioningKey: [16]byte([]byte("provisioning-key"))},
 		Log:     func(s string) { t.Log("firmware: " + s) },
 	}
@@ -196,9 +196,11 @@ func TestWorkingModeDeliversReadings(t *testing.T) {
 				for _, r := range got {
 					seen[r.Seq] = true
 				}
-				for seq := uint64(1); seq <= readings; seq++ {
-					if !seen[seq] {
-						t.Errorf("v2 reading %d lost", seq)
+				// A new device's first boot epoch is 1: the high half of
+				// every sequence number of this boot.
+				for n := uint64(1); n <= readings; n++ {
+					if seq := 1<<32 | n; !seen[seq] {
+						t.Errorf("v2 reading %d (seq %#x) lost", n, seq)
 					}
 				}
 				// The module's clock has whole seconds, so the device's
@@ -307,6 +309,11 @@ func TestConfigurationPageInBrowser(t *testing.T) {
 	}
 	if fb.mod.Joined() != want.WiFiSSID {
 		t.Fatalf("working mode joined %q", fb.mod.Joined())
+	}
+	// Leaving configuration mode closed the port-80 server before working
+	// mode's AT+CIPMUX: the module refused nothing.
+	if fb.mod.ServerAddr() != nil || fb.mod.Refused.Load() != 0 {
+		t.Fatalf("after configuration: server %v, %d commands refused", fb.mod.ServerAddr(), fb.mod.Refused.Load())
 	}
 	checkValues(t, p.waitReadings(ctx, t, want.Device.ID, 20)[19])
 }

@@ -1,9 +1,11 @@
-package main
+package e2e
 
 import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
 // TestSeparateProcesses runs the built binary as one ingest, two decrypt
@@ -16,15 +18,15 @@ func TestSeparateProcesses(t *testing.T) {
 	c := newStageCluster(ctx, t, 8, devices, "proc")
 	col := c.collector("Pico/#", "proc-test")
 	e, keys, edgeAddr := c.srv, c.keys, c.edge
-	procs := []*proc{
+	procs := []*testkit.Proc{
 		c.start("ingest", "ingest", "--listen", edgeAddr),
 		c.start("decrypt-1", "decrypt", "--keys", keys),
 		c.start("decrypt-2", "decrypt", "--keys", keys),
 		c.start("publish", "publish", "--mqtt", e.MQTTURL()),
 	}
 
-	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
-	summary := sim.simulated(ctx, t)
+	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "20", "--count", "100", "--rate", "50", "--log-format", "json")
+	summary := simulated(ctx, t, sim)
 	if summary.Sent != devices*count {
 		t.Fatalf("simulator sent %d readings, want %d", summary.Sent, devices*count)
 	}
@@ -50,6 +52,6 @@ func TestSeparateProcesses(t *testing.T) {
 		t.Errorf("%d messages in all, want %d", total, devices*(count*perReading+addrs))
 	}
 	for _, p := range procs {
-		p.stop(t, 20*time.Second)
+		p.Stop(t, 20*time.Second)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -39,7 +39,7 @@ func TestSimulateServesMetrics(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	p.stop(t, 10*time.Second)
+	p.Stop(t, 10*time.Second)
 }
 
 // scrape reads the medpipe_ samples of a /metrics page.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
+	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
@@ -197,7 +198,7 @@ func startPipelineWith(t *testing.T, mqttURL func(e *bus.Embedded) string, keys 
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	for _, s := range []runner{edge, worker, bridge} {
+	for _, s := range []stage.Runner{edge, worker, bridge} {
 		wg.Go(func() {
 			if err := s.Run(ctx); err != nil {
 				t.Errorf("stage %T: %v", s, err)

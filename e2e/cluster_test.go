@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -40,7 +40,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := []string{"MEDPIPE_NATS=" + cl.URLs(), "MEDPIPE_REPLICAS=3", "MEDPIPE_PARTITIONS=8"}
-	edge := freeAddr(t)
+	edge := testkit.FreeAddr(t)
 	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: cl.URLs(), Name: "cluster-test"})
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	defer nc.Close()
 	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: mq.URL(), Filter: "Pico/+/reading", QoS: 1, ClientID: "cluster-test", CleanSession: true})
 	watch := newProgressWatch(t, js, clusterStall, col.Len)
-	start := func(name string, args ...string) *proc {
+	start := func(name string, args ...string) *testkit.Proc {
 		p, addr := startServing(ctx, t, name, env, append(args, "--pprof")...)
 		watch.stages[name] = addr
 		return p
@@ -57,28 +57,22 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 	start("decrypt", "decrypt", "--keys", keys)
 	start("publish", "publish", "--mqtt", mq.URL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edge, "--keys", keys,
+	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edge, "--keys", keys,
 		"--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", strconv.Itoa(rate), "--protocol", "v2")
 	watch.until(ctx, "a quarter of the readings before the failover", func() bool { return col.Len() >= devices*count/4 })
 	leader := cl.StreamLeader(ctx, t, "RAW")
 	killedAt := time.Now()
 	leader.Shutdown()
 	t.Logf("shut down %s, the RAW stream leader", leader.Name())
-	var simErr error
-	simDone := false
 	watch.until(ctx, "the simulator to have every frame acknowledged", func() bool {
 		select {
-		case simErr = <-sim.done:
-			sim.done <- simErr // for cleanup
-			simDone = true
+		case <-sim.Exited():
+			return true
 		default:
+			return false
 		}
-		return simDone
 	})
-	if simErr != nil {
-		t.Fatalf("simulate: %v", simErr)
-	}
-	summary := parseSimSummary(t, sim.out.String())
+	summary := simulated(ctx, t, sim)
 	t.Cleanup(func() {
 		if t.Failed() {
 			var ids []string

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
 // TestStageFaults stops one stage process mid-stream, by SIGKILL or by
@@ -41,7 +43,7 @@ func TestStageFaults(t *testing.T) {
 				"decrypt": {"decrypt", "--keys", c.keys},
 				"publish": {"publish", "--mqtt", c.srv.MQTTURL(), "--json-topic"},
 			}
-			procs := map[string]*proc{}
+			procs := map[string]*testkit.Proc{}
 			for _, s := range []string{"ingest", "decrypt", "publish"} {
 				procs[s] = c.start(s, args[s]...)
 			}
@@ -50,22 +52,22 @@ func TestStageFaults(t *testing.T) {
 			if tt.stage == "decrypt" {
 				c.start("decrypt-2", args["decrypt"]...)
 			}
-			sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", c.edge, "--keys", c.keys,
+			sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", c.edge, "--keys", c.keys,
 				"--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", strconv.Itoa(rate), "--protocol", tt.protocol)
 			time.Sleep(3 * time.Second)
 
 			victim := procs[tt.stage]
 			faultAt := time.Now()
-			if err := victim.cmd.Process.Signal(tt.signal); err != nil {
+			if err := victim.Cmd.Process.Signal(tt.signal); err != nil {
 				t.Fatal(err)
 			}
 			var drained time.Duration
 			select {
-			case err := <-victim.done:
-				victim.done <- err
+			case <-victim.Exited():
+				err := victim.Err()
 				drained = time.Since(faultAt)
 				if tt.signal == syscall.SIGTERM && err != nil {
-					t.Fatalf("%s after SIGTERM: %v\n%s", tt.stage, err, victim.out.String())
+					t.Fatalf("%s after SIGTERM: %v\n%s", tt.stage, err, victim.Out.String())
 				}
 			case <-time.After(20 * time.Second):
 				t.Fatalf("%s did not exit within 20 s of %v", tt.stage, tt.signal)
@@ -77,7 +79,7 @@ func TestStageFaults(t *testing.T) {
 				time.Sleep(time.Second)
 				c.start(tt.stage+"-again", args[tt.stage]...)
 			}
-			summary := sim.simulated(ctx, t)
+			summary := simulated(ctx, t, sim)
 			if summary.Sent != devices*count {
 				t.Fatalf("simulator sent %d readings, want %d", summary.Sent, devices*count)
 			}

@@ -1,17 +1,24 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // TestUpSimulate runs `medpipe up --simulate 20` in-process and checks that
@@ -20,10 +27,10 @@ import (
 func TestUpSimulate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
+	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
 	mqttPort := port()
 	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", t.TempDir(),
-		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", freeAddr(t), "--http", freeAddr(t), "--status-every", "1s"}
+		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", testkit.FreeAddr(t), "--http", testkit.FreeAddr(t), "--status-every", "1s"}
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
@@ -94,8 +101,8 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
-	mqttPort, edge := port(), freeAddr(t)
+	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
+	mqttPort, edge := port(), testkit.FreeAddr(t)
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
@@ -140,5 +147,110 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("up: %v", err)
+	}
+}
+
+// TestUpUsesTheRegistry runs `medpipe up` without keys: a device's frames
+// are dead letters until `medpipe keys import` (flags after the file) loads
+// its key into up's registry; its readings then flow, a revocation stops
+// them, and `medpipe replay --since -2h` against up finds the keys.
+func TestUpUsesTheRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	natsURL := "nats://" + testkit.FreeAddr(t)
+	_, natsPort, _ := net.SplitHostPort(strings.TrimPrefix(natsURL, "nats://"))
+	edge := testkit.FreeAddr(t)
+	startServing(ctx, t, "up", nil, "up", "--data-dir", t.TempDir(), "--nats-port", natsPort, "--mqtt-port", "-1",
+		"--monitor-port", "-2", "--listen", edge, "--status-every", "0", "--max-bad-frames", "-1")
+
+	keep, _ := wire.NewRandomDevice("keep")
+	drop, _ := wire.NewRandomDevice("drop")
+	keysFile := filepath.Join(t.TempDir(), "fleet.jsonl")
+	if err := os.WriteFile(keysFile, append(wire.AppendKeyLine(nil, keep), wire.AppendKeyLine(nil, drop)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	readings, reasons := map[string]int{}, map[string]string{}
+	if _, err := nc.Subscribe(bus.SubjectReadingsPrefix+">", func(m *nats.Msg) {
+		if r, err := bus.UnmarshalReading(m.Data); err == nil {
+			mu.Lock()
+			readings[r.Device]++
+			mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Subscribe(bus.SubjectDeadLetterPrefix+">", func(m *nats.Msg) {
+		mu.Lock()
+		reasons[m.Header.Get(bus.HeaderDevice)+m.Header.Get(bus.HeaderConn)] = m.Header.Get(bus.HeaderReason)
+		reasons["last"] = m.Header.Get(bus.HeaderReason)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sendCtx, stopSending := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, d := range []wire.Device{keep, drop} {
+		ld := &liveDevice{id: d.ID}
+		ld.key.Store(wire.NewLegacyKey(d))
+		wg.Go(func() { ld.run(sendCtx, t, edge) })
+	}
+	defer func() { stopSending(); wg.Wait() }()
+	count := func(id string) int { mu.Lock(); defer mu.Unlock(); return readings[id] }
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if reasons["last"] != string(bus.ReasonUnknownDevice) {
+			return fmt.Errorf("no unknown_device dead letter yet (last %q)", reasons["last"])
+		}
+		return nil
+	})
+
+	if out, err := medpipe(ctx, t, "keys", "import", keysFile, "--nats", natsURL); err != nil || !strings.Contains(out, "added 2") {
+		t.Fatalf("keys import: %v\n%s", err, out)
+	}
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if count("keep") < 5 || count("drop") < 5 {
+			return fmt.Errorf("readings after import: keep %d, drop %d", count("keep"), count("drop"))
+		}
+		return nil
+	})
+
+	if out, err := medpipe(ctx, t, "keys", "revoke", "drop", "--nats", natsURL); err != nil {
+		t.Fatalf("keys revoke: %v\n%s", err, out)
+	}
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if reasons["last"] != string(bus.ReasonRevoked) {
+			return fmt.Errorf("no revoked dead letter yet (last %q)", reasons["last"])
+		}
+		return nil
+	})
+	after := count("drop")
+	kept := count("keep")
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if count("keep") < kept+20 {
+			return fmt.Errorf("keep stalled at %d after the revocation", count("keep"))
+		}
+		return nil
+	})
+	if n := count("drop"); n > after+5 { // frames already decrypted when the revocation landed
+		t.Fatalf("drop: %d readings after its revocation", n-after)
+	}
+	stopSending()
+	wg.Wait()
+
+	out, err := medpipe(ctx, t, "replay", "--since", "-2h", "--format", "jsonl", "--progress", "off", "--nats", natsURL)
+	if err != nil {
+		t.Fatalf("replay: %v\n%s", err, out)
+	}
+	if n := strings.Count(out, `"keep"`); n < kept {
+		t.Fatalf("replay --since -2h wrote %d readings of keep, want at least %d:\n%s", n, kept, lastLines(out, 5))
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -70,22 +70,22 @@ func TestSecuredPipelineLeaksNoSecret(t *testing.T) {
 		"MEDPIPE_NATS=" + nats.URL(), "MEDPIPE_NATS_USER=medpipe", "MEDPIPE_NATS_PASSWORD_FILE=" + pwFile,
 		"MEDPIPE_NATS_CA=" + tf.CA, "MEDPIPE_LOG_LEVEL=debug", "MEDPIPE_PARTITIONS=4",
 	}
-	plainAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	plainAddr, tlsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	var https []string
-	start := func(name string, extraEnv []string, args ...string) *proc {
+	start := func(name string, extraEnv []string, args ...string) *testkit.Proc {
 		p, h := startServing(ctx, t, name, append(append([]string{}, env...), extraEnv...), args...)
 		https = append(https, h)
 		return p
 	}
-	procs := []*proc{
+	procs := []*testkit.Proc{
 		start("ingest", nil, "ingest", "--listen", plainAddr, "--tls-listen", tlsAddr, "--tls-cert", tf.Cert, "--tls-key", tf.Key),
 		start("decrypt", nil, "decrypt", "--keys", keysFile),
 		start("publish", []string{"MEDPIPE_MQTT_PASSWORD=" + secrets["mqtt password"]}, "publish", "--mqtt", mq.URL(), "--mqtt-ca", tf.CA, "--mqtt-user", "medpipe"),
 	}
 	// Failed logins: their errors must name the problem, not the password.
-	badMQTT := startProc(t, "publish-wrong-password", append(append([]string{}, env...), "MEDPIPE_MQTT_PASSWORD="+secrets["wrong mqtt password"]),
+	badMQTT := testkit.StartMedpipe(t, "publish-wrong-password", append(append([]string{}, env...), "MEDPIPE_MQTT_PASSWORD="+secrets["wrong mqtt password"]),
 		"publish", "--mqtt", mq.URL(), "--mqtt-ca", tf.CA, "--mqtt-user", "medpipe", "--http", "", "--mqtt-client-id", "wrong")
-	badNATS := startProc(t, "decrypt-wrong-password", append(append([]string{}, env...), "MEDPIPE_NATS=tls://medpipe:"+secrets["wrong nats password"]+"@"+strings.TrimPrefix(nats.URL(), "tls://"), "MEDPIPE_NATS_USER="),
+	badNATS := testkit.StartMedpipe(t, "decrypt-wrong-password", append(append([]string{}, env...), "MEDPIPE_NATS=tls://medpipe:"+secrets["wrong nats password"]+"@"+strings.TrimPrefix(nats.URL(), "tls://"), "MEDPIPE_NATS_USER="),
 		"decrypt", "--keys", keysFile, "--http", "")
 
 	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: mq.URL(), Filter: "Pico/#", QoS: 1, ClientID: "security-test", CleanSession: true,
@@ -127,19 +127,18 @@ func TestSecuredPipelineLeaksNoSecret(t *testing.T) {
 		}
 	}
 	for _, p := range procs {
-		p.stop(t, 20*time.Second)
+		p.Stop(t, 20*time.Second)
 	}
-	for _, p := range []*proc{badMQTT, badNATS} {
-		_ = p.cmd.Process.Signal(os.Interrupt)
+	for _, p := range []*testkit.Proc{badMQTT, badNATS} {
+		_ = p.Cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-p.done:
+		case <-p.Exited():
 		case <-time.After(10 * time.Second):
-			t.Errorf("%s did not stop", p.name)
+			t.Errorf("%s did not stop", p.Name)
 		}
-		p.done <- nil
 	}
 	for _, p := range append(procs, badMQTT, badNATS) {
-		shown.WriteString(p.name + ":\n" + p.out.String() + "\n")
+		shown.WriteString(p.Name + ":\n" + p.Out.String() + "\n")
 	}
 	all := shown.String()
 	for name, s := range secrets {
@@ -148,10 +147,10 @@ func TestSecuredPipelineLeaksNoSecret(t *testing.T) {
 		}
 	}
 	// The failed logins were seen and reported, so the run did exercise them.
-	if !strings.Contains(badMQTT.out.String(), "mqtt connect failed") || !strings.Contains(strings.ToLower(badNATS.out.String()), "authorization") {
-		t.Errorf("failed logins not reported:\n%s\n%s", badMQTT.out.String(), badNATS.out.String())
+	if !strings.Contains(badMQTT.Out.String(), "mqtt connect failed") || !strings.Contains(strings.ToLower(badNATS.Out.String()), "authorization") {
+		t.Errorf("failed logins not reported:\n%s\n%s", badMQTT.Out.String(), badNATS.Out.String())
 	}
-	t.Logf("checked %d secrets against %d bytes of output; wrong-password runs said:\n%s\n%s", len(secrets), len(all), badMQTT.out.String(), lastLines(badNATS.out.String(), 2))
+	t.Logf("checked %d secrets against %d bytes of output; wrong-password runs said:\n%s\n%s", len(secrets), len(all), badMQTT.Out.String(), lastLines(badNATS.Out.String(), 2))
 	// Debug logging was on: the run's logs are not trivially empty.
 	if !strings.Contains(all, "level=DEBUG") {
 		t.Error("no debug line in the output: was debug logging on?")

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
 // TestV2SurvivesIngestKill9 kills the ingest process with SIGKILL while 100
@@ -22,14 +24,14 @@ func TestV2SurvivesIngestKill9(t *testing.T) {
 	start("decrypt", "decrypt", "--keys", keys)
 	start("publish", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", "10", "--protocol", "v2")
+	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", strconv.Itoa(devices), "--count", strconv.Itoa(count), "--rate", "10", "--protocol", "v2")
 	time.Sleep(3 * time.Second)
-	if err := ingest.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := ingest.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
 	start("ingest-again", "ingest", "--listen", edgeAddr)
-	summary := sim.simulated(ctx, t)
+	summary := simulated(ctx, t, sim)
 	if summary.Sent != devices*count || summary.Acked != devices*count || summary.Dropped != 0 {
 		t.Fatalf("simulator: %+v, want %d sent and acknowledged", summary, devices*count)
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -91,23 +91,22 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	col := c.collector("Pico/+/reading", "failover")
 	e, keys, edgeAddr, start := c.srv, c.keys, c.edge, c.start
 	start("ingest", "ingest", "--listen", edgeAddr)
-	var decrypts []*proc
+	var decrypts []*testkit.Proc
 	for i := range 4 {
 		decrypts = append(decrypts, start("decrypt-"+string(rune('1'+i)), "decrypt", "--keys", keys))
 	}
 	start("publish-1", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 	start("publish-2", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 
-	sim := startProc(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "40", "--count", "300", "--rate", "20")
+	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edgeAddr, "--keys", keys, "--devices", "40", "--count", "300", "--rate", "20")
 	time.Sleep(5 * time.Second)
-	if err := decrypts[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := decrypts[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killedAt := time.Now()
-	if err := <-sim.done; err != nil {
+	if err := sim.Wait(ctx, t); err != nil {
 		t.Fatalf("simulate: %v", err)
 	}
-	sim.done <- nil
 	order, dups := waitAllReadings(ctx, t, col, devices*count)
 	// Readings in flight in the killed worker are redelivered when its
 	// partitions move; the new worker can be handed a few newer ones first.
