@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -26,6 +27,11 @@ type Auth struct {
 	NKey string
 	// TLS names the CA that signs the servers and an optional client certificate.
 	TLS secrets.TLSFiles
+	// Role and CredentialsDir: with no User, Creds or NKey, connect as Role
+	// with the password in CredentialsDir (as medpipe up generates it; see
+	// LoadOrCreateCredentials), when that file exists.
+	Role           Role
+	CredentialsDir string
 }
 
 // Options are the nats.go options for the credentials and TLS given.
@@ -36,7 +42,15 @@ func (a Auth) Options() ([]nats.Option, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, nats.UserInfo(a.User, pw))
+		opts = append(opts, UserOptions(a.User, pw)...)
+	} else if a.Creds == "" && a.NKey == "" && a.Role != "" && a.CredentialsDir != "" {
+		pw, err := ReadCredential(a.CredentialsDir, a.Role)
+		switch {
+		case err == nil:
+			opts = append(opts, UserOptions(string(a.Role), pw)...)
+		case !errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("--nats-credentials-dir: %w", err)
+		}
 	}
 	if a.Creds != "" {
 		if _, err := os.Stat(a.Creds); err != nil {

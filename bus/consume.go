@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -42,7 +43,7 @@ type ConsumeOptions struct {
 	Stage string
 	// Stream is the stream to consume.
 	Stream string
-	// Partitions is the partition count in force (see EnsureStreams).
+	// Partitions is the partition count in force (see VerifyStreams).
 	Partitions int
 	// Filter returns the subject filter of partition p.
 	Filter func(p int) string
@@ -77,10 +78,9 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	}
 	consumers := make([]jetstream.Consumer, o.Partitions)
 	for p := range consumers {
-		cfg := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
-		c, err := ensureConsumer(ctx, js, o.Stream, cfg, o.Log)
+		c, err := bindConsumer(ctx, js, o.Stream, ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight), o.Log)
 		if err != nil {
-			return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, o.Stream, err)
+			return err
 		}
 		consumers[p] = c
 	}
@@ -104,25 +104,66 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	return errors.Join(collect(errs)...)
 }
 
-// ensureConsumer creates or updates a durable consumer, retrying while
-// JetStream cannot answer (an API request timing out on a busy or
-// electing cluster, no responders while a server starts): a stage that
-// exited on the first timeout stopped a partition's work for good. An
-// answer that refuses the configuration is returned at once.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+// bindConsumer binds the stage's durable consumer as an admin created it
+// (see ApplyStreams), so that a stage needs no right to create or change
+// consumers. A missing one is created (its first creation); one whose
+// window differs from the stage's is used as it is, with a warning.
+//
+// While JetStream cannot answer (an API request timing out on a busy or
+// electing cluster, a 5xx) it tries again for up to bindPatience: a stage
+// that exited on the first timeout left its partitions unread. A refusal
+// is returned at once.
+func bindConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+	deadline := time.Now().Add(bindPatience)
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		c, err := js.CreateOrUpdateConsumer(ctx, stream, cfg)
-		var apiErr *jetstream.APIError
-		if err == nil || ctx.Err() != nil || (errors.As(err, &apiErr) && apiErr.Code < 500) {
+		c, err := bindConsumerOnce(ctx, js, stream, cfg, log)
+		if err == nil || ctx.Err() != nil || !transient(err) || time.Now().After(deadline) {
 			return c, err
 		}
-		log.Warn("consumer not created yet; retrying", "consumer", cfg.Durable, "stream", stream, "err", err, "retry_in", wait)
+		log.Warn("consumer not bound yet; retrying", "consumer", cfg.Durable, "stream", stream, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return nil, err
 		case <-time.After(wait):
 		}
 	}
+}
+
+// bindPatience bounds how long bindConsumer retries JetStream's silence;
+// a request refused for want of permission also goes unanswered, and must
+// end in an error rather than in retries for ever.
+const bindPatience = 2 * time.Minute
+
+// transient reports whether a JetStream API error may go away by itself.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code >= 500
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)
+}
+
+func bindConsumerOnce(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+	c, err := js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("bus: consumer %s on %s does not exist and could not be created (%w): %w", cfg.Durable, stream, ErrNotAdmin, err)
+		}
+		return c, nil
+	case err != nil:
+		return nil, fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	have := c.CachedInfo().Config
+	if have.FilterSubject != cfg.FilterSubject {
+		return nil, fmt.Errorf("%w: consumer %s on %s filters %s, want %s", ErrStreamMismatch, cfg.Durable, stream, have.FilterSubject, cfg.FilterSubject)
+	}
+	if have.MaxAckPending != cfg.MaxAckPending {
+		log.Warn("consumer keeps its window: a stage never changes a consumer (an admin does, with medpipe streams apply)",
+			"consumer", cfg.Durable, "stream", stream, "max_ack_pending", have.MaxAckPending, "wanted", cfg.MaxAckPending)
+	}
+	return c, nil
 }
 
 func collect(errs <-chan error) []error {
@@ -275,14 +316,11 @@ func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext 
 	r.o.Log.Warn("partition pull ended; reopening", "stage", r.o.Stage, "partition", r.p)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		info := r.c.CachedInfo()
-		c, err := r.js.Consumer(ctx, info.Stream, info.Name)
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			cfg := info.Config
-			if last := r.acked.Load(); last > 0 {
-				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
-			}
-			c, err = ensureConsumer(ctx, r.js, info.Stream, cfg, r.o.Log)
+		cfg := info.Config
+		if last := r.acked.Load(); last > 0 { // used only if it must be created
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
 		}
+		c, err := bindConsumer(ctx, r.js, info.Stream, cfg, r.o.Log)
 		if err == nil {
 			r.c = c
 			var it jetstream.MessagesContext

@@ -37,6 +37,16 @@ if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
 	exit 1
 fi
+# deploy/'s tests check the shipped haproxy.cfg with haproxy and score the
+# systemd units with systemd-analyze.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+	log "installing haproxy (Debian package)"
+	apt_install haproxy
+fi
+if ! command -v systemd-analyze >/dev/null; then
+	log "installing systemd (Debian package, for systemd-analyze)"
+	apt_install systemd
+fi
 # Headless Chromium for the dashboard test (deploy/).
 if ! command -v chromium >/dev/null; then
 	log "installing chromium (Debian package)"
@@ -72,7 +82,7 @@ log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
-firmware/tinygo.sh
+firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

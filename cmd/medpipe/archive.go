@@ -82,6 +82,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	nf.role = bus.RoleReplay
 	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
@@ -198,6 +199,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer r.Close()
 
+	nf.role = bus.RoleReplay
 	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
@@ -207,7 +209,10 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
 		nf.streams.Partitions = r.Header().Partitions
 	}
-	if _, err := stage.EnsureStreams(ctx, js, nf.streams); err != nil {
+	vctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	_, err = bus.VerifyStreams(vctx, js, nf.givenStreams(), log)
+	cancel()
+	if err != nil {
 		return err
 	}
 	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas, OriginalSubjects: original}

@@ -138,6 +138,12 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var js jetstream.JetStream
 	if fromArchive == "" || keys == "" {
+		// Keys from the registry need its reader's rights: admin (the
+		// replay role reads RAW but not the registry).
+		nf.role = bus.RoleReplay
+		if keys == "" {
+			nf.role = bus.RoleAdmin
+		}
 		nc, j, err := bus.Connect(ctx, nf.conn("medpipe-replay", log))
 		if err != nil {
 			return err
@@ -212,7 +218,7 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 	}
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
-	reg, err := registry.Open(rctx, js, 1)
+	reg, err := registry.Bind(rctx, js, 1)
 	if err != nil {
 		return nil, "", err
 	}

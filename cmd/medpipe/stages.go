@@ -92,6 +92,7 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
+	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -122,9 +123,12 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	if f.qos < 0 || f.qos > 2 {
 		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password, err := secrets.Read("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD")
-	if err != nil {
-		return publish.Options{}, err
+	password := f.password
+	if password == "" {
+		var err error
+		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD"); err != nil {
+			return publish.Options{}, err
+		}
 	}
 	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
@@ -144,6 +148,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var inf ingestFlags
 	common.register(fs, ":9101")
 	nf.register(fs)
+	nf.role = bus.RoleIngest
 	inf.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -153,7 +158,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -176,6 +181,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var df decryptFlags
 	common.register(fs, ":9102")
 	nf.register(fs)
+	nf.role = bus.RoleDecrypt
 	df.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -191,7 +197,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -200,7 +206,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
 	if df.keys == "" {
-		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
@@ -226,6 +232,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var pf publishFlags
 	common.register(fs, ":9103")
 	nf.register(fs)
+	nf.role = bus.RolePublish
 	pf.register(fs, "tcp://127.0.0.1:1883")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -235,7 +242,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
