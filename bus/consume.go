@@ -77,12 +77,24 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 		o.Log = slog.Default()
 	}
 	consumers := make([]jetstream.Consumer, o.Partitions)
+	var otherWindow []int // partitions whose consumer keeps another window than this stage's
 	for p := range consumers {
-		c, err := bindConsumer(ctx, js, o.Stream, ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight), o.Log)
+		want := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
+		c, err := bindConsumer(ctx, js, o.Stream, want, o.Log)
 		if err != nil {
 			return err
 		}
+		if c.CachedInfo().Config.MaxAckPending != want.MaxAckPending {
+			otherWindow = append(otherWindow, p)
+		}
 		consumers[p] = c
+	}
+	if len(otherWindow) > 0 {
+		// A stage never changes a consumer (an admin does); the stage's own
+		// in-flight bound still holds, the server's window is the consumer's.
+		o.Log.Info("consumers keep their ack window; this stage's in-flight bound applies within it",
+			"stage", o.Stage, "stream", o.Stream, "partitions", len(otherWindow),
+			"max_ack_pending", consumers[otherWindow[0]].CachedInfo().Config.MaxAckPending, "wanted", 4*o.MaxInFlight)
 	}
 	// Work already taken on finishes after ctx is cancelled, within DrainTimeout.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -106,8 +118,8 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 
 // bindConsumer binds the stage's durable consumer as an admin created it
 // (see ApplyStreams), so that a stage needs no right to create or change
-// consumers. A missing one is created (its first creation); one whose
-// window differs from the stage's is used as it is, with a warning.
+// consumers. A missing one is created (its first creation); an existing
+// one is used as it is.
 //
 // While JetStream cannot answer (an API request timing out on a busy or
 // electing cluster, a 5xx) it tries again for up to bindPatience: a stage
@@ -116,7 +128,7 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 func bindConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
 	deadline := time.Now().Add(bindPatience)
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		c, err := bindConsumerOnce(ctx, js, stream, cfg, log)
+		c, err := bindConsumerOnce(ctx, js, stream, cfg)
 		if err == nil || ctx.Err() != nil || !transient(err) || time.Now().After(deadline) {
 			return c, err
 		}
@@ -143,7 +155,7 @@ func transient(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)
 }
 
-func bindConsumerOnce(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+func bindConsumerOnce(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	c, err := js.Consumer(ctx, stream, cfg.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
@@ -155,13 +167,8 @@ func bindConsumerOnce(ctx context.Context, js jetstream.JetStream, stream string
 	case err != nil:
 		return nil, fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
 	}
-	have := c.CachedInfo().Config
-	if have.FilterSubject != cfg.FilterSubject {
+	if have := c.CachedInfo().Config; have.FilterSubject != cfg.FilterSubject {
 		return nil, fmt.Errorf("%w: consumer %s on %s filters %s, want %s", ErrStreamMismatch, cfg.Durable, stream, have.FilterSubject, cfg.FilterSubject)
-	}
-	if have.MaxAckPending != cfg.MaxAckPending {
-		log.Warn("consumer keeps its window: a stage never changes a consumer (an admin does, with medpipe streams apply)",
-			"consumer", cfg.Durable, "stream", stream, "max_ack_pending", have.MaxAckPending, "wanted", cfg.MaxAckPending)
 	}
 	return c, nil
 }

@@ -204,7 +204,7 @@ func TestExportImportReplay(t *testing.T) {
 	if got, _ := replayJSON(ctx, t, openRaw(ctx, t, third.JS, Selection{}), devs, Selection{}); got != want {
 		t.Fatal("replay after a second-generation import differs")
 	}
-	src, err := OpenArchive(path)
+	src, err := OpenArchive(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +457,7 @@ func TestSpeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	src, err := OpenArchive(path)
+	src, err := OpenArchive(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

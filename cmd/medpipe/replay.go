@@ -107,6 +107,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	_ = prefix.Value.Set(replay.DefaultPrefix)
 	fs.StringVar(&keys, "keys", "", "device keys file (JSON lines); without it, keys as they are now in the registry (JetStream KV)")
 	fs.StringVar(&fromArchive, "from-archive", "", "replay this archive file instead of RAW (no NATS needed with --keys)")
+	archiveKeyFile := registerArchiveKey(fs, "key file of a sealed archive given to from-archive")
 	fs.StringVar(&format, "format", "mqtt", "output: mqtt, jsonl (one reading per line) or csv")
 	fs.StringVar(&output, "output", "-", "jsonl/csv: file to write ('-': standard output)")
 	fs.Float64Var(&speed, "speed", 0, "pace by the frames' receive times: 1 real time, 10 ten times faster, 0 as fast as possible")
@@ -165,7 +166,11 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var src replay.Source
 	if fromArchive != "" {
-		a, err := replay.OpenArchive(fromArchive)
+		key, err := archiveKey(*archiveKeyFile)
+		if err != nil {
+			return err
+		}
+		a, err := replay.OpenArchive(fromArchive, key)
 		if err != nil {
 			return err
 		}
