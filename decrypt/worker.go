@@ -324,6 +324,12 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 			w.cache.put(conn, c)
 		}
 	}
+	if ok && c.device == "" {
+		// The connection's first frame fitted no key: its later frames are
+		// not searched again (one search per unidentified connection; the
+		// edge cuts the connection at that first dead letter).
+		return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
+	}
 	if ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
 			r, v, err := key.Open(sc.plain, sc.ct, c.variant)
@@ -339,6 +345,12 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 	w.m.searches.Inc()
 	id, err := w.ix.Identify(sc.plain, sc.ct)
 	w.m.candidates.Add(float64(id.Candidates))
+	if !ok && frameSeq == 1 && errors.Is(err, ErrUnknownDevice) {
+		// Unidentified: see above. Only the first frame decides it: a later
+		// one that fits no key may share its connection with a known
+		// device's (the old desktop simulator), whose frames must go on.
+		w.cache.put(conn, connDevice{})
+	}
 	return id, false, err
 }
 

@@ -33,6 +33,16 @@ type ingestFlags struct {
 	idleTimeout time.Duration
 	tlsListen   string
 	tls         secrets.TLSFiles
+	// Per-address limits and timeouts against abuse (see ingest.Options).
+	maxPreFrameIP     int
+	acceptRateIP      float64
+	acceptBurstIP     int
+	firstFrameTimeout time.Duration
+	frameTimeout      time.Duration
+	maxBlocks         int
+	penalty           time.Duration
+	penaltyStrikes    int
+	proxyFrom         string
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
@@ -43,7 +53,16 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
 	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
 	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
-	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
+	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest v2 frame in bytes; a longer one closes the connection")
+	fs.IntVar(&f.maxBlocks, "max-legacy-blocks", wire.DefaultMaxBlocks, "most blocks in a legacy frame (default: the longest reading a device writes); a longer one closes the connection")
+	fs.IntVar(&f.maxPreFrameIP, "max-preframe-per-ip", ingest.DefaultMaxPreFramePerIP, "most connections from one address that have not yet sent a valid frame; connections that did send one do not count, so devices behind one NAT keep working (-1: no bound)")
+	fs.Float64Var(&f.acceptRateIP, "accept-rate-per-ip", ingest.DefaultAcceptRatePerIP, "new connections per second from one address, after a burst of --accept-burst-per-ip; more are closed on arrival (-1: no bound)")
+	fs.IntVar(&f.acceptBurstIP, "accept-burst-per-ip", ingest.DefaultAcceptBurstPerIP, "new connections from one address accepted at once before --accept-rate-per-ip applies")
+	fs.DurationVar(&f.firstFrameTimeout, "first-frame-timeout", ingest.DefaultFirstFrameTimeout, "close a connection that has not sent a valid frame this long after it was accepted (PROXY header and TLS handshake included)")
+	fs.DurationVar(&f.frameTimeout, "frame-timeout", wire.DefaultFrameTimeout, "close a connection whose frame (legacy or v2) is not complete this long after its first byte (slow loris)")
+	fs.DurationVar(&f.penalty, "penalty", ingest.DefaultPenalty, "refuse new connections from an address for this long once it was cut for abuse --penalty-strikes times within about as long (-1s: never)")
+	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
+	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
 	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
@@ -53,6 +72,12 @@ func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Regist
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
+		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
+	}
+	var err error
+	if o.ProxyFrom, err = ingest.ParseProxyFrom(f.proxyFrom); err != nil {
+		return o, fmt.Errorf("--proxy-protocol-from: %w", err)
 	}
 	if f.tls.Set() {
 		cfg, err := f.tls.ServerConfig()
