@@ -46,7 +46,8 @@ type Options struct {
 	Seqs jetstream.KeyValue
 	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
-	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
+	// MaxInFlight bounds frames handled but not yet stored, per partition
+	// (default DefaultMaxInFlight).
 	MaxInFlight int
 	// ConnCacheSize bounds the remembered connection → device pairs (default 100000).
 	ConnCacheSize int
@@ -85,7 +86,7 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 		return nil, errors.New("decrypt: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 512
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.ConnCacheSize < 2 {
 		o.ConnCacheSize = 100000
