@@ -119,4 +119,4 @@ func (c *CSV) Close(context.Context) error {
 
 // DefaultPrefix is where replayed readings go on MQTT unless asked
 // otherwise: not the live topics, so that dashboards are not fooled.
-const DefaultPrefix = "replay/" + publish.DefaultPrefix
+const DefaultPrefix = bus.DefaultReplayTopicPrefix + "/" + publish.DefaultPrefix
