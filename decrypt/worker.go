@@ -402,7 +402,7 @@ func (w *Worker) reading(f *rawFrame, id *Identified) *bus.Reading {
 
 // publishReading stores a reading in READINGS.
 func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
-	data, err := bus.MarshalReading(r)
+	data, err := bus.AppendReading(make([]byte, 0, 256), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}
