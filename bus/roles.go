@@ -114,17 +114,19 @@ func RolePermissions(role Role, livePrefix string) (Permissions, error) {
 		return append(api("CONSUMER.CREATE."+s+".>", "CONSUMER.INFO."+s+".*", "CONSUMER.DELETE."+s+".*"), "$JS.FC."+s+".>")
 	}
 	inbox := InboxPrefix(role) + ".>"
+	// v2 replies (ACK, REFUSED) go from decrypt to the edge that received
+	// the frame on core NATS, one subject per edge instance: medpipe.ack.<edge>.
+	const replies = SubjectAckPrefix + "*"
 	p := Permissions{Connections: []string{connNATS, connInProcess}}
 	switch role {
 	case RoleIngest:
 		p.Publish = slices.Concat(verify, []string{SubjectRawPrefix + "*"})
-		// v2 replies decrypt made for the edge's devices (AckSubject).
-		p.Subscribe = []string{inbox, SubjectDeadLetterPrefix + ">", SubjectAckPrefix + ">"}
+		p.Subscribe = []string{inbox, SubjectDeadLetterPrefix + ">", replies}
 	case RoleDecrypt:
 		// v2: replies to the edges (AckSubject), marks and pins in the
 		// mark bucket, which it also watches for pins.
 		p.Publish = slices.Concat(verify, consume(StreamRaw),
-			[]string{SubjectReadingsPrefix + ">", SubjectDeadLetterPrefix + ">", SubjectAckPrefix + ">"},
+			[]string{SubjectReadingsPrefix + ">", SubjectDeadLetterPrefix + ">", replies},
 			kvWrite(ConnBucket), kvWrite(SeqBucket), kvWatch(SeqBucket), kvRead(DevicesBucket), kvWatch(DevicesBucket))
 		p.Subscribe = []string{inbox}
 	case RolePublish:
