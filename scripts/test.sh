@@ -43,6 +43,11 @@ if [ ! -f deploy/node-red/node_modules/node-red/red.js ] || [ deploy/node-red/pa
 	command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 	(cd deploy/node-red && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The old dashboard's nodes (node-red-dashboard 1.x) for TestLegacyDashboard, in their own folder.
+if [ ! -f deploy/node-red/legacy/node_modules/node-red-dashboard/package.json ] || [ deploy/node-red/legacy/package-lock.json -nt deploy/node-red/legacy/node_modules/.package-lock.json ]; then
+	log "installing node-red-dashboard 1.x (npm ci in deploy/node-red/legacy)"
+	(cd deploy/node-red/legacy && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 mapfile -t MODULES < <(go list -m -f '{{.Dir}}')
 PKGS=()
