@@ -25,7 +25,9 @@ type ConnectOptions struct {
 	// their ack (default 4096); publishing blocks beyond it, which is how a
 	// slow JetStream slows the stages in front of it.
 	MaxPendingPublishes int
-	// Options are extra nats.go options (credentials, TLS).
+	// Auth is the client's credentials and TLS settings.
+	Auth Auth
+	// Options are extra nats.go options.
 	Options []nats.Option
 	// Log receives connection events; nil uses slog.Default().
 	Log *slog.Logger
@@ -44,6 +46,10 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	if log == nil {
 		log = slog.Default()
 	}
+	auth, err := o.Auth.Options()
+	if err != nil {
+		return nil, nil, err
+	}
 	opts := append([]nats.Option{
 		nats.Name(o.Name),
 		nats.MaxReconnects(-1),
@@ -54,7 +60,8 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
-	}, o.Options...)
+	}, auth...)
+	opts = append(opts, o.Options...)
 	nc, err := nats.Connect(o.URLs, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bus: connect to NATS at %s: %w", redactURLs(o.URLs), err)
@@ -93,3 +100,11 @@ func RedactURLs(urls string) string { return redactURLs(urls) }
 // stage (and, for ingest, the device sockets it reads) rather than causing
 // errors and retries.
 var Backpressure = jetstream.WithStallWait(10 * time.Second)
+
+// Health reports a NATS connection's state: nil while connected.
+func Health(nc *nats.Conn) error {
+	if s := nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("%s", s)
+	}
+	return nil
+}

@@ -41,7 +41,7 @@ type ConsumeOptions struct {
 	Stage string
 	// Stream is the stream to consume.
 	Stream string
-	// Partitions is the partition count in force (see EnsureStreams).
+	// Partitions is the partition count in force (see VerifyStreams).
 	Partitions int
 	// Filter returns the subject filter of partition p.
 	Filter func(p int) string
@@ -76,10 +76,9 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	}
 	consumers := make([]jetstream.Consumer, o.Partitions)
 	for p := range consumers {
-		cfg := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
-		c, err := js.CreateOrUpdateConsumer(ctx, o.Stream, cfg)
+		c, err := bindConsumer(ctx, js, o.Stream, ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight), o.Log)
 		if err != nil {
-			return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, o.Stream, err)
+			return err
 		}
 		consumers[p] = c
 	}
@@ -101,6 +100,33 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	wg.Wait()
 	close(errs)
 	return errors.Join(collect(errs)...)
+}
+
+// bindConsumer binds the stage's durable consumer as an admin created it
+// (see ApplyStreams), so that a stage needs no right to create or change
+// consumers. A missing one is created (its first creation); one whose
+// window differs from the stage's is used as it is, with a warning.
+func bindConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+	c, err := js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("bus: consumer %s on %s does not exist and could not be created (%w): %w", cfg.Durable, stream, ErrNotAdmin, err)
+		}
+		return c, nil
+	case err != nil:
+		return nil, fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	have := c.CachedInfo().Config
+	if have.FilterSubject != cfg.FilterSubject {
+		return nil, fmt.Errorf("%w: consumer %s on %s filters %s, want %s", ErrStreamMismatch, cfg.Durable, stream, have.FilterSubject, cfg.FilterSubject)
+	}
+	if have.MaxAckPending != cfg.MaxAckPending {
+		log.Warn("consumer keeps its window: a stage never changes a consumer (an admin does, with medpipe streams apply)",
+			"consumer", cfg.Durable, "stream", stream, "max_ack_pending", have.MaxAckPending, "wanted", cfg.MaxAckPending)
+	}
+	return c, nil
 }
 
 func collect(errs <-chan error) []error {

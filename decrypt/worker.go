@@ -44,7 +44,7 @@ type Options struct {
 	// Seqs holds v2 devices' sequence high-water marks (see bus.OpenSeqStore);
 	// without it v2 frames are retried until it is given.
 	Seqs jetstream.KeyValue
-	// Partitions is the partition count in force (see bus.EnsureStreams).
+	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
 	MaxInFlight int
@@ -82,7 +82,7 @@ func New(js jetstream.JetStream, o Options) (*Worker, error) {
 // with a stand-in.
 func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if o.Partitions <= 0 {
-		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
+		return nil, errors.New("decrypt: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 512
@@ -147,12 +147,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // apply brings one registry change into the index.
 func (w *Worker) apply(r registry.Record, deleted bool) {
-	if deleted {
-		w.ix.Delete(r.ID)
-		return
+	w.ix.Apply(r, deleted)
+	if !deleted {
+		w.m.registryUpdates.Inc()
 	}
-	w.ix.Put(r.Device(), r.IsRevoked())
-	w.m.registryUpdates.Inc()
 }
 
 // scratch is one frame's working memory. ConsumePartitions calls the

@@ -143,8 +143,9 @@ func TestLegacyDashboard(t *testing.T) {
 	}
 	bin := testkit.MedpipeBinary(t)
 	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--keys", keysFile, "--address-every", "5",
-		"--data-dir", filepath.Join(dir, "data"), "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	testkit.StartProcess(t, "simulate", nil, bin, "simulate", "--keys", keysFile, "--devices", strconv.Itoa(len(ids)),
 		"--server", listen, "--rate", "2", "--protocol", "legacy", "--status-every", "0")
@@ -189,7 +190,10 @@ func TestLegacyDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := freePort(t)
-	testkit.StartProcess(t, "node-red (legacy flows)", []string{"PORT=" + strconv.Itoa(port), "HOST=127.0.0.1"},
+	// up's MQTT wants a login: settings.js puts it into flows_cred.json for
+	// the flows' broker nodes, as their editor would have.
+	env := append([]string{"PORT=" + strconv.Itoa(port), "HOST=127.0.0.1"}, dashboardLogin(ctx, t, dataDir)...)
+	testkit.StartProcess(t, "node-red (legacy flows)", env,
 		"node", red, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
 
 	bctx := testkit.Browser(ctx, t)

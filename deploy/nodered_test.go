@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/testkit"
 )
 
@@ -64,7 +65,7 @@ type nodeRED struct {
 	userDir string
 	env     []string
 	port    int
-	cmd     *exec.Cmd
+	proc    *testkit.Proc
 }
 
 func newNodeRED(t *testing.T, mqttPort int, env ...string) *nodeRED {
@@ -99,7 +100,7 @@ func newNodeRED(t *testing.T, mqttPort int, env ...string) *nodeRED {
 
 func (n *nodeRED) start() {
 	n.t.Helper()
-	n.cmd = testkit.StartProcess(n.t, "node-red", n.env, "node", filepath.Join(n.userDir, "node_modules", "node-red", "red.js"),
+	n.proc = testkit.StartProcess(n.t, "node-red", n.env, "node", filepath.Join(n.userDir, "node_modules", "node-red", "red.js"),
 		"--settings", filepath.Join(n.userDir, "settings.js"), "--userDir", n.userDir)
 }
 
@@ -107,13 +108,12 @@ func (n *nodeRED) start() {
 // for it to exit, and starts it again on the same user dir and port.
 func (n *nodeRED) restart(ctx context.Context) {
 	n.t.Helper()
-	pid := n.cmd.Process.Pid
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	poll(ctx, n.t, "Node-RED to exit", func() (bool, string) {
-		// The process is reaped by StartProcess's Wait; until then it answers signal 0.
-		err := syscall.Kill(pid, 0)
-		return err != nil, fmt.Sprint(err)
-	})
+	_ = n.proc.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.proc.Exited():
+	case <-ctx.Done():
+		n.t.Fatal("Node-RED did not exit on SIGTERM")
+	}
 	n.start()
 }
 
@@ -179,6 +179,20 @@ func (n *nodeRED) alert(device, kind string) *flowAlert {
 		}
 	}
 	return nil
+}
+
+// dashboardLogin waits for the read-only MQTT account `medpipe up`
+// generates into dataDir and returns it as Node-RED's MQTT_USER and
+// MQTT_PASSWORD (settings.js gives them to the flows' broker nodes).
+func dashboardLogin(ctx context.Context, t *testing.T, dataDir string) []string {
+	t.Helper()
+	var pw string
+	poll(ctx, t, "up's dashboard MQTT account", func() (bool, string) {
+		var err error
+		pw, err = bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard)
+		return err == nil, fmt.Sprint(err)
+	})
+	return []string{"MQTT_USER=" + string(bus.RoleDashboard), "MQTT_PASSWORD=" + pw}
 }
 
 // poll calls check every 250 ms until it reports true, failing the test
@@ -330,12 +344,13 @@ func TestNodeREDDashboard(t *testing.T) {
 	bin := testkit.MedpipeBinary(t)
 	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
 	// Three simulated devices; with --protocol mixed the third is v2.
+	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
-		"--data-dir", filepath.Join(dir, "data"), "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	const legacy, v2 = "sim-00002", "sim-00003"
 
-	red := newNodeRED(t, mqttPort, "OFFLINE_SECONDS=8", "HISTORY_STEP_SECONDS=1")
+	red := newNodeRED(t, mqttPort, append(dashboardLogin(ctx, t, dataDir), "OFFLINE_SECONDS=8", "HISTORY_STEP_SECONDS=1")...)
 	poll(ctx, t, "Node-RED to receive the simulated devices", func() (bool, string) {
 		ds := red.devices()
 		ok := len(ds) >= 3 && ds[v2].Batch

@@ -42,7 +42,7 @@ type Options struct {
 	TLSListener net.Listener
 	// TLSHandshakeTimeout bounds a TLS handshake (default 10 s).
 	TLSHandshakeTimeout time.Duration
-	// Partitions is the RAW partition count in force (see bus.EnsureStreams).
+	// Partitions is the RAW partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// EdgeID prefixes connection ids (default: random per process start,
 	// so ids never repeat across edges and restarts).
@@ -87,7 +87,7 @@ func (o *Options) setDefaults() error {
 		o.Listen = ":9998"
 	}
 	if o.Partitions <= 0 {
-		return errors.New("ingest: Partitions must be set (see bus.EnsureStreams)")
+		return errors.New("ingest: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.EdgeID == "" {
 		o.EdgeID = randomID()

@@ -15,7 +15,7 @@ type metrics struct {
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
-// RAW's acknowledgement (the --max-pending-frames window).
+// RAW's acknowledgement (the --ingest-in-flight window).
 func newMetrics(reg prometheus.Registerer, pending func() float64) *metrics {
 	m := &metrics{
 		active:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_ingest_connections_active", Help: "Device connections open now."}),

@@ -57,7 +57,7 @@ type Options struct {
 	// AddressEvery publishes a device's addresses on its first reading and
 	// every AddressEvery readings after (default 50).
 	AddressEvery int
-	// Partitions is the partition count in force (see bus.EnsureStreams).
+	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// MaxInFlight bounds readings in flight per partition (default 256).
 	MaxInFlight int
@@ -101,7 +101,7 @@ type Bridge struct {
 // New checks the options; it does not connect.
 func New(js jetstream.JetStream, o Options) (*Bridge, error) {
 	if o.Partitions <= 0 {
-		return nil, errors.New("publish: Partitions must be set (see bus.EnsureStreams)")
+		return nil, errors.New("publish: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.MQTT.URL == "" {
 		o.MQTT.URL = "tcp://127.0.0.1:1883"

@@ -124,7 +124,7 @@ func benchmarkRaw(b *testing.B, compression jetstream.StoreCompression) {
 	ctx := context.Background()
 	bb := testkit.StartBus(b, 0)
 	var err error
-	if bb.Partitions, err = bus.EnsureStreams(ctx, bb.JS, bus.StreamOptions{Partitions: bus.DefaultPartitions, Compression: compression}); err != nil {
+	if bb.Partitions, err = bus.ApplyStreams(ctx, bb.JS, bus.StreamOptions{Partitions: bus.DefaultPartitions, Compression: compression}); err != nil {
 		b.Fatal(err)
 	}
 	devs := rawgen.Devices(benchDevices, "dev", 10)

@@ -15,12 +15,19 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-30m}
 log() { printf '\n== %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# apt-get waits up to 10 minutes for another apt-get to let go of dpkg's
+# lock instead of failing at once (a package install running beside the
+# suite held it and failed a run).
+APT_GET=(apt-get -o DPkg::Lock::Timeout=600)
+apt_install() {
+	as_root "${APT_GET[@]}" update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive "${APT_GET[@]}" install -y -qq "$@"
+}
 
 # --- what the tests need -------------------------------------------------
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
 	log "installing mosquitto (Debian package)"
-	as_root apt-get update -qq
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
+	apt_install mosquitto mosquitto-clients
 fi
 # The package starts a broker on :1883, which would take `medpipe up`'s port.
 if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
@@ -30,17 +37,26 @@ if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
 	exit 1
 fi
+# deploy/'s tests check the shipped haproxy.cfg with haproxy and score the
+# systemd units with systemd-analyze.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+	log "installing haproxy (Debian package)"
+	apt_install haproxy
+fi
+if ! command -v systemd-analyze >/dev/null; then
+	log "installing systemd (Debian package, for systemd-analyze)"
+	apt_install systemd
+fi
 # Headless Chromium for the dashboard test (deploy/).
 if ! command -v chromium >/dev/null; then
 	log "installing chromium (Debian package)"
-	as_root apt-get update -qq
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	apt_install chromium
 fi
 command -v chromium >/dev/null || { echo "chromium could not be installed: the dashboard test needs it" >&2; exit 1; }
 # Node-RED and the dashboard, at the versions package-lock.json pins.
 if [ ! -f deploy/node-red/node_modules/node-red/red.js ] || [ deploy/node-red/package-lock.json -nt deploy/node-red/node_modules/.package-lock.json ]; then
 	log "installing Node-RED (npm ci in deploy/node-red)"
-	command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+	command -v npm >/dev/null || apt_install nodejs npm
 	(cd deploy/node-red && npm ci --no-audit --no-fund --loglevel=error)
 fi
 # The old dashboard's nodes (node-red-dashboard 1.x) for TestLegacyDashboard, in their own folder.
@@ -71,7 +87,7 @@ log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
-firmware/tinygo.sh
+firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

@@ -36,7 +36,7 @@ func StartBus(t testing.TB, partitions int) *Bus {
 	t.Cleanup(nc.Close)
 	b := &Bus{Server: e, JS: js}
 	if partitions > 0 {
-		if b.Partitions, err = bus.EnsureStreams(context.Background(), js, bus.StreamOptions{Partitions: partitions}); err != nil {
+		if b.Partitions, err = bus.ApplyStreams(context.Background(), js, bus.StreamOptions{Partitions: partitions}); err != nil {
 			t.Fatal(err)
 		}
 	}

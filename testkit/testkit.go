@@ -298,3 +298,11 @@ func (c *Collector) Close() {
 		c.client.Disconnect(250)
 	}
 }
+
+// FreeAddr returns a loopback host:port that was free a moment ago. Prefer
+// letting the process under test pick its own port (":0") and report it:
+// another test can take this one first.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return "127.0.0.1:" + strconv.Itoa(FreePort(t))
+}

@@ -17,22 +17,24 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/replay"
 	"github.com/medpipe/medpipe/replay/archive"
+	"github.com/medpipe/medpipe/stage"
 )
 
 const archiveSynopsis = `Archives of RAW: zstd files with every frame, its headers, sequence and time, and a manifest.
   export --out FILE [--since T] [--until T] [--seq FROM-TO]   write a range of RAW to FILE ('-': stdout)
   import FILE                                                    load FILE back into RAW (importing twice stores once)
   verify FILE                                                    check every record and the manifest
-The subcommand comes first: medpipe archive export --out raw.mpa.zst --since -24h`
+Flags go anywhere: medpipe archive export --out raw.mpa.zst --since -24h`
 
 func runArchive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	args = subcommandFirst(args, "export", "import", "verify")
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintf(stderr, "Usage: medpipe archive export|import|verify [flags]\n\n%s\n\n", archiveSynopsis)
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			// Each subcommand's flags, with their environment variables.
 			_ = archiveExport(ctx, []string{"-h"}, stdout, stderr)
 			fmt.Fprintln(stderr)
-			_ = archiveImport(ctx, []string{"FILE", "-h"}, stdout, stderr)
+			_ = archiveImport(ctx, []string{"-h"}, stdout, stderr)
 			return flag.ErrHelp
 		}
 		return errors.New("archive: want a subcommand: export, import or verify")
@@ -80,7 +82,8 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nf.role = bus.RoleReplay
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -168,11 +171,8 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.BoolVar(&original, "original-subjects", false, "store frames under their original partition subjects, where live decrypt workers take them for new frames (legacy readings republished live); default: under "+replay.ImportSubject+", which only replay and export read")
 	fs.BoolVar(&noVerify, "no-verify", false, "import while reading, without verifying the whole file first (a damaged file is then imported up to the damage)")
 	fs.StringVar(&progress, "progress", "auto", "progress on standard error: auto, on or off")
-	path, rest, err := fileArg(args)
+	path, err := fileArg(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
 	log, err := lf.logger(stderr)
@@ -199,7 +199,8 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer r.Close()
 
-	nc, js, err := nf.dial(ctx, "medpipe-archive", log)
+	nf.role = bus.RoleReplay
+	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
 	}
@@ -208,8 +209,8 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
 		nf.streams.Partitions = r.Header().Partitions
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = bus.EnsureStreams(sctx, js, nf.streams)
+	vctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	_, err = bus.VerifyStreams(vctx, js, nf.givenStreams(), log)
 	cancel()
 	if err != nil {
 		return err
@@ -225,11 +226,8 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 func archiveVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("archive verify", "Reads a whole archive, checking every record's checksum, the frame order and the manifest (counts, SHA-256). Damage is reported with its frame number and file offset.", stderr)
-	path, rest, err := fileArg(args)
+	path, err := fileArg(fs, args)
 	if err != nil {
-		return err
-	}
-	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
 	h, m, err := verifyFile(path)
@@ -253,13 +251,14 @@ func verifyFile(path string) (archive.Header, archive.Manifest, error) {
 	return h, m, nil
 }
 
-// fileArg takes the FILE argument, before or after the flags.
-func fileArg(args []string) (string, []string, error) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return args[0], args[1:], nil
+// fileArg parses the flags and the one FILE argument, in any order.
+func fileArg(fs *flag.FlagSet, args []string) (string, error) {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return "", err
 	}
-	if n := len(args); n > 0 && !strings.HasPrefix(args[n-1], "-") {
-		return args[n-1], args[:n-1], nil
+	if len(pos) != 1 {
+		return "", fmt.Errorf("%s: want one archive FILE, got %d arguments", fs.Name(), len(pos))
 	}
-	return "", nil, errors.New("want an archive FILE")
+	return pos[0], nil
 }

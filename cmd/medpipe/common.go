@@ -1,26 +1,19 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	httppprof "net/http/pprof"
-	"os"
+	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/ops"
+	"github.com/medpipe/medpipe/stage"
 )
 
 // logFlags configures slog.
@@ -49,61 +42,75 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-// natsFlags are the flags of every stage that talks to NATS.
+// defaultDataDir is medpipe up's data directory, where the other commands
+// also look for the credentials up generated.
+const defaultDataDir = "medpipe-data"
+
+// natsFlags are the flags of every command that talks to NATS.
 type natsFlags struct {
-	urls         string
-	streams      bus.StreamOptions
-	user         string
-	passwordFile string
-	creds        string
-	nkey         string
-	tls          tlsFiles
+	urls    string
+	streams bus.StreamOptions
+	auth    bus.Auth
+	// role is the user the command connects as when no credential flag is
+	// given and --nats-credentials-dir holds that role's password.
+	role bus.Role
+	fs   *flag.FlagSet // to tell the stream flags given from the defaults
 }
 
-func (n *natsFlags) register(fs *flag.FlagSet) {
+// registerConn registers where NATS is and how to log in, without the
+// stream limits: replay, archive export and keys read streams and buckets
+// and must never change their limits.
+func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated (every node of a cluster; tls://… for TLS)")
-	fs.StringVar(&n.user, "nats-user", "", "NATS username (password from --nats-password-file or MEDPIPE_NATS_PASSWORD)")
-	fs.StringVar(&n.passwordFile, "nats-password-file", "", "file holding the NATS password")
-	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
-	fs.StringVar(&n.nkey, "nats-nkey", "", "file holding a NATS user nkey seed")
-	n.tls.register(fs, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
+	fs.StringVar(&n.auth.User, "nats-user", "", "NATS username (password from --nats-password-file or "+bus.PasswordEnv+")")
+	fs.StringVar(&n.auth.PasswordFile, "nats-password-file", "", "file holding the NATS password")
+	fs.StringVar(&n.auth.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
+	fs.StringVar(&n.auth.NKey, "nats-nkey", "", "file holding a NATS user nkey seed")
+	registerTLS(fs, &n.auth.TLS, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
+	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(defaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
+}
+
+// register registers the connection and the stream limits.
+func (n *natsFlags) register(fs *flag.FlagSet) {
+	n.registerConn(fs)
 	n.registerStreams(fs)
 }
 
-// options are the nats.go options for the credentials and TLS given.
-func (n *natsFlags) options() ([]nats.Option, error) {
-	var opts []nats.Option
-	if n.user != "" {
-		pw, err := secret("nats-password-file", n.passwordFile, "MEDPIPE_NATS_PASSWORD")
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, nats.UserInfo(n.user, pw))
+// conn are the bus.Connect options for a client named name.
+func (n *natsFlags) conn(name string, log *slog.Logger) bus.ConnectOptions {
+	a := n.auth
+	a.Role = n.role
+	return bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Auth: a}
+}
+
+// givenStreams is the stream options with only the flags given (on the
+// command line or in the environment): a limit left at its default is not
+// an opinion about an existing stream.
+func (n *natsFlags) givenStreams() bus.StreamOptions {
+	o := n.streams
+	if n.fs == nil {
+		return o
 	}
-	if n.creds != "" {
-		if _, err := os.Stat(n.creds); err != nil {
-			return nil, fmt.Errorf("--nats-creds: %w", err)
-		}
-		opts = append(opts, nats.UserCredentials(n.creds))
+	given := map[string]bool{}
+	n.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["replicas"] {
+		o.Replicas = 0
 	}
-	if n.nkey != "" {
-		o, err := nats.NkeyOptionFromSeed(n.nkey)
-		if err != nil {
-			return nil, fmt.Errorf("--nats-nkey %s: %w", n.nkey, err)
-		}
-		opts = append(opts, o)
+	if !given["raw-max-age"] {
+		o.RawMaxAge = 0
 	}
-	cfg, err := n.tls.clientConfig()
-	if err != nil {
-		return nil, err
+	if !given["raw-max-bytes"] {
+		o.RawMaxBytes = 0
 	}
-	if cfg != nil {
-		opts = append(opts, nats.Secure(cfg))
+	if !given["readings-max-age"] {
+		o.ReadingsMaxAge = 0
 	}
-	return opts, nil
+	o.CompressionSet = given["stream-compression"]
+	return o
 }
 
 func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
+	n.fs = fs
 	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams', %d for new ones)", bus.DefaultPartitions))
 	fs.IntVar(&n.streams.Replicas, "replicas", 1, "stream replicas (3 on a JetStream cluster)")
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
@@ -134,110 +141,34 @@ func (c *compressionFlag) Set(s string) error {
 	return nil
 }
 
-// connect connects to NATS and creates or verifies the streams. It returns
-// the partition count in force.
-func (n *natsFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, int, error) {
-	opts, err := n.options()
+// commonFlags are those of every long-running command.
+type commonFlags struct {
+	http  string
+	pprof bool
+	log   logFlags
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet, defaultHTTP string) {
+	fs.StringVar(&c.http, "http", defaultHTTP, "address of the /metrics, /livez, /readyz and /healthz endpoint (empty: off)")
+	fs.BoolVar(&c.pprof, "pprof", false, "also serve Go's profiler on --http at /debug/pprof/ (for measuring; keep --http private)")
+	c.log.register(fs)
+}
+
+// process is the stage bootstrap for these flags.
+func (c *commonFlags) process(stderr io.Writer) (*stage.Process, error) {
+	log, err := c.log.logger(stderr)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, err
 	}
-	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Options: opts})
+	return stage.New(stage.Options{HTTP: c.http, Pprof: c.pprof, Log: log}), nil
+}
+
+// ops binds the metrics and health endpoint of a command that is not a
+// pipeline stage (simulate).
+func (c *commonFlags) ops(g prometheus.Gatherer, log *slog.Logger, checks ...ops.Check) (*ops.Server, error) {
+	s, err := ops.Listen(ops.Options{Addr: c.http, Pprof: c.pprof, Gatherer: g, Checks: checks, Log: log})
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, fmt.Errorf("%w (change --http)", err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	parts, err := bus.EnsureStreams(sctx, js, n.streams)
-	if err != nil {
-		nc.Close()
-		return nil, nil, 0, err
-	}
-	return nc, js, parts, nil
-}
-
-// healthCheck reports whether one part of a process is working.
-type healthCheck struct {
-	name  string
-	check func() error
-}
-
-// natsHealth reports a NATS connection's state.
-func natsHealth(nc *nats.Conn) healthCheck {
-	return healthCheck{"nats", func() error {
-		if s := nc.Status(); s != nats.CONNECTED {
-			return fmt.Errorf("%s", s)
-		}
-		return nil
-	}}
-}
-
-// newRegistry returns a Prometheus registry with Go runtime and process metrics.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// opsServer serves /metrics and /healthz.
-type opsServer struct {
-	srv *http.Server
-	ln  net.Listener
-}
-
-// listenOps binds the metrics and health endpoint. An empty address disables it.
-func listenOps(addr string, pprof bool, reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
-	if addr == "" {
-		return nil, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics/health listener on %s (change --http): %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	if pprof {
-		mux.HandleFunc("/debug/pprof/", httppprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
-	}
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		var failed []string
-		for _, c := range checks {
-			if err := c.check(); err != nil {
-				failed = append(failed, c.name+": "+err.Error())
-			}
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if len(failed) > 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, strings.Join(failed, "\n"))
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
-}
-
-// Addr is where the endpoint listens ("" when disabled).
-func (o *opsServer) Addr() string {
-	if o == nil {
-		return ""
-	}
-	return o.ln.Addr().String()
-}
-
-// serve runs until ctx is cancelled.
-func (o *opsServer) serve(ctx context.Context) {
-	if o == nil {
-		return
-	}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = o.srv.Shutdown(sctx)
-	}()
-	if err := o.srv.Serve(o.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		slog.Error("metrics/health server", "err", err)
-	}
+	return s, nil
 }

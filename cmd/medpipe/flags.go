@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -32,14 +33,41 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, then fills every flag not given on the command
-// line from its MEDPIPE_* environment variable.
+// parseFlags parses args, which must be flags only, then fills every flag
+// not given on the command line from its MEDPIPE_* environment variable.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	if len(pos) > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[0])
+	}
+	return nil
+}
+
+// parseArgs parses flags given anywhere among the arguments, before or
+// after positional ones (medpipe keys import fleet.jsonl --nats URL, as the
+// nats CLI and kubectl accept), and returns the positional arguments in
+// order; everything after "--" is positional. Then it fills every flag not
+// given on the command line from its MEDPIPE_* environment variable.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	aliasDeprecated(fs)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -48,11 +76,80 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		if set[f.Name] || err != nil {
 			return
 		}
+		if now, ok := deprecatedFlags[f.Name]; ok {
+			if _, newInEnv := os.LookupEnv(envName(now)); set[now] || newInEnv {
+				return // the new spelling wins
+			}
+		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if e := f.Value.Set(v); e != nil {
+			// fs.Set, not f.Value.Set: a flag set from the environment counts
+			// as given (fs.Visit), like one on the command line.
+			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("%s: %w", envName(f.Name), e)
 			}
 		}
 	})
-	return err
+	if err == nil {
+		err = warnDeprecated(fs, set)
+	}
+	return pos, err
+}
+
+// deprecatedFlags maps old flag spellings to the flag that replaced them.
+// The old ones still work (on the command line and as MEDPIPE_*), with a
+// warning, so that scripts and unit files keep running.
+// Work in flight is spelled --<stage>-in-flight everywhere, the same in a
+// stage's own command and in up, which has all three.
+var deprecatedFlags = map[string]string{
+	"max-pending-frames": "ingest-in-flight",
+	"max-inflight":       "decrypt-in-flight",
+	"publish-inflight":   "publish-in-flight",
+}
+
+// aliasDeprecated registers every deprecated spelling of a flag fs has.
+func aliasDeprecated(fs *flag.FlagSet) {
+	for old, now := range deprecatedFlags {
+		if f := fs.Lookup(now); f != nil && fs.Lookup(old) == nil {
+			fs.Var(f.Value, old, "deprecated: use --"+now)
+		}
+	}
+}
+
+// deprecationOut is where deprecation warnings go (standard error).
+var deprecationOut io.Writer = os.Stderr
+
+// warnDeprecated warns about every deprecated spelling used, on the command
+// line or in the environment, and refuses a conflict with the new one.
+func warnDeprecated(fs *flag.FlagSet, set map[string]bool) error {
+	for old, now := range deprecatedFlags {
+		if fs.Lookup(old) == nil || fs.Lookup(old).Usage != "deprecated: use --"+now {
+			continue
+		}
+		_, inEnv := os.LookupEnv(envName(old))
+		if !set[old] && !inEnv {
+			continue
+		}
+		if set[old] && set[now] {
+			return fmt.Errorf("--%s is the deprecated spelling of --%s: give one of them", old, now)
+		}
+		fmt.Fprintf(deprecationOut, "medpipe: warning: --%s (%s) is deprecated; use --%s (%s)\n", old, envName(old), now, envName(now))
+	}
+	return nil
+}
+
+// subcommandFirst moves the first argument that names one of subs to the
+// front, so that flags may come before a subcommand too
+// (medpipe archive --nats URL export …). An argument that is a flag's value
+// can be mistaken for the subcommand only when it spells one exactly.
+func subcommandFirst(args []string, subs ...string) []string {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		if slices.Contains(subs, a) {
+			out := append([]string{a}, args[:i]...)
+			return append(out, args[i+1:]...)
+		}
+	}
+	return args
 }

@@ -11,13 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/replay"
+	"github.com/medpipe/medpipe/stage"
 )
 
 const replaySynopsis = `Replays stored frames (RAW, or an archive file with --from-archive) through decrypt's own code
@@ -25,16 +25,6 @@ path and key index, to MQTT under replay/Pico/... (--live-topics: the live topic
 Select by --since/--until (RFC 3339 or relative like -2h; the edge's receive time), --device (repeatable,
 globs like 'iot_med_dev_0*') and --seq FROM-TO. Reads RAW with an ephemeral ordered consumer: the live
 stages' consumers are not touched. Never changes any stream's settings.`
-
-// registerConn registers the connection flags of natsFlags without the
-// stream limits: replay and archive read streams and must never change
-// their limits (EnsureStreams would apply the flags' defaults to RAW).
-func (n *natsFlags) registerConn(fs *flag.FlagSet) {
-	limits := flag.NewFlagSet("", flag.ContinueOnError)
-	var scratch natsFlags
-	scratch.registerStreams(limits)
-	registerExcept(fs, n.register, func(name string) bool { return limits.Lookup(name) != nil })
-}
 
 // registerExcept registers the flags register defines, except those skip names.
 func registerExcept(fs *flag.FlagSet, register func(*flag.FlagSet), skip func(name string) bool) {
@@ -45,15 +35,6 @@ func registerExcept(fs *flag.FlagSet, register func(*flag.FlagSet), skip func(na
 			fs.Var(f.Value, f.Name, f.Usage)
 		}
 	})
-}
-
-// dial connects to NATS without creating or changing any stream.
-func (n *natsFlags) dial(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	opts, err := n.options()
-	if err != nil {
-		return nil, nil, err
-	}
-	return bus.Connect(ctx, bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Options: opts})
 }
 
 // stringList is a repeatable string flag.
@@ -118,7 +99,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	lf.register(fs)
 	nf.registerConn(fs)
 	// publish's MQTT flags, but not its per-partition window: replay has one stream of readings.
-	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-inflight" })
+	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-in-flight" })
 	sf.register(fs, true)
 	// Replayed readings must not pass for live ones unless asked to.
 	prefix := fs.Lookup("prefix")
@@ -157,7 +138,13 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var js jetstream.JetStream
 	if fromArchive == "" || keys == "" {
-		nc, j, err := nf.dial(ctx, "medpipe-replay", log)
+		// Keys from the registry need its reader's rights: admin (the
+		// replay role reads RAW but not the registry).
+		nf.role = bus.RoleReplay
+		if keys == "" {
+			nf.role = bus.RoleAdmin
+		}
+		nc, j, err := bus.Connect(ctx, nf.conn("medpipe-replay", log))
 		if err != nil {
 			return err
 		}
@@ -220,7 +207,7 @@ func sourceName(archive string) string {
 // keyIndex loads the keys file, or the registry as it is now.
 func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log *slog.Logger) (*decrypt.KeyIndex, string, error) {
 	if keysFile != "" {
-		devs, err := readKeysFile(keysFile, log)
+		devs, err := decrypt.ReadKeysFile(keysFile, log)
 		if err != nil {
 			return nil, "", err
 		}
@@ -229,21 +216,14 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 	if js == nil {
 		return nil, "", errors.New("no --keys file and no NATS for the registry")
 	}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
-	reg, err := registry.Open(rctx, js, 1)
+	reg, err := registry.Bind(rctx, js, 1)
 	if err != nil {
 		return nil, "", err
 	}
-	recs, err := reg.List(rctx)
-	if err != nil {
-		return nil, "", err
-	}
-	ix := decrypt.NewKeyIndex(nil)
-	for _, r := range recs {
-		ix.Put(r.Device(), r.IsRevoked()) // revoked devices' frames count as revoked, as live
-	}
-	return ix, "registry " + registry.Bucket, nil
+	ix, err := decrypt.LoadKeyIndex(rctx, reg)
+	return ix, "registry " + registry.Bucket, err
 }
 
 // replaySink opens the output; closeOut is safe to call twice.

@@ -11,8 +11,7 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/medpipe/medpipe/ops"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/wire"
 )
@@ -94,17 +93,16 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	ops, err := common.ops(simulatorMetrics(fleet), healthCheck{"devices", func() error {
-		if st := fleet.Stats(); st.Devices > 0 && st.Connected == 0 {
-			return errors.New("no device connected")
-		}
-		return nil
-	}})
+	reg := ops.NewRegistry()
+	if err := fleet.RegisterMetrics(reg); err != nil {
+		return err
+	}
+	srv, err := common.ops(reg, log, ops.Check{Name: "devices", Check: fleet.Health})
 	if err != nil {
 		return err
 	}
-	go ops.serve(ctx)
-	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "protocol", protocol, "mix", mix, "keys", keys+keysOut, "http", ops.Addr())
+	go srv.Serve(ctx)
+	log.Info("medpipe simulate started", "server", server, "devices", len(sims), "rate", rate, "protocol", protocol, "mix", mix, "keys", keys+keysOut, "http", srv.Addr())
 	start := time.Now()
 	if interactive {
 		err = menu.Run(ctx, fleet, os.Stdin, stdout)
@@ -127,23 +125,6 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return err
-}
-
-// simulatorMetrics exports a fleet's counters.
-func simulatorMetrics(f *simulator.Fleet) *prometheus.Registry {
-	reg := newRegistry()
-	counter := func(name, help string, v func(simulator.Stats) uint64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "medpipe_simulator_" + name, Help: help},
-			func() float64 { return float64(v(f.Stats())) }))
-	}
-	counter("readings_sent_total", "Readings written to the edge.", func(s simulator.Stats) uint64 { return s.Sent })
-	counter("frames_acked_total", "v2 frames the edge acknowledged.", func(s simulator.Stats) uint64 { return s.Acked })
-	counter("frames_dropped_total", "v2 frames dropped unacknowledged from a full resend buffer.", func(s simulator.Stats) uint64 { return s.Dropped })
-	counter("reconnects_total", "Device reconnections.", func(s simulator.Stats) uint64 { return s.Reconnects })
-	counter("errors_total", "Device errors (connect, write, refused frames).", func(s simulator.Stats) uint64 { return s.Errors })
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_simulator_devices_connected", Help: "Devices with an open connection."},
-		func() float64 { return float64(f.Stats().Connected) }))
-	return reg
 }
 
 // simulatedFleet returns the devices to simulate: from --keys (created when

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,37 +15,10 @@ import (
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
+	"github.com/medpipe/medpipe/secrets"
+	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/wire"
 )
-
-// runner is a stage: it works until its context is cancelled, then drains.
-type runner interface {
-	Run(ctx context.Context) error
-}
-
-// runAll runs the stages and the ops server until ctx is cancelled and every
-// stage has drained. A stage that fails cancels the others.
-func runAll(ctx context.Context, ops *opsServer, stages map[string]runner) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for name, s := range stages {
-		wg.Go(func() {
-			// A stage stopped by the cancellation it was asked to obey has not failed.
-			if err := s.Run(ctx); err != nil && !(ctx.Err() != nil && errors.Is(err, context.Canceled)) {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				mu.Unlock()
-				cancel()
-			}
-		})
-	}
-	wg.Go(func() { ops.serve(ctx) })
-	wg.Wait()
-	return errors.Join(errs...)
-}
 
 // ingestFlags configures the TCP edge.
 type ingestFlags struct {
@@ -62,19 +32,19 @@ type ingestFlags struct {
 	idleGap     time.Duration
 	idleTimeout time.Duration
 	tlsListen   string
-	tls         tlsFiles
+	tls         secrets.TLSFiles
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
 	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
 	fs.StringVar(&f.tlsListen, "tls-listen", ":9997", "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
-	f.tls.register(fs, "tls", "PEM CA bundle: devices on the TLS port must present a certificate it signs (mutual TLS)", "PEM certificate of the TLS device port")
+	registerTLS(fs, &f.tls, "tls", "PEM CA bundle: devices on the TLS port must present a certificate it signs (mutual TLS)", "PEM certificate of the TLS device port")
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
 	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
 	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
 	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
-	fs.IntVar(&f.maxPending, "max-pending-frames", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
+	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
@@ -84,8 +54,8 @@ func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Regist
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 	}
-	if f.tls.set() {
-		cfg, err := f.tls.serverConfig()
+	if f.tls.Set() {
+		cfg, err := f.tls.ServerConfig()
 		if err != nil {
 			return o, err
 		}
@@ -110,7 +80,7 @@ type decryptFlags struct {
 
 func (f *decryptFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}; without it, keys come from the registry in JetStream KV (see medpipe keys)")
-	fs.IntVar(&f.maxInFlight, "max-inflight", 512, "frames in flight per partition")
+	fs.IntVar(&f.maxInFlight, "decrypt-in-flight", 512, "frames in flight per partition")
 }
 
 func (f *decryptFlags) options(devs []wire.Device, parts int, log *slog.Logger, reg prometheus.Registerer) decrypt.Options {
@@ -122,6 +92,7 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
+	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -130,14 +101,14 @@ type publishFlags struct {
 	jsonOnly     bool
 	addressEvery int
 	maxInFlight  int
-	tls          tlsFiles
+	tls          secrets.TLSFiles
 }
 
 func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.StringVar(&f.mqtt, "mqtt", defaultMQTT, "MQTT broker URL: tcp://host:port or ssl://host:port")
 	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username (password from --mqtt-password-file or MEDPIPE_MQTT_PASSWORD)")
 	fs.StringVar(&f.passwordFile, "mqtt-password-file", "", "file holding the MQTT password")
-	f.tls.register(fs, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
+	registerTLS(fs, &f.tls, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
 	fs.StringVar(&f.prefix, "prefix", "Pico", "first level of every MQTT topic")
 	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
@@ -145,18 +116,21 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
 	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
 	fs.IntVar(&f.addressEvery, "address-every", 50, "publish a device's addresses on its first reading and every this many")
-	fs.IntVar(&f.maxInFlight, "publish-inflight", 512, "readings in flight to the broker per partition")
+	fs.IntVar(&f.maxInFlight, "publish-in-flight", 512, "readings in flight to the broker per partition")
 }
 
 func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
 	if f.qos < 0 || f.qos > 2 {
 		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password, err := secret("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD")
-	if err != nil {
-		return publish.Options{}, err
+	password := f.password
+	if password == "" {
+		var err error
+		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD"); err != nil {
+			return publish.Options{}, err
+		}
 	}
-	tlsConfig, err := f.tls.clientConfig()
+	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
 		return publish.Options{}, err
 	}
@@ -167,41 +141,6 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	}, nil
 }
 
-// readKeysFile loads a keys file, warning when others may read it.
-func readKeysFile(path string, log *slog.Logger) ([]wire.Device, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("--keys: %w", err)
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 {
-		log.Warn("keys file is readable by group or others; chmod 600 it", "file", path, "mode", st.Mode().Perm().String())
-	}
-	devs, err := wire.ReadKeys(f)
-	if err != nil {
-		return nil, fmt.Errorf("--keys %s: %w", path, err)
-	}
-	return devs, nil
-}
-
-// commonFlags are those of every long-running command.
-type commonFlags struct {
-	http  string
-	pprof bool
-	log   logFlags
-}
-
-func (c *commonFlags) register(fs *flag.FlagSet, defaultHTTP string) {
-	fs.StringVar(&c.http, "http", defaultHTTP, "address of the /metrics and /healthz endpoint (empty: off)")
-	fs.BoolVar(&c.pprof, "pprof", false, "also serve Go's profiler on --http at /debug/pprof/ (for measuring; keep --http private)")
-	c.log.register(fs)
-}
-
-// ops binds the metrics, health (and profiler) endpoint on --http.
-func (c *commonFlags) ops(reg *prometheus.Registry, checks ...healthCheck) (*opsServer, error) {
-	return listenOps(c.http, c.pprof, reg, checks...)
-}
-
 func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("ingest", "The TCP edge: frames legacy device streams and stores them, still encrypted, in JetStream RAW.", stderr)
 	var common commonFlags
@@ -209,21 +148,21 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var inf ingestFlags
 	common.register(fs, ":9101")
 	nf.register(fs)
+	nf.role = bus.RoleIngest
 	inf.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
+	p, err := common.process(stderr)
 	if err != nil {
 		return err
 	}
-	nc, js, parts, err := nf.connect(ctx, "medpipe-ingest", log)
+	defer p.Close()
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	reg := newRegistry()
-	iopts, err := inf.options(parts, log, reg)
+	iopts, err := inf.options(parts, p.Log(), p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -231,12 +170,8 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w (change --listen or --tls-listen)", err)
 	}
-	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"ingest", edge.Health})
-	if err != nil {
-		return err
-	}
-	log.Info("medpipe ingest started", "devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", nc.ConnectedUrlRedacted(), "partitions", parts, "http", ops.Addr())
-	return runAll(ctx, ops, map[string]runner{"ingest": edge})
+	p.Add("ingest", edge, edge.Health)
+	return p.Run(ctx, "medpipe ingest started", "devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", nc.ConnectedUrlRedacted(), "partitions", parts)
 }
 
 func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -246,32 +181,32 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var df decryptFlags
 	common.register(fs, ":9102")
 	nf.register(fs)
+	nf.role = bus.RoleDecrypt
 	df.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
+	p, err := common.process(stderr)
 	if err != nil {
 		return err
 	}
+	defer p.Close()
 	var devs []wire.Device
 	if df.keys != "" {
-		if devs, err = readKeysFile(df.keys, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(df.keys, p.Log()); err != nil {
 			return err
 		}
 	}
-	nc, js, parts, err := nf.connect(ctx, "medpipe-decrypt", log)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	reg := newRegistry()
-	opts := df.options(devs, parts, log, reg)
+	opts := df.options(devs, parts, p.Log(), p.Metrics())
 	keySource := "file " + df.keys
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
 	if df.keys == "" {
-		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
@@ -286,12 +221,8 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"decrypt", w.Health})
-	if err != nil {
-		return err
-	}
-	log.Info("medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "keys", keySource, "partitions", parts, "http", ops.Addr())
-	return runAll(ctx, ops, map[string]runner{"decrypt": w})
+	p.Add("decrypt", w, w.Health)
+	return p.Run(ctx, "medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "keys", keySource, "partitions", parts)
 }
 
 func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -301,21 +232,21 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var pf publishFlags
 	common.register(fs, ":9103")
 	nf.register(fs)
+	nf.role = bus.RolePublish
 	pf.register(fs, "tcp://127.0.0.1:1883")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
+	p, err := common.process(stderr)
 	if err != nil {
 		return err
 	}
-	nc, js, parts, err := nf.connect(ctx, "medpipe-publish", log)
+	defer p.Close()
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	reg := newRegistry()
-	opts, err := pf.options(parts, log, reg)
+	opts, err := pf.options(parts, p.Log(), p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -323,10 +254,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := common.ops(reg, natsHealth(nc), healthCheck{"mqtt", b.Health})
-	if err != nil {
-		return err
-	}
-	log.Info("medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "mqtt", bus.RedactURLs(pf.mqtt), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts, "http", ops.Addr())
-	return runAll(ctx, ops, map[string]runner{"publish": b})
+	p.Add("publish", b, nil)
+	p.Check("mqtt", b.Health)
+	return p.Run(ctx, "medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "mqtt", bus.RedactURLs(pf.mqtt), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts)
 }

@@ -6,20 +6,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
+	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
 	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -41,8 +41,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		variant, protocol           string
 		statusEvery                 time.Duration
 	)
-	common.register(fs, ":9100")
-	fs.StringVar(&dataDir, "data-dir", "medpipe-data", "JetStream store and generated simulator keys")
+	common.register(fs, "127.0.0.1:9100")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "JetStream store (encrypted at rest), the generated NATS/MQTT credentials of every role, the store's key and simulator keys")
 	fs.StringVar(&host, "host", "127.0.0.1", "address the embedded NATS, MQTT and monitoring listeners bind to (0.0.0.0 for other machines)")
 	fs.IntVar(&natsPort, "nats-port", 4222, "embedded NATS client port")
 	fs.IntVar(&mqttPort, "mqtt-port", 1883, "embedded MQTT port (MQTT 3.1.1)")
@@ -50,6 +50,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	nf.registerStreams(fs)
 	inf.register(fs)
 	df.register(fs)
+	fs.Lookup("keys").Usage = "device keys file (JSON lines) that seeds the device registry in JetStream KV at start; devices already there keep their keys, rotations and revocations (medpipe keys works live against up)"
 	pf.register(fs, "")
 	fs.IntVar(&simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
 	fs.Float64Var(&rate, "rate", 20, "readings per second of each simulated device")
@@ -59,19 +60,25 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
+	p, err := common.process(stderr)
 	if err != nil {
 		return err
 	}
+	defer p.Close()
+	log := p.Log()
 
 	devs, sims, err := upDevices(df.keys, dataDir, simulate, protocol, variant, log)
 	if err != nil {
 		return err
 	}
 
+	creds, jsKey, err := upSecrets(dataDir)
+	if err != nil {
+		return err
+	}
 	e, err := bus.StartEmbedded(bus.EmbeddedOptions{
 		Host: host, Port: natsPort, MQTTPort: mqttPort, HTTPPort: monPort,
-		StoreDir: filepath.Join(dataDir, "jetstream"),
+		StoreDir: filepath.Join(dataDir, "jetstream"), Credentials: creds, TopicPrefix: pf.prefix, JetStreamKey: jsKey,
 	})
 	var pe *bus.PortError
 	if errors.As(err, &pe) {
@@ -81,39 +88,63 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer e.Shutdown()
+	defer p.Close() // before the server shuts down
 
-	nf.urls = e.ClientURL()
-	// One connection and JetStream context per stage, as when they run as
-	// separate processes: ingest's publishes must not use up the window of
-	// pending publishes that decrypt needs, nor queue ahead of its acks.
-	connect := func(name string) (*nats.Conn, jetstream.JetStream, error) {
-		nc, js, err := bus.Connect(ctx, bus.ConnectOptions{Name: name, Log: log, Options: []nats.Option{nats.InProcessServer(e.Server)}})
-		return nc, js, err
+	// The admin creates the streams, consumers and buckets and applies the
+	// limits given as flags (never the defaults over an operator's); then
+	// its connection closes: up's stages need no admin rights.
+	userOpts := func(role bus.Role) []nats.Option {
+		return append(bus.UserOptions(string(role), creds[role]), nats.InProcessServer(e.Server))
 	}
-	nc, js, err := connect("medpipe-up-ingest")
+	ncAdmin, jsAdmin, err := bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-admin", Log: log, Options: userOpts(bus.RoleAdmin)})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ncDecrypt, jsDecrypt, err := connect("medpipe-up-decrypt")
+	defer ncAdmin.Close()
+	parts, err := stage.ApplyStreams(ctx, jsAdmin, nf.givenStreams())
 	if err != nil {
 		return err
 	}
-	defer ncDecrypt.Close()
-	ncPublish, jsPublish, err := connect("medpipe-up-publish")
+	// The registry is the one source of keys, as for separate stages: the
+	// keys file and simulated devices seed it (as admin, audited), and
+	// `medpipe keys` changes it while up runs.
+	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	defer cancel()
+	reg, err := registry.Open(sctx, jsAdmin, nf.streams.Replicas)
 	if err != nil {
 		return err
 	}
-	defer ncPublish.Close()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	parts, err := bus.EnsureStreams(sctx, js, nf.streams)
-	cancel()
+	added, err := reg.Seed(sctx, devs)
+	if err != nil {
+		return fmt.Errorf("seed the device registry: %w", err)
+	}
+	known, err := reg.List(sctx)
+	if err != nil {
+		return err
+	}
+	ncAdmin.Close() // up's stages need no admin rights from here on
+	// One connection and JetStream context per stage, each as its own role,
+	// as when they run as separate processes: ingest's publishes must not
+	// use up the window of pending publishes that decrypt needs, nor queue
+	// ahead of its acks, and no stage may do another's work.
+	connect := func(role bus.Role) (jetstream.JetStream, error) {
+		_, js, err := p.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-" + string(role), Options: userOpts(role)})
+		return js, err
+	}
+	js, err := connect(bus.RoleIngest)
+	if err != nil {
+		return err
+	}
+	jsDecrypt, err := connect(bus.RoleDecrypt)
+	if err != nil {
+		return err
+	}
+	jsPublish, err := connect(bus.RolePublish)
 	if err != nil {
 		return err
 	}
 
-	reg := newRegistry()
-	iopts, err := inf.options(parts, log, reg)
+	iopts, err := inf.options(parts, log, p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -121,11 +152,11 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
-	dopts := df.options(devs, parts, log, reg)
-	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas)
-	cancel()
-	if err != nil {
+	dopts := df.options(nil, parts, log, p.Metrics())
+	if dopts.Registry, err = registry.Bind(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
+		return err
+	}
+	if dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
 		return err
 	}
 	worker, err := decrypt.New(jsDecrypt, dopts)
@@ -133,9 +164,10 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	if pf.mqtt == "" {
-		pf.mqtt = "tcp://" + loopbackAddr(e.MQTTAddr)
+		pf.mqtt = "tcp://" + stage.LoopbackAddr(e.MQTTAddr)
+		pf.user, pf.password = string(bus.RolePublish), creds[bus.RolePublish]
 	}
-	popts, err := pf.options(parts, log, reg)
+	popts, err := pf.options(parts, log, p.Metrics())
 	if err != nil {
 		return err
 	}
@@ -143,30 +175,46 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := common.ops(reg, natsHealth(nc), natsHealth(ncDecrypt), natsHealth(ncPublish), healthCheck{"ingest", edge.Health}, healthCheck{"decrypt", worker.Health}, healthCheck{"mqtt", bridge.Health})
-	if err != nil {
-		return err
-	}
-	stages := map[string]runner{"ingest": edge, "decrypt": worker, "publish": bridge}
+	p.Add("ingest", edge, edge.Health)
+	p.Add("decrypt", worker, worker.Health)
+	p.Add("publish", bridge, nil)
+	p.Check("mqtt", bridge.Health)
 	if len(sims) > 0 {
-		fleet, err := simulator.NewFleet(simulator.Options{Server: loopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
+		fleet, err := simulator.NewFleet(simulator.Options{Server: stage.LoopbackAddr(edge.Addr().String()), Devices: sims, Rate: rate, Log: log.With("stage", "simulate")})
 		if err != nil {
 			return err
 		}
-		stages["simulate"] = fleet
+		p.Add("simulate", fleet, nil)
 	}
-	log.Info("medpipe up",
-		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"http", ops.Addr(), "publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", len(devs), "simulated", len(sims), "partitions", parts)
-	if len(devs) == 0 {
-		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N")
+	if len(known) == 0 {
+		log.Warn("no device keys: every frame will be dead-lettered; give --keys FILE or --simulate N, or run medpipe keys import")
 	}
 	if statusEvery > 0 {
-		go statusLine(ctx, log, reg, statusEvery)
+		go stage.StatusLine(ctx, log, p.Metrics(), statusEvery)
 	}
-	err = runAll(ctx, ops, stages)
+	err = p.Run(ctx, "medpipe up",
+		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
+		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, bus.CredentialsDir), "keys", "registry "+registry.Bucket, "devices_known", len(known), "devices_added", len(added), "simulated", len(sims), "partitions", parts)
 	log.Info("medpipe up stopped", "err", err)
 	return err
+}
+
+// upSecrets loads or, on first start, generates the password of every role
+// (dashboards log in to MQTT as "dashboard") and the JetStream encryption
+// key, in the data directory (0700, files 0600).
+func upSecrets(dataDir string) (bus.Credentials, string, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("--data-dir: %w", err)
+	}
+	creds, err := bus.LoadOrCreateCredentials(filepath.Join(dataDir, bus.CredentialsDir))
+	if err != nil {
+		return nil, "", err
+	}
+	key, err := bus.LoadOrCreateSecret(filepath.Join(dataDir, bus.JetStreamKeyFile))
+	if err != nil {
+		return nil, "", err
+	}
+	return creds, key, nil
 }
 
 // upDevices returns the keys decrypt uses (the keys file's plus simulated
@@ -175,7 +223,7 @@ func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *s
 	var devs []wire.Device
 	if keysFile != "" {
 		var err error
-		if devs, err = readKeysFile(keysFile, log); err != nil {
+		if devs, err = decrypt.ReadKeysFile(keysFile, log); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -202,73 +250,4 @@ func upDevices(keysFile, dataDir string, n int, protocol, variant string, log *s
 		}
 	}
 	return devs, sims, nil
-}
-
-// loopbackAddr turns a wildcard listen address into one a local client can dial.
-func loopbackAddr(addr string) string {
-	h, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if ip := net.ParseIP(h); h == "" || ip != nil && ip.IsUnspecified() {
-		h = "127.0.0.1"
-	}
-	return net.JoinHostPort(h, p)
-}
-
-// statusLine logs the pipeline's counters and rates every interval.
-func statusLine(ctx context.Context, log *slog.Logger, g prometheus.Gatherer, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	names := []struct{ label, metric string }{
-		{"frames_in", "medpipe_ingest_frames_total"},
-		{"readings_out", "medpipe_decrypt_readings_total"},
-		{"mqtt_messages", "medpipe_publish_mqtt_messages_total"},
-		{"dead_letters", "medpipe_decrypt_deadletters_total"},
-	}
-	errorMetrics := []string{"medpipe_ingest_connection_errors_total", "medpipe_ingest_publish_errors_total", "medpipe_decrypt_publish_errors_total", "medpipe_publish_mqtt_errors_total"}
-	prev := map[string]float64{}
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			sums := gatherSums(g)
-			secs := now.Sub(last).Seconds()
-			last = now
-			attrs := []any{}
-			for _, n := range names {
-				v := sums[n.metric]
-				attrs = append(attrs, n.label, strconv.FormatFloat(v, 'f', 0, 64)+" ("+strconv.FormatFloat((v-prev[n.metric])/secs, 'f', 0, 64)+"/s)")
-				prev[n.metric] = v
-			}
-			var errs float64
-			for _, m := range errorMetrics {
-				errs += sums[m]
-			}
-			attrs = append(attrs, "errors", errs, "connections", sums["medpipe_ingest_connections_active"])
-			log.Info("status", attrs...)
-		}
-	}
-}
-
-// gatherSums sums every counter and gauge by metric name over its labels.
-func gatherSums(g prometheus.Gatherer) map[string]float64 {
-	out := map[string]float64{}
-	mfs, err := g.Gather()
-	if err != nil {
-		return out
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				out[mf.GetName()] += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				out[mf.GetName()] += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return out
 }

@@ -3,32 +3,48 @@
 package board
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"machine"
+	"runtime/interrupt"
 	"time"
 
 	"github.com/medpipe/medpipe/firmware/device"
 	"github.com/medpipe/medpipe/firmware/onewire"
+	"github.com/medpipe/medpipe/provision"
 )
 
-// Pins of the medpipe wearable.
+// Wiring is how the mode switch and the LED are connected.
+type Wiring int
+
+// The two boards in use (firmware/README.md, "Wiring").
 const (
-	pinLED       = machine.GP2
-	pinConfig    = machine.GP3 // slide switch: pulled to ground in configuration position
-	pinWorking   = machine.GP4
-	pinOneWire   = machine.GP16
-	pinPulse     = machine.ADC0 // GP26
-	pinI2CSDA    = machine.GP14
-	pinI2CSCL    = machine.GP15
-	espBaudRate  = 115200
-	storageBlock = 0 // first erase block of the flash data area (after the program)
+	// WiringOld is the first board: GP2 is driven high as the slide
+	// switch's common, GP3 (configuration) and GP4 (working) read it
+	// active-high with pull-downs; the status LED is the Pico's own (GP25).
+	WiringOld Wiring = iota
+	// WiringNew is the later board: the switch's common is ground, GP3 and
+	// GP4 read it active-low with pull-ups; the status LED is on GP2.
+	WiringNew
 )
 
-// New configures the hardware and returns the firmware's Board.
-// provisioningKey is 32 hex digits (set at build time per device).
-func New(serial, apPassword, provisioningKey string) (*device.Board, error) {
+// Pins of the medpipe wearable that both wirings share.
+const (
+	pinOneWire  = machine.GP16
+	pinPulse    = machine.ADC0 // GP26
+	pinI2CSDA   = machine.GP14
+	pinI2CSCL   = machine.GP15
+	pinConfig   = machine.GP3
+	pinWorking  = machine.GP4
+	espBaudRate = 115200
+	// watchdogMillis is the hardware watchdog's timeout (the RP2040's
+	// longest is ~8.3 s); device.Device feeds it while its main loop
+	// makes progress.
+	watchdogMillis = 8000
+)
+
+// New configures the hardware for wiring w and returns the firmware's
+// Board. The per-device secrets come from the factory block in flash.
+func New(w Wiring) (*device.Board, error) {
 	uart := machine.UART0
 	if err := uart.Configure(machine.UARTConfig{BaudRate: espBaudRate, TX: machine.UART0_TX_PIN, RX: machine.UART0_RX_PIN}); err != nil {
 		return nil, err
@@ -40,29 +56,50 @@ func New(serial, apPassword, provisioningKey string) (*device.Board, error) {
 	machine.InitADC()
 	pulse := machine.ADC{Pin: pinPulse}
 	pulse.Configure(machine.ADCConfig{})
-	pinLED.Configure(machine.PinConfig{Mode: machine.PinOutput})
-	pinConfig.Configure(machine.PinConfig{Mode: machine.PinInputPullup})
-	pinWorking.Configure(machine.PinConfig{Mode: machine.PinInputPullup})
 	pinOneWire.Configure(machine.PinConfig{Mode: machine.PinInputPullup})
 
-	var f device.Factory
-	key, err := hex.DecodeString(provisioningKey)
-	if err != nil || len(key) != 16 {
-		return nil, errors.New("board: provisioning key must be 32 hex digits")
+	sw := switchPin{p: pinConfig}
+	var led machine.Pin
+	switch w {
+	case WiringOld:
+		common := machine.GP2
+		common.Configure(machine.PinConfig{Mode: machine.PinOutput})
+		common.High()
+		pinConfig.Configure(machine.PinConfig{Mode: machine.PinInputPulldown})
+		pinWorking.Configure(machine.PinConfig{Mode: machine.PinInputPulldown})
+		sw.activeHigh = true
+		led = machine.LED // GP25, on the Pico itself
+	case WiringNew:
+		pinConfig.Configure(machine.PinConfig{Mode: machine.PinInputPullup})
+		pinWorking.Configure(machine.PinConfig{Mode: machine.PinInputPullup})
+		led = machine.GP2
+	default:
+		return nil, errors.New("board: unknown wiring")
 	}
-	copy(f.ProvisioningKey[:], key)
-	f.Serial, f.APPassword = serial, apPassword
+	led.Configure(machine.PinConfig{Mode: machine.PinOutput})
+
+	storage, err := newFlashRegion()
+	if err != nil {
+		return nil, err
+	}
+	if err := machine.Watchdog.Configure(machine.WatchdogConfig{TimeoutMillis: watchdogMillis}); err != nil {
+		return nil, err
+	}
 	return &device.Board{
-		UART:         blockingUART{uart},
-		I2C:          i2c,
-		Pulse:        pulse,
-		ChipTemp:     func() float64 { return float64(machine.ReadTemperature()) / 1000 },
-		OneWire:      &onewire.Bus{Line: oneWireLine{pinOneWire}, Delay: busyWait},
-		ConfigSwitch: switchPin{pinConfig},
-		LED:          ledPin{pinLED},
-		Storage:      &flashStorage{},
-		Rand:         rand.Reader,
-		Factory:      f,
+		UART:     blockingUART{uart},
+		I2C:      i2c,
+		Pulse:    pulse,
+		ChipTemp: func() float64 { return float64(machine.ReadTemperature()) / 1000 },
+		OneWire: &onewire.Bus{Line: oneWireLine{pinOneWire}, Delay: busyWait, Critical: func(f func()) {
+			state := interrupt.Disable()
+			f()
+			interrupt.Restore(state)
+		}},
+		ConfigSwitch: sw,
+		LED:          ledPin{led},
+		Storage:      storage,
+		Noise:        ringOscillator{},
+		Watchdog:     watchdog{},
 		Log:          func(s string) { println(s) },
 	}, nil
 }
@@ -95,47 +132,105 @@ func (l oneWireLine) Read() bool { return l.p.Get() }
 
 // busyWait waits us microseconds without yielding: 1-Wire slots allow a
 // few microseconds of error, more than a goroutine switch can promise.
+// The RP2040's timer counts microseconds with interrupts off too.
 func busyWait(us int) {
 	end := time.Now().Add(time.Duration(us) * time.Microsecond)
 	for time.Now().Before(end) {
 	}
 }
 
-type switchPin struct{ p machine.Pin }
+// switchPin reads the slide switch's configuration position.
+type switchPin struct {
+	p          machine.Pin
+	activeHigh bool
+}
 
-// Get reports configuration mode: the switch pulls the pin to ground.
-func (s switchPin) Get() bool { return !s.p.Get() }
+func (s switchPin) Get() bool { return s.p.Get() == s.activeHigh }
 
 type ledPin struct{ p machine.Pin }
 
 func (l ledPin) Set(on bool) { l.p.Set(on) }
 
-// flashStorage keeps the device's region in the first erase block of the
-// flash data area. Flash must be erased before it is programmed, so a write
-// reads the block, changes it in RAM, erases and programs it whole.
-type flashStorage struct{ block [4096]byte }
+// ringOscillator reads the RP2040's ring oscillator: noise, not a
+// cryptographic RNG (TinyGo serves no crypto/rand on the RP2040 for that
+// reason), mixed into challenges that are unique without it.
+type ringOscillator struct{}
 
-func (s *flashStorage) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > int64(len(s.block)) {
-		return 0, errors.New("board: storage read out of range")
-	}
-	return machine.Flash.ReadAt(p, storageBlock*machine.Flash.EraseBlockSize()+off)
-}
-
-func (s *flashStorage) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > int64(len(s.block)) {
-		return 0, errors.New("board: storage write out of range")
-	}
-	base := storageBlock * machine.Flash.EraseBlockSize()
-	if _, err := machine.Flash.ReadAt(s.block[:], base); err != nil {
-		return 0, err
-	}
-	copy(s.block[off:], p)
-	if err := machine.Flash.EraseBlocks(storageBlock, 1); err != nil {
-		return 0, err
-	}
-	if _, err := machine.Flash.WriteAt(s.block[:], base); err != nil {
-		return 0, err
+func (ringOscillator) Read(p []byte) (int, error) {
+	for i := 0; i < len(p); i += 4 {
+		v, err := machine.GetRNG()
+		if err != nil {
+			return i, err
+		}
+		for j := 0; j < 4 && i+j < len(p); j++ {
+			p[i+j] = byte(v >> (8 * j))
+		}
 	}
 	return len(p), nil
+}
+
+type watchdog struct{}
+
+func (watchdog) Start() { _ = machine.Watchdog.Start() }
+func (watchdog) Feed()  { machine.Watchdog.Update() }
+
+// flashRegion is the device's storage region: the last
+// provision.RegionSize bytes of the Pico's 2 MiB flash, where a UF2 copied
+// by the operator puts the factory block and no firmware image reaches.
+type flashRegion struct {
+	base int64 // offset of the region from machine.Flash's data start
+	page [256]byte
+}
+
+func newFlashRegion() (*flashRegion, error) {
+	start := int64(machine.FlashDataStart())
+	base := int64(provision.RegionAddr) - start
+	if base < 0 || int64(machine.FlashDataEnd()) < int64(provision.RegionAddr)+provision.RegionSize {
+		return nil, errors.New("board: the firmware image reaches into the storage region at the end of flash")
+	}
+	return &flashRegion{base: base}, nil
+}
+
+func (r *flashRegion) check(off int64, n int) error {
+	if off < 0 || off+int64(n) > provision.RegionSize {
+		return errors.New("board: storage access out of range")
+	}
+	return nil
+}
+
+func (r *flashRegion) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.check(off, len(p)); err != nil {
+		return 0, err
+	}
+	return machine.Flash.ReadAt(p, r.base+off)
+}
+
+// WriteAt programs p at off, page by page (the boot ROM programs whole
+// 256-byte pages at page boundaries): the rest of each page is programmed
+// with what it holds, which leaves it unchanged.
+func (r *flashRegion) WriteAt(p []byte, off int64) (int, error) {
+	if err := r.check(off, len(p)); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		at := off + int64(done)
+		pageOff := at &^ 255
+		if _, err := machine.Flash.ReadAt(r.page[:], r.base+pageOff); err != nil {
+			return done, err
+		}
+		n := copy(r.page[at-pageOff:], p[done:])
+		if _, err := machine.Flash.WriteAt(r.page[:], r.base+pageOff); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (r *flashRegion) EraseSector(off int64) error {
+	if err := r.check(off, provision.SectorSize); err != nil || off%provision.SectorSize != 0 {
+		return errors.New("board: erase out of range or not at a sector")
+	}
+	return machine.Flash.EraseBlocks((r.base+off)/machine.Flash.EraseBlockSize(), 1)
 }

@@ -43,7 +43,10 @@ func TestClockFollowsSNTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := &worker{d: d, v2: wire.NewV2Key(wire.Device{ID: "dev"})}
-	w.pulseStart = w.now()
+	// Pending pulse samples carry the board's clock, corrected by the
+	// offset when a reading takes them.
+	boardStart := b.Clock()
+	pulseStart := func() time.Time { return boardStart.Add(w.clockOffset) }
 
 	w.startClock(ctx)
 	if got := mod.SNTPServers(); len(got) != 1 || got[0] != "ntp.ward7.example" {
@@ -53,8 +56,8 @@ func TestClockFollowsSNTP(t *testing.T) {
 	if !w.clockSet || !w.now().Equal(want) {
 		t.Fatalf("clock %v (set %v), want %v", w.now(), w.clockSet, want)
 	}
-	if !w.pulseStart.Equal(want) {
-		t.Fatalf("pending pulse samples start at %v, want %v", w.pulseStart, want)
+	if !pulseStart().Equal(want) {
+		t.Fatalf("pending pulse samples start at %v, want %v", pulseStart(), want)
 	}
 
 	tests := []struct {
@@ -68,7 +71,7 @@ func TestClockFollowsSNTP(t *testing.T) {
 		{name: "board 3 s slow: stepped", sntp: time.Hour, board: time.Hour - 3*time.Second, wantMoved: 3800 * time.Millisecond, wantLogLines: 1},
 	}
 	for _, tt := range tests {
-		before, start, lines := w.clockOffset, w.pulseStart, len(logs)
+		before, start, lines := w.clockOffset, pulseStart(), len(logs)
 		set(tt.sntp, tt.board)
 		w.syncClock(ctx) // not due yet
 		if w.clockOffset != before {
@@ -76,8 +79,8 @@ func TestClockFollowsSNTP(t *testing.T) {
 		}
 		w.nextClock = time.Time{}
 		w.syncClock(ctx)
-		if moved := w.clockOffset - before; moved != tt.wantMoved || w.pulseStart.Sub(start) != moved {
-			t.Errorf("%s: clock moved %v, pulse start %v; want %v", tt.name, moved, w.pulseStart.Sub(start), tt.wantMoved)
+		if moved := w.clockOffset - before; moved != tt.wantMoved || pulseStart().Sub(start) != moved {
+			t.Errorf("%s: clock moved %v, pulse start %v; want %v", tt.name, moved, pulseStart().Sub(start), tt.wantMoved)
 		}
 		if got := len(logs) - lines; got != tt.wantLogLines {
 			t.Errorf("%s: %d log lines, want %d: %q", tt.name, got, tt.wantLogLines, logs[lines:])

@@ -1,11 +1,8 @@
 package device
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"net/url"
 	"strconv"
 
@@ -67,87 +64,4 @@ func ParseConfig(v url.Values) (Config, error) {
 	copy(c.Device.Key[:], v.Get("key"))
 	copy(c.Device.IV[:], v.Get("iv"))
 	return c, nil
-}
-
-// Flash layout of the storage region: the configuration record at 0, the
-// sequence number reservation at SeqOffset.
-const (
-	ConfigSize  = 1024
-	SeqOffset   = ConfigSize
-	StorageSize = ConfigSize + 16
-	configMagic = "MPC1"
-)
-
-// Storage is the flash region the board reserves for the device.
-type Storage interface {
-	io.ReaderAt
-	io.WriterAt
-}
-
-// ErrNoConfig means flash holds no valid configuration (a new device, or
-// a record damaged by power loss during a write).
-var ErrNoConfig = errors.New("device: no configuration stored")
-
-// SaveConfig writes c to flash: magic, length, form-encoded values, CRC-32.
-func SaveConfig(s Storage, c *Config) error {
-	payload := c.Values().Encode()
-	if 4+2+len(payload)+4 > ConfigSize {
-		return fmt.Errorf("%w: too long to store", ErrConfig)
-	}
-	rec := make([]byte, 0, ConfigSize)
-	rec = append(rec, configMagic...)
-	rec = binary.BigEndian.AppendUint16(rec, uint16(len(payload)))
-	rec = append(rec, payload...)
-	rec = binary.BigEndian.AppendUint32(rec, crc32.ChecksumIEEE(rec))
-	_, err := s.WriteAt(rec, 0)
-	return err
-}
-
-// LoadConfig reads the configuration from flash.
-func LoadConfig(s Storage) (Config, error) {
-	var head [6]byte
-	if _, err := s.ReadAt(head[:], 0); err != nil {
-		return Config{}, err
-	}
-	n := int(binary.BigEndian.Uint16(head[4:]))
-	if string(head[:4]) != configMagic || 6+n+4 > ConfigSize {
-		return Config{}, ErrNoConfig
-	}
-	rec := make([]byte, 6+n+4)
-	if _, err := s.ReadAt(rec, 0); err != nil {
-		return Config{}, err
-	}
-	if crc32.ChecksumIEEE(rec[:6+n]) != binary.BigEndian.Uint32(rec[6+n:]) {
-		return Config{}, ErrNoConfig
-	}
-	v, err := url.ParseQuery(string(rec[6 : 6+n]))
-	if err != nil {
-		return Config{}, ErrNoConfig
-	}
-	return ParseConfig(v)
-}
-
-// SeqBlock is how many v2 sequence numbers one flash write reserves: the
-// number must never repeat across reboots, and flash wears out, so the
-// device writes "next free block" once per block, and a reboot skips the
-// rest of the block.
-const SeqBlock = 1000
-
-// reserveSeq returns the first sequence number of a fresh block and
-// records the block as used.
-func reserveSeq(s Storage) (uint64, error) {
-	var b [12]byte
-	if _, err := s.ReadAt(b[:], SeqOffset); err != nil {
-		return 0, err
-	}
-	next := uint64(1)
-	if v := binary.BigEndian.Uint64(b[:8]); v != ^uint64(0) && crc32.ChecksumIEEE(b[:8]) == binary.BigEndian.Uint32(b[8:]) {
-		next = v
-	}
-	binary.BigEndian.PutUint64(b[:8], next+SeqBlock)
-	binary.BigEndian.PutUint32(b[8:], crc32.ChecksumIEEE(b[:8]))
-	if _, err := s.WriteAt(b[:], SeqOffset); err != nil {
-		return 0, err
-	}
-	return next, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,9 +32,14 @@ const (
 // in flash and returned; the caller switches to working mode.
 func (d *Device) Configure(ctx context.Context) (Config, error) {
 	d.b.LED.Set(true) // steady: configuration mode
+	epoch, err := NextBootEpoch(d.b.Storage)
+	if err != nil {
+		return Config{}, fmt.Errorf("device: boot epoch: %w", err)
+	}
 	m := d.modem
 	f := d.b.Factory
 	for wait := time.Second; ; wait = min(2*wait, 10*time.Second) {
+		d.alive()
 		err := m.Sync(ctx)
 		if err == nil {
 			err = m.SetMode(ctx, esp.ModeAccessPoint)
@@ -59,15 +65,20 @@ func (d *Device) Configure(ctx context.Context) (Config, error) {
 	// that may stay silent, and one must not hold up the others.
 	serving, stop := context.WithCancel(ctx)
 	defer stop()
-	s := &configServer{d: d}
+	s := &configServer{d: d, epoch: epoch}
 	stored := make(chan Config, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			l, err := m.Accept(serving)
 			if err != nil {
 				return
 			}
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer l.Close()
 				if cfg, done := s.serve(serving, l); done {
 					select {
@@ -78,20 +89,52 @@ func (d *Device) Configure(ctx context.Context) (Config, error) {
 			}()
 		}
 	}()
-	select {
-	case cfg := <-stored:
-		d.log("configuration stored for device %s", cfg.Device.ID)
-		d.b.LED.Set(false)
-		return cfg, nil
-	case <-ctx.Done():
-		return Config{}, ctx.Err()
+	checkIn := time.NewTicker(feedEvery)
+	defer checkIn.Stop()
+	for {
+		select {
+		case <-checkIn.C:
+			d.alive() // waiting for a browser is this loop's work
+			continue
+		case cfg := <-stored:
+			d.log("configuration stored for device %s", cfg.Device.ID)
+			// Close the port-80 server and its links before working mode: the
+			// module refuses AT+CIPMUX while they are up, and the page must not
+			// stay reachable.
+			stop()
+			if err := m.StopServer(ctx); err != nil {
+				d.log("configuration mode: stop the server: %v", err)
+			}
+			wg.Wait()
+			d.b.LED.Set(false)
+			return cfg, nil
+		case <-ctx.Done():
+			return Config{}, ctx.Err()
+		}
 	}
 }
 
 type configServer struct {
 	d         *Device
+	epoch     uint32 // this boot's epoch: challenges never repeat across boots
 	mu        sync.Mutex
+	issued    uint32 // challenges issued this boot
 	challenge []byte // outstanding single-use challenge, nil when none
+}
+
+// newChallenge returns a challenge that no earlier one of this device
+// equals: the boot epoch and a counter, then hardware noise when the board
+// has it (a recorded form is refused because its challenge is never issued
+// again; the noise only makes challenges harder to guess).
+func (s *configServer) newChallenge() []byte {
+	s.issued++
+	c := make([]byte, 16)
+	binary.BigEndian.PutUint32(c[0:], s.epoch)
+	binary.BigEndian.PutUint32(c[4:], s.issued)
+	if s.d.b.Noise != nil {
+		_, _ = io.ReadFull(s.d.b.Noise, c[8:])
+	}
+	return c
 }
 
 // request is the little of HTTP/1.x the page needs.
@@ -165,12 +208,8 @@ func (s *configServer) serve(ctx context.Context, l *esp.Link) (Config, bool) {
 	case req.method == "GET" && (req.path == "/" || req.path == "/index.html"):
 		s.reply(ctx, l, 200, "text/html; charset=utf-8", []string{"Content-Encoding: gzip"}, page.Gzip)
 	case req.method == "GET" && req.path == "/challenge":
-		c := make([]byte, 16)
-		if _, err := io.ReadFull(s.d.b.Rand, c); err != nil {
-			s.reply(ctx, l, 500, "text/plain", nil, []byte("no randomness"))
-			return Config{}, false
-		}
 		s.mu.Lock()
+		c := s.newChallenge()
 		s.challenge = c
 		s.mu.Unlock()
 		s.reply(ctx, l, 200, "text/plain", nil, []byte(hex.EncodeToString(c)))

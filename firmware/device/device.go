@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/medpipe/medpipe/firmware/esp"
 	"github.com/medpipe/medpipe/firmware/onewire"
 	"github.com/medpipe/medpipe/firmware/sensors"
+	"github.com/medpipe/medpipe/provision"
 )
 
 // Pin is a digital input.
@@ -25,27 +27,35 @@ type LED interface{ Set(on bool) }
 
 // Board is the hardware the firmware runs on.
 type Board struct {
-	UART         io.ReadWriter    // to the ESP8266, 115200 baud
-	I2C          sensors.I2C      // MPU6050 (SDA GP14, SCL GP15)
-	Pulse        sensors.ADC      // pulse sensor (ADC0, GP26)
-	ChipTemp     func() float64   // RP2040 temperature diode (ADC4), °C
-	OneWire      *onewire.Bus     // DS18B20 (GP16)
-	ConfigSwitch Pin              // slide switch: high selects configuration mode (GP3)
-	LED          LED              // GP2
-	Storage      Storage          // a flash region of StorageSize bytes
-	Rand         io.Reader        // nonces and challenges (crypto/rand.Reader)
-	Factory      Factory          // set when the device is made
-	Log          func(string)     // where status lines go (USB serial); nil: nowhere
-	Clock        func() time.Time // wall clock; nil: time.Now
+	UART         io.ReadWriter  // to the ESP8266, 115200 baud
+	I2C          sensors.I2C    // MPU6050 (SDA GP14, SCL GP15)
+	Pulse        sensors.ADC    // pulse sensor (ADC0, GP26)
+	ChipTemp     func() float64 // RP2040 temperature diode (ADC4), °C
+	OneWire      *onewire.Bus   // DS18B20 (GP16)
+	ConfigSwitch Pin            // slide switch: high selects configuration mode (GP3)
+	LED          LED            // GP2
+	Storage      Storage        // a flash region of StorageSize bytes
+	// Noise is optional hardware noise (the RP2040's ring oscillator) mixed
+	// into configuration challenges. Nothing relies on it: TinyGo serves
+	// no crypto/rand on the RP2040, so challenges and nonces are unique by
+	// construction (boot epoch and counter).
+	Noise    io.Reader
+	Factory  Factory          // zero: read from the storage's factory block
+	Log      func(string)     // where status lines go (USB serial); nil: nowhere
+	Watchdog Watchdog         // the hardware watchdog; nil: none
+	Clock    func() time.Time // wall clock; nil: time.Now
+}
+
+// Watchdog is a hardware watchdog: once started, it resets the chip unless
+// fed within its timeout.
+type Watchdog interface {
+	Start()
+	Feed()
 }
 
 // Factory is what each device carries from manufacturing, printed on its
-// label for the person who configures it.
-type Factory struct {
-	Serial          string   // names the access point: medpipe-<Serial>
-	APPassword      string   // WPA2 password of the access point (≥ 8 characters)
-	ProvisioningKey [16]byte // encrypts and authenticates the configuration form
-}
+// label: the block `medpipe keys add ID --firmware-config` writes.
+type Factory = provision.Factory
 
 // Options tunes the firmware; zero values take the defaults.
 type Options struct {
@@ -59,6 +69,8 @@ type Options struct {
 	// carry the Pico's uptime clock.
 	SNTPServers []string
 	ESP         esp.Options
+
+	pulseTicks <-chan time.Time // tests: drive the pulse sampler
 }
 
 func (o *Options) defaults() {
@@ -81,16 +93,71 @@ func (o *Options) defaults() {
 
 // Device is the firmware's state.
 type Device struct {
-	b     *Board
-	o     Options
-	modem *esp.Modem
-	Stats Stats
+	b       *Board
+	o       Options
+	modem   *esp.Modem
+	sampler atomic.Pointer[sampler] // working mode's pulse sampler
+	due     atomic.Int64            // when the main loop must check in again (Unix ns)
+	sensors atomic.Uint32           // working mode's Sensors, packed
+	Stats   Stats
+}
+
+// Main loop check-ins: a loop that does not check in within aliveFor (the
+// longest step, joining Wi-Fi, takes 20 s) stops the watchdog's feeding,
+// and the watchdog resets the chip a few seconds later.
+const (
+	aliveFor  = 30 * time.Second
+	feedEvery = time.Second
+)
+
+// alive is the main loop's check-in.
+func (d *Device) alive() { d.due.Store(time.Now().Add(aliveFor).UnixNano()) }
+
+// watch feeds the hardware watchdog while the main loop checks in. On
+// TinyGo's cooperative scheduler it also catches a loop that spins without
+// yielding: then watch itself never runs.
+func (d *Device) watch(ctx context.Context) {
+	wd := d.b.Watchdog
+	if wd == nil {
+		return
+	}
+	d.alive()
+	wd.Start()
+	t := time.NewTicker(feedEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if time.Now().UnixNano() < d.due.Load() {
+				wd.Feed()
+			}
+		}
+	}
+}
+
+// Sensors returns the sensors' states as working mode last saw them.
+func (d *Device) Sensors() Sensors {
+	v := d.sensors.Load()
+	return Sensors{Temp: SensorState(v), Motion: SensorState(v >> 8)}
+}
+
+// pulseCounts reads the pulse sampler's counters while working mode runs.
+func (d *Device) pulseCounts() (taken, missed uint64) {
+	if s := d.sampler.Load(); s != nil {
+		return s.counts()
+	}
+	return 0, 0
 }
 
 // Stats counts what the device did (shown by LED patterns on hardware, read
 // by tests on a host).
 type Stats struct {
 	Readings, Sent, Acked, Dropped, Reconnects, SensorErrors uint64
+	// PulseSamples counts pulse samples taken, PulseMissed the sampler's
+	// ticks that came too late to be taken (as of the last reading).
+	PulseSamples, PulseMissed uint64
 }
 
 // New prepares the firmware on b.
@@ -111,8 +178,20 @@ func (d *Device) log(format string, args ...any) {
 // Run is the firmware's main loop: configuration mode when the switch asks
 // for it or flash holds no configuration, then working mode until ctx ends.
 func (d *Device) Run(ctx context.Context) error {
+	watching, stop := context.WithCancel(ctx)
+	defer stop()
+	go d.watch(watching)
 	cfg, err := LoadConfig(d.b.Storage)
 	if d.b.ConfigSwitch.Get() || errors.Is(err, ErrNoConfig) {
+		if d.b.Factory == (Factory{}) {
+			f, ferr := LoadFactory(d.b.Storage)
+			if ferr != nil {
+				// No per-device secrets: an access point with published
+				// defaults would let anyone configure the device.
+				return fmt.Errorf("device: configuration mode needs the factory block (medpipe keys add ID --firmware-config): %w", ferr)
+			}
+			d.b.Factory = f
+		}
 		if cfg, err = d.Configure(ctx); err != nil {
 			return err
 		}

@@ -34,12 +34,12 @@ func FuzzLoadConfig(f *testing.F) {
 		f.Fatal(err)
 	}
 	rec := make([]byte, ConfigSize)
-	good.ReadAt(rec, 0)
+	good.ReadAt(rec, configOffsetA)
 	f.Add(rec)
-	f.Add([]byte("MPC1\x00\x05ssid=x\x00\x00\x00\x00"))
+	f.Add([]byte("MPC2\x00\x00\x00\x01\x00\x05ssid=x\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fl := hwfake.NewFlash(StorageSize)
-		fl.WriteAt(b[:min(len(b), ConfigSize)], 0)
+		fl.WriteAt(b[:min(len(b), ConfigSize)], configOffsetA)
 		cfg, err := LoadConfig(fl)
 		if err != nil {
 			return

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -25,18 +26,16 @@ func (d *Device) Work(ctx context.Context, cfg Config) error {
 		w.legacy = wire.NewLegacyKey(cfg.Device)
 	} else {
 		w.v2 = wire.NewV2Key(cfg.Device)
-		next, err := reserveSeq(d.b.Storage)
+		epoch, err := NextBootEpoch(d.b.Storage)
 		if err != nil {
-			return fmt.Errorf("device: reserve sequence numbers: %w", err)
+			return fmt.Errorf("device: boot epoch: %w", err)
 		}
-		w.seq, w.seqLimit = next-1, next-1+SeqBlock
+		w.seq = uint64(epoch) << 32
+		d.log("boot epoch %d", epoch)
 	}
-	w.mpu = sensors.MPU6050{Bus: d.b.I2C}
-	if err := w.mpu.Configure(); err != nil {
-		d.Stats.SensorErrors++
-		d.log("%v", err)
-	}
-	w.ds = onewire.DS18B20{Bus: d.b.OneWire}
+	w.sensors = sensorSet{mpu: sensors.MPU6050{Bus: d.b.I2C}, ds: onewire.DS18B20{Bus: d.b.OneWire}}
+	w.sensors.start(time.Now())
+	w.reportSensors()
 	return w.run(ctx)
 }
 
@@ -45,19 +44,15 @@ type worker struct {
 	cfg      Config
 	legacy   *wire.LegacyKey
 	v2       *wire.V2Key
-	seq      uint64 // last sequence number used
-	seqLimit uint64 // end of the reserved block
+	seq      uint64 // last sequence number used: boot epoch << 32 | counter
 	outbox   *wire.Outbox
 	acks     chan uint64
 	link     *esp.Link
-	mpu      sensors.MPU6050
-	ds       onewire.DS18B20
+	sensors  sensorSet
+	reported Sensors // the sensor states last logged
 
-	temp        float64   // last body temperature read
-	converting  time.Time // when the running DS18B20 conversion started
-	pulse       []float64 // samples since the last reading
-	pulseStart  time.Time
-	lastPulse   float64
+	pulse       *sampler
+	samples     []float64 // the pulse samples of the reading being made
 	backoff     time.Duration
 	nextConnect time.Time
 	buf, plain  []byte
@@ -107,8 +102,8 @@ func (w *worker) readClock(ctx context.Context) {
 		return
 	}
 	w.d.log("clock set by SNTP: %s (moved %v)", t.Format(time.RFC3339), d.Round(time.Millisecond))
-	// The pulse samples gathered so far move with the clock.
-	w.pulseStart = w.pulseStart.Add(off - w.clockOffset)
+	// The pulse samples gathered so far move with the clock: the sampler
+	// notes the board's clock, corrected when a reading takes them.
 	w.clockOffset, w.clockSet = off, true
 }
 
@@ -117,8 +112,6 @@ func (w *worker) run(ctx context.Context) error {
 	if err := w.join(ctx); err != nil {
 		return err
 	}
-	pulseTick := time.NewTicker(time.Second / time.Duration(d.o.PulseRate))
-	defer pulseTick.Stop()
 	readingTick := time.NewTicker(d.o.Period)
 	defer readingTick.Stop()
 	defer func() {
@@ -126,23 +119,21 @@ func (w *worker) run(ctx context.Context) error {
 			w.link.Close()
 		}
 	}()
-	w.startConversion()
+	// The pulse sensor is sampled on its own goroutine: a send waiting on
+	// the UART (or on a busy module) must not cost samples.
+	sampling, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	w.pulse = newSampler(d.b.Pulse, d.b.Clock, time.Second/time.Duration(d.o.PulseRate), wire.MaxPulseSeconds*d.o.PulseRate)
+	d.sampler.Store(w.pulse)
+	go w.pulse.run(sampling, d.o.pulseTicks)
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case seq := <-w.acks:
 			d.Stats.Acked += uint64(w.outbox.Ack(seq))
-		case <-pulseTick.C:
-			v := sensors.Volts(d.b.Pulse.Get())
-			if len(w.pulse) == 0 {
-				w.pulseStart = w.now()
-			}
-			if len(w.pulse) < wire.MaxPulseSeconds*d.o.PulseRate { // bounded while disconnected, and to fit a frame
-				w.pulse = append(w.pulse, v)
-			}
-			w.lastPulse = v
 		case <-readingTick.C:
+			d.alive()
 			w.syncClock(ctx)
 			if err := w.reading(ctx); err != nil {
 				return err
@@ -159,6 +150,7 @@ func (w *worker) run(ctx context.Context) error {
 func (w *worker) join(ctx context.Context) error {
 	m := w.d.modem
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		w.d.alive()
 		err := m.Sync(ctx)
 		if err == nil {
 			err = m.SetMode(ctx, esp.ModeStation)
@@ -206,34 +198,31 @@ func (w *worker) startClock(ctx context.Context) {
 	w.d.log("clock: no SNTP time yet; readings carry the uptime clock until it comes")
 }
 
-// startConversion starts a DS18B20 conversion, read ConversionMillis later.
-func (w *worker) startConversion() {
-	if err := w.ds.Convert(); err != nil {
-		w.d.Stats.SensorErrors++
-		return
-	}
-	w.converting = time.Now()
-}
-
-// sample reads every sensor into a reading's values.
+// sample reads every sensor into a reading's values. A sensor that is not
+// SensorOK leaves its values 0: the state says they are absent.
 func (w *worker) sample() wire.V2Values {
 	d := w.d
-	if !w.converting.IsZero() && time.Since(w.converting) >= onewire.ConversionMillis*time.Millisecond {
-		if t, err := w.ds.Read(); err == nil {
-			w.temp = t
-		} else {
-			d.Stats.SensorErrors++
-		}
-		w.startConversion()
+	d.Stats.SensorErrors += uint64(w.sensors.read(time.Now()))
+	w.reportSensors()
+	v := wire.V2Values{TempMcu: d.b.ChipTemp(), PulseSig: w.pulse.lastValue()}
+	if w.sensors.state.Temp == SensorOK {
+		v.Temp = w.sensors.temp
 	}
-	m, err := w.mpu.Read()
-	if err != nil {
-		d.Stats.SensorErrors++
+	if m := w.sensors.motion; w.sensors.state.Motion == SensorOK {
+		v.AcelX, v.AcelY, v.AcelZ, v.TempMpu = m.X, m.Y, m.Z, m.Temp
 	}
-	return wire.V2Values{
-		Temp: w.temp, TempMcu: d.b.ChipTemp(), PulseSig: w.lastPulse,
-		AcelX: m.X, AcelY: m.Y, AcelZ: m.Z, TempMpu: m.Temp,
+	return v
+}
+
+// reportSensors logs a change of a sensor's state and publishes the
+// states to Device.Sensors.
+func (w *worker) reportSensors() {
+	st := w.sensors.state
+	if st != w.reported || w.d.Stats.Readings == 0 {
+		w.d.log("sensors: temperature %s, motion %s", st.Temp, st.Motion)
+		w.reported = st
 	}
+	w.d.sensors.Store(uint32(st.Temp) | uint32(st.Motion)<<8)
 }
 
 // reading makes, seals and sends one reading.
@@ -241,26 +230,30 @@ func (w *worker) reading(ctx context.Context) error {
 	d := w.d
 	vals := w.sample()
 	d.Stats.Readings++
+	d.Stats.PulseSamples, d.Stats.PulseMissed = w.pulse.counts()
 	var frame []byte
 	if w.v2 != nil {
-		if w.seq+1 >= w.seqLimit {
-			next, err := reserveSeq(d.b.Storage)
+		if uint32(w.seq+1) == 0 {
+			// The counter is used up (2^32 readings: 6.8 years at 20/s):
+			// a new boot epoch goes on from a fresh counter.
+			epoch, err := NextBootEpoch(d.b.Storage)
 			if err != nil {
-				return fmt.Errorf("device: reserve sequence numbers: %w", err)
+				return fmt.Errorf("device: boot epoch: %w", err)
 			}
-			w.seq, w.seqLimit = next-1, next-1+SeqBlock
+			w.seq = uint64(epoch) << 32
 		}
 		w.seq++
 		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals}
-		if len(w.pulse) > 0 {
-			p.Pulse = &wire.PulseBatch{Rate: float64(d.o.PulseRate), Start: w.pulseStart.UnixMilli(), Samples: w.pulse}
+		var start time.Time
+		w.samples, start = w.pulse.take(w.samples[:0])
+		if len(w.samples) > 0 {
+			p.Pulse = &wire.PulseBatch{Rate: float64(d.o.PulseRate), Start: start.Add(w.clockOffset).UnixMilli(), Samples: w.samples}
 		}
 		w.plain = wire.AppendV2Payload(w.plain[:0], &p)
-		w.pulse = w.pulse[:0]
+		// The nonce is the sequence number: unique under the key by
+		// construction (the boot epoch never repeats), with no RNG.
 		var nonce [12]byte
-		if _, err := io.ReadFull(d.b.Rand, nonce[:]); err != nil {
-			return fmt.Errorf("device: random nonce: %w", err)
-		}
+		binary.BigEndian.PutUint64(nonce[4:], w.seq)
 		f, err := w.v2.SealData(nil, w.cfg.Device.ID, w.seq, nonce, w.plain)
 		if err != nil {
 			return err
@@ -268,7 +261,7 @@ func (w *worker) reading(ctx context.Context) error {
 		d.Stats.Dropped += uint64(w.outbox.Add(w.seq, f))
 		frame = f
 	} else {
-		w.pulse = w.pulse[:0]
+		w.samples, _ = w.pulse.take(w.samples[:0]) // legacy carries the last value only
 		r := vals.Reading()
 		w.plain = r.AppendJSON(w.plain[:0])
 		w.buf = w.legacy.Seal(w.buf[:0], wire.Pico, w.plain)

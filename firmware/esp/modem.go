@@ -428,6 +428,35 @@ func (m *Modem) Listen(ctx context.Context, port int) error {
 	return err
 }
 
+// StopServer deletes the TCP server (AT+CIPSERVER=0) and closes the links
+// it accepted: the module refuses AT+CIPMUX while either is up, and a
+// configuration server must not stay reachable in working mode.
+func (m *Modem) StopServer(ctx context.Context) error {
+	if _, err := m.Command(ctx, "+CIPSERVER=0", 0); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	var open []*Link
+	for _, l := range m.links {
+		if l != nil && l.server {
+			open = append(open, l)
+		}
+	}
+	m.mu.Unlock()
+	for _, l := range open {
+		// A link its peer closed a moment ago answers UNLINK: it is closed
+		// all the same.
+		_ = l.Close()
+	}
+	for {
+		select {
+		case <-m.accepted: // opened before the server went: closed above
+		default:
+			return nil
+		}
+	}
+}
+
 // Accept waits for a remote peer to open a link to the server.
 func (m *Modem) Accept(ctx context.Context) (*Link, error) {
 	select {

@@ -220,3 +220,89 @@ func TestSNTP(t *testing.T) {
 		}
 	}
 }
+
+// TestModuleRefusesWhatRealOneRefuses: the fake keeps the AT firmware's
+// rules (Espressif's AT instruction set, AT+CIPMUX and AT+CIPSERVER): no
+// server without CIPMUX=1, no CIPMUX change while a server or a link is up;
+// StopServer makes the change possible again.
+func TestModuleRefusesWhatRealOneRefuses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	m, mod := start(t, espfake.Options{})
+	if _, err := m.Command(ctx, "+CWMODE=2", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Listen(ctx, 80); !errors.Is(err, esp.ErrCommand) {
+		t.Fatalf("CIPSERVER=1 with CIPMUX=0: %v", err)
+	}
+	if err := m.SetMode(ctx, esp.ModeAccessPoint); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Listen(ctx, 80); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", mod.ServerAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l, err := m.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Command(ctx, "+CIPMUX=1", 0); !errors.Is(err, esp.ErrCommand) {
+		t.Fatalf("CIPMUX=1 with a server running: %v", err)
+	}
+	if err := m.StopServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !l.Closed() || mod.ServerAddr() != nil {
+		t.Fatalf("after StopServer: link closed %v, server %v", l.Closed(), mod.ServerAddr())
+	}
+	if err := m.SetMode(ctx, esp.ModeStation); err != nil {
+		t.Fatalf("station mode after the server is gone: %v", err)
+	}
+	if n := mod.Refused.Load(); n != 2 {
+		t.Fatalf("module refused %d commands, want the 2 provoked", n)
+	}
+}
+
+// TestUARTIsMetered: at 115,200 baud (8N1) a byte takes 86.8 µs each way;
+// 4,000 bytes sent take at least 0.34 s of line time, and the module's
+// counters say so.
+func TestUARTIsMetered(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	addr := echoServer(t)
+	m, mod := start(t, espfake.Options{Networks: map[string]string{"ward-7": "s3cret-pass"}})
+	if err := m.SetMode(ctx, esp.ModeStation); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Join(ctx, "ward-7", "s3cret-pass"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := m.Dial(ctx, "127.0.0.1", addr.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := mod.Link()
+	data := bytes.Repeat([]byte("x"), 4000)
+	start := time.Now()
+	if _, err := l.WriteContext(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	after := mod.Link()
+	sent := after.ToModule - before.ToModule
+	line := time.Duration(sent) * 10 * time.Second / espfake.DefaultBaudRate
+	t.Logf("4,000 payload bytes: %d bytes to the module (AT handshake included), %v of line time, write took %v", sent, line, took)
+	if sent < int64(4000+2*len("AT+CIPSEND=4,2048\r\n")) {
+		t.Errorf("only %d bytes metered", sent)
+	}
+	if d := after.ToModuleBusy - before.ToModuleBusy - line; d < -time.Microsecond || d > time.Microsecond {
+		t.Errorf("busy %v, want %v", after.ToModuleBusy-before.ToModuleBusy, line)
+	}
+	if took < line-5*time.Millisecond {
+		t.Errorf("the write took %v, less than its %v on the line", took, line)
+	}
+}

@@ -17,47 +17,76 @@ type Line interface {
 // Bus drives a Line with standard-speed timing (datasheet slot times).
 type Bus struct {
 	Line Line
-	// Delay waits us microseconds; on a microcontroller it busy-waits with
-	// interrupts off, because a slot tolerates a few microseconds at most.
+	// Delay waits us microseconds; on a microcontroller it busy-waits,
+	// because a slot tolerates a few microseconds at most.
 	Delay func(us int)
+	// Critical runs f with interrupts off (nil: runs it as is): each
+	// reset and time slot runs inside it, so an interrupt (UART, timer)
+	// cannot stretch a slot past the sensor's timing.
+	Critical func(f func())
 }
+
+func (b *Bus) critical(f func()) {
+	if b.Critical != nil {
+		b.Critical(f)
+		return
+	}
+	f()
+}
+
+// Read slot timing: the master holds the line low readLow µs and samples
+// readSample µs after the falling edge; the DS18B20 holds its bit valid
+// for 15 µs from the edge, so the sample keeps 5 µs of margin (the
+// datasheet asks for the sample "close to" but within 15 µs; the line's
+// rise time through the 4.7 kΩ pull-up takes some of it).
+const (
+	readLow    = 2
+	readSample = 10
+	slotLen    = 70 // a time slot, recovery included (≥ 61 µs)
+)
 
 // ErrNoDevice means no device answered a reset with a presence pulse.
 var ErrNoDevice = errors.New("onewire: no device present")
 
 // Reset sends a reset pulse and reports whether a device answered.
-func (b *Bus) Reset() bool {
-	b.Line.Low()
-	b.Delay(480)
-	b.Line.Release()
-	b.Delay(70)
-	present := !b.Line.Read()
-	b.Delay(410)
+func (b *Bus) Reset() (present bool) {
+	b.critical(func() {
+		b.Line.Low()
+		b.Delay(480)
+		b.Line.Release()
+		b.Delay(70)
+		present = !b.Line.Read()
+	})
+	b.Delay(410) // the rest of the presence window needs no precision
 	return present
 }
 
 // WriteBit writes one time slot.
 func (b *Bus) WriteBit(bit bool) {
-	b.Line.Low()
-	if bit {
-		b.Delay(6)
+	b.critical(func() {
+		b.Line.Low()
+		if bit {
+			b.Delay(6)
+			b.Line.Release()
+			b.Delay(slotLen - 6)
+			return
+		}
+		b.Delay(60)
 		b.Line.Release()
-		b.Delay(64)
-		return
-	}
-	b.Delay(60)
-	b.Line.Release()
-	b.Delay(10)
+		b.Delay(slotLen - 60)
+	})
 }
 
 // ReadBit reads one time slot.
-func (b *Bus) ReadBit() bool {
-	b.Line.Low()
-	b.Delay(6)
-	b.Line.Release()
-	b.Delay(9)
-	bit := b.Line.Read()
-	b.Delay(55)
+func (b *Bus) ReadBit() (bit bool) {
+	b.critical(func() {
+		b.Line.Low()
+		b.Delay(readLow)
+		b.Line.Release()
+		b.Delay(readSample - readLow)
+		bit = b.Line.Read()
+	})
+	b.Delay(slotLen - readSample)
 	return bit
 }
 

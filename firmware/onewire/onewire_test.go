@@ -25,6 +25,12 @@ func TestDS18B20(t *testing.T) {
 		if s.Errors != 0 {
 			t.Fatalf("%d slots out of the datasheet's timing", s.Errors)
 		}
+		// The sensor's bit is valid 15 µs after the falling edge: sample
+		// with margin for the pull-up's rise time, every slot with
+		// interrupts off.
+		if s.LatestSample > 12 || s.OutsideCritical != 0 {
+			t.Fatalf("read slots sampled up to %d µs after the edge; %d slots outside the critical section", s.LatestSample, s.OutsideCritical)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,12 +32,25 @@ type Options struct {
 	SNTPDelay time.Duration
 	// Now is the time SNTP gives (default time.Now).
 	Now func() time.Time
+	// BaudRate is the UART's speed (default DefaultBaudRate; negative: not
+	// metered). Every byte takes 10 bit times (8N1) in its direction, as on
+	// the wire, so a test sees what the link can carry.
+	BaudRate int
+	// BeforeSendOK, when set, runs before each CIPSEND's "SEND OK": a test
+	// holds sends in flight with it, as a module waiting for a TCP window
+	// or a slow access point does.
+	BeforeSendOK func()
 }
+
+// DefaultBaudRate is the AT firmware's default UART speed.
+const DefaultBaudRate = 115200
 
 // Module is one fake ESP8266.
 type Module struct {
 	o    Options
 	uart net.Conn // the module's end of the UART
+
+	toModule, fromModule meter // the UART's two directions
 
 	wmu sync.Mutex // serialises writes to the UART
 
@@ -51,6 +65,10 @@ type Module struct {
 	busy   int
 	sntp   []string  // servers set with CIPSNTPCFG
 	sntpAt time.Time // when, or when joined if later
+
+	// Refused counts commands refused for the module's state (CIPMUX with
+	// links or a server up, CIPSERVER without CIPMUX=1): a firmware bug.
+	Refused atomic.Int64
 }
 
 // AP is the access point configuration set with CWSAP.
@@ -70,8 +88,12 @@ func New(o Options) (*Module, net.Conn) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.BaudRate == 0 {
+		o.BaudRate = DefaultBaudRate
+	}
 	fw, mod := net.Pipe()
 	m := &Module{o: o, uart: mod, echo: true}
+	m.toModule.baud, m.fromModule.baud = o.BaudRate, o.BaudRate
 	go m.serve()
 	return m, fw
 }
@@ -150,8 +172,75 @@ func (m *Module) DropLinks() {
 func (m *Module) write(b []byte) {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	m.fromModule.transfer(len(b))
 	_ = m.uart.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = m.uart.Write(b)
+}
+
+// meter times one direction of the UART: bytes take their bit times one
+// after another, and the line is busy while they do.
+type meter struct {
+	baud int
+
+	mu    sync.Mutex
+	free  time.Time     // when the bytes transferred so far are through
+	busy  time.Duration // line time used
+	bytes int64
+}
+
+// transfer accounts for n bytes and waits until they are through the line.
+func (t *meter) transfer(n int) {
+	if t.baud <= 0 || n <= 0 {
+		return
+	}
+	d := time.Duration(n) * 10 * time.Second / time.Duration(t.baud)
+	t.mu.Lock()
+	now := time.Now()
+	start := t.free
+	if start.Before(now) {
+		start = now
+	}
+	t.free = start.Add(d)
+	t.busy += d
+	t.bytes += int64(n)
+	wait := t.free.Sub(now)
+	t.mu.Unlock()
+	// Short waits are left to add up: a sleep costs more than a few bytes.
+	if wait > time.Millisecond {
+		time.Sleep(wait)
+	}
+}
+
+func (t *meter) stats() (int64, time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes, t.busy
+}
+
+// LinkStats is what went over the UART so far, each way: bytes and the
+// line time they took at the baud rate.
+type LinkStats struct {
+	ToModule, FromModule         int64
+	ToModuleBusy, FromModuleBusy time.Duration
+}
+
+// Link returns the UART's counters.
+func (m *Module) Link() LinkStats {
+	var s LinkStats
+	s.ToModule, s.ToModuleBusy = m.toModule.stats()
+	s.FromModule, s.FromModuleBusy = m.fromModule.stats()
+	return s
+}
+
+// uartReader reads what the firmware sends, at the line's pace: a small
+// buffer, and each chunk takes its bit times before the next is taken, so a
+// firmware's Write lasts as long as the bytes take on the wire.
+type uartReader struct{ m *Module }
+
+func (r uartReader) Read(p []byte) (int, error) {
+	n, err := r.m.uart.Read(p)
+	r.m.toModule.transfer(n)
+	return n, err
 }
 
 func (m *Module) say(lines ...string) {
@@ -160,7 +249,8 @@ func (m *Module) say(lines ...string) {
 
 // serve reads commands from the UART until it closes.
 func (m *Module) serve() {
-	br := bufio.NewReader(m.uart)
+	// A UART FIFO's worth at a time (the ESP8266's is 128 bytes).
+	br := bufio.NewReaderSize(uartReader{m}, 128)
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -217,9 +307,27 @@ func (m *Module) command(br *bufio.Reader, cmd string) {
 		m.mu.Unlock()
 		m.say("", "OK")
 	case "+CIPMUX":
+		// Espressif's AT instruction set: the mode can only be changed
+		// with every connection closed, and with no TCP server running
+		// (AT+CIPSERVER=0 first); the module answers "link is builded".
+		if arg != "0" && arg != "1" {
+			m.say("ERROR")
+			return
+		}
 		m.mu.Lock()
-		m.mux = arg == "1"
+		busy := m.ln != nil
+		for _, c := range m.links {
+			busy = busy || c != nil
+		}
+		if !busy {
+			m.mux = arg == "1"
+		}
 		m.mu.Unlock()
+		if busy {
+			m.Refused.Add(1)
+			m.say("link is builded", "", "ERROR")
+			return
+		}
 		m.say("", "OK")
 	case "+CWSAP":
 		// "ssid","pwd",channel,encryption[,max connections[,hidden]]
@@ -266,6 +374,10 @@ func (m *Module) command(br *bufio.Reader, cmd string) {
 	case "+CIPSNTPTIME?":
 		m.say("+CIPSNTPTIME:"+m.clock().Format("Mon Jan 02 15:04:05 2006"), "", "OK")
 	case "+CIPSERVER":
+		if len(args) >= 1 && args[0] == "0" {
+			m.stopServer()
+			return
+		}
 		m.startServer(args)
 	case "+CIPSTART":
 		m.dial(args)
@@ -351,9 +463,31 @@ func (m *Module) setLink(id int, old, c net.Conn) bool {
 	return true
 }
 
+// stopServer deletes the TCP server (AT+CIPSERVER=0). Links it accepted
+// stay open until closed, as on the module.
+func (m *Module) stopServer() {
+	m.mu.Lock()
+	ln := m.ln
+	m.ln = nil
+	m.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	m.say("", "OK")
+}
+
 func (m *Module) startServer(args []string) {
+	// A server can only be created with multiple connections (CIPMUX=1).
 	if len(args) < 1 || args[0] != "1" || !m.muxOn() {
+		m.Refused.Add(1)
 		m.say("ERROR")
+		return
+	}
+	m.mu.Lock()
+	running := m.ln != nil
+	m.mu.Unlock()
+	if running {
+		m.say("no change", "", "OK")
 		return
 	}
 	ln, err := net.Listen("tcp", m.o.ServerAddr)
@@ -446,8 +580,10 @@ func (m *Module) pump(id int, c net.Conn) {
 		n, err := c.Read(buf)
 		if n > 0 {
 			m.wmu.Lock()
+			head := fmt.Sprintf("\r\n+IPD,%d,%d:", id, n)
+			m.fromModule.transfer(len(head) + n)
 			_ = m.uart.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			_, werr := fmt.Fprintf(m.uart, "\r\n+IPD,%d,%d:", id, n)
+			_, werr := io.WriteString(m.uart, head)
 			if werr == nil {
 				_, werr = m.uart.Write(buf[:n])
 			}
@@ -490,6 +626,9 @@ func (m *Module) send(br *bufio.Reader, args []string) {
 		return
 	}
 	m.say("", fmt.Sprintf("Recv %d bytes", n))
+	if m.o.BeforeSendOK != nil {
+		m.o.BeforeSendOK()
+	}
 	_ = c.SetWriteDeadline(time.Now().Add(3 * time.Second))
 	if _, err := c.Write(data); err != nil {
 		m.say("", "SEND FAIL")
