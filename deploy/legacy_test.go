@@ -192,7 +192,12 @@ func TestLegacyDashboard(t *testing.T) {
 	port := freePort(t)
 	// up's MQTT wants a login: settings.js puts it into flows_cred.json for
 	// the flows' broker nodes, as their editor would have.
-	env := append([]string{"PORT=" + strconv.Itoa(port), "HOST=127.0.0.1"}, dashboardLogin(ctx, t, dataDir)...)
+	// settings.js requires bcryptjs, which comes with deploy/node-red's Node-RED.
+	shared, err := filepath.Abs(filepath.Join("node-red", "node_modules"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append([]string{"PORT=" + strconv.Itoa(port), "HOST=127.0.0.1", "NODE_PATH=" + shared}, dashboardLogin(ctx, t, dataDir)...)
 	testkit.StartProcess(t, "node-red (legacy flows)", env,
 		"node", red, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
 
