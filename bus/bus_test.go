@@ -255,3 +255,82 @@ func TestCleanStopHandsPartitionsOver(t *testing.T) {
 	cancel()
 	<-bDone
 }
+
+// TestDeletedConsumerIsRecreated: a partition whose consumer disappears
+// (deleted by hand while the stage runs) is read again, from the message
+// after the last one acknowledged; before, its reader ended and the
+// partition was never read again while the others went on.
+func TestDeletedConsumerIsRecreated(t *testing.T) {
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ConsumePartitions(runCtx, js, ConsumeOptions{Stage: "del", Stream: StreamRaw, Partitions: parts, Filter: RawSubject,
+			Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen[string(m.Data())]++
+				return nil, nil
+			}})
+	}()
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := js.Publish(ctx, RawSubject(i%parts), []byte(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitAcked := func(n int) {
+		for {
+			mu.Lock()
+			got := len(seen)
+			mu.Unlock()
+			acked := true
+			for p := range parts {
+				c, err := js.Consumer(ctx, StreamRaw, "del-"+strconv.Itoa(p))
+				if err == nil {
+					info, err := c.Info(ctx)
+					acked = acked && err == nil && info.NumAckPending == 0 && info.NumPending == 0
+				} else {
+					acked = false
+				}
+			}
+			if got >= n && acked {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%d of %d messages handled and acknowledged", got, n)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	publish(0, 20)
+	waitAcked(20)
+	s, err := js.Stream(ctx, StreamRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConsumer(ctx, "del-0"); err != nil {
+		t.Fatal(err)
+	}
+	publish(20, 40)
+	waitAcked(40)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if n := seen[strconv.Itoa(i)]; n != 1 {
+			t.Errorf("message %d handled %d times", i, n)
+		}
+	}
+}

@@ -6,17 +6,20 @@
 # ($CREDENTIALS_DIRECTORY) or SECRETS_DIR.
 set -eu
 dir=${SECRETS_DIR:-${CREDENTIALS_DIRECTORY:-/run/secrets}}
-read_secret() {
+# need stops here (not in a $(...) subshell, whose exit would only end
+# the subshell) when a secret is missing: never a server with an empty password.
+need() {
 	if [ ! -s "$dir/$1" ]; then
 		echo "nats-env.sh: $dir/$1 is missing or empty: run deploy/secrets/init.sh" >&2
 		exit 1
 	fi
-	cat "$dir/$1"
 }
 for role in ${MEDPIPE_NATS_ROLES:-ingest decrypt publish replay admin dashboard}; do
+	need "nats-$role-password"
 	upper=$(echo "$role" | tr a-z A-Z)
-	export "MEDPIPE_NATS_${upper}_PASSWORD=$(read_secret "nats-$role-password")"
+	export "MEDPIPE_NATS_${upper}_PASSWORD=$(cat "$dir/nats-$role-password")"
 done
-MEDPIPE_JETSTREAM_KEY=$(read_secret jetstream-key)
+need jetstream-key
+MEDPIPE_JETSTREAM_KEY=$(cat "$dir/jetstream-key")
 export MEDPIPE_JETSTREAM_KEY
 exec "$@"

@@ -93,7 +93,7 @@ func BenchmarkReplayArchive(b *testing.B) {
 	dec := decoder(b, devs)
 	start := time.Now()
 	for b.Loop() {
-		src, err := OpenArchive(path)
+		src, err := OpenArchive(path, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

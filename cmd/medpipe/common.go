@@ -62,7 +62,7 @@ type natsFlags struct {
 // and must never change their limits.
 func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated (every node of a cluster; tls://… for TLS)")
-	fs.StringVar(&n.auth.User, "nats-user", "", "NATS username (password from --nats-password-file or "+bus.PasswordEnv+")")
+	fs.StringVar(&n.auth.User, "nats-user", "", "NATS username (password from --nats-password-file or "+bus.ClientPasswordEnv+")")
 	fs.StringVar(&n.auth.PasswordFile, "nats-password-file", "", "file holding the NATS password")
 	fs.StringVar(&n.auth.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&n.auth.NKey, "nats-nkey", "", "file holding a NATS user nkey seed")

@@ -222,24 +222,20 @@ func (s *sealReader) next() error {
 	return nil
 }
 
-// Open opens an archive, sealed or not: a sealed one is decrypted with key
-// (ErrSealed when key is nil). A key given for an archive that is not
-// sealed is an error too, so that a plain file is never taken for a
-// protected one.
-func Open(r io.Reader, key []byte) (*Reader, error) {
+// Unseal returns the archive bytes of r, sealed or not: a sealed file is
+// decrypted with key (ErrSealed when key is nil). A key given for a file
+// that is not sealed is an error too, so that a plain file is never taken
+// for a protected one.
+func Unseal(r io.Reader, key []byte) (io.Reader, error) {
 	br := bufio.NewReaderSize(r, 256<<10)
 	if !IsSealed(br) {
 		if key != nil {
 			return nil, errors.New("archive: a key was given but the file is not sealed")
 		}
-		return NewReader(br)
+		return br, nil
 	}
 	if key == nil {
 		return nil, ErrSealed
 	}
-	inner, err := OpenSealed(br, key)
-	if err != nil {
-		return nil, err
-	}
-	return NewReader(inner)
+	return OpenSealed(br, key)
 }

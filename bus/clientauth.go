@@ -10,15 +10,15 @@ import (
 	"github.com/medpipe/medpipe/secrets"
 )
 
-// PasswordEnv is the environment variable a NATS password is read from when
+// ClientPasswordEnv is the environment variable a NATS password is read from when
 // Auth names no password file.
-const PasswordEnv = "MEDPIPE_NATS_PASSWORD"
+const ClientPasswordEnv = "MEDPIPE_NATS_PASSWORD"
 
 // Auth is how a client proves itself to NATS and checks the server: every
 // stage and every command that talks to NATS (keys, replay, archive) uses it,
 // so a setting works the same everywhere. Secrets are named by file only.
 type Auth struct {
-	// User, with the password from PasswordFile (or PasswordEnv).
+	// User, with the password from PasswordFile (or ClientPasswordEnv).
 	User         string
 	PasswordFile string
 	// Creds is a .creds file (user JWT and nkey seed).
@@ -38,7 +38,7 @@ type Auth struct {
 func (a Auth) Options() ([]nats.Option, error) {
 	var opts []nats.Option
 	if a.User != "" {
-		pw, err := secrets.Read("nats-password-file", a.PasswordFile, PasswordEnv)
+		pw, err := secrets.Read("nats-password-file", a.PasswordFile, ClientPasswordEnv)
 		if err != nil {
 			return nil, err
 		}
