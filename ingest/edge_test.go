@@ -364,15 +364,15 @@ func TestDrainBoundedWithoutJetStream(t *testing.T) {
 	}
 }
 
+// waitFor waits for cond with testkit.CheckFor's generous deadline.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5 s")
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestBusyAddress(t *testing.T) {

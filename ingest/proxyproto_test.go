@@ -221,6 +221,14 @@ func TestProxyProtocol(t *testing.T) {
 				t.Fatalf("frames by address %v", by)
 			}
 		}},
+		{"a device cannot smuggle a header of its own through the proxy", Options{}, func(t *testing.T, h *harness) {
+			c := dialProxied(t, h, proxy, append(v1Header("192.0.2.7:1", "198.51.100.1:9998"), v1Header("203.0.113.9:1", "198.51.100.1:9998")...))
+			talk(t, c, 1)
+			if !closedByEdge(c, 10*time.Second) {
+				t.Fatal("a second PROXY header inside a proxied stream was served")
+			}
+			metricIs(t, "connection_errors{proxy_untrusted}", func() float64 { return testutil.ToFloat64(h.edge.m.connErrors.WithLabelValues("proxy_untrusted")) }, 1)
+		}},
 		{"a listed proxy without a header is cut", Options{}, func(t *testing.T, h *harness) {
 			c := dialFrom(t, h, proxy)
 			talk(t, c, 1)

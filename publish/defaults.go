@@ -1,10 +1,13 @@
 package publish
 
+import "github.com/medpipe/medpipe/bus"
+
 // Defaults, used by the package and by medpipe's flags alike.
 const (
 	// DefaultPrefix is the first level of every live MQTT topic: today's
-	// dashboards subscribe to Pico/#.
-	DefaultPrefix = "Pico"
+	// dashboards subscribe to Pico/#. The bus defines it, because the
+	// embedded server's permissions are written for it too.
+	DefaultPrefix = bus.DefaultTopicPrefix
 	// DefaultMQTTURL is the broker publish connects to unless told otherwise.
 	DefaultMQTTURL = "tcp://127.0.0.1:1883"
 	// DefaultAddressEvery: a device's addresses go out on its first reading

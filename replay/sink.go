@@ -12,6 +12,7 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/publish"
 	"github.com/medpipe/medpipe/sink"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // JSONLines writes one READINGS-shaped JSON object per reading and line
@@ -57,8 +58,13 @@ func (j *JSONLines) Close(context.Context) error {
 }
 
 // CSVHeader is the first row CSV writes.
-var CSVHeader = []string{"device", "received", "device_time", "protocol", "variant", "raw_seq", "device_seq",
-	"Temp", "TempMcu", "PulseSig", "Acel_x", "Acel_y", "Acel_z", "TempMpu"}
+var CSVHeader = func() []string {
+	h := []string{"device", "received", "device_time", "protocol", "variant", "raw_seq", "device_seq"}
+	for f := range wire.Field(wire.NumFields) { // the reading's fields, in wire's order
+		h = append(h, f.Name())
+	}
+	return h
+}()
 
 // CSV writes one row per reading: device, receive time, device time (v2
 // devices only: legacy ones send none), protocol, sequence numbers and the
@@ -99,9 +105,10 @@ func (c *CSV) write(r *bus.Reading) error {
 	if r.Seq != 0 {
 		seq = strconv.FormatUint(r.Seq, 10)
 	}
-	v := &r.Values
+	values := r.Values.Wire()
 	row := append(c.row[:0], r.Device, r.Received.UTC().Format(time.RFC3339Nano), dt, r.Protocol, r.Variant,
-		strconv.FormatUint(r.RawSeq, 10), seq, v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu)
+		strconv.FormatUint(r.RawSeq, 10), seq)
+	row = append(row, values[:]...)
 	if err := c.w.Write(row); err != nil {
 		return fmt.Errorf("replay: write: %w", err)
 	}
@@ -119,4 +126,4 @@ func (c *CSV) Close(context.Context) error {
 
 // DefaultPrefix is where replayed readings go on MQTT unless asked
 // otherwise: not the live topics, so that dashboards are not fooled.
-const DefaultPrefix = "replay/" + publish.DefaultPrefix
+const DefaultPrefix = bus.DefaultReplayTopicPrefix + "/" + publish.DefaultPrefix
