@@ -29,27 +29,28 @@ func startServer(t *testing.T) (*Embedded, jetstream.JetStream) {
 	return e, js
 }
 
-func TestEnsureStreams(t *testing.T) {
+func TestApplyStreams(t *testing.T) {
 	_, js := startServer(t)
 	ctx := t.Context()
-	n, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 4})
+	n, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 4})
 	if err != nil || n != 4 {
 		t.Fatalf("create: %d %v", n, err)
 	}
 	// A stage without an opinion adopts the stream's partition count.
-	if n, err := EnsureStreams(ctx, js, StreamOptions{}); err != nil || n != 4 {
+	if n, err := ApplyStreams(ctx, js, StreamOptions{}); err != nil || n != 4 {
 		t.Fatalf("adopt: %d %v", n, err)
 	}
-	// Limits are brought up to date.
-	if _, err := EnsureStreams(ctx, js, StreamOptions{RawMaxAge: time.Hour}); err != nil {
+	// Limits given are applied.
+	if _, err := ApplyStreams(ctx, js, StreamOptions{RawMaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	s, _ := js.Stream(ctx, StreamRaw)
 	if cfg := s.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Compression != jetstream.NoCompression || cfg.Storage != jetstream.FileStorage {
 		t.Fatalf("RAW config %+v", cfg)
 	}
-	// Compression is a setting of every stream, changed in place.
-	if _, err := EnsureStreams(ctx, js, StreamOptions{Compression: jetstream.S2Compression}); err != nil {
+	// Compression is a setting of every stream, changed in place; limits
+	// not given stay as they are.
+	if _, err := ApplyStreams(ctx, js, StreamOptions{Compression: jetstream.S2Compression, CompressionSet: true}); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{StreamRaw, StreamReadings, StreamDeadLetter} {
@@ -57,12 +58,12 @@ func TestEnsureStreams(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg := s.CachedInfo().Config; cfg.Compression != jetstream.S2Compression || cfg.MaxAge == time.Hour {
-			t.Fatalf("%s after asking for S2 (and default limits): %+v", name, cfg)
+		if cfg := s.CachedInfo().Config; cfg.Compression != jetstream.S2Compression || (name == StreamRaw) != (cfg.MaxAge == time.Hour) {
+			t.Fatalf("%s after asking for S2 (and no limits): %+v", name, cfg)
 		}
 	}
 	// A contradicting partition count is a clear error.
-	if _, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 8}); !errors.Is(err, ErrStreamMismatch) {
+	if _, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 8}); !errors.Is(err, ErrStreamMismatch) {
 		t.Fatalf("mismatch: %v", err)
 	}
 	// So is a stream of the same name with other storage.
@@ -72,7 +73,7 @@ func TestEnsureStreams(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamDeadLetter, Subjects: []string{SubjectDeadLetterPrefix + ">"}, Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := EnsureStreams(ctx, js, StreamOptions{}); !errors.Is(err, ErrStreamMismatch) {
+	if _, err := ApplyStreams(ctx, js, StreamOptions{}); !errors.Is(err, ErrStreamMismatch) {
 		t.Fatalf("storage mismatch: %v", err)
 	}
 }
@@ -105,7 +106,7 @@ func TestConsumePartitionsOrder(t *testing.T) {
 	_, js := startServer(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	parts, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 4})
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestCleanStopHandsPartitionsOver(t *testing.T) {
 	_, js := startServer(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	parts, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 2})
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,4 +254,83 @@ func TestCleanStopHandsPartitionsOver(t *testing.T) {
 	}
 	cancel()
 	<-bDone
+}
+
+// TestDeletedConsumerIsRecreated: a partition whose consumer disappears
+// (deleted by hand while the stage runs) is read again, from the message
+// after the last one acknowledged; before, its reader ended and the
+// partition was never read again while the others went on.
+func TestDeletedConsumerIsRecreated(t *testing.T) {
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ConsumePartitions(runCtx, js, ConsumeOptions{Stage: "del", Stream: StreamRaw, Partitions: parts, Filter: RawSubject,
+			Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen[string(m.Data())]++
+				return nil, nil
+			}})
+	}()
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := js.Publish(ctx, RawSubject(i%parts), []byte(strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitAcked := func(n int) {
+		for {
+			mu.Lock()
+			got := len(seen)
+			mu.Unlock()
+			acked := true
+			for p := range parts {
+				c, err := js.Consumer(ctx, StreamRaw, "del-"+strconv.Itoa(p))
+				if err == nil {
+					info, err := c.Info(ctx)
+					acked = acked && err == nil && info.NumAckPending == 0 && info.NumPending == 0
+				} else {
+					acked = false
+				}
+			}
+			if got >= n && acked {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%d of %d messages handled and acknowledged", got, n)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	publish(0, 20)
+	waitAcked(20)
+	s, err := js.Stream(ctx, StreamRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteConsumer(ctx, "del-0"); err != nil {
+		t.Fatal(err)
+	}
+	publish(20, 40)
+	waitAcked(40)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if n := seen[strconv.Itoa(i)]; n != 1 {
+			t.Errorf("message %d handled %d times", i, n)
+		}
+	}
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -41,7 +43,7 @@ type ConsumeOptions struct {
 	Stage string
 	// Stream is the stream to consume.
 	Stream string
-	// Partitions is the partition count in force (see EnsureStreams).
+	// Partitions is the partition count in force (see VerifyStreams).
 	Partitions int
 	// Filter returns the subject filter of partition p.
 	Filter func(p int) string
@@ -75,13 +77,24 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 		o.Log = slog.Default()
 	}
 	consumers := make([]jetstream.Consumer, o.Partitions)
+	var otherWindow []int // partitions whose consumer keeps another window than this stage's
 	for p := range consumers {
-		cfg := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
-		c, err := js.CreateOrUpdateConsumer(ctx, o.Stream, cfg)
+		want := ConsumerConfig(o.Stage, p, o.Filter(p), 4*o.MaxInFlight)
+		c, err := bindConsumer(ctx, js, o.Stream, want, o.Log)
 		if err != nil {
-			return fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, o.Stream, err)
+			return err
+		}
+		if c.CachedInfo().Config.MaxAckPending != want.MaxAckPending {
+			otherWindow = append(otherWindow, p)
 		}
 		consumers[p] = c
+	}
+	if len(otherWindow) > 0 {
+		// A stage never changes a consumer (an admin does); the stage's own
+		// in-flight bound still holds, the server's window is the consumer's.
+		o.Log.Info("consumers keep their ack window; this stage's in-flight bound applies within it",
+			"stage", o.Stage, "stream", o.Stream, "partitions", len(otherWindow),
+			"max_ack_pending", consumers[otherWindow[0]].CachedInfo().Config.MaxAckPending, "wanted", 4*o.MaxInFlight)
 	}
 	// Work already taken on finishes after ctx is cancelled, within DrainTimeout.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -103,6 +116,63 @@ func ConsumePartitions(ctx context.Context, js jetstream.JetStream, o ConsumeOpt
 	return errors.Join(collect(errs)...)
 }
 
+// bindConsumer binds the stage's durable consumer as an admin created it
+// (see ApplyStreams), so that a stage needs no right to create or change
+// consumers. A missing one is created (its first creation); an existing
+// one is used as it is.
+//
+// While JetStream cannot answer (an API request timing out on a busy or
+// electing cluster, a 5xx) it tries again for up to bindPatience: a stage
+// that exited on the first timeout left its partitions unread. A refusal
+// is returned at once.
+func bindConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, log *slog.Logger) (jetstream.Consumer, error) {
+	deadline := time.Now().Add(bindPatience)
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		c, err := bindConsumerOnce(ctx, js, stream, cfg)
+		if err == nil || ctx.Err() != nil || !transient(err) || time.Now().After(deadline) {
+			return c, err
+		}
+		log.Warn("consumer not bound yet; retrying", "consumer", cfg.Durable, "stream", stream, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
+}
+
+// bindPatience bounds how long bindConsumer retries JetStream's silence;
+// a request refused for want of permission also goes unanswered, and must
+// end in an error rather than in retries for ever.
+const bindPatience = 2 * time.Minute
+
+// transient reports whether a JetStream API error may go away by itself.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code >= 500
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)
+}
+
+func bindConsumerOnce(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("bus: consumer %s on %s does not exist and could not be created (%w): %w", cfg.Durable, stream, ErrNotAdmin, err)
+		}
+		return c, nil
+	case err != nil:
+		return nil, fmt.Errorf("bus: consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	if have := c.CachedInfo().Config; have.FilterSubject != cfg.FilterSubject {
+		return nil, fmt.Errorf("%w: consumer %s on %s filters %s, want %s", ErrStreamMismatch, cfg.Durable, stream, have.FilterSubject, cfg.FilterSubject)
+	}
+	return c, nil
+}
+
 func collect(errs <-chan error) []error {
 	var out []error
 	for err := range errs {
@@ -118,18 +188,11 @@ type inFlight struct {
 }
 
 func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetstream.Consumer, p int, o ConsumeOptions) error {
-	it, err := c.Messages(
-		jetstream.PullPriorityGroup(PriorityGroup),
-		// Messages waiting in the client's buffer get no in-progress acks;
-		// keep it small so a stalled partition exposes few to redelivery.
-		jetstream.PullMaxMessages(min(o.MaxInFlight, 32)),
-		jetstream.PullExpiry(5*time.Second),
-	)
+	r := &partitionReader{js: js, c: c, p: p, o: o}
+	it, err := r.open(ctx)
 	if err != nil {
 		return fmt.Errorf("bus: %s partition %d: %w", o.Stage, p, err)
 	}
-	stop := context.AfterFunc(ctx, it.Drain) // deliver what is buffered, pull no more
-	defer stop()
 
 	// handled → started → acknowledged, each stage in partition order;
 	// slots bounds the messages between handling and acknowledgement.
@@ -139,7 +202,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	var live inFlightSet
 	var acker sync.WaitGroup
 	acker.Go(func() { startInOrder(work, handled, pending) })
-	acker.Go(func() { ackInOrder(work, pending, &live, slots, o.Log) })
+	acker.Go(func() { ackInOrder(work, pending, &live, slots, &r.acked, o.Log) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 
 	// Take messages out of the client's buffer at once, so that every
@@ -149,29 +212,10 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	// saturated partition held a thousand messages, and those still in the
 	// client's pull buffer behind them outlived AckWait and came back: 9 %
 	// of RAW handled twice under 5,000 devices.
-	incoming := make(chan jetstream.Msg, min(o.MaxInFlight, 32))
-	var pinID string // this client's pin, written by the reader until it closes incoming
+	incoming := make(chan jetstream.Msg, readerBuffer(o.MaxInFlight))
 	go func() {
 		defer close(incoming)
-		for {
-			msg, err := it.Next()
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			if err != nil {
-				// Missed heartbeats and the like: the iterator recovers by itself.
-				o.Log.Debug("pull", "stage", o.Stage, "partition", p, "err", err)
-				if work.Err() != nil {
-					return
-				}
-				continue
-			}
-			if id := msg.Headers().Get(pinIDHeader); id != "" {
-				pinID = id
-			}
-			live.add(msg)
-			incoming <- msg
-		}
+		r.read(ctx, work, it, &live, incoming)
 	}()
 	stopped := false
 	for msg := range incoming {
@@ -192,9 +236,112 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	close(handled)
 	acker.Wait()
 	if ctx.Err() != nil && work.Err() == nil && !stopped {
-		unpinIfOurs(js, c, pinID, o)
+		unpinIfOurs(js, r.c, r.pinID, o)
 	}
 	return nil
+}
+
+// readerBuffer is how many messages a partition's reader holds, pulled
+// but not yet handed to the handler (see consumePartition).
+func readerBuffer(maxInFlight int) int { return min(maxInFlight, 32) }
+
+// partitionReader pulls one partition's messages for as long as the stage
+// runs, reopening its pull when it ends by itself.
+type partitionReader struct {
+	js    jetstream.JetStream
+	c     jetstream.Consumer
+	p     int
+	o     ConsumeOptions
+	pinID string // this client's pin, written by read until it returns
+	// acked is the stream sequence of the last message acknowledged.
+	acked atomic.Uint64
+}
+
+func (r *partitionReader) open(ctx context.Context) (jetstream.MessagesContext, error) {
+	n := readerBuffer(r.o.MaxInFlight)
+	it, err := r.c.Messages(
+		jetstream.PullPriorityGroup(PriorityGroup),
+		// Messages waiting in the client's buffer get no in-progress acks;
+		// keep it small so a stalled partition exposes few to redelivery.
+		jetstream.PullMaxMessages(n),
+		jetstream.PullExpiry(5*time.Second),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return it, nil
+}
+
+// read hands every message of the partition to out until ctx is
+// cancelled (then what the client holds is still delivered). A pull that
+// ends on its own while the stage runs — the server said its consumer was
+// deleted, or answered a pull request with an error the client takes as
+// final — is opened again, the consumer recreated if need be: before,
+// such a partition's reader just returned and the partition was never read
+// again while every other one went on.
+func (r *partitionReader) read(ctx, work context.Context, it jetstream.MessagesContext, live *inFlightSet, out chan<- jetstream.Msg) {
+	for {
+		stop := context.AfterFunc(ctx, it.Drain) // deliver what is buffered, pull no more
+		for {
+			msg, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			if err != nil {
+				// Missed heartbeats and the like: the iterator recovers by
+				// itself; a final error closes it, and Next says so next.
+				r.o.Log.Debug("pull", "stage", r.o.Stage, "partition", r.p, "err", err)
+				if work.Err() != nil {
+					stop()
+					return
+				}
+				continue
+			}
+			if id := msg.Headers().Get(pinIDHeader); id != "" {
+				r.pinID = id
+			}
+			live.add(msg)
+			out <- msg
+		}
+		stop()
+		if ctx.Err() != nil {
+			return
+		}
+		it = r.reopen(ctx)
+		if it == nil {
+			return
+		}
+	}
+}
+
+// reopen opens the partition's pull again, retrying until it succeeds or
+// ctx ends (nil). A consumer that no longer exists (deleted by hand, say) is
+// created again from the message after the last one this reader's stage
+// acknowledged, not from the start of the stream: from the start every
+// stored message would be handled again.
+func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext {
+	r.o.Log.Warn("partition pull ended; reopening", "stage", r.o.Stage, "partition", r.p)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		info := r.c.CachedInfo()
+		cfg := info.Config
+		if last := r.acked.Load(); last > 0 { // used only if it must be created
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		}
+		c, err := bindConsumer(ctx, r.js, info.Stream, cfg, r.o.Log)
+		if err == nil {
+			r.c = c
+			var it jetstream.MessagesContext
+			if it, err = r.open(ctx); err == nil {
+				return it
+			}
+		}
+		r.o.Log.Warn("partition pull not reopened; retrying", "stage", r.o.Stage, "partition", r.p, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
 }
 
 // pinIDHeader carries the pinned client's id on messages of a priority
@@ -263,7 +410,7 @@ func startInOrder(ctx context.Context, handled <-chan inFlight, pending chan<- i
 
 // ackInOrder acknowledges messages in the order they were handled, each once
 // its output is durable, and frees their slots.
-func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, log *slog.Logger) {
+func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, acked *atomic.Uint64, log *slog.Logger) {
 	defer live.close()
 	for f := range pending {
 		// The message stays alive (in-progress acks) until its output is
@@ -277,6 +424,9 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		live.remove(f.msg)
 		if err == nil {
 			_ = f.msg.Ack()
+			if meta, err := f.msg.Metadata(); err == nil {
+				acked.Store(meta.Sequence.Stream)
+			}
 		} else {
 			log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
 			if ctx.Err() == nil {

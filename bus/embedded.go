@@ -30,6 +30,16 @@ type EmbeddedOptions struct {
 	MaxStore int64
 	// Logging turns on nats-server's own log lines.
 	Logging bool
+	// Credentials, when set, turn authentication on: one user per role
+	// with RolePermissions, for NATS and MQTT clients alike; anonymous
+	// clients are refused.
+	Credentials Credentials
+	// TopicPrefix is the first level of the live MQTT topics, which only
+	// the publish role may write (DefaultTopicPrefix when empty).
+	TopicPrefix string
+	// JetStreamKey, when set, encrypts JetStream's files at rest (streams,
+	// KV buckets, the MQTT store) with ChaCha20-Poly1305 under this key.
+	JetStreamKey string
 }
 
 // Embedded is a running in-process nats-server.
@@ -121,6 +131,14 @@ func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	}
 	if o.MaxStore > 0 {
 		opts.JetStreamMaxStore = o.MaxStore
+	}
+	if o.JetStreamKey != "" {
+		opts.JetStreamKey, opts.JetStreamCipher = o.JetStreamKey, server.ChaCha
+	}
+	if o.Credentials != nil {
+		if opts.Users, err = serverUsers(o.Credentials, o.TopicPrefix); err != nil {
+			return nil, err
+		}
 	}
 	e := &Embedded{}
 	if o.MQTTPort > 0 {

@@ -1,15 +1,19 @@
 package bus
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/medpipe/medpipe/wire"
 )
 
 // Reading is a READINGS message: one validated device reading with where and
-// when it arrived. It is JSON on the bus.
+// when it arrived. On the bus it is a compact binary body (AppendReading);
+// MarshalReading gives its JSON.
 type Reading struct {
 	Device   string  `json:"device"`
 	Protocol string  `json:"protocol"`
@@ -56,13 +60,169 @@ func (v *Values) Wire() wire.Reading {
 	return wire.Reading{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
 }
 
-// MarshalReading encodes r for READINGS.
+// MarshalReading encodes r as JSON: the shape of a reading outside the bus
+// (replay's JSON lines, and READINGS messages stored before the compact
+// body). READINGS messages are written with AppendReading.
 func MarshalReading(r *Reading) ([]byte, error) { return json.Marshal(r) }
 
-// UnmarshalReading decodes and checks a READINGS message.
+// readingBodyV1 starts a compact READINGS body. A JSON body starts with
+// '{', so UnmarshalReading tells the two apart by the first byte.
+const readingBodyV1 = 0xB1
+
+// AppendReading appends r's compact READINGS body to dst: a version byte,
+// then every field in the order of Reading, strings and a v2 pulse batch
+// (as its JSON) length-prefixed, integers and times (Unix ns, UTC) as
+// varints, numbers as IEEE 754 bits. Against JSON it is less than half the
+// bytes and an order of magnitude less CPU each way (BenchmarkReadingCodec),
+// paid once per reading by decrypt and once by publish.
+func AppendReading(dst []byte, r *Reading) ([]byte, error) {
+	var pulse []byte
+	if r.Pulse != nil {
+		var err error
+		if pulse, err = json.Marshal(r.Pulse); err != nil {
+			return nil, fmt.Errorf("bus: encode pulse batch: %w", err)
+		}
+	}
+	dst = append(dst, readingBodyV1)
+	for _, s := range [...]string{r.Device, r.Protocol, r.Variant,
+		r.Values.Temp, r.Values.TempMcu, r.Values.PulseSig, r.Values.AcelX, r.Values.AcelY, r.Values.AcelZ, r.Values.TempMpu} {
+		dst = appendString(dst, s)
+	}
+	n := &r.Numbers
+	for _, f := range [...]float64{n.Temp, n.TempMcu, n.PulseSig, n.AcelX, n.AcelY, n.AcelZ, n.TempMpu} {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	}
+	dst = binary.AppendUvarint(dst, r.Seq)
+	dst = appendTime(dst, r.DeviceTime)
+	dst = binary.AppendUvarint(dst, uint64(len(pulse)))
+	dst = append(dst, pulse...)
+	dst = appendTime(dst, r.Received)
+	dst = appendString(dst, r.Conn)
+	dst = binary.AppendUvarint(dst, r.FrameSeq)
+	dst = binary.AppendUvarint(dst, r.RawSeq)
+	dst = appendString(dst, r.Remote)
+	return appendString(dst, r.Local), nil
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// appendTime writes 0 for the zero time, else 1 + Unix nanoseconds
+// (zig-zag), which covers 1678-2262.
+func appendTime(dst []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return append(dst, 0)
+	}
+	dst = append(dst, 1)
+	return binary.AppendVarint(dst, t.UnixNano())
+}
+
+// errShortBody reports a compact body that ends early or has a bad length.
+var errShortBody = errors.New("truncated or malformed compact body")
+
+// bodyReader reads a compact body; the first error sticks.
+type bodyReader struct {
+	b   []byte
+	err error
+}
+
+func (d *bodyReader) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err, d.b = errShortBody, nil
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *bodyReader) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.err, d.b = errShortBody, nil
+		return nil
+	}
+	out := d.b[:n]
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *bodyReader) string() string { return string(d.bytes()) }
+
+func (d *bodyReader) float() float64 {
+	if len(d.b) < 8 {
+		d.err, d.b = errShortBody, nil
+		return 0
+	}
+	v := math.Float64frombits(binary.LittleEndian.Uint64(d.b))
+	d.b = d.b[8:]
+	return v
+}
+
+func (d *bodyReader) time() time.Time {
+	if len(d.b) == 0 {
+		d.err = errShortBody
+		return time.Time{}
+	}
+	set := d.b[0]
+	d.b = d.b[1:]
+	switch set {
+	case 0:
+		return time.Time{}
+	case 1:
+		v, n := binary.Varint(d.b)
+		if n <= 0 {
+			d.err, d.b = errShortBody, nil
+			return time.Time{}
+		}
+		d.b = d.b[n:]
+		return time.Unix(0, v).UTC()
+	}
+	d.err, d.b = errShortBody, nil
+	return time.Time{}
+}
+
+func decodeReadingBody(b []byte, r *Reading) error {
+	d := bodyReader{b: b[1:]}
+	r.Device, r.Protocol, r.Variant = d.string(), d.string(), d.string()
+	v := &r.Values
+	for _, f := range [...]*string{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu} {
+		*f = d.string()
+	}
+	n := &r.Numbers
+	for _, f := range [...]*float64{&n.Temp, &n.TempMcu, &n.PulseSig, &n.AcelX, &n.AcelY, &n.AcelZ, &n.TempMpu} {
+		*f = d.float()
+	}
+	r.Seq = d.uvarint()
+	r.DeviceTime = d.time()
+	if pulse := d.bytes(); len(pulse) > 0 && d.err == nil {
+		r.Pulse = new(wire.PulseBatch)
+		if err := json.Unmarshal(pulse, r.Pulse); err != nil {
+			return fmt.Errorf("pulse batch: %w", err)
+		}
+	}
+	r.Received = d.time()
+	r.Conn = d.string()
+	r.FrameSeq, r.RawSeq = d.uvarint(), d.uvarint()
+	r.Remote, r.Local = d.string(), d.string()
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d bytes after the last field", len(d.b))
+	}
+	return d.err
+}
+
+// UnmarshalReading decodes and checks a READINGS message, compact or JSON.
 func UnmarshalReading(b []byte) (*Reading, error) {
 	var r Reading
-	if err := json.Unmarshal(b, &r); err != nil {
+	var err error
+	if len(b) > 0 && b[0] == readingBodyV1 {
+		err = decodeReadingBody(b, &r)
+	} else {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bus: READINGS message: %w", err)
 	}
 	if !wire.ValidID(r.Device) {

@@ -38,7 +38,7 @@ func TestStagedCompletions(t *testing.T) {
 	_, js := startServer(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	parts, err := EnsureStreams(ctx, js, StreamOptions{Partitions: 1})
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,7 @@ func TestDecoderMatchesHandler(t *testing.T) {
 			outcomes[string(out.Reason)]++
 			continue
 		}
-		want, err := bus.MarshalReading(out.Reading)
+		want, err := bus.AppendReading(nil, out.Reading)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -44,9 +44,10 @@ type Options struct {
 	// Seqs holds v2 devices' sequence high-water marks (see bus.OpenSeqStore);
 	// without it v2 frames are retried until it is given.
 	Seqs jetstream.KeyValue
-	// Partitions is the partition count in force (see bus.EnsureStreams).
+	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
-	// MaxInFlight bounds frames handled but not yet stored, per partition (default 512).
+	// MaxInFlight bounds frames handled but not yet stored, per partition
+	// (default DefaultMaxInFlight).
 	MaxInFlight int
 	// ConnCacheSize bounds the remembered connection → device pairs (default 100000).
 	ConnCacheSize int
@@ -82,10 +83,10 @@ func New(js jetstream.JetStream, o Options) (*Worker, error) {
 // with a stand-in.
 func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	if o.Partitions <= 0 {
-		return nil, errors.New("decrypt: Partitions must be set (see bus.EnsureStreams)")
+		return nil, errors.New("decrypt: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 512
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.ConnCacheSize < 2 {
 		o.ConnCacheSize = 100000
@@ -324,6 +325,12 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 			w.cache.put(conn, c)
 		}
 	}
+	if ok && c.device == "" {
+		// The connection's first frame fitted no key: its later frames are
+		// not searched again (one search per unidentified connection; the
+		// edge cuts the connection at that first dead letter).
+		return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
+	}
 	if ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
 			r, v, err := key.Open(sc.plain, sc.ct, c.variant)
@@ -339,6 +346,12 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 	w.m.searches.Inc()
 	id, err := w.ix.Identify(sc.plain, sc.ct)
 	w.m.candidates.Add(float64(id.Candidates))
+	if !ok && frameSeq == 1 && errors.Is(err, ErrUnknownDevice) {
+		// Unidentified: see above. Only the first frame decides it: a later
+		// one that fits no key may share its connection with a known
+		// device's (the old desktop simulator), whose frames must go on.
+		w.cache.put(conn, connDevice{})
+	}
 	return id, false, err
 }
 
@@ -389,7 +402,7 @@ func (w *Worker) reading(f *rawFrame, id *Identified) *bus.Reading {
 
 // publishReading stores a reading in READINGS.
 func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
-	data, err := bus.MarshalReading(r)
+	data, err := bus.AppendReading(make([]byte, 0, 256), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}

@@ -319,6 +319,31 @@ func TestWorkerReadingsAndDeadLetters(t *testing.T) {
 	}
 }
 
+// TestUnidentifiedConnectionSearchedOnce: a connection whose first frame no
+// key opens costs one key search, however many frames it sends; another
+// connection's device is still found.
+func TestUnidentifiedConnectionSearchedOnce(t *testing.T) {
+	js := setup(t)
+	devs := loadKeys(t)
+	stranger := wire.Device{ID: "stranger", Key: [16]byte([]byte("ZZZZZZZZZZZZZZZZ")), IV: devs[0].IV}
+	const n = 20
+	for i := 1; i <= n; i++ {
+		publishRaw(t, js, "intruder", i, wireFrame(stranger, wire.Pico, i))
+	}
+	publishRaw(t, js, "honest", 1, wireFrame(devs[0], wire.Pico, 1))
+	w, _ := runWorker(t, js, devs)
+	streamMsgs(t, js, bus.StreamReadings, 1)
+	for _, m := range streamMsgs(t, js, bus.StreamDeadLetter, n) {
+		if r := m.Headers().Get(bus.HeaderReason); r != string(bus.ReasonUnknownDevice) {
+			t.Fatalf("dead letter reason %q", r)
+		}
+	}
+	waitRawDone(t, js)
+	if got := testutil.ToFloat64(w.m.searches); got != 2 {
+		t.Fatalf("key searches = %v, want 2 (one per connection)", got)
+	}
+}
+
 // TestWorkerConnectionOfSeveralDevices: a connection that carries frames of
 // several devices (the old desktop simulator) gets each one right, in
 // order, by falling back to the search when its cached key does not fit.

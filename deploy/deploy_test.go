@@ -246,94 +246,11 @@ func portOf(addr string) string {
 	return addr
 }
 
-// TestKubernetesManifests: every object has its kind's required fields;
-// every medpipe container runs real flags and variables (from the
-// ConfigMap), has /healthz probes on its metrics port and resource
-// requests; the device Service targets a port the ingest pods open on
-// --listen; the autoscaler scales a Deployment that exists.
-func TestKubernetesManifests(t *testing.T) {
-	docs := readYAMLDocs(t, filepath.Join("k8s", "medpipe.yaml"))
-	byKind := map[string]map[string]map[string]any{}
-	for _, d := range docs {
-		kind, name := fmt.Sprint(d["kind"]), fmt.Sprint(m(d["metadata"])["name"])
-		if d["apiVersion"] == nil || kind == "<nil>" || name == "<nil>" {
-			t.Fatalf("object without apiVersion, kind or name: %v", d)
-		}
-		if byKind[kind] == nil {
-			byKind[kind] = map[string]map[string]any{}
-		}
-		byKind[kind][name] = d
-	}
-	cm := m(byKind["ConfigMap"]["medpipe"]["data"])
-	var cmEnv []string
-	for k := range cm {
-		cmEnv = append(cmEnv, k)
-	}
-	ingestPorts := map[string]bool{}
-	for name, dep := range byKind["Deployment"] {
-		pod := m(m(m(dep["spec"])["template"])["spec"])
-		for _, cv := range pod["containers"].([]any) {
-			c := m(cv)
-			where := "Deployment " + name
-			args := strs(c["args"])
-			(invocation{where: where, args: args, env: cmEnv}).check(t)
-			ports := map[string]int{}
-			for _, pv := range c["ports"].([]any) {
-				p := m(pv)
-				ports[fmt.Sprint(p["name"])] = p["containerPort"].(int)
-				if name == "ingest" {
-					ingestPorts[fmt.Sprint(p["name"])] = true
-				}
-			}
-			if want := portOf(fmt.Sprint(cm["MEDPIPE_HTTP"])); fmt.Sprintf(":%d", ports["http"]) != want {
-				t.Errorf("%s: port http %d, but MEDPIPE_HTTP is %s", where, ports["http"], want)
-			}
-			if l := flagValue(args, "listen"); l != "" && fmt.Sprintf(":%d", ports["devices"]) != portOf(l) {
-				t.Errorf("%s: port devices %d, but --listen %s", where, ports["devices"], l)
-			}
-			for _, probe := range []string{"readinessProbe", "livenessProbe"} {
-				g := m(m(c[probe])["httpGet"])
-				if g["path"] != "/healthz" || g["port"] != "http" {
-					t.Errorf("%s: %s %v is not /healthz on port http", where, probe, g)
-				}
-			}
-			if len(m(m(c["resources"])["requests"])) == 0 {
-				t.Errorf("%s: no resource requests", where)
-			}
-		}
-	}
-	for name, svc := range byKind["Service"] {
-		for _, pv := range m(svc["spec"])["ports"].([]any) {
-			if tp := fmt.Sprint(m(pv)["targetPort"]); !ingestPorts[tp] {
-				t.Errorf("Service %s targets port %s that ingest does not open", name, tp)
-			}
-		}
-	}
-	for name, hpa := range byKind["HorizontalPodAutoscaler"] {
-		target := fmt.Sprint(m(m(hpa["spec"])["scaleTargetRef"])["name"])
-		if byKind["Deployment"][target] == nil {
-			t.Errorf("HPA %s scales unknown Deployment %s", name, target)
-		}
-	}
-	for _, must := range []string{"ingest", "decrypt", "publish"} {
-		if byKind["Deployment"][must] == nil {
-			t.Errorf("no %s Deployment", must)
-		}
-	}
-	if len(byKind["HorizontalPodAutoscaler"]) == 0 || len(byKind["Secret"]) == 0 {
-		t.Error("an autoscaler and the Secrets are required")
-	}
-	vals := readYAMLDocs(t, filepath.Join("k8s", "nats-values.yaml"))[0]
-	cfg := m(vals["config"])
-	if m(cfg["cluster"])["enabled"] != true || m(cfg["cluster"])["replicas"] != 3 || m(cfg["jetstream"])["enabled"] != true {
-		t.Errorf("nats-values.yaml: want a 3-node cluster with JetStream: %v", cfg)
-	}
-}
-
 // TestSystemdUnits: each unit parses as sections of key=value lines, runs
-// medpipe with real flags, and its environment file holds real variables.
+// medpipe (or nats-server) with real flags, and its environment files hold
+// real variables.
 func TestSystemdUnits(t *testing.T) {
-	env := readEnvFile(t, filepath.Join("systemd", "medpipe.env"))
+	envFile := regexp.MustCompile(`(?m)^EnvironmentFile=-?/etc/medpipe/(\S+)$`)
 	units, _ := filepath.Glob(filepath.Join("systemd", "*.service"))
 	if len(units) < 3 {
 		t.Fatalf("units: %v", units)
@@ -367,13 +284,27 @@ func TestSystemdUnits(t *testing.T) {
 			}
 		}
 		exec := strings.Fields(sections["Service"]["ExecStart"])
+		if slices.Contains(exec, "/usr/bin/nats-server") {
+			continue // medpipe-nats.service
+		}
 		if len(exec) < 2 || filepath.Base(exec[0]) != "medpipe" {
 			t.Errorf("%s: ExecStart %q does not run medpipe", u, exec)
 			continue
 		}
+		// The variables of the environment files it reads that are shipped
+		// (decrypt-%i.env as decrypt-1.env).
+		unit, _ := os.ReadFile(u)
+		var env []string
+		for _, ef := range envFile.FindAllStringSubmatch(string(unit), -1) {
+			if p := filepath.Join("systemd", strings.ReplaceAll(ef[1], "%i", "1")); fileExists(p) {
+				env = append(env, readEnvFile(t, p)...)
+			}
+		}
 		(invocation{where: u, args: exec[1:], env: env}).check(t)
 	}
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func readEnvFile(t *testing.T, path string) []string {
 	t.Helper()

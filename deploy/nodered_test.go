@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/testkit"
 )
 
@@ -34,7 +35,8 @@ func TestNodeREDDashboard(t *testing.T) {
 	const devices = 6
 	bin := testkit.MedpipeBinary(t)
 	mqttPort, natsPort := freePort(t), freePort(t)
-	up := testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", strconv.Itoa(devices), "--rate", "5", "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	up := testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", strconv.Itoa(devices), "--rate", "5", "--data-dir", dataDir,
 		"--nats-port", strconv.Itoa(natsPort), "--mqtt-port", strconv.Itoa(mqttPort), "--monitor-port", "-2",
 		"--listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--http", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--status-every", "0")
 	_ = up
@@ -50,6 +52,24 @@ func TestNodeREDDashboard(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(userDir, f), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// up's MQTT wants a login: the dashboard one it generated, as the broker
+	// node's credentials (plain JSON with credentialSecret false).
+	var pw string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var err error
+		if pw, err = bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	cred, err := json.Marshal(map[string]map[string]string{"broker": {"user": string(bus.RoleDashboard), "password": pw}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(userDir, "flows_cred.json"), cred, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	modules, err := filepath.Abs(filepath.Join("node-red", "node_modules"))
 	if err != nil {

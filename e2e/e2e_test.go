@@ -177,13 +177,23 @@ func startPipeline(t *testing.T, devs []wire.Device, mqttURL func(e *bus.Embedde
 // startPipelineWith lets the test set the decrypt options (keys, registry).
 func startPipelineWith(t *testing.T, mqttURL func(e *bus.Embedded) string, keys func(jetstream.JetStream, *decrypt.Options)) *pipeline {
 	t.Helper()
+	return startPipelineEdge(t, mqttURL, keys, nil)
+}
+
+// startPipelineEdge also lets the test set the edge's options.
+func startPipelineEdge(t *testing.T, mqttURL func(e *bus.Embedded) string, keys func(jetstream.JetStream, *decrypt.Options), edgeOpts func(*ingest.Options)) *pipeline {
+	t.Helper()
 	b := testkit.StartBus(t, 4)
 	e, js, parts := b.Server, b.JS, b.Partitions
 	ctx, cancel := context.WithCancel(context.Background())
 	// MaxBadFrames above the mixed connection's 10 unknown-key frames: that
 	// connection stands for a device sharing it with a stranger, and must
 	// stay open for the whole run.
-	edge, err := ingest.New(js, ingest.Options{Listen: "127.0.0.1:0", Partitions: parts, MaxBadFrames: 100})
+	eo := ingest.Options{Listen: "127.0.0.1:0", Partitions: parts, MaxBadFrames: 100}
+	if edgeOpts != nil {
+		edgeOpts(&eo)
+	}
+	edge, err := ingest.New(js, eo)
 	if err != nil {
 		t.Fatal(err)
 	}

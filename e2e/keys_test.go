@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/provision"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -51,6 +52,25 @@ func TestKeysCommand(t *testing.T) {
 	if st, err := os.Stat(cfg); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("config file: %v %v", st, err)
 	}
+	// One command registers a wearable and writes its factory block, as a
+	// UF2 for the Pico's boot ROM; the label's secrets are printed once.
+	uf2 := filepath.Join(t.TempDir(), "bed-3.uf2")
+	out, _ = keys("--config-out", filepath.Join(t.TempDir(), "bed-3.jsonl"), "--firmware-config", uf2, "add", "bed-3")
+	blob, err := os.ReadFile(uf2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(uf2); st.Mode().Perm() != 0o600 {
+		t.Fatalf("factory block mode %v", st.Mode())
+	}
+	sector, err := provision.ReadUF2(blob, provision.FactoryAddr, provision.SectorSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := provision.Parse(sector)
+	if err != nil || f.Serial != "bed-3" || !strings.Contains(out, f.APPassword) || !strings.Contains(out, "medpipe-bed-3") {
+		t.Fatalf("factory block %+v, %v; printed %q", f.Serial, err, out)
+	}
 	list, _ := keys("list")
 	if strings.Contains(list, secret) || !strings.Contains(list, "iot_med_dev_01") || !strings.Contains(list, "new-device") {
 		t.Fatalf("list:\n%s", list)
@@ -63,4 +83,32 @@ func TestKeysCommand(t *testing.T) {
 	if strings.Contains(exported, "iot_med_dev_02") || !strings.Contains(exported, secret) {
 		t.Fatalf("export:\n%s", exported)
 	}
+	// Re-importing yesterday's file leaves a revoked device revoked.
+	if out, _ := keys("import", keysFile); !strings.HasPrefix(out, "added 0, changed 0, unchanged 1, revoked (left revoked) 1") {
+		t.Fatalf("import after revoke: %s", out)
+	}
+	if list, _ := keys("list"); !revokedIn(list, "iot_med_dev_02") {
+		t.Fatalf("iot_med_dev_02 un-revoked by an import:\n%s", list)
+	}
+	// Every operation that changed or showed a key is in the audit, with a
+	// fingerprint and never the key.
+	audit, _ := keys("audit")
+	for _, want := range []string{"import  iot_med_dev_01", "add     new-device", "rotate  new-device", "revoke  iot_med_dev_02", "export  iot_med_dev_01", "list-secrets  iot_med_dev_01"} {
+		if !strings.Contains(strings.Join(strings.Fields(audit), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("audit lacks %q:\n%s", want, audit)
+		}
+	}
+	if strings.Contains(audit, secret) || !strings.Contains(audit, "sha256:") {
+		t.Fatalf("audit shows a key or no fingerprint:\n%s", audit)
+	}
+}
+
+// revokedIn reports whether list's row of id has a revocation time.
+func revokedIn(list, id string) bool {
+	for line := range strings.SplitSeq(list, "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == id {
+			return f[3] != "-"
+		}
+	}
+	return false
 }

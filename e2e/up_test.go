@@ -29,7 +29,8 @@ func TestUpSimulate(t *testing.T) {
 	defer cancel()
 	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
 	mqttPort := port()
-	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	args := []string{"up", "--simulate", "20", "--rate", "20", "--data-dir", dataDir,
 		"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", testkit.FreeAddr(t), "--http", testkit.FreeAddr(t), "--status-every", "1s"}
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
@@ -40,7 +41,8 @@ func TestUpSimulate(t *testing.T) {
 	for col == nil {
 		if c, err := net.Dial("tcp", "127.0.0.1:"+mqttPort); err == nil {
 			c.Close()
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true})
+			user, pw := dashboardLogin(t, dataDir)
+			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true, Username: user, Password: pw})
 			break
 		}
 		select {
@@ -103,18 +105,20 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	}
 	port := func() string { _, p, _ := net.SplitHostPort(testkit.FreeAddr(t)); return p }
 	mqttPort, edge := port(), testkit.FreeAddr(t)
+	dataDir := t.TempDir()
 	upCtx, stop := context.WithCancel(ctx)
 	var logs testkit.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(upCtx, []string{"up", "--keys", keys, "--data-dir", t.TempDir(), "--json-topic",
+		done <- run(upCtx, []string{"up", "--keys", keys, "--data-dir", dataDir, "--json-topic",
 			"--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge, "--http", "", "--status-every", "0"}, &logs, &logs)
 	}()
 	var col *testkit.Collector
 	for col == nil {
 		if c, err := net.Dial("tcp", edge); err == nil {
 			c.Close()
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true})
+			user, pw := dashboardLogin(t, dataDir)
+			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true, Username: user, Password: pw})
 			break
 		}
 		select {
@@ -150,6 +154,16 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	}
 }
 
+// dashboardLogin is the MQTT login up generated for dashboards in dataDir.
+func dashboardLogin(t *testing.T, dataDir string) (string, string) {
+	t.Helper()
+	pw, err := bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(bus.RoleDashboard), pw
+}
+
 // TestUpUsesTheRegistry runs `medpipe up` without keys: a device's frames
 // are dead letters until `medpipe keys import` (flags after the file) loads
 // its key into up's registry; its readings then flow, a revocation stops
@@ -160,7 +174,9 @@ func TestUpUsesTheRegistry(t *testing.T) {
 	natsURL := "nats://" + testkit.FreeAddr(t)
 	_, natsPort, _ := net.SplitHostPort(strings.TrimPrefix(natsURL, "nats://"))
 	edge := testkit.FreeAddr(t)
-	startServing(ctx, t, "up", nil, "up", "--data-dir", t.TempDir(), "--nats-port", natsPort, "--mqtt-port", "-1",
+	dataDir := t.TempDir()
+	credDir := filepath.Join(dataDir, bus.CredentialsDir)
+	startServing(ctx, t, "up", nil, "up", "--data-dir", dataDir, "--nats-port", natsPort, "--mqtt-port", "-1",
 		"--monitor-port", "-2", "--listen", edge, "--status-every", "0", "--max-bad-frames", "-1")
 
 	keep, _ := wire.NewRandomDevice("keep")
@@ -169,7 +185,12 @@ func TestUpUsesTheRegistry(t *testing.T) {
 	if err := os.WriteFile(keysFile, append(wire.AppendKeyLine(nil, keep), wire.AppendKeyLine(nil, drop)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(natsURL)
+	// The test watches as admin, with up's generated password.
+	adminPW, err := bus.ReadCredential(credDir, bus.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(natsURL, bus.UserOptions(string(bus.RoleAdmin), adminPW)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +232,7 @@ func TestUpUsesTheRegistry(t *testing.T) {
 		return nil
 	})
 
-	if out, err := medpipe(ctx, t, "keys", "import", keysFile, "--nats", natsURL); err != nil || !strings.Contains(out, "added 2") {
+	if out, err := medpipe(ctx, t, "keys", "import", keysFile, "--nats", natsURL, "--nats-credentials-dir", credDir); err != nil || !strings.Contains(out, "added 2") {
 		t.Fatalf("keys import: %v\n%s", err, out)
 	}
 	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
@@ -221,7 +242,7 @@ func TestUpUsesTheRegistry(t *testing.T) {
 		return nil
 	})
 
-	if out, err := medpipe(ctx, t, "keys", "revoke", "drop", "--nats", natsURL); err != nil {
+	if out, err := medpipe(ctx, t, "keys", "revoke", "drop", "--nats", natsURL, "--nats-credentials-dir", credDir); err != nil {
 		t.Fatalf("keys revoke: %v\n%s", err, out)
 	}
 	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
@@ -246,7 +267,7 @@ func TestUpUsesTheRegistry(t *testing.T) {
 	stopSending()
 	wg.Wait()
 
-	out, err := medpipe(ctx, t, "replay", "--since", "-2h", "--format", "jsonl", "--progress", "off", "--nats", natsURL)
+	out, err := medpipe(ctx, t, "replay", "--since", "-2h", "--format", "jsonl", "--progress", "off", "--nats", natsURL, "--nats-credentials-dir", credDir)
 	if err != nil {
 		t.Fatalf("replay: %v\n%s", err, out)
 	}

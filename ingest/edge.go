@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -42,7 +43,7 @@ type Options struct {
 	TLSListener net.Listener
 	// TLSHandshakeTimeout bounds a TLS handshake (default 10 s).
 	TLSHandshakeTimeout time.Duration
-	// Partitions is the RAW partition count in force (see bus.EnsureStreams).
+	// Partitions is the RAW partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// EdgeID prefixes connection ids (default: random per process start,
 	// so ids never repeat across edges and restarts).
@@ -52,7 +53,34 @@ type Options struct {
 	MaxConns int
 	// MaxConnsPerIP bounds concurrent connections from one remote address
 	// (default 0: no bound, since devices behind one NAT share an address).
+	// An address is an IPv4 address or an IPv6 /64, for every per-address
+	// limit; behind a proxy, the one its PROXY header gives (ProxyFrom).
 	MaxConnsPerIP int
+	// MaxPreFramePerIP bounds the connections from one address that have
+	// not yet sent a valid frame (default DefaultMaxPreFramePerIP; negative:
+	// no bound). Connections that did send one do not count, so devices
+	// behind a NAT keep working next to an attacker's idle sockets.
+	MaxPreFramePerIP int
+	// AcceptRatePerIP and AcceptBurstPerIP bound new connections per
+	// address with a token bucket (defaults DefaultAcceptRatePerIP per
+	// second, burst DefaultAcceptBurstPerIP; a negative rate: no bound).
+	AcceptRatePerIP  float64
+	AcceptBurstPerIP int
+	// FirstFrameTimeout cuts a connection that has not sent a valid frame
+	// this long after it was accepted (default DefaultFirstFrameTimeout).
+	FirstFrameTimeout time.Duration
+	// Penalty refuses new connections from an address for this long once
+	// it was cut for abuse PenaltyStrikes times within about a Penalty
+	// (defaults DefaultPenalty, DefaultPenaltyStrikes; negative: never).
+	Penalty        time.Duration
+	PenaltyStrikes int
+	// ProxyFrom lists the proxies (addresses or prefixes) whose connections
+	// start with a PROXY protocol header (v1 or v2), which then gives the
+	// device's address for its topics and for the per-address limits. A
+	// connection from a listed proxy without a valid header is cut; a header
+	// from anyone else is refused as an unknown protocol. Empty: no PROXY
+	// protocol.
+	ProxyFrom []netip.Prefix
 	// MaxFrameRate bounds the frames per second read from one connection
 	// (default 100, five times a device's rate; negative: no bound). A
 	// faster sender is slowed by not being read, not cut off.
@@ -61,9 +89,17 @@ type Options struct {
 	// dead-lettered by decrypt: unknown key, failed authentication, not a
 	// reading (default 10; negative: never).
 	MaxBadFrames int
-	// MaxFrame, IdleGap and FrameTimeout bound frames (see wire.FrameReaderOptions).
-	MaxFrame     int
-	IdleGap      time.Duration
+	// MaxFrame bounds a v2 frame in bytes (default wire.DefaultMaxFrame).
+	MaxFrame int
+	// MaxBlocks bounds a legacy frame in blocks (default
+	// wire.DefaultMaxBlocks, the longest reading a device writes); a frame
+	// shorter than any reading (wire.MinReadingBlocks) is refused too.
+	MaxBlocks int
+	// IdleGap ends a legacy frame (see wire.FrameReaderOptions).
+	IdleGap time.Duration
+	// FrameTimeout bounds the time from a frame's first byte to its last,
+	// legacy or v2 (default wire.DefaultFrameTimeout): a slow-loris sender
+	// is cut.
 	FrameTimeout time.Duration
 	// IdleTimeout closes a connection that sends nothing for this long (default 2 min).
 	IdleTimeout time.Duration
@@ -87,7 +123,7 @@ func (o *Options) setDefaults() error {
 		o.Listen = ":9998"
 	}
 	if o.Partitions <= 0 {
-		return errors.New("ingest: Partitions must be set (see bus.EnsureStreams)")
+		return errors.New("ingest: Partitions must be set (see bus.VerifyStreams)")
 	}
 	if o.EdgeID == "" {
 		o.EdgeID = randomID()
@@ -97,6 +133,30 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxFrame <= 0 {
 		o.MaxFrame = wire.DefaultMaxFrame
+	}
+	if o.MaxBlocks <= 0 {
+		o.MaxBlocks = wire.DefaultMaxBlocks
+	}
+	if o.FrameTimeout <= 0 {
+		o.FrameTimeout = wire.DefaultFrameTimeout
+	}
+	if o.MaxPreFramePerIP == 0 {
+		o.MaxPreFramePerIP = DefaultMaxPreFramePerIP
+	}
+	if o.AcceptRatePerIP == 0 {
+		o.AcceptRatePerIP = DefaultAcceptRatePerIP
+	}
+	if o.AcceptBurstPerIP <= 0 {
+		o.AcceptBurstPerIP = max(DefaultAcceptBurstPerIP, int(o.AcceptRatePerIP))
+	}
+	if o.FirstFrameTimeout <= 0 {
+		o.FirstFrameTimeout = DefaultFirstFrameTimeout
+	}
+	if o.Penalty == 0 {
+		o.Penalty = DefaultPenalty
+	}
+	if o.PenaltyStrikes <= 0 {
+		o.PenaltyStrikes = DefaultPenaltyStrikes
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 2 * time.Minute
@@ -122,6 +182,7 @@ func (o *Options) setDefaults() error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+	o.FirstFrameTimeout = min(o.FirstFrameTimeout, o.IdleTimeout) // a silent connection is idle too
 	return nil
 }
 
@@ -140,7 +201,7 @@ type Edge struct {
 	js      jetstream.JetStream
 	o       Options
 	ln      net.Listener
-	tlsLn   net.Listener // nil without TLS
+	tlsLn   net.Listener // nil without TLS; raw TCP, the handshake is serve's
 	log     *slog.Logger
 	m       *metrics
 	pending chan pendingPublish
@@ -151,9 +212,11 @@ type Edge struct {
 	closing     atomic.Bool
 	mu          sync.Mutex
 	conns       map[net.Conn]struct{}
-	perIP       map[string]int   // open connections by remote address
-	byID        map[string]*conn // open connections by id, for watchDeadLetters
+	addrs       map[string]*addrState // per-address limits, by addrKey
+	swept       time.Time             // addrs' last sweep
+	byID        map[string]*conn      // open connections by id, for watchDeadLetters
 	rejectLog   rateLimiter
+	penaltyLog  rateLimiter
 	acceptLog   rateLimiter
 	throttleLog rateLimiter
 	kickLog     rateLimiter
@@ -199,21 +262,21 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 				return nil, fmt.Errorf("ingest: TLS listen on %s: %w", o.TLSListen, err)
 			}
 		}
-		tlsLn = tls.NewListener(tlsLn, o.TLSConfig)
 	}
 	abandon, abandonCancel := context.WithCancel(context.Background())
 	window := make(chan struct{}, o.MaxPendingFrames)
-	return &Edge{
+	e := &Edge{
 		js: js, o: o, ln: ln, tlsLn: tlsLn, log: o.Log,
-		m:        newMetrics(o.Metrics, func() float64 { return float64(len(window)) }),
 		pending:  make(chan pendingPublish, 8192),
 		window:   window,
 		conns:    map[net.Conn]struct{}{},
-		perIP:    map[string]int{},
+		addrs:    map[string]*addrState{},
 		byID:     map[string]*conn{},
 		stopping: make(chan struct{}),
 		abandon:  abandon, abandonCancel: abandonCancel,
-	}, nil
+	}
+	e.m = newMetrics(o.Metrics, func() float64 { return float64(len(window)) }, e.penalisedAddrs)
+	return e, nil
 }
 
 // Addr is the address devices connect to.
@@ -260,9 +323,9 @@ func (e *Edge) Run(ctx context.Context) error {
 	var loops sync.WaitGroup
 	var tlsErr error
 	if e.tlsLn != nil {
-		loops.Go(func() { tlsErr = e.acceptLoop(ctx, e.tlsLn, &conns) })
+		loops.Go(func() { tlsErr = e.acceptLoop(ctx, e.tlsLn, true, &conns) })
 	}
-	err := e.acceptLoop(ctx, e.ln, &conns)
+	err := e.acceptLoop(ctx, e.ln, false, &conns)
 	loops.Wait()
 	err = errors.Join(err, tlsErr)
 
@@ -321,7 +384,7 @@ func (e *Edge) beginShutdown() {
 // acceptLoop accepts connections until shutdown. Transient accept failures
 // (out of file descriptors, say) are retried with backoff, as net/http does,
 // so that a burst of connections does not end the edge.
-func (e *Edge) acceptLoop(ctx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
+func (e *Edge) acceptLoop(ctx context.Context, ln net.Listener, isTLS bool, conns *sync.WaitGroup) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -344,12 +407,9 @@ func (e *Edge) acceptLoop(ctx context.Context, ln net.Listener, conns *sync.Wait
 			continue
 		}
 		backoff = 0
-		cn, refused := e.track(c)
+		cn, refused := e.track(c, isTLS)
 		if refused != "" {
-			e.m.rejected.WithLabelValues(refused).Inc()
-			if e.rejectLog.allow() {
-				e.log.Warn("connection refused: "+refused+" reached", "remote", c.RemoteAddr().String(), "max_conns", e.o.MaxConns, "max_conns_per_ip", e.o.MaxConnsPerIP)
-			}
+			e.refused(c.RemoteAddr().String(), refused)
 		}
 		if cn == nil {
 			_ = c.Close()
@@ -361,24 +421,31 @@ func (e *Edge) acceptLoop(ctx context.Context, ln net.Listener, conns *sync.Wait
 
 // track registers a connection so shutdown and the limits can reach it. It
 // returns nil when the edge is closing or a bound refuses the connection,
-// with the bound's name.
-func (e *Edge) track(c net.Conn) (*conn, string) {
-	ip := remoteIP(c)
+// with the bound's name. A connection from a proxy (ProxyFrom) is admitted
+// against its address's limits only once its PROXY header gives the address.
+func (e *Edge) track(c net.Conn, isTLS bool) (*conn, string) {
+	remote := c.RemoteAddr().String()
+	cn := &conn{Conn: c, raw: c, tls: isTLS, ip: addrKey(remote), remote: remote, local: c.LocalAddr().String()}
+	cn.proxied = e.fromProxy(remote)
+	now := time.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
 	case e.closing.Load():
 		return nil, ""
 	case len(e.conns) >= e.o.MaxConns:
-		return nil, "max_conns"
-	case e.o.MaxConnsPerIP > 0 && e.perIP[ip] >= e.o.MaxConnsPerIP:
-		return nil, "max_conns_per_ip"
+		return nil, refuseMaxConns
 	}
-	cn := &conn{Conn: c, ip: ip, id: e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10), remote: c.RemoteAddr().String(), local: c.LocalAddr().String()}
+	if !cn.proxied {
+		if refused := e.admitLocked(cn, now); refused != "" {
+			return nil, refused
+		}
+	}
+	cn.id = e.o.EdgeID + "-" + strconv.FormatUint(e.connSeq.Add(1), 10)
 	cn.bucket = newFrameBucket(e.o.MaxFrameRate)
 	cn.log = e.log.With("conn", cn.id, "remote", cn.remote)
+	e.startFirstFrameTimer(cn)
 	e.conns[c] = struct{}{}
-	e.perIP[ip]++
 	e.byID[cn.id] = cn
 	e.active.Add(1)
 	e.m.active.Inc()
@@ -386,13 +453,39 @@ func (e *Edge) track(c net.Conn) (*conn, string) {
 	return cn, ""
 }
 
-func (e *Edge) untrack(cn *conn) {
-	e.mu.Lock()
-	delete(e.conns, cn.Conn)
-	delete(e.byID, cn.id)
-	if e.perIP[cn.ip]--; e.perIP[cn.ip] <= 0 {
-		delete(e.perIP, cn.ip)
+// refused counts and logs (a line a second at most) a connection refused by a bound.
+func (e *Edge) refused(remote, bound string) {
+	e.m.rejected.WithLabelValues(bound).Inc()
+	if e.rejectLog.allow() {
+		e.log.Warn("connection refused: "+bound+" reached", "remote", remote, "limit", bound)
 	}
+}
+
+// fromProxy reports whether a remote address is one of the proxies whose
+// connections carry a PROXY header.
+func (e *Edge) fromProxy(remote string) bool {
+	if len(e.o.ProxyFrom) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range e.o.ProxyFrom {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Edge) untrack(cn *conn) {
+	cn.firstFrame.Stop()
+	e.mu.Lock()
+	delete(e.conns, cn.raw)
+	delete(e.byID, cn.id)
+	e.releaseLocked(cn)
 	e.mu.Unlock()
 	e.active.Add(-1)
 	e.m.active.Dec()
@@ -400,22 +493,52 @@ func (e *Edge) untrack(cn *conn) {
 
 // conn is one device connection's identity and limits.
 type conn struct {
-	net.Conn
-	id, remote, local, ip string
+	net.Conn                       // what frames are read from: raw, or TLS over it
+	raw                   net.Conn // the accepted TCP connection, which closing cuts
+	tls, proxied          bool     // accepted on the TLS port; from a ProxyFrom proxy
+	id, remote, local, ip string   // ip: the per-address limits' key (addrKey)
 	log                   *slog.Logger
 	connLimits
 }
+
+// bufferedConn reads through a buffered reader that may already hold the
+// connection's first bytes (read past a PROXY header).
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // serve detects a connection's protocol by its first byte and serves it:
 // a hex digit starts a legacy stream, wire.V2Magic a v2 stream.
 func (e *Edge) serve(cn *conn) {
 	defer e.untrack(cn)
 	defer cn.Close()
-	c := cn.Conn
 	cn.log.Debug("device connected")
-	if tc, ok := c.(*tls.Conn); ok {
+	br := bufio.NewReaderSize(cn.Conn, 1024)
+	// Everything up to the first valid frame is bounded by the first-frame
+	// timer; the deadline is a backstop.
+	_ = cn.SetReadDeadline(time.Now().Add(e.o.FirstFrameTimeout + time.Second))
+	if cn.proxied {
+		h, err := readProxyHeader(br)
+		if err != nil {
+			e.closed(cn, fmt.Errorf("%w: %w", errProxyHeader, err), 0)
+			return
+		}
+		if h.Src.IsValid() {
+			cn.remote, cn.local, cn.ip = h.Src.String(), h.Dst.String(), addrKey(h.Src.String())
+			cn.log = e.log.With("conn", cn.id, "remote", cn.remote, "proxy", cn.raw.RemoteAddr().String())
+		}
+		if refused := e.admit(cn); refused != "" {
+			e.refused(cn.remote, refused)
+			return
+		}
+	}
+	if cn.tls {
 		// Bound the handshake, or a silent client would hold a goroutine
 		// until the idle timeout.
+		tc := tls.Server(&bufferedConn{Conn: cn.raw, r: br}, e.o.TLSConfig)
 		hctx, cancel := context.WithTimeout(context.Background(), e.o.TLSHandshakeTimeout)
 		err := tc.HandshakeContext(hctx)
 		cancel()
@@ -423,9 +546,9 @@ func (e *Edge) serve(cn *conn) {
 			e.closed(cn, fmt.Errorf("%w: %w", errTLSHandshake, err), 0)
 			return
 		}
+		cn.Conn = tc
+		br = bufio.NewReaderSize(tc, 1024)
 	}
-	br := bufio.NewReaderSize(c, 1024)
-	_ = c.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
 	first, err := br.Peek(1)
 	switch {
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !e.closing.Load():
@@ -436,13 +559,22 @@ func (e *Edge) serve(cn *conn) {
 		e.serveLegacy(cn, br)
 	case first[0] == wire.V2Magic:
 		e.serveV2(cn, br)
+	case looksLikeProxyHeader(peekBuffered(br)):
+		e.closed(cn, fmt.Errorf("%w: a PROXY protocol header from %s, which --proxy-protocol-from does not list", errProxyUntrusted, cn.raw.RemoteAddr()), 0)
 	default:
 		e.closed(cn, fmt.Errorf("%w: first byte 0x%02x is neither legacy nor v2", errUnknownProtocol, first[0]), 0)
 	}
 }
 
+// peekBuffered returns the bytes br holds, without reading more.
+func peekBuffered(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	return b
+}
+
 var (
 	errUnknownProtocol = errors.New("ingest: unknown protocol")
+	errProxyUntrusted  = errors.New("ingest: PROXY header from an address not allowed to send one")
 	errTLSHandshake    = errors.New("ingest: TLS handshake failed")
 )
 
@@ -464,7 +596,7 @@ func (e *Edge) rawMsg(cn *conn, partitionKey, protocol string, seq uint64, frame
 // RAW partitions legacy frames by connection: the device is not known yet.
 func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 	fr := wire.NewFrameReaderFrom(br, cn.Conn, wire.FrameReaderOptions{
-		MaxFrame: e.o.MaxFrame, IdleGap: e.o.IdleGap, FrameTimeout: e.o.FrameTimeout, IdleTimeout: e.o.IdleTimeout,
+		MaxBlocks: e.o.MaxBlocks, MinBlocks: wire.MinReadingBlocks, IdleGap: e.o.IdleGap, FrameTimeout: e.o.FrameTimeout, IdleTimeout: e.o.IdleTimeout,
 	})
 	for seq := uint64(1); ; seq++ {
 		frame, err := fr.Next()
@@ -472,6 +604,7 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 			e.closed(cn, err, seq-1)
 			return
 		}
+		e.frameValid(cn)
 		e.throttle(cn)
 		msg := e.rawMsg(cn, cn.id, bus.ProtocolLegacy, seq, frame)
 		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
@@ -506,8 +639,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 	defer close(replies)
 	var buf []byte
 	for n := uint64(1); ; n++ {
-		_ = cn.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
-		frame, err := wire.ReadV2Frame(br, buf, e.o.MaxFrame)
+		frame, err := e.readV2Frame(cn, br, buf)
 		if err == nil {
 			buf = frame
 			var f wire.V2Frame
@@ -515,6 +647,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				err = fmt.Errorf("%w: a device sends DATA frames only", wire.ErrV2Malformed)
 			}
 			if err == nil {
+				e.frameValid(cn)
 				e.throttle(cn)
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
@@ -540,6 +673,20 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 		e.closed(cn, err, n-1)
 		return
 	}
+}
+
+// readV2Frame reads one v2 frame: its first byte within IdleTimeout, the
+// rest within FrameTimeout of it, so a slow-loris frame is cut.
+func (e *Edge) readV2Frame(cn *conn, br *bufio.Reader, buf []byte) ([]byte, error) {
+	_ = cn.SetReadDeadline(time.Now().Add(e.o.IdleTimeout))
+	if _, err := br.Peek(1); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("%w: %w", wire.ErrIdle, err)
+		}
+		return nil, err
+	}
+	_ = cn.SetReadDeadline(time.Now().Add(e.o.FrameTimeout))
+	return wire.ReadV2Frame(br, buf, e.o.MaxFrame)
 }
 
 // replyV2 writes ACKs and ERRORs to a v2 device in frame order.
@@ -580,12 +727,14 @@ func (e *Edge) closed(cn *conn, err error, frames uint64) {
 	log := cn.log
 	reason := ""
 	switch {
-	case cn.kicked.Load():
-		e.m.connErrors.WithLabelValues("bad_frames").Inc()
-		if e.kickLog.allow() {
-			log.Warn("connection closed: too many frames dead-lettered", "err", errBadFrames, "bad_frames", cn.badFrames.Load(), "frames", frames)
-		}
-		return
+	case cn.kicked.Load() == kickBadFrames:
+		reason, err = "bad_frames", errBadFrames
+	case cn.kicked.Load() == kickUnknownDevice:
+		reason, err = "unknown_device", errUnknownDevice
+	case cn.penalised.Load():
+		reason, err = "penalised", errors.New("ingest: a penalised address's connection without a valid frame")
+	case cn.state.Load() == stateExpired:
+		reason, err = "first_frame_timeout", errFirstFrameTimeout
 	case errors.Is(err, io.EOF):
 		log.Debug("device disconnected", "frames", frames)
 		return
@@ -596,6 +745,12 @@ func (e *Edge) closed(cn *conn, err error, frames uint64) {
 		reason = "not_hex"
 	case errors.Is(err, errUnknownProtocol):
 		reason = "unknown_protocol"
+	case errors.Is(err, errProxyUntrusted):
+		reason = "proxy_untrusted"
+	case errors.Is(err, errProxyHeader):
+		reason = "proxy_header"
+	case errors.Is(err, wire.ErrFrameTooShort):
+		reason = "too_short"
 	case errors.Is(err, errTLSHandshake):
 		reason = "tls_handshake"
 	case errors.Is(err, wire.ErrV2Malformed):
@@ -612,8 +767,15 @@ func (e *Edge) closed(cn *conn, err error, frames uint64) {
 		reason = "read"
 	}
 	e.m.connErrors.WithLabelValues(reason).Inc()
+	if abusive(reason) {
+		e.strike(cn)
+	}
 	// Under a storm of bad connections, a line a second is enough.
-	if e.closeLog.allow() {
+	if reason == "bad_frames" || reason == "unknown_device" {
+		if e.kickLog.allow() {
+			log.Warn("connection closed: its frames were dead-lettered", "reason", reason, "err", err, "bad_frames", cn.badFrames.Load(), "frames", frames)
+		}
+	} else if e.closeLog.allow() {
 		log.Info("connection closed", "reason", reason, "err", err, "frames", frames)
 	}
 }

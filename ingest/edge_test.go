@@ -214,11 +214,14 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 	}
 }
 
-// TestIdleConnectionClosed: a silent connection is closed after IdleTimeout
-// while a device sending every 50 ms stays connected.
+// TestIdleConnectionClosed: a connection silent after its first frame is
+// closed after IdleTimeout while a device sending every 50 ms stays connected.
 func TestIdleConnectionClosed(t *testing.T) {
 	h := start(t, Options{IdleTimeout: 300 * time.Millisecond})
 	busy, silent := dial(t, h), dial(t, h)
+	if _, err := silent.Write(frame(0)); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	sent := make(chan int, 1)
 	go func() {
@@ -249,7 +252,7 @@ func TestIdleConnectionClosed(t *testing.T) {
 		t.Fatalf("connection_errors_total{reason=idle} = %v, want 1", got)
 	}
 	close(done)
-	n := <-sent
+	n := <-sent + 1
 	for _, m := range rawMessages(t, h.js, n) {
 		if m.Headers().Get(bus.HeaderConn) == "" {
 			t.Fatal("frame without a connection id")
@@ -361,15 +364,15 @@ func TestDrainBoundedWithoutJetStream(t *testing.T) {
 	}
 }
 
+// waitFor waits for cond with testkit.CheckFor's generous deadline.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5 s")
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestBusyAddress(t *testing.T) {

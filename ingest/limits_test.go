@@ -163,7 +163,7 @@ func TestBadFramesCloseConnection(t *testing.T) {
 	for range 5 {
 		deadLetter(badID, bus.ReasonReplayed)
 	}
-	deadLetter(badID, bus.ReasonUnknownDevice)
+	deadLetter(badID, bus.ReasonInvalid)
 	deadLetter(badID, bus.ReasonTampered)
 	deadLetter("otheredge-1", bus.ReasonUnknownDevice) // another edge's connection
 	if err := nc.Flush(); err != nil {
@@ -172,7 +172,7 @@ func TestBadFramesCloseConnection(t *testing.T) {
 	if closedByEdge(bad, 300*time.Millisecond) {
 		t.Fatal("closed after 2 bad frames; the bound is 3")
 	}
-	deadLetter(badID, bus.ReasonUnknownDevice)
+	deadLetter(badID, bus.ReasonInvalid)
 	if !closedByEdge(bad, 5*time.Second) {
 		t.Fatal("not closed after 3 bad frames")
 	}

@@ -137,7 +137,7 @@ func startStore(t *testing.T, maxStore int64, so bus.StreamOptions) (jetstream.J
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	parts, err := bus.EnsureStreams(t.Context(), js, so)
+	parts, err := bus.ApplyStreams(t.Context(), js, so)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net"
 	"os"
@@ -15,12 +16,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/medpipe/medpipe/wire"
 )
 
 // BenchmarkEdgeUnderStorm measures what good v2 devices see (the time from
 // writing a frame to its ACK, which the edge sends once RAW stored it)
-// while the edge is quiet and while it is under abuse:
+// while the edge is quiet and while it is under abuse. The good devices
+// connect from 127.0.0.2, every abuser from 127.0.0.1: one address, which
+// the per-address limits (pre-frame bound, accept rate, penalty) hold back.
+// "storm" is
 //
 //   - 5,000 connections sending random bytes, reconnecting a second after
 //     each close;
@@ -28,6 +34,13 @@ import (
 //   - 20 connections sending over-long frames;
 //   - 50 connections sending well-formed frames that fit no key (stored:
 //     the edge never decrypts; decrypt dead-letters them).
+//
+// "flood" is issue 16's one-address flood:
+//
+//   - 500 idle sockets (connect, send nothing);
+//   - 200 slow-loris connections, half legacy (a hex digit a second), half
+//     v2 (a frame's bytes one a second);
+//   - 10 MB of hex without '+' on one connection, again after each close.
 //
 // Good devices are paced (20 devices at 20 frames/s), so each iteration is
 // one good frame: run it with a fixed count, e.g.
@@ -39,19 +52,21 @@ import (
 // of abuser alone, in the order above, to see which one costs what. The
 // abusers run in this process, on the same cores as the edge.
 func BenchmarkEdgeUnderStorm(b *testing.B) {
-	for _, storm := range []bool{false, true} {
-		name := "quiet"
-		if storm {
-			name = "storm"
-		}
+	for _, name := range []string{"quiet", "storm", "flood"} {
 		b.Run(name, func(b *testing.B) {
-			h := start(b, Options{MaxFrame: 1024, FrameTimeout: 5 * time.Second})
+			// Logs off: a line a second per kind of abuse would interleave with the results.
+			h := start(b, Options{MaxFrame: 1024, FrameTimeout: 5 * time.Second, Log: slog.New(slog.DiscardHandler)})
 			addr := h.edge.Addr().String()
 			ctx, cancel := context.WithCancel(context.Background())
 			var abusers sync.WaitGroup
 			defer func() { cancel(); abusers.Wait() }()
-			if storm {
+			switch name {
+			case "storm":
 				startStorm(ctx, &abusers, addr)
+			case "flood":
+				startFlood(ctx, &abusers, addr)
+			}
+			if name != "quiet" {
 				time.Sleep(3 * time.Second) // every abuser connected at least once
 			}
 			var peak int64
@@ -74,6 +89,12 @@ func BenchmarkEdgeUnderStorm(b *testing.B) {
 			b.ReportMetric(q(0.99), "p99-ms")
 			b.ReportMetric(float64(rssBytes())/(1<<20), "rss-MiB")
 			b.ReportMetric(float64(peak), "peak-conns")
+			var refused float64
+			for _, r := range refusals {
+				refused += testutil.ToFloat64(h.edge.m.rejected.WithLabelValues(r))
+			}
+			b.ReportMetric(refused, "refused-conns")
+			b.ReportMetric(testutil.ToFloat64(h.edge.m.penalties), "penalties")
 		})
 	}
 }
@@ -90,7 +111,8 @@ func goodDevices(b *testing.B, addr string, devices int, rate float64, n int) []
 			dev := testDev
 			dev.ID = "good-" + strconv.Itoa(d)
 			key := wire.NewV2Key(dev)
-			c, err := net.Dial("tcp", addr)
+			dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(goodAddr)}}
+			c, err := dialer.Dial("tcp", addr)
 			if err != nil {
 				b.Error(err)
 				return
@@ -135,35 +157,77 @@ func goodDevices(b *testing.B, addr string, devices int, rate float64, n int) []
 	return lat
 }
 
-// startStorm starts the abusive connections; each reconnects a second after
-// the edge closes it, until ctx ends.
-func startStorm(ctx context.Context, wg *sync.WaitGroup, addr string) {
-	only := os.Getenv("STORM_ONLY")
-	kind := 0
-	abuse := func(n int, session func(c net.Conn)) {
-		kind++
-		if only != "" && only != strconv.Itoa(kind) {
-			return
-		}
-		for range n {
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-					if err == nil {
-						stop := context.AfterFunc(ctx, func() { c.Close() })
-						session(c)
-						stop()
-						c.Close()
-					}
-					select {
-					case <-ctx.Done():
-					case <-time.After(500*time.Millisecond + mrand.N(time.Second)): // independent senders are not in step
-					}
+// The storm's addresses: good devices and abusers.
+const goodAddr, abuserAddr = "127.0.0.2", "127.0.0.1"
+
+// abuser starts abusive connection loops (from abuserAddr); each
+// reconnects about a second after the edge closes it, until ctx ends.
+// STORM_ONLY=k runs only the k-th kind started.
+type abuser struct {
+	ctx  context.Context
+	wg   *sync.WaitGroup
+	addr string
+	kind int
+}
+
+func (a *abuser) start(n int, session func(c net.Conn)) {
+	a.kind++
+	if only := os.Getenv("STORM_ONLY"); only != "" && only != strconv.Itoa(a.kind) {
+		return
+	}
+	ctx := a.ctx
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(abuserAddr)}, Timeout: 5 * time.Second}
+	for range n {
+		a.wg.Go(func() {
+			for ctx.Err() == nil {
+				c, err := d.DialContext(ctx, "tcp", a.addr)
+				if err == nil {
+					stop := context.AfterFunc(ctx, func() { c.Close() })
+					session(c)
+					stop()
+					c.Close()
 				}
-			})
+				select {
+				case <-ctx.Done():
+				case <-time.After(500*time.Millisecond + mrand.N(time.Second)): // independent senders are not in step
+				}
+			}
+		})
+	}
+}
+
+// untilClosed waits for the edge to close c.
+func untilClosed(c net.Conn) { _, _ = c.Read(make([]byte, 256)) }
+
+// startFlood starts issue 16's flood from one address.
+func startFlood(ctx context.Context, wg *sync.WaitGroup, addr string) {
+	a := &abuser{ctx: ctx, wg: wg, addr: addr}
+	a.start(500, untilClosed) // idle sockets
+	drip := func(c net.Conn, b []byte) {
+		for i := 0; ctx.Err() == nil; i++ {
+			if _, err := c.Write([]byte{b[i%len(b)]}); err != nil {
+				return
+			}
+			time.Sleep(time.Second)
 		}
 	}
-	untilClosed := func(c net.Conn) { _, _ = c.Read(make([]byte, 256)) }
+	a.start(100, func(c net.Conn) { drip(c, []byte("0123456789abcdef")) }) // legacy slow loris
+	f, err := wire.NewV2Key(testDev).SealData(nil, "loris", 1, [12]byte{}, []byte(`{"time":1,"values":{"Temp":36.6}}`))
+	if err != nil {
+		panic(err)
+	}
+	a.start(100, func(c net.Conn) { drip(c, f) }) // v2 slow loris
+	hex := []byte(strings.Repeat("0123456789abcdef", 10<<20/16))
+	a.start(1, func(c net.Conn) { // 10 MB of hex without '+'
+		_, _ = c.Write(hex)
+		untilClosed(c)
+	})
+}
+
+// startStorm starts the mixed storm of abusive connections.
+func startStorm(ctx context.Context, wg *sync.WaitGroup, addr string) {
+	a := &abuser{ctx: ctx, wg: wg, addr: addr}
+	abuse := a.start
 	abuse(5000, func(c net.Conn) { // random bytes
 		junk := make([]byte, 64)
 		_, _ = rand.Read(junk)

@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"strings"
 )
 
 // Flash geometry of the Raspberry Pi Pico (W25Q16JV, 2 MiB, mapped at
@@ -196,4 +198,40 @@ func ReadUF2(b []byte, addr uint32, n int) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// passwordAlphabet spells access point passwords for a label: no 0/O, 1/l/I.
+const passwordAlphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+
+// New makes a factory block for serial with a random access point password
+// (16 characters, 80 bits) and provisioning key from rnd (crypto/rand.Reader).
+func New(serial string, rnd io.Reader) (Factory, error) {
+	f := Factory{Serial: serial}
+	var b [16]byte
+	if _, err := io.ReadFull(rnd, b[:]); err != nil {
+		return f, fmt.Errorf("provision: random: %w", err)
+	}
+	pass := make([]byte, 16)
+	for i := range pass {
+		pass[i] = passwordAlphabet[b[i]%byte(len(passwordAlphabet))] // 32 letters: no bias
+	}
+	f.APPassword = string(pass)
+	if _, err := io.ReadFull(rnd, f.ProvisioningKey[:]); err != nil {
+		return f, fmt.Errorf("provision: random: %w", err)
+	}
+	return f, f.Validate()
+}
+
+// File returns f's block as a file for the Pico: a UF2 (name ending in
+// .uf2) that the boot ROM writes to the factory sector when copied onto the
+// RPI-RP2 drive, or else the raw block for picotool at FactoryAddr.
+func (f *Factory) File(name string) ([]byte, error) {
+	b, err := f.Append(nil)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasSuffix(strings.ToLower(name), ".uf2") {
+		return AppendUF2(nil, FactoryAddr, b), nil
+	}
+	return b, nil
 }

@@ -6,27 +6,44 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-type metrics struct {
-	readings, messages, errors, reconnects, barriers, invalid, connectFailures, redeliveriesSkipped prometheus.Counter
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_publish_" + name, Help: help})
 }
 
-func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_publish_" + name, Help: help})
-	}
+// metrics are the bridge's, whatever its sink.
+type metrics struct {
+	invalid, redeliveriesSkipped, sinkErrors prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		readings:   c("readings_total", "Readings republished to MQTT."),
-		messages:   c("mqtt_messages_total", "MQTT messages published."),
-		errors:     c("mqtt_errors_total", "MQTT publishes that failed; their readings are redelivered."),
-		reconnects: c("reconnects_total", "MQTT connection losses."),
-		barriers:   c("resume_waits_total", "Readings whose delivery was confirmed only after a reconnect drained paho's store."),
-		invalid:    c("invalid_readings_total", "READINGS messages that were not readings."),
+		invalid: counter("invalid_readings_total", "READINGS messages that were not readings."),
+		// An ack lost or late brings a reading back; this process knows
+		// whether the sink has it already.
+		redeliveriesSkipped: counter("redeliveries_skipped_total", "Redelivered READINGS messages not published again: this process had delivered them."),
+		sinkErrors:          counter("sink_errors_total", "Sink writes that failed or were not acknowledged; their readings are redelivered."),
+	}
+	if reg != nil {
+		reg.MustRegister(m.invalid, m.redeliveriesSkipped, m.sinkErrors)
+	}
+	return m
+}
+
+// mqttMetrics are the MQTT sink's.
+type mqttMetrics struct {
+	readings, messages, errors, reconnects, barriers, connectFailures prometheus.Counter
+}
+
+func newMQTTMetrics(reg prometheus.Registerer, connected *atomic.Bool) *mqttMetrics {
+	m := &mqttMetrics{
+		readings:   counter("readings_total", "Readings republished to MQTT."),
+		messages:   counter("mqtt_messages_total", "MQTT messages published."),
+		errors:     counter("mqtt_errors_total", "MQTT publishes that failed; their readings are redelivered."),
+		reconnects: counter("reconnects_total", "MQTT connection losses."),
+		barriers:   counter("resume_waits_total", "Readings whose delivery was confirmed only after a reconnect drained paho's store."),
 		// Refused credentials show here and in the log, so a wrong password
 		// is not a silent stall.
-		connectFailures: c("mqtt_connect_failures_total", "MQTT connection attempts that failed (broker down, TLS or credentials refused)."),
-		// An ack lost or late brings a reading back; this process knows
-		// whether the broker has it already.
-		redeliveriesSkipped: c("redeliveries_skipped_total", "Redelivered READINGS messages not published again: this process had delivered them."),
+		connectFailures: counter("mqtt_connect_failures_total", "MQTT connection attempts that failed (broker down, TLS or credentials refused)."),
 	}
 	up := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_publish_mqtt_connected", Help: "1 while the broker is connected."}, func() float64 {
 		if connected.Load() {
@@ -35,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, connected *atomic.Bool) *metrics {
 		return 0
 	})
 	if reg != nil {
-		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.invalid, m.connectFailures, m.redeliveriesSkipped, up)
+		reg.MustRegister(m.readings, m.messages, m.errors, m.reconnects, m.barriers, m.connectFailures, up)
 	}
 	return m
 }

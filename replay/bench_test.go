@@ -93,7 +93,7 @@ func BenchmarkReplayArchive(b *testing.B) {
 	dec := decoder(b, devs)
 	start := time.Now()
 	for b.Loop() {
-		src, err := OpenArchive(path)
+		src, err := OpenArchive(path, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func benchmarkRaw(b *testing.B, compression jetstream.StoreCompression) {
 	ctx := context.Background()
 	bb := testkit.StartBus(b, 0)
 	var err error
-	if bb.Partitions, err = bus.EnsureStreams(ctx, bb.JS, bus.StreamOptions{Partitions: bus.DefaultPartitions, Compression: compression}); err != nil {
+	if bb.Partitions, err = bus.ApplyStreams(ctx, bb.JS, bus.StreamOptions{Partitions: bus.DefaultPartitions, Compression: compression}); err != nil {
 		b.Fatal(err)
 	}
 	devs := rawgen.Devices(benchDevices, "dev", 10)

@@ -19,6 +19,7 @@ import (
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/replay/archive"
 	"github.com/medpipe/medpipe/replay/rawgen"
+	"github.com/medpipe/medpipe/sink"
 	"github.com/medpipe/medpipe/testkit"
 )
 
@@ -204,7 +205,7 @@ func TestExportImportReplay(t *testing.T) {
 	if got, _ := replayJSON(ctx, t, openRaw(ctx, t, third.JS, Selection{}), devs, Selection{}); got != want {
 		t.Fatal("replay after a second-generation import differs")
 	}
-	src, err := OpenArchive(path)
+	src, err := OpenArchive(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,8 +426,12 @@ func TestReplayLeavesLiveConsumersAlone(t *testing.T) {
 // countSink counts readings.
 type countSink struct{ n uint64 }
 
-func (c *countSink) Write(context.Context, *bus.Reading) error { c.n++; return nil }
-func (c *countSink) Close(context.Context) error               { return nil }
+func (c *countSink) Connect(context.Context) error { return nil }
+func (c *countSink) WriteBatch(_ context.Context, b []*bus.Reading) (sink.Ack, error) {
+	c.n += uint64(len(b))
+	return sink.Done(nil), nil
+}
+func (c *countSink) Close(context.Context) error { return nil }
 
 // TestSpeed: --speed 10 replays two seconds of readings in no less than a
 // tenth of that (only the lower bound: a slow machine may take longer).
@@ -457,7 +462,7 @@ func TestSpeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	src, err := OpenArchive(path)
+	src, err := OpenArchive(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,14 +17,8 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/replay/archive"
+	"github.com/medpipe/medpipe/sink"
 )
-
-// Sink receives replayed readings.
-type Sink interface {
-	Write(ctx context.Context, r *bus.Reading) error
-	// Close flushes and waits until everything written is delivered.
-	Close(ctx context.Context) error
-}
 
 // Options configures Run.
 type Options struct {
@@ -35,8 +29,11 @@ type Options struct {
 	// Speed paces the replay by the frames' receive times: 1 is real time,
 	// 10 ten times faster; 0 is as fast as possible.
 	Speed float64
-	// Sink receives the readings.
-	Sink Sink
+	// Sink receives the readings: the same outputs as publish's (an
+	// MQTTSink), or JSONLines or CSV. Run connects and closes it.
+	Sink sink.Sink
+	// Window bounds readings awaiting the sink's acknowledgement (default 1024).
+	Window int
 	// Progress, when set, is called about every ProgressEvery and once at the end.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
@@ -105,7 +102,8 @@ func (s Summary) String() string {
 		s.Scanned, s.Frames, s.FirstSeq, s.LastSeq, s.Readings, dead, s.Elapsed.Seconds(), s.Rate())
 }
 
-// Run replays src into o.Sink and closes the sink. Dead letters are
+// Run connects o.Sink, replays src into it, waits for its
+// acknowledgements and closes it. Dead letters are
 // counted, not stored; with device patterns, only those of a matching (or
 // unidentified) device are.
 func Run(ctx context.Context, src Source, o Options) (Summary, error) {
@@ -125,6 +123,13 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 200 * time.Millisecond
 	}
+	if o.Window <= 0 {
+		o.Window = 1024
+	}
+	if err := o.Sink.Connect(ctx); err != nil {
+		return sum, err
+	}
+	window := sink.NewWindow(o.Window)
 	start := time.Now()
 	nextProgress := start.Add(o.ProgressEvery)
 	report := func(final bool) {
@@ -178,12 +183,19 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 					return err
 				}
 			}
-			if err := o.Sink.Write(ctx, out.Reading); err != nil {
+			ack, err := o.Sink.WriteBatch(ctx, []*bus.Reading{out.Reading})
+			if err != nil {
+				return err
+			}
+			if err := window.Add(ctx, ack); err != nil {
 				return err
 			}
 			sum.Readings++
 		}
 	}()
+	if err == nil {
+		err = window.Drain(ctx)
+	}
 	if cerr := o.Sink.Close(ctx); err == nil {
 		err = cerr
 	}

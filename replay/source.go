@@ -159,8 +159,9 @@ type ArchiveSource struct {
 	pos  *countingFile
 }
 
-// OpenArchive opens an archive file for reading.
-func OpenArchive(path string) (*ArchiveSource, error) {
+// OpenArchive opens an archive file for reading; key opens a sealed one
+// (see archive.Unseal), nil a plain one.
+func OpenArchive(path string, key []byte) (*ArchiveSource, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("replay: %w", err)
@@ -171,7 +172,12 @@ func OpenArchive(path string) (*ArchiveSource, error) {
 		return nil, fmt.Errorf("replay: %w", err)
 	}
 	cf := &countingFile{f: f}
-	r, err := archive.NewReader(cf)
+	plain, err := archive.Unseal(cf, key)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	r, err := archive.NewReader(plain)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)

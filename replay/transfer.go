@@ -79,7 +79,7 @@ func Export(ctx context.Context, src *RawSource, sel Selection, w io.Writer, pro
 // ImportBucket is the KV bucket recording which frames of which origin
 // were imported, so that importing an archive again stores nothing twice
 // however long after (JetStream's duplicate window alone is minutes).
-const ImportBucket = "MEDPIPE_IMPORTS"
+const ImportBucket = bus.ImportBucket
 
 // Import header names set on imported frames.
 const (
@@ -180,10 +180,7 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 	}
 	var rev uint64
 	led := &ledger{Origin: origin}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: ImportBucket, Description: "medpipe: frames imported from archives, by origin stream",
-		Storage: jetstream.FileStorage, Replicas: max(o.Replicas, 1),
-	})
+	kv, err := bus.BindBucket(ctx, js, ImportBucket, o.Replicas)
 	if err != nil {
 		return sum, fmt.Errorf("replay: open bucket %s: %w", ImportBucket, err)
 	}

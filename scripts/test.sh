@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (Mosquitto and Chromium
-# from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
+# The whole test suite: installs what the tests need (Mosquitto, HAProxy and
+# Chromium from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
 # git-ignored), checks formatting, vet and staticcheck, runs every module's
 # tests, compiles the firmware for the Pico with TinyGo (firmware/tinygo.sh)
 # and runs every fuzz target briefly. Usage: ./scripts/test.sh
@@ -35,6 +35,25 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/d
 fi
 if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
 	echo "mosquitto could not be installed: the tests need it" >&2
+	exit 1
+fi
+# deploy/'s tests check the shipped haproxy.cfg with haproxy and score the
+# systemd units with systemd-analyze.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+	log "installing haproxy (Debian package)"
+	apt_install haproxy
+fi
+if ! command -v systemd-analyze >/dev/null; then
+	log "installing systemd (Debian package, for systemd-analyze)"
+	apt_install systemd
+fi
+# The package may start a proxy of its own; e2e/'s PROXY protocol test runs
+# the shipped haproxy.cfg on loopback itself.
+if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then
+	as_root systemctl disable --now haproxy >/dev/null 2>&1 || true
+fi
+if [ ! -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null; then
+	echo "haproxy could not be installed: the deploy and PROXY protocol tests need it" >&2
 	exit 1
 fi
 # Headless Chromium for the dashboard test (deploy/).
@@ -72,7 +91,7 @@ log "go test"
 go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
-firmware/tinygo.sh
+firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -192,15 +193,15 @@ func TestFleetReconnects(t *testing.T) {
 	}
 }
 
+// waitFor waits for cond with testkit.CheckFor's generous deadline.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestGenerateDevices(t *testing.T) {

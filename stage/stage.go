@@ -1,5 +1,5 @@
 // Package stage starts medpipe stages the one way every command does: a
-// NATS connection per stage (streams created or checked), a metrics
+// NATS connection per stage (streams verified, never changed), a metrics
 // registry, the ops endpoint with each stage's readiness check, and a run
 // that stops every stage when one fails and returns once all have drained.
 // `medpipe ingest`, `decrypt`, `publish` and `up` differ only in which
@@ -80,25 +80,29 @@ func (p *Process) Connect(ctx context.Context, o bus.ConnectOptions) (*nats.Conn
 	return nc, js, nil
 }
 
-// ConnectStreams connects (see Connect) and creates or checks the streams,
-// returning the partition count in force.
+// ConnectStreams connects (see Connect) and verifies the streams, never
+// changing them (bus.VerifyStreams: a flag contradicting a stream is a
+// warning), returning the partition count in force.
 func (p *Process) ConnectStreams(ctx context.Context, o bus.ConnectOptions, so bus.StreamOptions) (*nats.Conn, jetstream.JetStream, int, error) {
 	nc, js, err := p.Connect(ctx, o)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	parts, err := EnsureStreams(ctx, js, so)
+	vctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
+	parts, err := bus.VerifyStreams(vctx, js, so, p.o.Log)
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	return nc, js, parts, nil
 }
 
-// EnsureStreams creates or checks the streams within SetupTimeout.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, so bus.StreamOptions) (int, error) {
+// ApplyStreams is the admin's action (medpipe up at start, medpipe streams
+// apply) within SetupTimeout: see bus.ApplyStreams.
+func ApplyStreams(ctx context.Context, js jetstream.JetStream, so bus.StreamOptions) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
 	defer cancel()
-	return bus.EnsureStreams(ctx, js, so)
+	return bus.ApplyStreams(ctx, js, so)
 }
 
 // Check adds a readiness check to /readyz (and /healthz).

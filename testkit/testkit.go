@@ -70,6 +70,20 @@ func MosquittoBinary(t testing.TB) string {
 	return ""
 }
 
+// HAProxyBinary finds haproxy, or fails the test: the README's test command
+// installs it, and a missing proxy must not pass as a skip.
+func HAProxyBinary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/haproxy"); err == nil {
+		return "/usr/sbin/haproxy"
+	}
+	t.Fatal("haproxy not installed: run ./scripts/test.sh (it installs it) or apt-get install haproxy")
+	return ""
+}
+
 // StartMosquitto starts a broker on a free loopback port and stops it when
 // the test ends.
 func StartMosquitto(t testing.TB, o MosquittoOptions) *Mosquitto {

@@ -11,23 +11,38 @@ import (
 // Errors from FrameReader. Each one leaves the stream at an unknown position,
 // so the connection must be closed.
 var (
-	ErrFrameTooLong = errors.New("wire: frame exceeds the maximum size")
-	ErrTruncated    = errors.New("wire: stream ended inside a frame")
-	ErrIdle         = errors.New("wire: no frame within the idle timeout")
+	ErrFrameTooLong  = errors.New("wire: frame exceeds the maximum size")
+	ErrFrameTooShort = errors.New("wire: frame is shorter than any reading")
+	ErrTruncated     = errors.New("wire: stream ended inside a frame")
+	ErrIdle          = errors.New("wire: no frame within the idle timeout")
 )
 
-// Defaults for FrameReaderOptions.
+// Defaults for FrameReaderOptions, and the v2 frame bound.
 const (
+	// DefaultMaxFrame bounds a v2 frame's bytes (legacy frames are bounded
+	// in blocks, see DefaultMaxBlocks).
 	DefaultMaxFrame     = 8 << 10
 	DefaultIdleGap      = 10 * time.Millisecond
 	DefaultFrameTimeout = 5 * time.Second
 )
 
+// DefaultMaxBlocks is the most blocks a legacy frame holds by default: the
+// longest reading a device writes (MaxReadingLen) sealed. MinReadingBlocks
+// is the fewest any valid reading takes: a shorter frame can never decrypt
+// into a reading, whichever key is tried.
+var (
+	DefaultMaxBlocks = LegacyBlocks(MaxReadingLen)
+	MinReadingBlocks = LegacyBlocks(MinReadingLen)
+)
+
 // FrameReaderOptions bounds a FrameReader. Zero values take the defaults.
 type FrameReaderOptions struct {
-	// MaxFrame is the largest frame accepted, in bytes of wire text
-	// (default 8 KiB, about 248 blocks; a reading needs 8).
-	MaxFrame int
+	// MaxBlocks is the most blocks a frame may hold (default
+	// DefaultMaxBlocks); the '+' announcing one more is ErrFrameTooLong.
+	MaxBlocks int
+	// MinBlocks is the fewest blocks a frame may hold (default 0: any); a
+	// shorter frame is ErrFrameTooShort. The edge sets MinReadingBlocks.
+	MinBlocks int
 	// IdleGap ends a frame when no byte follows its last block for this long
 	// (default 10 ms). The legacy stream has no delimiter: a frame ends at a
 	// block not followed by '+', known for sure only when the next byte
@@ -42,8 +57,8 @@ type FrameReaderOptions struct {
 }
 
 func (o *FrameReaderOptions) setDefaults() {
-	if o.MaxFrame <= 0 {
-		o.MaxFrame = DefaultMaxFrame
+	if o.MaxBlocks <= 0 {
+		o.MaxBlocks = DefaultMaxBlocks
 	}
 	if o.IdleGap <= 0 {
 		o.IdleGap = DefaultIdleGap
@@ -99,27 +114,21 @@ func (fr *FrameReader) Next() ([]byte, error) {
 	if err := fr.deadline(fr.opts.IdleTimeout); err != nil {
 		return nil, err
 	}
+	// The frame's first byte, awaited under the idle timeout; from it on,
+	// the whole frame must arrive within FrameTimeout.
+	if _, err := fr.br.Peek(1); err != nil {
+		return nil, fr.readError(err)
+	}
 	var frameDeadline time.Time
-	for {
-		// One block of hex digits.
-		for range 2 * BlockSize {
-			c, err := fr.br.ReadByte()
-			if err != nil {
-				return nil, fr.readError(err)
-			}
-			if !IsHexDigit(c) {
-				return nil, fmt.Errorf("%w: byte %d is %s", ErrNotHex, len(fr.buf), quoteByte(c))
-			}
-			if len(fr.buf) >= fr.opts.MaxFrame {
-				return nil, fmt.Errorf("%w (%d bytes)", ErrFrameTooLong, fr.opts.MaxFrame)
-			}
-			if len(fr.buf) == 0 && fr.dl != nil {
-				frameDeadline = time.Now().Add(fr.opts.FrameTimeout)
-				if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
-					return nil, err
-				}
-			}
-			fr.buf = append(fr.buf, c)
+	if fr.dl != nil {
+		frameDeadline = time.Now().Add(fr.opts.FrameTimeout)
+		if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
+			return nil, err
+		}
+	}
+	for blocks := 1; ; blocks++ {
+		if err := fr.readBlock(); err != nil {
+			return nil, err
 		}
 		// After a block: '+' continues the frame, anything else starts the next.
 		gap := fr.br.Buffered() == 0 && fr.dl != nil
@@ -132,7 +141,13 @@ func (fr *FrameReader) Next() ([]byte, error) {
 		if err != nil || next[0] != '+' {
 			// Timeout, end of stream or a next frame: this frame is complete.
 			// A real read error surfaces again on the next call.
+			if blocks < fr.opts.MinBlocks {
+				return nil, fmt.Errorf("%w: %d blocks, a reading takes at least %d", ErrFrameTooShort, blocks, fr.opts.MinBlocks)
+			}
 			return fr.buf, nil
+		}
+		if blocks >= fr.opts.MaxBlocks {
+			return nil, fmt.Errorf("%w (%d blocks)", ErrFrameTooLong, fr.opts.MaxBlocks)
 		}
 		if gap {
 			if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
@@ -140,11 +155,30 @@ func (fr *FrameReader) Next() ([]byte, error) {
 			}
 		}
 		_, _ = fr.br.ReadByte()
-		if len(fr.buf) >= fr.opts.MaxFrame {
-			return nil, fmt.Errorf("%w (%d bytes)", ErrFrameTooLong, fr.opts.MaxFrame)
-		}
 		fr.buf = append(fr.buf, '+')
 	}
+}
+
+// readBlock appends one block of hex digits to fr.buf, taking whatever the
+// buffer holds at once rather than a byte at a time.
+func (fr *FrameReader) readBlock() error {
+	for need := 2 * BlockSize; need > 0; {
+		if fr.br.Buffered() == 0 {
+			if _, err := fr.br.Peek(1); err != nil {
+				return fr.readError(err)
+			}
+		}
+		p, _ := fr.br.Peek(min(need, fr.br.Buffered()))
+		for i, c := range p {
+			if !IsHexDigit(c) {
+				return fmt.Errorf("%w: byte %d is %s", ErrNotHex, len(fr.buf)+i, quoteByte(c))
+			}
+		}
+		fr.buf = append(fr.buf, p...)
+		need -= len(p)
+		_, _ = fr.br.Discard(len(p))
+	}
+	return nil
 }
 
 func (fr *FrameReader) deadline(d time.Duration) error {

@@ -18,6 +18,7 @@ func TestFrameReader(t *testing.T) {
 		name    string
 		in      string
 		max     int
+		min     int
 		frames  []string
 		wantErr error
 	}{
@@ -30,13 +31,17 @@ func TestFrameReader(t *testing.T) {
 		{name: "double plus", in: block + "++" + block, wantErr: ErrNotHex},
 		{name: "non-hex", in: block[:10] + "z" + block[11:], wantErr: ErrNotHex},
 		{name: "newline between frames", in: block + "\n" + block, frames: []string{block}, wantErr: ErrNotHex},
-		{name: "too long", in: block + "+" + block, max: 40, wantErr: ErrFrameTooLong},
-		{name: "exactly max", in: block + "+" + block, max: 65, frames: []string{block + "+" + block}},
+		{name: "too long", in: block + "+" + block, max: 1, wantErr: ErrFrameTooLong},
+		{name: "exactly max", in: block + "+" + block, max: 2, frames: []string{block + "+" + block}},
+		{name: "too short", in: block + "+" + block + block, min: 2, frames: []string{block + "+" + block}, wantErr: ErrFrameTooShort},
+		{name: "hex without plus", in: strings.Repeat(block, 100), min: MinReadingBlocks, wantErr: ErrFrameTooShort},
+		{name: "over the default bound", in: strings.Repeat(block+"+", DefaultMaxBlocks) + block, wantErr: ErrFrameTooLong},
+		{name: "at the default bound", in: strings.Repeat(block+"+", DefaultMaxBlocks-1) + block, frames: []string{strings.Repeat(block+"+", DefaultMaxBlocks-1) + block}},
 		{name: "v2 magic byte", in: "\xa5abc", wantErr: ErrNotHex},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fr := NewFrameReader(strings.NewReader(tt.in), FrameReaderOptions{MaxFrame: tt.max})
+			fr := NewFrameReader(strings.NewReader(tt.in), FrameReaderOptions{MaxBlocks: tt.max, MinBlocks: tt.min})
 			var got []string
 			var err error
 			for {
@@ -114,21 +119,47 @@ func TestFrameReaderIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestReadingBounds: the legacy frame bounds follow from what a reading can
+// be, and a reading at either bound seals into that many blocks.
+func TestReadingBounds(t *testing.T) {
+	long, short := Reading{}, Reading{}
+	for f := range long {
+		long[f], short[f] = strings.Repeat("9", maxValueLen), "1"
+	}
+	k := NewLegacyKey(Device{ID: "d"})
+	for _, tt := range []struct {
+		r      Reading
+		blocks int
+	}{{long, DefaultMaxBlocks}, {short, MinReadingBlocks}} {
+		if err := tt.r.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if got := BlocksInFrame(len(k.Seal(nil, Pico, tt.r.AppendJSON(nil)))); got != tt.blocks {
+			t.Fatalf("%s seals into %d blocks, bound %d", tt.r.AppendJSON(nil), got, tt.blocks)
+		}
+	}
+	if MinReadingBlocks >= DefaultMaxBlocks || DefaultMaxBlocks > 32 {
+		t.Fatalf("bounds [%d, %d]", MinReadingBlocks, DefaultMaxBlocks)
+	}
+	t.Logf("a reading is %d to %d bytes: %d to %d blocks", MinReadingLen, MaxReadingLen, MinReadingBlocks, DefaultMaxBlocks)
+}
+
 func FuzzFrameReader(f *testing.F) {
 	f.Add([]byte(block + "+" + block + block))
 	f.Add([]byte(block + "+"))
 	f.Add([]byte("+" + block))
 	f.Add([]byte{0xa5, 0x01})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		fr := NewFrameReader(strings.NewReader(string(in)), FrameReaderOptions{MaxFrame: 200})
+		const maxBlocks, minBlocks = 6, 2
+		fr := NewFrameReader(strings.NewReader(string(in)), FrameReaderOptions{MaxBlocks: maxBlocks, MinBlocks: minBlocks})
 		total := 0
 		for {
 			fr0, err := fr.Next()
 			if err != nil {
 				break
 			}
-			if len(fr0) > 200 {
-				t.Fatalf("frame of %d bytes over the limit", len(fr0))
+			if n := BlocksInFrame(len(fr0)); n > maxBlocks || n < minBlocks {
+				t.Fatalf("frame of %d blocks outside [%d, %d]", n, minBlocks, maxBlocks)
 			}
 			// Every frame the reader accepts must decode.
 			ct, err := DecodeFrame(nil, fr0)

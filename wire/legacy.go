@@ -72,7 +72,7 @@ func NewLegacyKey(d Device) *LegacyKey {
 // Seal pads plaintext with '&', encrypts it with variant v and appends the
 // wire text (hex blocks joined by '+') to dst.
 func (k *LegacyKey) Seal(dst []byte, v Variant, plaintext []byte) []byte {
-	n := len(plaintext)/BlockSize + 1 // a whole block of '&' when already aligned
+	n := LegacyBlocks(len(plaintext))
 	var blk, prev [BlockSize]byte
 	prev = k.iv
 	for i := range n {
@@ -212,6 +212,11 @@ func DecodeFrame(dst, frame []byte) ([]byte, error) {
 	}
 	return dst, nil
 }
+
+// LegacyBlocks returns the number of blocks a legacy message of n plaintext
+// bytes is sealed into: padding adds 1 to 16 '&', a whole block of them when
+// n is already a multiple of BlockSize.
+func LegacyBlocks(n int) int { return n/BlockSize + 1 }
 
 // BlocksInFrame returns the number of blocks a well-formed frame of n bytes holds.
 func BlocksInFrame(n int) int { return (n + 1) / (2*BlockSize + 1) }

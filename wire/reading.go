@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Field names one of the seven values a device reports.
@@ -59,6 +60,25 @@ var (
 
 // maxValueLen bounds one value's text; devices send at most a handful of digits.
 const maxValueLen = 32
+
+// MaxReadingLen and MinReadingLen are the longest and shortest reading a
+// device writes (AppendJSON with every value maxValueLen characters long,
+// and one character long). No valid reading is shorter than MinReadingLen:
+// it holds all seven fields. A longer one parses (spaces, unknown fields),
+// but no device sends it; they bound legacy frames at the edge.
+var (
+	MaxReadingLen = readingLen(maxValueLen)
+	MinReadingLen = readingLen(1)
+)
+
+// readingLen is the length of AppendJSON's output when every value is n characters.
+func readingLen(n int) int {
+	var r Reading
+	for f := range r {
+		r[f] = strings.Repeat("1", n)
+	}
+	return len(r.AppendJSON(nil))
+}
 
 // ParseReading parses and validates a reading's JSON text: an object holding
 // all seven fields, each a string that is a finite decimal number. Unknown

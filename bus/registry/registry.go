@@ -15,11 +15,13 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/wire"
 )
 
 // Bucket is the KV bucket holding one Record per device, keyed by device id.
-const Bucket = "MEDPIPE_DEVICES"
+// Only the decrypt and admin roles may read it (bus.RolePermissions).
+const Bucket = bus.DevicesBucket
 
 // Record is one device in the registry. Key and IV are secrets: Record's
 // String hides them, and nothing logs a Record's JSON.
@@ -65,25 +67,36 @@ var (
 
 // Registry is the device registry bucket.
 type Registry struct {
-	kv  jetstream.KeyValue
-	now func() time.Time
+	kv    jetstream.KeyValue
+	audit *auditLog
+	now   func() time.Time
 }
 
-// Open creates the bucket if needed (replicas as given, file storage) and
-// returns the registry.
+// Open is the admin's way in: it creates the bucket if needed (replicas as
+// given, file storage, one version per device so that a rotated key is
+// gone), cuts an older bucket's history down to one, and records every key
+// operation made through it in the audit stream (bus.StreamAudit).
 func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Registry, error) {
-	if replicas <= 0 {
-		replicas = 1
+	if err := bus.ApplyBuckets(ctx, js, replicas, Bucket); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "medpipe device registry: ids, keys, rotation and revocation",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	})
+	kv, err := js.KeyValue(ctx, Bucket)
 	if err != nil {
 		return nil, fmt.Errorf("registry: open bucket %s: %w", Bucket, err)
+	}
+	a, err := openAudit(ctx, js, replicas)
+	if err != nil {
+		return nil, err
+	}
+	return &Registry{kv: kv, audit: a, now: time.Now}, nil
+}
+
+// Bind is decrypt's way in: it reads and watches the bucket (creating it
+// with its configuration if it does not exist yet) and writes nothing.
+func Bind(ctx context.Context, js jetstream.JetStream, replicas int) (*Registry, error) {
+	kv, err := bus.BindBucket(ctx, js, Bucket, replicas)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
 	}
 	return &Registry{kv: kv, now: time.Now}, nil
 }
@@ -167,7 +180,10 @@ func (g *Registry) Add(ctx context.Context, id string) (Record, error) {
 	if err := r.newSecrets(); err != nil {
 		return Record{}, err
 	}
-	return r, g.put(ctx, r, 0)
+	if err := g.put(ctx, r, 0); err != nil {
+		return Record{}, err
+	}
+	return r, g.record(ctx, ActionAdd, r, "")
 }
 
 // Rotate gives a device a new random key and IV; a revoked device stays revoked.
@@ -180,7 +196,10 @@ func (g *Registry) Rotate(ctx context.Context, id string) (Record, error) {
 		return Record{}, err
 	}
 	r.Rotated = g.now().UTC()
-	return r, g.put(ctx, r, rev)
+	if err := g.put(ctx, r, rev); err != nil {
+		return Record{}, err
+	}
+	return r, g.record(ctx, ActionRotate, r, "")
 }
 
 // Revoke marks a device revoked: its frames are dead-lettered from then on.
@@ -189,21 +208,29 @@ func (g *Registry) Revoke(ctx context.Context, id string) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
-	if !r.IsRevoked() {
-		r.Revoked = g.now().UTC()
-		err = g.put(ctx, r, rev)
+	if r.IsRevoked() {
+		return r, nil
 	}
-	return r, err
+	r.Revoked = g.now().UTC()
+	if err := g.put(ctx, r, rev); err != nil {
+		return Record{}, err
+	}
+	return r, g.record(ctx, ActionRevoke, r, "")
 }
 
 // ImportReport says what Import did, by device id.
 type ImportReport struct {
 	Added, Changed, Unchanged []string
+	// Revoked are devices the file lists that are revoked in the registry:
+	// they stay revoked and keep their record (revoking is undone by no
+	// import; re-register a device under a new id instead).
+	Revoked []string
 }
 
 // Import brings the registry in line with a keys file: new devices are
-// added, devices whose key or IV differ are updated (and un-revoked), the
-// rest are left alone. Importing the same file twice changes nothing.
+// added, devices whose key or IV differ are updated (marked rotated), the
+// rest are left alone; revoked devices stay revoked and unchanged. Importing
+// the same file twice changes nothing.
 func (g *Registry) Import(ctx context.Context, devs []wire.Device) (ImportReport, error) {
 	var rep ImportReport
 	for _, d := range devs {
@@ -211,23 +238,54 @@ func (g *Registry) Import(ctx context.Context, devs []wire.Device) (ImportReport
 		r, rev, err := g.Get(ctx, d.ID)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			if err := g.put(ctx, Record{ID: d.ID, Key: key, IV: iv, Created: g.now().UTC()}, 0); err != nil {
+			r = Record{ID: d.ID, Key: key, IV: iv, Created: g.now().UTC()}
+			if err := g.put(ctx, r, 0); err != nil {
+				return rep, err
+			}
+			if err := g.record(ctx, ActionImport, r, "added"); err != nil {
 				return rep, err
 			}
 			rep.Added = append(rep.Added, d.ID)
 		case err != nil:
 			return rep, err
-		case r.Key == key && r.IV == iv && !r.IsRevoked():
+		case r.IsRevoked():
+			rep.Revoked = append(rep.Revoked, d.ID)
+		case r.Key == key && r.IV == iv:
 			rep.Unchanged = append(rep.Unchanged, d.ID)
 		default:
-			r.Key, r.IV, r.Rotated, r.Revoked = key, iv, g.now().UTC(), time.Time{}
+			r.Key, r.IV, r.Rotated = key, iv, g.now().UTC()
 			if err := g.put(ctx, r, rev); err != nil {
+				return rep, err
+			}
+			if err := g.record(ctx, ActionImport, r, "changed"); err != nil {
 				return rep, err
 			}
 			rep.Changed = append(rep.Changed, d.ID)
 		}
 	}
 	return rep, nil
+}
+
+// Secrets returns the devices include selects (nil: all) with their keys,
+// for an export or a listing that shows secrets. Each device handed out is
+// recorded in the audit stream first (action is ActionExport or
+// ActionListSecrets): if a record cannot be written, no secret is returned.
+func (g *Registry) Secrets(ctx context.Context, action Action, include func(Record) bool) ([]Record, error) {
+	recs, err := g.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := recs[:0]
+	for _, r := range recs {
+		if include != nil && !include(r) {
+			continue
+		}
+		if err := g.record(ctx, action, r, ""); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // Watch calls fn with every device now in the registry, then ready() once,

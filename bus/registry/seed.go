@@ -11,7 +11,7 @@ import (
 // other one as it is: a device rotated or revoked with `medpipe keys` since
 // stays rotated or revoked when a process restarts with the same keys file
 // (Import, by contrast, makes the registry match the file). It returns the
-// ids added.
+// ids added; each is recorded in the audit stream like an import.
 func (g *Registry) Seed(ctx context.Context, devs []wire.Device) ([]string, error) {
 	var added []string
 	for _, d := range devs {
@@ -28,6 +28,9 @@ func (g *Registry) Seed(ctx context.Context, devs []wire.Device) ([]string, erro
 		case err != nil:
 			return added, err
 		default:
+			if err := g.record(ctx, ActionImport, r, "seeded"); err != nil {
+				return added, err
+			}
 			added = append(added, d.ID)
 		}
 	}

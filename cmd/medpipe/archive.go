@@ -64,6 +64,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	sf.register(fs, false)
 	fs.StringVar(&out, "out", "", "archive file to write ('-': standard output); written aside and renamed when complete")
 	fs.StringVar(&progress, "progress", "auto", "progress bar on standard error: auto, on or off")
+	keyFile := registerArchiveKey(fs, "seal (encrypt) the archive under the key in this file (at least 32 bytes of secret, e.g. head -c 32 /dev/urandom | base64); import, verify and replay --from-archive then need it")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -82,6 +83,7 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	nf.role = bus.RoleReplay
 	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
@@ -102,7 +104,22 @@ func archiveExport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		bar = progressBar(stderr)
 	}
 	bw := bufio.NewWriterSize(w, 256<<10)
-	m, err := replay.Export(ctx, src, sel, bw, bar)
+	var dst io.Writer = bw
+	var seal *archive.SealWriter
+	if key, err := archiveKey(*keyFile); err != nil {
+		abort()
+		return err
+	} else if key != nil {
+		if seal, err = archive.NewSealWriter(bw, key); err != nil {
+			abort()
+			return err
+		}
+		dst = seal
+	}
+	m, err := replay.Export(ctx, src, sel, dst, bar)
+	if err == nil && seal != nil {
+		err = seal.Close()
+	}
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -170,6 +187,7 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.BoolVar(&original, "original-subjects", false, "store frames under their original partition subjects, where live decrypt workers take them for new frames (legacy readings republished live); default: under "+replay.ImportSubject+", which only replay and export read")
 	fs.BoolVar(&noVerify, "no-verify", false, "import while reading, without verifying the whole file first (a damaged file is then imported up to the damage)")
 	fs.StringVar(&progress, "progress", "auto", "progress on standard error: auto, on or off")
+	keyFile := registerArchiveKey(fs, "key file of a sealed archive")
 	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
@@ -182,8 +200,12 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	key, err := archiveKey(*keyFile)
+	if err != nil {
+		return err
+	}
 	if !noVerify {
-		if _, _, err := verifyFile(path); err != nil {
+		if _, _, err := verifyFile(path, key); err != nil {
 			return fmt.Errorf("nothing imported: %w", err)
 		}
 	}
@@ -192,12 +214,17 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	defer f.Close()
-	r, err := archive.NewReader(bufio.NewReaderSize(f, 256<<10))
+	plain, err := archive.Unseal(f, key)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	r, err := archive.NewReader(plain)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	defer r.Close()
 
+	nf.role = bus.RoleReplay
 	nc, js, err := bus.Connect(ctx, nf.conn("medpipe-archive", log))
 	if err != nil {
 		return err
@@ -207,7 +234,10 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := js.Stream(ctx, bus.StreamRaw); errors.Is(err, jetstream.ErrStreamNotFound) && nf.streams.Partitions == 0 {
 		nf.streams.Partitions = r.Header().Partitions
 	}
-	if _, err := stage.EnsureStreams(ctx, js, nf.streams); err != nil {
+	vctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	_, err = bus.VerifyStreams(vctx, js, nf.givenStreams(), log)
+	cancel()
+	if err != nil {
 		return err
 	}
 	opts := replay.ImportOptions{Stream: bus.StreamRaw, Replicas: nf.streams.Replicas, OriginalSubjects: original}
@@ -221,11 +251,16 @@ func archiveImport(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 func archiveVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("archive verify", "Reads a whole archive, checking every record's checksum, the frame order and the manifest (counts, SHA-256). Damage is reported with its frame number and file offset.", stderr)
+	keyFile := registerArchiveKey(fs, "key file of a sealed archive")
 	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
-	h, m, err := verifyFile(path)
+	key, err := archiveKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	h, m, err := verifyFile(path, key)
 	if err != nil {
 		return err
 	}
@@ -233,13 +268,17 @@ func archiveVerify(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func verifyFile(path string) (archive.Header, archive.Manifest, error) {
+func verifyFile(path string, key []byte) (archive.Header, archive.Manifest, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return archive.Header{}, archive.Manifest{}, err
 	}
 	defer f.Close()
-	h, m, err := archive.Verify(bufio.NewReaderSize(f, 256<<10))
+	plain, err := archive.Unseal(f, key)
+	if err != nil {
+		return archive.Header{}, archive.Manifest{}, fmt.Errorf("%s: %w", path, err)
+	}
+	h, m, err := archive.Verify(plain)
 	if err != nil {
 		return h, m, fmt.Errorf("%s: %w", path, err)
 	}
@@ -256,4 +295,21 @@ func fileArg(fs *flag.FlagSet, args []string) (string, error) {
 		return "", fmt.Errorf("%s: want one archive FILE, got %d arguments", fs.Name(), len(pos))
 	}
 	return pos[0], nil
+}
+
+// registerArchiveKey adds --archive-key-file, the key of sealed archives.
+func registerArchiveKey(fs *flag.FlagSet, usage string) *string {
+	return fs.String("archive-key-file", "", usage)
+}
+
+// archiveKey reads --archive-key-file (nil when none is named).
+func archiveKey(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	k, err := archive.ReadKeyFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--archive-key-file: %w", err)
+	}
+	return k, nil
 }

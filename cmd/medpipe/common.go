@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,11 +42,19 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
+// defaultDataDir is medpipe up's data directory, where the other commands
+// also look for the credentials up generated.
+const defaultDataDir = "medpipe-data"
+
 // natsFlags are the flags of every command that talks to NATS.
 type natsFlags struct {
 	urls    string
 	streams bus.StreamOptions
 	auth    bus.Auth
+	// role is the user the command connects as when no credential flag is
+	// given and --nats-credentials-dir holds that role's password.
+	role bus.Role
+	fs   *flag.FlagSet // to tell the stream flags given from the defaults
 }
 
 // registerConn registers where NATS is and how to log in, without the
@@ -53,11 +62,12 @@ type natsFlags struct {
 // and must never change their limits.
 func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.urls, "nats", bus.DefaultURL, "NATS server URL(s), comma-separated (every node of a cluster; tls://… for TLS)")
-	fs.StringVar(&n.auth.User, "nats-user", "", "NATS username (password from --nats-password-file or "+bus.PasswordEnv+")")
+	fs.StringVar(&n.auth.User, "nats-user", "", "NATS username (password from --nats-password-file or "+bus.ClientPasswordEnv+")")
 	fs.StringVar(&n.auth.PasswordFile, "nats-password-file", "", "file holding the NATS password")
 	fs.StringVar(&n.auth.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&n.auth.NKey, "nats-nkey", "", "file holding a NATS user nkey seed")
 	registerTLS(fs, &n.auth.TLS, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
+	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(defaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
 }
 
 // register registers the connection and the stream limits.
@@ -68,10 +78,39 @@ func (n *natsFlags) register(fs *flag.FlagSet) {
 
 // conn are the bus.Connect options for a client named name.
 func (n *natsFlags) conn(name string, log *slog.Logger) bus.ConnectOptions {
-	return bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Auth: n.auth}
+	a := n.auth
+	a.Role = n.role
+	return bus.ConnectOptions{URLs: n.urls, Name: name, Log: log, Auth: a}
+}
+
+// givenStreams is the stream options with only the flags given (on the
+// command line or in the environment): a limit left at its default is not
+// an opinion about an existing stream.
+func (n *natsFlags) givenStreams() bus.StreamOptions {
+	o := n.streams
+	if n.fs == nil {
+		return o
+	}
+	given := map[string]bool{}
+	n.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["replicas"] {
+		o.Replicas = 0
+	}
+	if !given["raw-max-age"] {
+		o.RawMaxAge = 0
+	}
+	if !given["raw-max-bytes"] {
+		o.RawMaxBytes = 0
+	}
+	if !given["readings-max-age"] {
+		o.ReadingsMaxAge = 0
+	}
+	o.CompressionSet = given["stream-compression"]
+	return o
 }
 
 func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
+	n.fs = fs
 	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams', %d for new ones)", bus.DefaultPartitions))
 	fs.IntVar(&n.streams.Replicas, "replicas", 1, "stream replicas (3 on a JetStream cluster)")
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")

@@ -82,7 +82,9 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 			}
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if e := f.Value.Set(v); e != nil {
+			// fs.Set, not f.Value.Set: a flag set from the environment counts
+			// as given (fs.Visit), like one on the command line.
+			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("%s: %w", envName(f.Name), e)
 			}
 		}

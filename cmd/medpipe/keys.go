@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -9,20 +10,28 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/provision"
 	"github.com/medpipe/medpipe/wire"
 )
 
 const keysSynopsis = `The device registry in JetStream KV (bucket ` + registry.Bucket + `), the source of truth for keys
 when running against NATS. Subcommands:
   import FILE   load today's JSON-lines keys file (idempotent; reports added / changed / unchanged)
-  add ID        register a device with a random key and IV, printed once (or written with --config-out)
+  add ID        register a device with a random key and IV, printed once (or written with --config-out);
+                with --firmware-config FILE also write the wearable's factory block (serial, access point
+                password, provisioning key; a .uf2 to copy onto the Pico, else a raw block for picotool)
   list          ids, created, rotated, revoked (secrets only with --show-secrets)
   rotate ID     give a device a new random key and IV (printed once, or --config-out)
   revoke ID     refuse the device's frames from now on (they go to DEADLETTER as revoked)
   export        print every device as a JSON-lines keys file (contains secrets)
+  audit         who did which key operation on which device, with key fingerprints (never keys)
+Every operation that changes or shows a key is recorded in the audit stream (` + bus.StreamAudit + `).
+Against medpipe up, keys connects as admin with the password up generated (--nats-credentials-dir).
 Flags go anywhere: medpipe keys import fleet.jsonl --nats URL`
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -32,13 +41,22 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		replicas    int
 		showSecrets bool
 		configOut   string
+		auditFrom   uint64
+		auditLimit  int
+		fwConfig    string
+		fwSerial    string
 		lf          logFlags
 	)
 	lf.register(fs)
 	nf.registerConn(fs)
+	nf.role = bus.RoleAdmin
+	fs.Uint64Var(&auditFrom, "from", 0, "audit: first entry (sequence number) to show")
+	fs.IntVar(&auditLimit, "limit", 0, "audit: most entries to show (0: all)")
 	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
+	fs.StringVar(&fwConfig, "firmware-config", "", "add: write the device's firmware factory block to this file (mode 0600; .uf2 or raw)")
+	fs.StringVar(&fwSerial, "firmware-serial", "", "add: the serial in the factory block (default: the device id, if at most 24 characters)")
 	rest, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -75,6 +93,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if sub == "audit" {
+		return printAudit(ctx, js, auditFrom, auditLimit, stdout)
+	}
 	reg, err := registry.Open(ctx, js, replicas)
 	if err != nil {
 		return err
@@ -86,11 +107,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "added %d, changed %d, unchanged %d\n", len(rep.Added), len(rep.Changed), len(rep.Unchanged))
+		fmt.Fprintf(stdout, "added %d, changed %d, unchanged %d, revoked (left revoked) %d\n", len(rep.Added), len(rep.Changed), len(rep.Unchanged), len(rep.Revoked))
 		for _, l := range []struct {
 			what string
 			ids  []string
-		}{{"added", rep.Added}, {"changed", rep.Changed}} {
+		}{{"added", rep.Added}, {"changed", rep.Changed}, {"revoked, not changed", rep.Revoked}} {
 			for _, id := range l.ids {
 				fmt.Fprintf(stdout, "  %s %s\n", l.what, id)
 			}
@@ -107,6 +128,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		line := wire.AppendKeyLine(nil, r.Device())
+		if sub == "add" && fwConfig != "" {
+			if err := writeFirmwareConfig(fwConfig, fwSerial, r.ID, stdout); err != nil {
+				return err
+			}
+		}
 		if configOut != "" {
 			if err := os.WriteFile(configOut, line, 0o600); err != nil {
 				return fmt.Errorf("--config-out: %w", err)
@@ -125,7 +151,12 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "revoked %s at %s\n", r.ID, r.Revoked.Format(time.RFC3339))
 		return nil
 	case "list":
-		recs, err := reg.List(ctx)
+		var recs []registry.Record
+		if showSecrets {
+			recs, err = reg.Secrets(ctx, registry.ActionListSecrets, nil)
+		} else {
+			recs, err = reg.List(ctx)
+		}
 		if err != nil {
 			return err
 		}
@@ -144,14 +175,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return tw.Flush()
 	case "export":
-		recs, err := reg.List(ctx)
+		recs, err := reg.Secrets(ctx, registry.ActionExport, func(r registry.Record) bool { return !r.IsRevoked() })
 		if err != nil {
 			return err
 		}
 		for _, r := range recs {
-			if r.IsRevoked() {
-				continue
-			}
 			if _, err := stdout.Write(wire.AppendKeyLine(nil, r.Device())); err != nil {
 				return err
 			}
@@ -161,9 +189,45 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return fmt.Errorf("keys: unknown subcommand %q", sub)
 }
 
+// printAudit shows the audit stream as a table.
+func printAudit(ctx context.Context, js jetstream.JetStream, from uint64, limit int, stdout io.Writer) error {
+	entries, err := registry.Audit(ctx, js, from, limit)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tUSER\tACTION\tDEVICE\tFINGERPRINT\tDETAIL")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, stamp(e.Time), e.User, e.Action, e.Device, e.Fingerprint, e.Detail)
+	}
+	return tw.Flush()
+}
+
 func stamp(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
 	return t.Format(time.RFC3339)
+}
+
+// writeFirmwareConfig writes a new factory block for device id to path and
+// prints what goes on the device's label (shown once, like the keys).
+func writeFirmwareConfig(path, serial, id string, stdout io.Writer) error {
+	if serial == "" {
+		serial = id
+	}
+	f, err := provision.New(serial, rand.Reader)
+	if err != nil {
+		return fmt.Errorf("--firmware-config: %w (set --firmware-serial)", err)
+	}
+	b, err := f.File(path)
+	if err != nil {
+		return fmt.Errorf("--firmware-config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("--firmware-config: %w", err)
+	}
+	_, err = fmt.Fprintf(stdout, "firmware factory block for %s written to %s; print on the device's label (shown once):\n  access point  medpipe-%s\n  password      %s\n  provisioning  %x\n",
+		id, path, f.Serial, f.APPassword, f.ProvisioningKey)
+	return err
 }

@@ -16,7 +16,9 @@ import (
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/publish"
 	"github.com/medpipe/medpipe/replay"
+	"github.com/medpipe/medpipe/sink"
 	"github.com/medpipe/medpipe/stage"
 )
 
@@ -98,8 +100,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	)
 	lf.register(fs)
 	nf.registerConn(fs)
-	// publish's MQTT flags, but not its per-partition window: replay has one stream of readings.
-	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, "tcp://127.0.0.1:1883") }, func(name string) bool { return name == "publish-in-flight" })
+	// publish's sink flags, but not its per-partition window (replay has one
+	// stream of readings) nor --sink (replay's --format chooses).
+	registerExcept(fs, func(fs *flag.FlagSet) { pf.register(fs, publish.DefaultMQTTURL) }, func(name string) bool { return name == "publish-in-flight" || name == "sink" })
 	sf.register(fs, true)
 	// Replayed readings must not pass for live ones unless asked to.
 	prefix := fs.Lookup("prefix")
@@ -107,10 +110,11 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	_ = prefix.Value.Set(replay.DefaultPrefix)
 	fs.StringVar(&keys, "keys", "", "device keys file (JSON lines); without it, keys as they are now in the registry (JetStream KV)")
 	fs.StringVar(&fromArchive, "from-archive", "", "replay this archive file instead of RAW (no NATS needed with --keys)")
-	fs.StringVar(&format, "format", "mqtt", "output: mqtt, jsonl (one reading per line) or csv")
+	archiveKeyFile := registerArchiveKey(fs, "key file of a sealed archive given to from-archive")
+	fs.StringVar(&format, "format", "mqtt", "output: mqtt, webhook (see --webhook-*), jsonl (one reading per line) or csv")
 	fs.StringVar(&output, "output", "-", "jsonl/csv: file to write ('-': standard output)")
 	fs.Float64Var(&speed, "speed", 0, "pace by the frames' receive times: 1 real time, 10 ten times faster, 0 as fast as possible")
-	fs.BoolVar(&liveTopics, "live-topics", false, "publish on the live topics (prefix Pico, or --prefix) on purpose")
+	fs.BoolVar(&liveTopics, "live-topics", false, "publish on the live topics (prefix "+publish.DefaultPrefix+", or --prefix) on purpose")
 	fs.StringVar(&progress, "progress", "auto", "progress bar on standard error: auto (when a terminal), on or off")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -122,7 +126,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if liveTopics && !set["prefix"] {
-		pf.prefix = "Pico"
+		pf.prefix = publish.DefaultPrefix
 	}
 	sel, err := sf.selection(time.Now())
 	if err != nil {
@@ -138,6 +142,12 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var js jetstream.JetStream
 	if fromArchive == "" || keys == "" {
+		// Keys from the registry need its reader's rights: admin (the
+		// replay role reads RAW but not the registry).
+		nf.role = bus.RoleReplay
+		if keys == "" {
+			nf.role = bus.RoleAdmin
+		}
 		nc, j, err := bus.Connect(ctx, nf.conn("medpipe-replay", log))
 		if err != nil {
 			return err
@@ -159,7 +169,11 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	var src replay.Source
 	if fromArchive != "" {
-		a, err := replay.OpenArchive(fromArchive)
+		key, err := archiveKey(*archiveKeyFile)
+		if err != nil {
+			return err
+		}
+		a, err := replay.OpenArchive(fromArchive, key)
 		if err != nil {
 			return err
 		}
@@ -212,7 +226,7 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 	}
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
-	reg, err := registry.Open(rctx, js, 1)
+	reg, err := registry.Bind(rctx, js, 1)
 	if err != nil {
 		return nil, "", err
 	}
@@ -221,18 +235,15 @@ func keyIndex(ctx context.Context, js jetstream.JetStream, keysFile string, log 
 }
 
 // replaySink opens the output; closeOut is safe to call twice.
-func replaySink(format, output string, stdout io.Writer, pf *publishFlags, log *slog.Logger) (replay.Sink, func() error, error) {
+func replaySink(format, output string, stdout io.Writer, pf *publishFlags, log *slog.Logger) (sink.Sink, func() error, error) {
 	noop := func() error { return nil }
-	if format == "mqtt" {
-		po, err := pf.options(1, log, nil)
-		if err != nil {
-			return nil, noop, err
-		}
-		if po.MQTT.ClientID == "" {
-			po.MQTT.ClientID = fmt.Sprintf("medpipe-replay-%d", os.Getpid())
-		}
-		m, err := replay.NewMQTT(replay.MQTTOptions{MQTT: po.MQTT, Prefix: pf.prefix, QoS: po.QoS, Retain: po.Retain, JSONTopic: po.JSONTopic, AddressEvery: pf.addressEvery})
+	switch format {
+	case "mqtt":
+		m, err := pf.mqttSink(false, "medpipe-replay-", log, nil)
 		return m, noop, err
+	case "webhook":
+		w, err := pf.webhook.sink(log, nil)
+		return w, noop, err
 	}
 	w, closeOut, err := openOutput(output, stdout)
 	if err != nil {
@@ -245,7 +256,7 @@ func replaySink(format, output string, stdout io.Writer, pf *publishFlags, log *
 		return replay.NewCSV(w), closeOut, nil
 	}
 	_ = closeOut()
-	return nil, noop, fmt.Errorf("--format %q: want mqtt, jsonl or csv", format)
+	return nil, noop, fmt.Errorf("--format %q: want mqtt, webhook, jsonl or csv", format)
 }
 
 // openOutput opens a file for writing ('-': w); close is idempotent.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/publish"
 	"github.com/medpipe/medpipe/secrets"
+	"github.com/medpipe/medpipe/sink"
+	"github.com/medpipe/medpipe/sink/webhook"
 	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/wire"
 )
@@ -33,6 +36,16 @@ type ingestFlags struct {
 	idleTimeout time.Duration
 	tlsListen   string
 	tls         secrets.TLSFiles
+	// Per-address limits and timeouts against abuse (see ingest.Options).
+	maxPreFrameIP     int
+	acceptRateIP      float64
+	acceptBurstIP     int
+	firstFrameTimeout time.Duration
+	frameTimeout      time.Duration
+	maxBlocks         int
+	penalty           time.Duration
+	penaltyStrikes    int
+	proxyFrom         string
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
@@ -43,7 +56,16 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
 	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
 	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
-	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest legacy frame in bytes; a longer one closes the connection")
+	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest v2 frame in bytes; a longer one closes the connection")
+	fs.IntVar(&f.maxBlocks, "max-legacy-blocks", wire.DefaultMaxBlocks, "most blocks in a legacy frame (default: the longest reading a device writes); a longer one closes the connection")
+	fs.IntVar(&f.maxPreFrameIP, "max-preframe-per-ip", ingest.DefaultMaxPreFramePerIP, "most connections from one address that have not yet sent a valid frame; connections that did send one do not count, so devices behind one NAT keep working (-1: no bound)")
+	fs.Float64Var(&f.acceptRateIP, "accept-rate-per-ip", ingest.DefaultAcceptRatePerIP, "new connections per second from one address, after a burst of --accept-burst-per-ip; more are closed on arrival (-1: no bound)")
+	fs.IntVar(&f.acceptBurstIP, "accept-burst-per-ip", ingest.DefaultAcceptBurstPerIP, "new connections from one address accepted at once before --accept-rate-per-ip applies")
+	fs.DurationVar(&f.firstFrameTimeout, "first-frame-timeout", ingest.DefaultFirstFrameTimeout, "close a connection that has not sent a valid frame this long after it was accepted (PROXY header and TLS handshake included)")
+	fs.DurationVar(&f.frameTimeout, "frame-timeout", wire.DefaultFrameTimeout, "close a connection whose frame (legacy or v2) is not complete this long after its first byte (slow loris)")
+	fs.DurationVar(&f.penalty, "penalty", ingest.DefaultPenalty, "refuse new connections from an address for this long once it was cut for abuse --penalty-strikes times within about as long (-1s: never)")
+	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
+	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
 	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
@@ -53,6 +75,12 @@ func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Regist
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
+		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
+	}
+	var err error
+	if o.ProxyFrom, err = ingest.ParseProxyFrom(f.proxyFrom); err != nil {
+		return o, fmt.Errorf("--proxy-protocol-from: %w", err)
 	}
 	if f.tls.Set() {
 		cfg, err := f.tls.ServerConfig()
@@ -80,7 +108,7 @@ type decryptFlags struct {
 
 func (f *decryptFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}; without it, keys come from the registry in JetStream KV (see medpipe keys)")
-	fs.IntVar(&f.maxInFlight, "decrypt-in-flight", 512, "frames in flight per partition")
+	fs.IntVar(&f.maxInFlight, "decrypt-in-flight", decrypt.DefaultMaxInFlight, "frames in flight per partition")
 }
 
 func (f *decryptFlags) options(devs []wire.Device, parts int, log *slog.Logger, reg prometheus.Registerer) decrypt.Options {
@@ -92,6 +120,7 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
+	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -101,40 +130,115 @@ type publishFlags struct {
 	addressEvery int
 	maxInFlight  int
 	tls          secrets.TLSFiles
+	sink         string
+	webhook      webhookFlags
+}
+
+// webhookFlags configure the webhook sink.
+type webhookFlags struct {
+	url, authHeader, authFile string
+	batch                     int
+	linger, retryFor          time.Duration
+	tls                       secrets.TLSFiles
+}
+
+func (f *webhookFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.url, "webhook-url", "", "webhook sink: the endpoint readings are POSTed to, as JSON arrays (http:// or https://)")
+	fs.StringVar(&f.authHeader, "webhook-auth-header", webhook.DefaultAuthHeader, "webhook sink: the header that carries the value of --webhook-auth-file")
+	fs.StringVar(&f.authFile, "webhook-auth-file", "", "webhook sink: file whose first line is the auth header's value, e.g. 'Bearer …' (or "+webhookAuthEnv+")")
+	fs.IntVar(&f.batch, "webhook-batch", webhook.DefaultBatchSize, "webhook sink: most readings in one POST")
+	fs.DurationVar(&f.linger, "webhook-linger", webhook.DefaultLinger, "webhook sink: longest a reading waits for others to fill its POST")
+	fs.DurationVar(&f.retryFor, "webhook-retry-for", webhook.DefaultRetryFor, "webhook sink: retry a batch (network errors, 5xx, 429) this long, then redeliver it later")
+	registerTLS(fs, &f.tls, "webhook", "PEM CA bundle that signs the endpoint's certificate (system roots otherwise)", "PEM client certificate for the endpoint (mutual TLS)")
+}
+
+// webhookAuthEnv holds the webhook's auth header value when no file is named.
+const webhookAuthEnv = "MEDPIPE_WEBHOOK_AUTH"
+
+func (f *webhookFlags) sink(log *slog.Logger, reg prometheus.Registerer) (sink.Sink, error) {
+	if f.url == "" {
+		return nil, errors.New("--sink webhook needs --webhook-url")
+	}
+	auth, err := secrets.Read("webhook-auth-file", f.authFile, webhookAuthEnv)
+	if err != nil {
+		return nil, err
+	}
+	tlsConfig, err := f.tls.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	return webhook.New(webhook.Options{URL: f.url, AuthHeader: f.authHeader, AuthValue: auth, TLS: tlsConfig, BatchSize: f.batch, Linger: f.linger, RetryFor: f.retryFor, Log: log, Metrics: reg})
 }
 
 func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
+	fs.StringVar(&f.sink, "sink", "mqtt", "where readings go: mqtt (the dashboards' topics) or webhook (HTTP POST of JSON batches, see --webhook-*)")
+	f.webhook.register(fs)
 	fs.StringVar(&f.mqtt, "mqtt", defaultMQTT, "MQTT broker URL: tcp://host:port or ssl://host:port")
-	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username (password from --mqtt-password-file or MEDPIPE_MQTT_PASSWORD)")
+	fs.StringVar(&f.user, "mqtt-user", "", "MQTT username (password from --mqtt-password-file or "+mqttPasswordEnv+")")
 	fs.StringVar(&f.passwordFile, "mqtt-password-file", "", "file holding the MQTT password")
 	registerTLS(fs, &f.tls, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
-	fs.StringVar(&f.prefix, "prefix", "Pico", "first level of every MQTT topic")
+	fs.StringVar(&f.prefix, "prefix", publish.DefaultPrefix, "first level of every MQTT topic")
 	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
 	fs.BoolVar(&f.retain, "retain", false, "publish with the retained flag")
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
 	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
-	fs.IntVar(&f.addressEvery, "address-every", 50, "publish a device's addresses on its first reading and every this many")
-	fs.IntVar(&f.maxInFlight, "publish-in-flight", 512, "readings in flight to the broker per partition")
+	fs.IntVar(&f.addressEvery, "address-every", publish.DefaultAddressEvery, "publish a device's addresses on its first reading and every this many")
+	fs.IntVar(&f.maxInFlight, "publish-in-flight", publish.DefaultMaxInFlight, "readings in flight to the sink per partition")
 }
 
-func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
+// mqttSink is the MQTT sink these flags describe; session: publish's
+// persistent session (replay: a clean one).
+func (f *publishFlags) mqttSink(session bool, idPrefix string, log *slog.Logger, reg prometheus.Registerer) (*publish.MQTTSink, error) {
 	if f.qos < 0 || f.qos > 2 {
-		return publish.Options{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
+		return nil, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password, err := secrets.Read("mqtt-password-file", f.passwordFile, "MEDPIPE_MQTT_PASSWORD")
-	if err != nil {
-		return publish.Options{}, err
+	password := f.password
+	if password == "" {
+		var err error
+		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv); err != nil {
+			return nil, err
+		}
 	}
 	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
-		return publish.Options{}, err
+		return nil, err
 	}
-	return publish.Options{
+	every := f.addressEvery
+	if !session && every == 0 {
+		every = -1 // replay: 0 has always meant never
+	}
+	return publish.NewMQTTSink(publish.MQTTSinkOptions{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
-		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: f.addressEvery,
-		Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "publish"), Metrics: reg,
-	}, nil
+		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: every,
+		Session: session, ClientIDPrefix: idPrefix, Log: log, Metrics: reg,
+	})
+}
+
+// mqttPasswordEnv holds the MQTT password when no file is named.
+const mqttPasswordEnv = "MEDPIPE_MQTT_PASSWORD"
+
+func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
+	log = log.With("stage", "publish")
+	o := publish.Options{Partitions: parts, MaxInFlight: f.maxInFlight, Log: log, Metrics: reg}
+	var err error
+	switch f.sink {
+	case "mqtt":
+		o.Sink, err = f.mqttSink(true, "medpipe-publish-", log, reg)
+	case "webhook":
+		o.Sink, err = f.webhook.sink(log, reg)
+	default:
+		err = fmt.Errorf("--sink %q: want mqtt or webhook", f.sink)
+	}
+	return o, err
+}
+
+// destination is the sink's address for the start-up line (credentials redacted).
+func (f *publishFlags) destination() string {
+	if f.sink == "webhook" {
+		return "webhook " + bus.RedactURLs(f.webhook.url)
+	}
+	return "mqtt " + bus.RedactURLs(f.mqtt)
 }
 
 func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -144,6 +248,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var inf ingestFlags
 	common.register(fs, ":9101")
 	nf.register(fs)
+	nf.role = bus.RoleIngest
 	inf.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -153,7 +258,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -176,6 +281,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var df decryptFlags
 	common.register(fs, ":9102")
 	nf.register(fs)
+	nf.role = bus.RoleDecrypt
 	df.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -191,7 +297,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -200,7 +306,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
 	if df.keys == "" {
-		if opts.Registry, err = registry.Open(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
@@ -226,7 +332,8 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var pf publishFlags
 	common.register(fs, ":9103")
 	nf.register(fs)
-	pf.register(fs, "tcp://127.0.0.1:1883")
+	nf.role = bus.RolePublish
+	pf.register(fs, publish.DefaultMQTTURL)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -235,7 +342,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.streams)
+	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
 	if err != nil {
 		return err
 	}
@@ -249,5 +356,5 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	p.Add("publish", b, nil)
 	p.Check("mqtt", b.Health)
-	return p.Run(ctx, "medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "mqtt", bus.RedactURLs(pf.mqtt), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts)
+	return p.Run(ctx, "medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "sink", pf.destination(), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts)
 }

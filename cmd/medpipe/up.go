@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -40,8 +41,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		variant, protocol           string
 		statusEvery                 time.Duration
 	)
-	common.register(fs, ":9100")
-	fs.StringVar(&dataDir, "data-dir", "medpipe-data", "JetStream store and generated simulator keys")
+	common.register(fs, "127.0.0.1:9100")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "JetStream store (encrypted at rest), the generated NATS/MQTT credentials of every role, the store's key and simulator keys")
 	fs.StringVar(&host, "host", "127.0.0.1", "address the embedded NATS, MQTT and monitoring listeners bind to (0.0.0.0 for other machines)")
 	fs.IntVar(&natsPort, "nats-port", 4222, "embedded NATS client port")
 	fs.IntVar(&mqttPort, "mqtt-port", 1883, "embedded MQTT port (MQTT 3.1.1)")
@@ -71,9 +72,13 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 
+	creds, jsKey, err := upSecrets(dataDir)
+	if err != nil {
+		return err
+	}
 	e, err := bus.StartEmbedded(bus.EmbeddedOptions{
 		Host: host, Port: natsPort, MQTTPort: mqttPort, HTTPPort: monPort,
-		StoreDir: filepath.Join(dataDir, "jetstream"),
+		StoreDir: filepath.Join(dataDir, "jetstream"), Credentials: creds, TopicPrefix: pf.prefix, JetStreamKey: jsKey,
 	})
 	var pe *bus.PortError
 	if errors.As(err, &pe) {
@@ -85,26 +90,56 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer e.Shutdown()
 	defer p.Close() // before the server shuts down
 
-	// One connection and JetStream context per stage, as when they run as
-	// separate processes: ingest's publishes must not use up the window of
-	// pending publishes that decrypt needs, nor queue ahead of its acks.
-	connect := func(name string) (jetstream.JetStream, error) {
-		_, js, err := p.Connect(ctx, bus.ConnectOptions{Name: name, Options: []nats.Option{nats.InProcessServer(e.Server)}})
+	// The admin creates the streams, consumers and buckets and applies the
+	// limits given as flags (never the defaults over an operator's); then
+	// its connection closes: up's stages need no admin rights.
+	userOpts := func(role bus.Role) []nats.Option {
+		return append(bus.UserOptions(string(role), creds[role]), nats.InProcessServer(e.Server))
+	}
+	ncAdmin, jsAdmin, err := bus.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-admin", Log: log, Options: userOpts(bus.RoleAdmin)})
+	if err != nil {
+		return err
+	}
+	defer ncAdmin.Close()
+	parts, err := stage.ApplyStreams(ctx, jsAdmin, nf.givenStreams())
+	if err != nil {
+		return err
+	}
+	// The registry is the one source of keys, as for separate stages: the
+	// keys file and simulated devices seed it (as admin, audited), and
+	// `medpipe keys` changes it while up runs.
+	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
+	defer cancel()
+	reg, err := registry.Open(sctx, jsAdmin, nf.streams.Replicas)
+	if err != nil {
+		return err
+	}
+	added, err := reg.Seed(sctx, devs)
+	if err != nil {
+		return fmt.Errorf("seed the device registry: %w", err)
+	}
+	known, err := reg.List(sctx)
+	if err != nil {
+		return err
+	}
+	ncAdmin.Close() // up's stages need no admin rights from here on
+	// One connection and JetStream context per stage, each as its own role,
+	// as when they run as separate processes: ingest's publishes must not
+	// use up the window of pending publishes that decrypt needs, nor queue
+	// ahead of its acks, and no stage may do another's work.
+	connect := func(role bus.Role) (jetstream.JetStream, error) {
+		_, js, err := p.Connect(ctx, bus.ConnectOptions{Name: "medpipe-up-" + string(role), Options: userOpts(role)})
 		return js, err
 	}
-	js, err := connect("medpipe-up-ingest")
+	js, err := connect(bus.RoleIngest)
 	if err != nil {
 		return err
 	}
-	jsDecrypt, err := connect("medpipe-up-decrypt")
+	jsDecrypt, err := connect(bus.RoleDecrypt)
 	if err != nil {
 		return err
 	}
-	jsPublish, err := connect("medpipe-up-publish")
-	if err != nil {
-		return err
-	}
-	parts, err := stage.EnsureStreams(ctx, js, nf.streams)
+	jsPublish, err := connect(bus.RolePublish)
 	if err != nil {
 		return err
 	}
@@ -117,21 +152,8 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
 	}
-	// The registry is the one source of keys, as for separate stages: the
-	// keys file and simulated devices seed it, and `medpipe keys` changes
-	// it while up runs.
 	dopts := df.options(nil, parts, log, p.Metrics())
-	sctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
-	defer cancel()
-	if dopts.Registry, err = registry.Open(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
-		return err
-	}
-	added, err := dopts.Registry.Seed(sctx, devs)
-	if err != nil {
-		return fmt.Errorf("seed the device registry: %w", err)
-	}
-	known, err := dopts.Registry.List(sctx)
-	if err != nil {
+	if dopts.Registry, err = registry.Bind(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
 		return err
 	}
 	if dopts.Seqs, err = bus.OpenSeqStore(sctx, jsDecrypt, nf.streams.Replicas); err != nil {
@@ -143,6 +165,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if pf.mqtt == "" {
 		pf.mqtt = "tcp://" + stage.LoopbackAddr(e.MQTTAddr)
+		pf.user, pf.password = string(bus.RolePublish), creds[bus.RolePublish]
 	}
 	popts, err := pf.options(parts, log, p.Metrics())
 	if err != nil {
@@ -171,9 +194,27 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	err = p.Run(ctx, "medpipe up",
 		"devices", edge.Addr().String(), "devices_tls", tlsAddr(edge), "nats", e.ClientURL(), "mqtt", e.MQTTAddr, "monitor", e.MonitorAddr,
-		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "keys", "registry "+registry.Bucket, "devices_known", len(known), "devices_added", len(added), "simulated", len(sims), "partitions", parts)
+		"publish_to", bus.RedactURLs(pf.mqtt), "data", dataDir, "credentials", filepath.Join(dataDir, bus.CredentialsDir), "keys", "registry "+registry.Bucket, "devices_known", len(known), "devices_added", len(added), "simulated", len(sims), "partitions", parts)
 	log.Info("medpipe up stopped", "err", err)
 	return err
+}
+
+// upSecrets loads or, on first start, generates the password of every role
+// (dashboards log in to MQTT as "dashboard") and the JetStream encryption
+// key, in the data directory (0700, files 0600).
+func upSecrets(dataDir string) (bus.Credentials, string, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("--data-dir: %w", err)
+	}
+	creds, err := bus.LoadOrCreateCredentials(filepath.Join(dataDir, bus.CredentialsDir))
+	if err != nil {
+		return nil, "", err
+	}
+	key, err := bus.LoadOrCreateSecret(filepath.Join(dataDir, bus.JetStreamKeyFile))
+	if err != nil {
+		return nil, "", err
+	}
+	return creds, key, nil
 }
 
 // upDevices returns the keys decrypt uses (the keys file's plus simulated

@@ -98,6 +98,7 @@ type Device struct {
 	modem   *esp.Modem
 	sampler atomic.Pointer[sampler] // working mode's pulse sampler
 	due     atomic.Int64            // when the main loop must check in again (Unix ns)
+	sensors atomic.Uint32           // working mode's Sensors, packed
 	Stats   Stats
 }
 
@@ -134,6 +135,12 @@ func (d *Device) watch(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// Sensors returns the sensors' states as working mode last saw them.
+func (d *Device) Sensors() Sensors {
+	v := d.sensors.Load()
+	return Sensors{Temp: SensorState(v), Motion: SensorState(v >> 8)}
 }
 
 // pulseCounts reads the pulse sampler's counters while working mode runs.

@@ -33,29 +33,24 @@ func (d *Device) Work(ctx context.Context, cfg Config) error {
 		w.seq = uint64(epoch) << 32
 		d.log("boot epoch %d", epoch)
 	}
-	w.mpu = sensors.MPU6050{Bus: d.b.I2C}
-	if err := w.mpu.Configure(); err != nil {
-		d.Stats.SensorErrors++
-		d.log("%v", err)
-	}
-	w.ds = onewire.DS18B20{Bus: d.b.OneWire}
+	w.sensors = sensorSet{mpu: sensors.MPU6050{Bus: d.b.I2C}, ds: onewire.DS18B20{Bus: d.b.OneWire}}
+	w.sensors.start(time.Now())
+	w.reportSensors()
 	return w.run(ctx)
 }
 
 type worker struct {
-	d      *Device
-	cfg    Config
-	legacy *wire.LegacyKey
-	v2     *wire.V2Key
-	seq    uint64 // last sequence number used: boot epoch << 32 | counter
-	outbox *wire.Outbox
-	acks   chan uint64
-	link   *esp.Link
-	mpu    sensors.MPU6050
-	ds     onewire.DS18B20
+	d        *Device
+	cfg      Config
+	legacy   *wire.LegacyKey
+	v2       *wire.V2Key
+	seq      uint64 // last sequence number used: boot epoch << 32 | counter
+	outbox   *wire.Outbox
+	acks     chan uint64
+	link     *esp.Link
+	sensors  sensorSet
+	reported Sensors // the sensor states last logged
 
-	temp        float64   // last body temperature read
-	converting  time.Time // when the running DS18B20 conversion started
 	pulse       *sampler
 	samples     []float64 // the pulse samples of the reading being made
 	backoff     time.Duration
@@ -131,7 +126,6 @@ func (w *worker) run(ctx context.Context) error {
 	w.pulse = newSampler(d.b.Pulse, d.b.Clock, time.Second/time.Duration(d.o.PulseRate), wire.MaxPulseSeconds*d.o.PulseRate)
 	d.sampler.Store(w.pulse)
 	go w.pulse.run(sampling, d.o.pulseTicks)
-	w.startConversion()
 	for {
 		select {
 		case <-ctx.Done():
@@ -204,34 +198,31 @@ func (w *worker) startClock(ctx context.Context) {
 	w.d.log("clock: no SNTP time yet; readings carry the uptime clock until it comes")
 }
 
-// startConversion starts a DS18B20 conversion, read ConversionMillis later.
-func (w *worker) startConversion() {
-	if err := w.ds.Convert(); err != nil {
-		w.d.Stats.SensorErrors++
-		return
-	}
-	w.converting = time.Now()
-}
-
-// sample reads every sensor into a reading's values.
+// sample reads every sensor into a reading's values. A sensor that is not
+// SensorOK leaves its values 0: the state says they are absent.
 func (w *worker) sample() wire.V2Values {
 	d := w.d
-	if !w.converting.IsZero() && time.Since(w.converting) >= onewire.ConversionMillis*time.Millisecond {
-		if t, err := w.ds.Read(); err == nil {
-			w.temp = t
-		} else {
-			d.Stats.SensorErrors++
-		}
-		w.startConversion()
+	d.Stats.SensorErrors += uint64(w.sensors.read(time.Now()))
+	w.reportSensors()
+	v := wire.V2Values{TempMcu: d.b.ChipTemp(), PulseSig: w.pulse.lastValue()}
+	if w.sensors.state.Temp == SensorOK {
+		v.Temp = w.sensors.temp
 	}
-	m, err := w.mpu.Read()
-	if err != nil {
-		d.Stats.SensorErrors++
+	if m := w.sensors.motion; w.sensors.state.Motion == SensorOK {
+		v.AcelX, v.AcelY, v.AcelZ, v.TempMpu = m.X, m.Y, m.Z, m.Temp
 	}
-	return wire.V2Values{
-		Temp: w.temp, TempMcu: d.b.ChipTemp(), PulseSig: w.pulse.lastValue(),
-		AcelX: m.X, AcelY: m.Y, AcelZ: m.Z, TempMpu: m.Temp,
+	return v
+}
+
+// reportSensors logs a change of a sensor's state and publishes the
+// states to Device.Sensors.
+func (w *worker) reportSensors() {
+	st := w.sensors.state
+	if st != w.reported || w.d.Stats.Readings == 0 {
+		w.d.log("sensors: temperature %s, motion %s", st.Temp, st.Motion)
+		w.reported = st
 	}
+	w.d.sensors.Store(uint32(st.Temp) | uint32(st.Motion)<<8)
 }
 
 // reading makes, seals and sends one reading.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/firmware/device"
 	"github.com/medpipe/medpipe/firmware/device/page"
 	"github.com/medpipe/medpipe/firmware/esp/espfake"
@@ -49,7 +50,8 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 	}
 	port := func() string { return strconv.Itoa(testkit.FreePort(t)) }
 	mqttPort, edge := port(), "127.0.0.1:"+port()
-	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", dataDir,
 		"--json-topic", "--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
 		"--http", "", "--status-every", "0")
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -62,7 +64,13 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true})
+	// Dashboards log in with the password up generated in its data dir.
+	pw, err := bus.ReadCredential(filepath.Join(dataDir, bus.CredentialsDir), bus.RoleDashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true,
+		Username: string(bus.RoleDashboard), Password: pw})
 	return &pipeline{edge: edge, col: col}
 }
 
@@ -336,4 +344,41 @@ func pageSize(t *testing.T, url string) []byte {
 		t.Fatalf("page: %s, Content-Encoding %q, %d bytes", resp.Status, resp.Header.Get("Content-Encoding"), len(body))
 	}
 	return body
+}
+
+// TestRebootContinuesSequence power-cycles a v2 device between two runs
+// on the same flash (as a reboot or a reflash does: a UF2 writes only its
+// own pages): the second boot's frames carry boot epoch 2 in the high half
+// of their sequence numbers, above every frame of the first, and the
+// pipeline delivers all of both.
+func TestRebootContinuesSequence(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	cfg := testConfig(device.ProtocolV2)
+	p := startPipeline(t, cfg.Device)
+	const perBoot = 20
+	first := newBoard(t, p.edge)
+	d := device.New(first.Board, device.Options{Readings: perBoot})
+	if err := d.Work(ctx, cfg); err != nil {
+		t.Fatalf("first boot: %v", err)
+	}
+	first.mod.Close()
+	second := newBoard(t, p.edge)
+	second.Storage = first.flash // the same chip after the power cycle
+	d = device.New(second.Board, device.Options{Readings: perBoot})
+	if err := d.Work(ctx, cfg); err != nil {
+		t.Fatalf("second boot: %v", err)
+	}
+	got := p.waitReadings(ctx, t, cfg.Device.ID, 2*perBoot)
+	seen := map[uint64]bool{}
+	for _, r := range got {
+		seen[r.Seq] = true
+	}
+	for boot := uint64(1); boot <= 2; boot++ {
+		for n := uint64(1); n <= perBoot; n++ {
+			if seq := boot<<32 | n; !seen[seq] {
+				t.Errorf("boot %d reading %d (seq %#x) not delivered", boot, n, seq)
+			}
+		}
+	}
 }

@@ -20,6 +20,21 @@ type MPU6050 struct {
 	awake   bool
 	X, Y, Z float64 // g, what it measures
 	Temp    float64 // °C
+	// WhoAmI is what register 0x75 answers (0: 0x68, a genuine MPU6050;
+	// clones answer 0x70, 0x72 or 0x98).
+	WhoAmI byte
+	absent bool
+}
+
+// SetAbsent unplugs (true) or plugs the sensor back; plugged back, it is
+// asleep, as after power-on.
+func (m *MPU6050) SetAbsent(absent bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.absent = absent
+	if absent {
+		m.awake = false
+	}
 }
 
 // Set changes what the sensor measures.
@@ -31,11 +46,11 @@ func (m *MPU6050) Set(x, y, z, temp float64) {
 
 // Tx implements the I2C transaction of sensors.I2C.
 func (m *MPU6050) Tx(addr uint16, w, r []byte) error {
-	if addr != 0x68 {
-		return errors.New("i2c: no ACK")
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if addr != 0x68 || m.absent {
+		return errors.New("i2c: no ACK")
+	}
 	if len(w) == 0 {
 		return errors.New("i2c: no register")
 	}
@@ -46,6 +61,9 @@ func (m *MPU6050) Tx(addr uint16, w, r []byte) error {
 	case reg == 0x75:
 		if len(r) > 0 {
 			r[0] = 0x68
+			if m.WhoAmI != 0 {
+				r[0] = m.WhoAmI
+			}
 		}
 	case reg == 0x3B:
 		var regs [8]byte

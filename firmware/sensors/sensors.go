@@ -3,7 +3,11 @@
 // RP2040's temperature diode on the ADC.
 package sensors
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
 
 // I2C is a bus transaction: write w to the device at addr, then read into r.
 type I2C interface {
@@ -38,14 +42,25 @@ func (m MPU6050) addr() uint16 {
 	return m.Addr
 }
 
-// Configure wakes the sensor and sets the ±2 g range.
+// MPU6050WhoAmI are the WHO_AM_I answers of the MPU6050 and of the clones
+// sold as one (MPU6500-family dies answer 0x70, 0x72 and 0x98); they share
+// the registers the firmware uses.
+var MPU6050WhoAmI = []byte{0x68, 0x70, 0x72, 0x98}
+
+// ErrMPU6050Unknown means a device answered on the address with a WHO_AM_I
+// that is none of MPU6050WhoAmI.
+var ErrMPU6050Unknown = errors.New("mpu6050: unknown WHO_AM_I")
+
+// Configure wakes the sensor and sets the ±2 g range. A sensor that does
+// not answer, or answers as an unknown chip, is an error: it would send
+// zeros for ever if left asleep.
 func (m MPU6050) Configure() error {
 	id := []byte{0}
 	if err := m.Bus.Tx(m.addr(), []byte{regWhoAmI}, id); err != nil {
 		return fmt.Errorf("mpu6050: %w", err)
 	}
-	if id[0] != 0x68 {
-		return fmt.Errorf("mpu6050: WHO_AM_I is %#x, not 0x68", id[0])
+	if !slices.Contains(MPU6050WhoAmI, id[0]) {
+		return fmt.Errorf("%w %#x", ErrMPU6050Unknown, id[0])
 	}
 	if err := m.Bus.Tx(m.addr(), []byte{regPowerMgmt1, 0}, nil); err != nil {
 		return fmt.Errorf("mpu6050: wake: %w", err)

@@ -1,0 +1,149 @@
+package bus
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/medpipe/medpipe/wire"
+)
+
+// sampleReading is a legacy reading as decrypt stores it.
+func sampleReading() *Reading {
+	r := &Reading{Device: "pico-00042", Protocol: ProtocolLegacy, Variant: "pico",
+		Received: time.Date(2026, 12, 2, 15, 0, 0, 123456789, time.UTC), Conn: "a0y6zith-113", FrameSeq: 1234, RawSeq: 987654,
+		Remote: "192.168.1.20:53412", Local: "10.0.0.5:9000"}
+	w := wire.Reading{"36.61", "41.20", "1.6523", "0.0123", "-0.9981", "0.0452", "30.15"}
+	r.SetWire(&w)
+	return r
+}
+
+// sampleV2Reading is a v2 reading with a pulse batch.
+func sampleV2Reading() *Reading {
+	r := sampleReading()
+	r.Protocol, r.Variant, r.Seq = ProtocolV2, "", 1<<40+7
+	r.DeviceTime = time.Date(2026, 12, 2, 14, 59, 59, 999000000, time.UTC)
+	r.Pulse = &wire.PulseBatch{Rate: 250, Start: 1796223599999, Samples: []float64{1.5, 1.625, -0.25}}
+	return r
+}
+
+func TestReadingBodyRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    *Reading
+	}{
+		{"legacy", sampleReading()},
+		{"v2 with pulse", sampleV2Reading()},
+		{"empty addresses", func() *Reading { r := sampleReading(); r.Remote, r.Local, r.Conn = "", "", ""; return r }()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := AppendReading(nil, tc.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := UnmarshalReading(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.r) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", got, tc.r)
+			}
+			j, err := MarshalReading(tc.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fromJSON, err := UnmarshalReading(j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(fromJSON, tc.r) {
+				t.Fatalf("JSON body (stored before the compact one) decodes differently:\n got %+v\nwant %+v", fromJSON, tc.r)
+			}
+			t.Logf("compact %d bytes, JSON %d bytes", len(b), len(j))
+		})
+	}
+}
+
+func TestReadingBodyTruncated(t *testing.T) {
+	b, err := AppendReading(nil, sampleV2Reading())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n < len(b); n++ {
+		if _, err := UnmarshalReading(b[:n]); err == nil {
+			t.Fatalf("a body cut to %d of %d bytes decoded", n, len(b))
+		}
+	}
+	if _, err := UnmarshalReading(append(b, 0)); err == nil {
+		t.Fatal("a body with a trailing byte decoded")
+	}
+}
+
+func FuzzUnmarshalReading(f *testing.F) {
+	for _, r := range []*Reading{sampleReading(), sampleV2Reading()} {
+		b, _ := AppendReading(nil, r)
+		f.Add(b)
+		j, _ := MarshalReading(r)
+		f.Add(j)
+	}
+	f.Add([]byte{readingBodyV1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := UnmarshalReading(b)
+		if err != nil {
+			return
+		}
+		// What decodes re-encodes to a body that decodes the same.
+		again, err := AppendReading(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := UnmarshalReading(again)
+		if err != nil {
+			t.Fatalf("re-encoded reading does not decode: %v", err)
+		}
+		if r2.Device != r.Device || r2.Values != r.Values || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
+			t.Fatalf("re-encoded reading differs: %+v vs %+v", r2, r)
+		}
+	})
+}
+
+// BenchmarkReadingCodec compares READINGS bodies: the compact one decrypt
+// writes and publish reads, against JSON.
+func BenchmarkReadingCodec(b *testing.B) {
+	r := sampleReading()
+	j, err := MarshalReading(r)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := AppendReading(nil, r)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode/compact", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf, _ = AppendReading(buf[:0], r)
+		}
+	})
+	b.Run("encode/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_, _ = MarshalReading(r)
+		}
+	})
+	for _, body := range []struct {
+		name string
+		b    []byte
+	}{{"compact", c}, {"json", j}} {
+		b.Run("decode/"+body.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body.b)))
+			for b.Loop() {
+				if _, err := UnmarshalReading(body.b); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
