@@ -49,6 +49,12 @@ for f in deploy/systemd/*; do
 	sed 's#/usr/local/bin/#/usr/bin/#g; s#/usr/local/lib/#/usr/lib/#g' "$f" >"$STAGE/systemd/$(basename "$f")"
 	touch -d "@$SOURCE_DATE_EPOCH" "$STAGE/systemd/$(basename "$f")"
 done
+# The NATS server's configuration and its secrets-to-environment wrapper,
+# for medpipe-nats.service.
+cp deploy/nats-env.sh "$STAGE/systemd/"
+mkdir -p "$STAGE/nats"
+cp deploy/nats/*.conf "$STAGE/nats/"
+find "$STAGE" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 IFS=, read -r -a arches <<<"$ARCHES"
 for arch in "${arches[@]}"; do
@@ -67,7 +73,7 @@ for arch in "${arches[@]}"; do
 	go run "$CYCLONEDX" bin -json -std -noserial -notimestamp -version "v$VERSION" \
 		-output "$OUT/$name.cdx.json" "$dir/medpipe"
 	cp README.md SECURITY.md LICENSE CHANGELOG.md "$dir/"
-	cp -r "$STAGE/systemd" "$dir/systemd"
+	cp -r "$STAGE/systemd" "$STAGE/nats" "$dir/"
 	find "$dir" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 	tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
 		-C "$WORK" -cf - "$name" | gzip -n -9 >"$OUT/$name.tar.gz"
@@ -108,6 +114,9 @@ YAML
 			*.env) printf '  - src: %s\n    dst: /etc/medpipe/%s\n    type: config|noreplace\n    file_info: {mode: 0640}\n' "$f" "$b" ;;
 			*.sh) printf '  - src: %s\n    dst: /usr/lib/medpipe/%s\n    file_info: {mode: 0755}\n' "$f" "$b" ;;
 			esac
+		done
+		for f in "$STAGE"/nats/*.conf; do
+			printf '  - src: %s\n    dst: /etc/medpipe/nats/%s\n    type: config|noreplace\n    file_info: {mode: 0640}\n' "$f" "$(basename "$f")"
 		done
 	} >"$WORK/nfpm-$arch.yaml"
 	go run "$NFPM" package --config "$WORK/nfpm-$arch.yaml" --packager deb --target "$OUT/medpipe_${VERSION}_$debarch.deb" >/dev/null
