@@ -88,6 +88,7 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		s.mqttURL = "tcp://127.0.0.1:" + strconv.Itoa(mp)
 		args := append([]string{"up", "--data-dir", filepath.Join(dir, "up"), "--keys", keys, "--nats-port", strconv.Itoa(np),
 			"--mqtt-port", strconv.Itoa(mp), "--monitor-port", "-2", "--listen", s.edge, "--status-every", "0"}, publishArgs(o)...)
+		args = append(args, oneAddressFleet...)
 		if _, err := s.start(ctx, o, dir, "up", nil, args...); err != nil {
 			return s, err
 		}
@@ -110,7 +111,7 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		name string
 		args []string
 	}{
-		{"ingest", []string{"ingest", "--listen", s.edge}},
+		{"ingest", append([]string{"ingest", "--listen", s.edge}, oneAddressFleet...)},
 		{"decrypt", []string{"decrypt", "--keys", keys}},
 		{"publish", append([]string{"publish", "--mqtt", s.mqttURL}, publishArgs(o)...)},
 	} {
@@ -120,6 +121,11 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 	}
 	return s, nil
 }
+
+// oneAddressFleet lifts the edge's per-address limits: the bench's fleet,
+// thousands of devices, connects from one loopback address, which the
+// limits would rightly take for a flood.
+var oneAddressFleet = []string{"--accept-rate-per-ip", "-1", "--max-preframe-per-ip", "-1", "--penalty", "-1s"}
 
 // start runs one child with its own --http address and waits until its
 // /healthz answers.

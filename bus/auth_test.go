@@ -213,6 +213,12 @@ func TestRolesOnShippedConfig(t *testing.T) {
 	_, err = ingest.js.Publish(ctx, bus.RawSubject(0), []byte("frame"))
 	allowed(t, "ingest stores a frame in RAW", err)
 
+	acks, err := ingest.nc.SubscribeSync("medpipe.ack.edge-1")
+	allowed(t, "ingest listens for v2 replies", err)
+	allowed(t, "decrypt sends a v2 reply", decrypt.nc.Publish("medpipe.ack.edge-1", []byte("ack")))
+	_, err = acks.NextMsg(10 * time.Second)
+	allowed(t, "the edge receives decrypt's reply", err)
+
 	rawMsg := fetchOne(ctx, t, decrypt.js, bus.StreamRaw, bus.StageDecrypt+"-0")
 	allowed(t, "decrypt acks", rawMsg.DoubleAck(ctx))
 	ro, err := registry.Bind(ctx, decrypt.js, 1)
@@ -277,6 +283,8 @@ func TestRolesOnShippedConfig(t *testing.T) {
 		{"decrypt cannot write the audit", decrypt, bus.SubjectAuditPrefix + "add", corePublish(bus.SubjectAuditPrefix + "add")},
 		{"decrypt cannot publish device topics", decrypt, "Pico.dev-1.Physiological_Data.Temperature", corePublish("Pico.dev-1.Physiological_Data.Temperature")},
 		{"replay cannot publish live device topics", replayer, "Pico.dev-1.Physiological_Data.Temperature", corePublish("Pico.dev-1.Physiological_Data.Temperature")},
+		{"publish cannot forge a v2 reply", publish, "medpipe.ack.edge-1", corePublish("medpipe.ack.edge-1")},
+		{"ingest cannot forge a v2 reply", ingest, "medpipe.ack.edge-1", corePublish("medpipe.ack.edge-1")},
 		{"publish cannot read RAW", publish, "$JS.API.CONSUMER.MSG.NEXT." + bus.StreamRaw + ".decrypt-0", pull(bus.StreamRaw, "decrypt-0")},
 	}
 	for _, tc := range cases {

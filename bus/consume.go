@@ -316,9 +316,11 @@ func (r *partitionReader) read(ctx, work context.Context, it jetstream.MessagesC
 
 // reopen opens the partition's pull again, retrying until it succeeds or
 // ctx ends (nil). A consumer that no longer exists (deleted by hand, say) is
-// created again from the message after the last one this reader's stage
-// acknowledged, not from the start of the stream: from the start every
-// stored message would be handled again.
+// created again from the message after the last one this reader
+// acknowledged, not from the start of the stream, where every stored
+// message would be handled again. That position is best effort (a test
+// run under load once saw a partition's first messages handled again):
+// a message may come twice, none is skipped.
 func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext {
 	r.o.Log.Warn("partition pull ended; reopening", "stage", r.o.Stage, "partition", r.p)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {

@@ -114,14 +114,17 @@ func RolePermissions(role Role, livePrefix string) (Permissions, error) {
 		return append(api("CONSUMER.CREATE."+s+".>", "CONSUMER.INFO."+s+".*", "CONSUMER.DELETE."+s+".*"), "$JS.FC."+s+".>")
 	}
 	inbox := InboxPrefix(role) + ".>"
+	// v2 replies (ACK, REFUSED) go from decrypt to the edge that received
+	// the frame on core NATS, one subject per edge instance: medpipe.ack.<edge>.
+	const replies = "medpipe.ack.*"
 	p := Permissions{Connections: []string{connNATS, connInProcess}}
 	switch role {
 	case RoleIngest:
 		p.Publish = slices.Concat(verify, []string{SubjectRawPrefix + "*"})
-		p.Subscribe = []string{inbox, SubjectDeadLetterPrefix + ">"}
+		p.Subscribe = []string{inbox, SubjectDeadLetterPrefix + ">", replies}
 	case RoleDecrypt:
 		p.Publish = slices.Concat(verify, consume(StreamRaw),
-			[]string{SubjectReadingsPrefix + ">", SubjectDeadLetterPrefix + ">"},
+			[]string{SubjectReadingsPrefix + ">", SubjectDeadLetterPrefix + ">", replies},
 			kvWrite(ConnBucket), kvWrite(SeqBucket), kvRead(DevicesBucket), kvWatch(DevicesBucket))
 		p.Subscribe = []string{inbox}
 	case RolePublish:

@@ -148,6 +148,12 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The simulated devices all connect from loopback at once: one NAT of
+	// --simulate devices, which the per-address bounds must let in together.
+	if iopts.MaxPreFramePerIP > 0 { // negative: no bound, left so
+		iopts.MaxPreFramePerIP = max(iopts.MaxPreFramePerIP, simulate)
+	}
+	iopts.AcceptBurstPerIP = max(iopts.AcceptBurstPerIP, simulate)
 	edge, err := ingest.New(js, iopts)
 	if err != nil {
 		return fmt.Errorf("%w: change --listen or --tls-listen", err)
