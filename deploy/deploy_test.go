@@ -328,14 +328,15 @@ func readEnvFile(t *testing.T, path string) []string {
 }
 
 // TestDockerfile: a multi-stage build of a static binary onto a pinned,
-// minimal, non-root base whose entry point is medpipe.
+// minimal, non-root base whose entry point is medpipe, cross-compiled on the
+// build platform for every target platform (multi-arch with buildx).
 func TestDockerfile(t *testing.T) {
 	b, err := os.ReadFile("Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
-	froms := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(s, -1)
+	froms := regexp.MustCompile(`(?m)^FROM (?:--\S+ )*(\S+)`).FindAllStringSubmatch(s, -1)
 	if len(froms) < 2 {
 		t.Fatalf("not multi-stage: %v", froms)
 	}
@@ -344,7 +345,8 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("base image %s not pinned", f[1])
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "USER 65532:65532", "--chown=65532:65532", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static"} {
+	for _, want := range []string{"CGO_ENABLED=0", "USER 65532:65532", "--chown=65532:65532", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static",
+		"FROM --platform=$BUILDPLATFORM ", "GOARCH=$TARGETARCH", "GOARM=${TARGETVARIANT#v}", "-X main.version=${VERSION}"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
