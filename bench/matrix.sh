@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-20s}
 OUT=${OUT:-bench-results/matrix}
 BIN=${BIN:-$(mktemp -d)/medpipe}
-go build -o "$BIN" ./cmd/medpipe
+go build -tags bench -o "$BIN" ./cmd/medpipe
 mkdir -p "$OUT"
 run() { # name, then bench flags
 	local name=$1

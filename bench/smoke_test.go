@@ -13,7 +13,7 @@ import (
 func medpipeBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "medpipe")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/medpipe")
+	cmd := exec.Command("go", "build", "-tags", "bench", "-o", bin, "../cmd/medpipe")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

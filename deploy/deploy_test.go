@@ -328,14 +328,15 @@ func readEnvFile(t *testing.T, path string) []string {
 }
 
 // TestDockerfile: a multi-stage build of a static binary onto a pinned,
-// minimal, non-root base whose entry point is medpipe.
+// minimal, non-root base whose entry point is medpipe, cross-compiled on the
+// build platform for every target platform (multi-arch with buildx).
 func TestDockerfile(t *testing.T) {
 	b, err := os.ReadFile("Dockerfile")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
-	froms := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(s, -1)
+	froms := regexp.MustCompile(`(?m)^FROM (?:--\S+ )*(\S+)`).FindAllStringSubmatch(s, -1)
 	if len(froms) < 2 {
 		t.Fatalf("not multi-stage: %v", froms)
 	}
@@ -344,7 +345,8 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("base image %s not pinned", f[1])
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "USER 65532:65532", "--chown=65532:65532", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static"} {
+	for _, want := range []string{"CGO_ENABLED=0", "USER 65532:65532", "--chown=65532:65532", `ENTRYPOINT ["/usr/local/bin/medpipe"]`, "distroless/static",
+		"FROM --platform=$BUILDPLATFORM ", "GOARCH=$TARGETARCH", "GOARM=${TARGETVARIANT#v}", "-X main.version=${VERSION}"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
@@ -415,9 +417,54 @@ func TestNodeREDFiles(t *testing.T) {
 			t.Errorf("broker %v:%v is not taken from the environment", n["broker"], n["port"])
 		}
 	}
-	for _, want := range []string{"ui-gauge", "ui-chart", "ui-dropdown", "ui-table", "mqtt in", "http in"} {
+	for _, want := range []string{"ui-gauge", "ui-chart", "ui-dropdown", "ui-table", "ui-notification", "ui-template", "ui-control", "mqtt in", "http in"} {
 		if types[want] == 0 {
 			t.Errorf("flows.json has no %s node", want)
 		}
+	}
+	// Narrow subscriptions: every topic a node subscribes to, statically or
+	// in the connect function's list, is one leaf with + for the device.
+	var topics []string
+	for _, n := range nodes {
+		if n["type"] == "mqtt in" && n["topic"] != "" {
+			topics = append(topics, fmt.Sprint(n["topic"]))
+		}
+		if f, _ := n["func"].(string); strings.Contains(f, `action: "subscribe"`) {
+			for _, m := range regexp.MustCompile(`(?m)^\s*"([^"]+)",$`).FindAllStringSubmatch(f, -1) {
+				topics = append(topics, "Pico/+/"+m[1])
+			}
+		}
+	}
+	if len(topics) < 5 {
+		t.Errorf("flows.json subscribes to %v: the dashboard's leaves are missing", topics)
+	}
+	for _, tp := range topics {
+		if strings.Contains(tp, "#") || !strings.HasPrefix(tp, "Pico/+/") {
+			t.Errorf("flows.json subscribes to %q: want Pico/+/<leaf>, never #", tp)
+		}
+	}
+	// Per-screen scoping: the patient widgets honour msg._client.
+	base := map[string]any{}
+	for _, n := range nodes {
+		if n["type"] == "ui-base" {
+			base = n
+		}
+	}
+	scoped := fmt.Sprint(base["acceptsClientConfig"])
+	for _, typ := range []string{"ui-chart", "ui-gauge", "ui-text", "ui-template", "ui-dropdown"} {
+		if !strings.Contains(scoped, typ) {
+			t.Errorf("ui-base does not scope %s to a client (acceptsClientConfig %s)", typ, scoped)
+		}
+	}
+	if base["includeClientData"] != true {
+		t.Error("ui-base does not include client data (includeClientData)")
+	}
+	// History and alerts survive a restart: the file context store.
+	b, err = os.ReadFile(filepath.Join("node-red", "settings.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`file:\s*\{\s*module:\s*"localfilesystem"`).Match(b) {
+		t.Error(`settings.js has no "file" context store (localfilesystem)`)
 	}
 }

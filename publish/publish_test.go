@@ -31,6 +31,7 @@ func TestTopics(t *testing.T) {
 		json      bool
 		remote    string
 		v2        bool
+		pulse     bool
 		want      []string
 	}{
 		{name: "values only", want: []string{
@@ -52,6 +53,11 @@ func TestTopics(t *testing.T) {
 		{name: "json topic, v2", json: true, v2: true, want: []string{
 			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42}`,
 		}},
+		// --json-only publishes nothing else: the batch rides in the reading.
+		{name: "json topic, v2 pulse batch", json: true, v2: true, pulse: true, want: []string{
+			`P/dev-1/Physiological_Data/Pulse_Signal/batch={"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}`,
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"pulse":{"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}}`,
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -61,6 +67,9 @@ func TestTopics(t *testing.T) {
 			}
 			if tt.v2 {
 				rr.Protocol, rr.Seq, rr.DeviceTime = bus.ProtocolV2, 42, rr.Received.Add(-50*time.Millisecond)
+			}
+			if tt.pulse {
+				rr.Pulse = &wire.PulseBatch{Rate: 250, Start: rr.DeviceTime.UnixMilli(), Samples: []float64{0.5, 1.25}}
 			}
 			msgs := Topics(nil, "P", &rr, tt.addresses, tt.json)
 			var got []string

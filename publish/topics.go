@@ -39,6 +39,9 @@ type jsonReading struct {
 	DeviceTime time.Time `json:"device_time,omitzero"`
 	// Seq is a v2 device's frame sequence number (absent for legacy).
 	Seq uint64 `json:"seq,omitempty"`
+	// Pulse is a v2 device's pulse batch, as on the batch topic (absent for
+	// legacy): with --json-only it is the only place the 250 Hz samples go.
+	Pulse *pulseBatch `json:"pulse,omitempty"`
 }
 
 // pulseBatch is the payload of <prefix>/<id>/Physiological_Data/Pulse_Signal/batch:
@@ -68,8 +71,8 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 			Message{base + "/Internal_Server/Port_address", []byte(lp)},
 		)
 	}
-	if r.Pulse != nil {
-		b, _ := json.Marshal(pulseBatch{r.Pulse.Rate, time.UnixMilli(r.Pulse.Start).UTC(), r.Pulse.Samples})
+	if p := batchOf(r); p != nil {
+		b, _ := json.Marshal(p)
 		dst = append(dst, Message{base + "/Physiological_Data/Pulse_Signal/batch", b})
 	}
 	if jsonTopic {
@@ -80,8 +83,16 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 
 // JSONMessage is a reading as one JSON message on <prefix>/<id>/reading.
 func JSONMessage(prefix string, r *bus.Reading) Message {
-	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.DeviceTime, r.Seq})
+	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.DeviceTime, r.Seq, batchOf(r)})
 	return Message{prefix + "/" + r.Device + "/reading", b}
+}
+
+// batchOf is a reading's pulse batch as published, nil when it has none.
+func batchOf(r *bus.Reading) *pulseBatch {
+	if r.Pulse == nil {
+		return nil
+	}
+	return &pulseBatch{r.Pulse.Rate, time.UnixMilli(r.Pulse.Start).UTC(), r.Pulse.Samples}
 }
 
 // splitAddr splits host:port, tolerating an address without a port.

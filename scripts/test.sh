@@ -2,7 +2,8 @@
 # The whole test suite: installs what the tests need (Mosquitto, HAProxy and
 # Chromium from Debian's packages, Node-RED from npm into deploy/node-red/node_modules,
 # git-ignored), checks formatting, vet and staticcheck, runs every module's
-# tests, compiles the firmware for the Pico with TinyGo (firmware/tinygo.sh)
+# tests, compiles the firmware for the Pico with TinyGo (firmware/tinygo.sh),
+# builds a release twice to check it is reproducible (scripts/release.sh)
 # and runs every fuzz target briefly. Usage: ./scripts/test.sh
 # Environment: FUZZTIME (per fuzz target, default 3s), TEST_TIMEOUT (default 30m).
 set -euo pipefail
@@ -68,6 +69,11 @@ if [ ! -f deploy/node-red/node_modules/node-red/red.js ] || [ deploy/node-red/pa
 	command -v npm >/dev/null || apt_install nodejs npm
 	(cd deploy/node-red && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The old dashboard's nodes (node-red-dashboard 1.x) for TestLegacyDashboard, in their own folder.
+if [ ! -f deploy/node-red/legacy/node_modules/node-red-dashboard/package.json ] || [ deploy/node-red/legacy/package-lock.json -nt deploy/node-red/legacy/node_modules/.package-lock.json ]; then
+	log "installing node-red-dashboard 1.x (npm ci in deploy/node-red/legacy)"
+	(cd deploy/node-red/legacy && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 mapfile -t MODULES < <(go list -m -f '{{.Dir}}')
 PKGS=()
@@ -83,8 +89,10 @@ if [ -n "$unformatted" ]; then
 fi
 log "go vet"
 go vet "${PKGS[@]}"
+go vet -tags bench ./cmd/medpipe # bench is linked only with -tags bench
 log "staticcheck $STATICCHECK_VERSION"
 go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" "${PKGS[@]}"
+go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" -tags bench ./cmd/medpipe
 
 # --- tests -------------------------------------------------------------------
 log "go test"
@@ -92,6 +100,21 @@ go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
 firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
+
+log "release build (amd64), twice: the same commit must give the same bytes"
+REL=$(mktemp -d)
+trap 'rm -rf "$REL"' EXIT
+scripts/release.sh -a amd64 -o "$REL/a" 0.0.0-ci >/dev/null
+scripts/release.sh -a amd64 -o "$REL/b" 0.0.0-ci >/dev/null
+if ! cmp -s "$REL/a/SHA256SUMS" "$REL/b/SHA256SUMS"; then
+	echo "release build not reproducible:" >&2
+	diff "$REL/a/SHA256SUMS" "$REL/b/SHA256SUMS" >&2
+	exit 1
+fi
+(cd "$REL/a" && sha256sum --quiet -c SHA256SUMS)
+tar -xzf "$REL/a/medpipe_0.0.0-ci_linux_amd64.tar.gz" -C "$REL"
+[ "$("$REL/medpipe_0.0.0-ci_linux_amd64/medpipe" version)" = "medpipe 0.0.0-ci" ] || { echo "release binary not stamped with its version" >&2; exit 1; }
+dpkg-deb -c "$REL/a/medpipe_0.0.0-ci_amd64.deb" | grep -q ' ./usr/lib/systemd/system/medpipe-up.service$' || { echo ".deb lacks the systemd units" >&2; exit 1; }
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do

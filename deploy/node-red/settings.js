@@ -117,6 +117,14 @@ module.exports = {
     uiHost: host,
     flowFile: flowFile,
     flowFilePretty: true,
+    // The dashboard's history, ECG samples, devices and alerts (with their
+    // acknowledgements) are flow context in the "file" store: kept in
+    // memory, written to <userDir>/context every 10 s and on shutdown, read
+    // back at start, so a restart loses at most the last 10 s.
+    contextStorage: {
+        default: { module: "memory" },
+        file: { module: "localfilesystem", config: { flushInterval: 10 } },
+    },
     credentialSecret: credentialSecret,
     adminAuth: adminPassword ? {
         type: "credentials",
