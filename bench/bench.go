@@ -16,6 +16,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // Layouts of the MQTT side.
@@ -222,7 +223,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	// they would be depressed by the backlog still draining.
 	var ceilings *Ceilings
 	if o.Ceilings {
-		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, byte(o.QoS), msgsPerReading(o.Layout))
+		c, err := measureCeilings(ctx, st.natsURL, st.mqttURL, st.readURL(), byte(o.QoS), msgsPerReading(o.Layout))
 		if err != nil {
 			res.CeilingError = err.Error()
 			o.Log.Warn("ceilings not measured", "err", err)
@@ -235,7 +236,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 		ids[i] = d.ID
 	}
 	ledger := NewLedger(ids)
-	sub, err := subscribe(st.mqttURL, byte(o.QoS), ledger)
+	sub, err := subscribe(st.readURL(), byte(o.QoS), ledger)
 	if err != nil {
 		return res, err
 	}
@@ -328,6 +329,24 @@ func fleetKeys(o Options, dir string) ([]simulator.Device, string, error) {
 }
 
 // subscribe accounts every reading arriving on the JSON topic.
+// readingsTopic is the JSON topic of every device's readings, under the
+// live prefix (a dashboard's login may read nothing above it).
+const readingsTopic = bus.DefaultTopicPrefix + "/+/reading"
+
+// subscribeError is a subscription's failure, the broker's refusal
+// included: MQTT 3.1.1 refuses a filter in SUBACK (0x80), not as an error.
+func subscribeError(t mqtt.Token, filter string) error {
+	if err := t.Error(); err != nil {
+		return err
+	}
+	if st, ok := t.(*mqtt.SubscribeToken); ok {
+		if code, ok := st.Result()[filter]; ok && code == 0x80 {
+			return fmt.Errorf("bench: the broker refused the subscription to %s", filter)
+		}
+	}
+	return nil
+}
+
 func subscribe(url string, qos byte, l *Ledger) (mqtt.Client, error) {
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		at := time.Now()
@@ -339,10 +358,11 @@ func subscribe(url string, qos byte, l *Ledger) (mqtt.Client, error) {
 		if json.Unmarshal(m.Payload(), &r) != nil {
 			return
 		}
-		// v2 readings carry their frame's sequence number; legacy ones
-		// carry the simulator's in their values' last digits (modulo
-		// 10,000: runs stay below that per device).
-		seq, ok := r.Seq, r.Seq != 0
+		// v2 readings carry their frame's sequence number, whose low 32
+		// bits count the readings of the device's boot (one boot per
+		// bench run); legacy ones carry the simulator's in their values'
+		// last digits (modulo 10,000: runs stay below that per device).
+		seq, ok := uint64(wire.V2SeqCounter(r.Seq)), r.Seq != 0
 		if !ok {
 			seq, ok = simulator.DecodeSeq([4]string{r.Values.Temp, r.Values.TempMcu, r.Values.AcelZ, r.Values.TempMpu})
 		}
@@ -360,11 +380,11 @@ func subscribe(url string, qos byte, l *Ledger) (mqtt.Client, error) {
 		// its queue; a deep client channel keeps this one from being slow.
 		SetMessageChannelDepth(1 << 16).
 		SetOnConnectHandler(func(cl mqtt.Client) {
-			t := cl.Subscribe("+/+/reading", qos, handler)
-			go func() { t.Wait(); subscribed <- t.Error() }()
+			t := cl.Subscribe(readingsTopic, qos, handler)
+			go func() { t.Wait(); subscribed <- subscribeError(t, readingsTopic) }()
 		}))
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return nil, fmt.Errorf("bench: subscriber connect to %s: %v", url, t.Error())
+		return nil, fmt.Errorf("bench: subscriber connect to %s: %v", bus.RedactURLs(url), t.Error())
 	}
 	select {
 	case err := <-subscribed:

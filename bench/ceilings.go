@@ -30,13 +30,13 @@ type Ceilings struct {
 // measureCeilings runs the raw JetStream and MQTT rates. A reading costs
 // JetStream two stored messages (RAW, READINGS), each published once and
 // consumed once, and MQTT msgsPerReading messages.
-func measureCeilings(ctx context.Context, natsURL, mqttURL string, qos byte, msgsPerReading int) (Ceilings, error) {
+func measureCeilings(ctx context.Context, natsURL, mqttURL, mqttReadURL string, qos byte, msgsPerReading int) (Ceilings, error) {
 	var c Ceilings
 	var err error
 	if c.JSPublishPerSec, c.JSConsumePerSec, err = jetStreamRate(ctx, natsURL, 50_000, 263); err != nil {
 		return c, fmt.Errorf("bench: JetStream ceiling: %w", err)
 	}
-	if c.MQTTPerSec, err = mqttRate(ctx, mqttURL, qos, 40_000, 64); err != nil {
+	if c.MQTTPerSec, err = mqttRate(ctx, mqttURL, mqttReadURL, qos, 40_000, 64); err != nil {
 		return c, fmt.Errorf("bench: MQTT ceiling: %w", err)
 	}
 	c.JSReadingsPerSec = 1 / (2/c.JSPublishPerSec + 2/c.JSConsumePerSec)
@@ -99,23 +99,28 @@ func jetStreamRate(ctx context.Context, url string, n, size int) (pub, cons floa
 	return pub, float64(n) / time.Since(start).Seconds(), nil
 }
 
+// ceilingTopic is where the MQTT ceiling is measured: under the live
+// prefix, the one place the bridge's login may write and a dashboard's read.
+const ceilingTopic = bus.DefaultTopicPrefix + "/medpipe-bench/ceiling"
+
 // mqttRate publishes n messages at qos with a window of 1,000 in flight to
 // a subscriber on the same broker and returns the rate at which the
-// subscriber received them.
-func mqttRate(ctx context.Context, url string, qos byte, n, size int) (float64, error) {
+// subscriber received them. The publisher connects to url, the subscriber
+// to readURL (the same broker, perhaps another login).
+func mqttRate(ctx context.Context, url, readURL string, qos byte, n, size int) (float64, error) {
 	var got atomic.Int64
 	done := make(chan struct{})
-	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-ceiling-sub").SetCleanSession(true))
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(readURL).SetClientID("medpipe-bench-ceiling-sub").SetCleanSession(true))
 	if t := sub.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return 0, fmt.Errorf("subscriber connect: %v", t.Error())
 	}
 	defer sub.Disconnect(100)
-	if t := sub.Subscribe("medpipe-bench/ceiling", qos, func(mqtt.Client, mqtt.Message) {
+	if t := sub.Subscribe(ceilingTopic, qos, func(mqtt.Client, mqtt.Message) {
 		if got.Add(1) == int64(n) {
 			close(done)
 		}
-	}); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return 0, fmt.Errorf("subscribe: %v", t.Error())
+	}); !t.WaitTimeout(10*time.Second) || subscribeError(t, ceilingTopic) != nil {
+		return 0, fmt.Errorf("subscribe: %v", subscribeError(t, ceilingTopic))
 	}
 	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-ceiling-pub").SetCleanSession(true))
 	if t := pub.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
@@ -138,7 +143,7 @@ func mqttRate(ctx context.Context, url string, qos byte, n, size int) (float64, 
 	}()
 	start := time.Now()
 	for range n {
-		window <- pub.Publish("medpipe-bench/ceiling", qos, false, payload)
+		window <- pub.Publish(ceilingTopic, qos, false, payload)
 	}
 	close(window)
 	select {

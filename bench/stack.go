@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,9 +30,12 @@ const (
 
 // stack is the pipeline under test.
 type stack struct {
-	natsURL, mqttURL, edge string
-	procs                  []*proc
-	srv                    *bus.Embedded // ModeProcess only
+	// natsURL and mqttURL are what the bench's own clients use: against
+	// `up`, they carry the generated credentials of the admin (NATS) and
+	// the bridge (MQTT writes); mqttReadURL is the dashboard's (MQTT reads).
+	natsURL, mqttURL, mqttReadURL, edge string
+	procs                               []*proc
+	srv                                 *bus.Embedded // ModeProcess only
 }
 
 // proc is one child process of the stack.
@@ -92,7 +96,27 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		if _, err := s.start(ctx, o, dir, "up", nil, args...); err != nil {
 			return s, err
 		}
-		return s, nil
+		// up lets no anonymous client in: the bench logs in as the roles
+		// whose work it measures, with the passwords up generated.
+		creds := filepath.Join(dir, "up", bus.CredentialsDir)
+		login := func(rawURL string, r bus.Role) (string, error) {
+			pw, err := bus.ReadCredential(creds, r)
+			if err != nil {
+				return "", fmt.Errorf("bench: %s credentials of up: %w", r, err)
+			}
+			u, err := url.Parse(rawURL)
+			if err != nil {
+				return "", err
+			}
+			u.User = url.UserPassword(string(r), pw)
+			return u.String(), nil
+		}
+		mqttURL := s.mqttURL
+		var errN, errW, errR error
+		s.natsURL, errN = login(s.natsURL, bus.RoleAdmin)
+		s.mqttURL, errW = login(mqttURL, bus.RolePublish)
+		s.mqttReadURL, errR = login(mqttURL, bus.RoleDashboard)
+		return s, errors.Join(errN, errW, errR)
 	case ModeProcess:
 		if s.srv, err = bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: filepath.Join(dir, "jetstream")}); err != nil {
 			return nil, err
@@ -314,4 +338,12 @@ func (s *stack) usages() []ProcUsage {
 		self += ", nats-server"
 	}
 	return append(out, usage(self+")", os.Getpid()))
+}
+
+// readURL is the MQTT URL the bench's subscribers use.
+func (s *stack) readURL() string {
+	if s.mqttReadURL != "" {
+		return s.mqttReadURL
+	}
+	return s.mqttURL
 }

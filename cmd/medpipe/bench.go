@@ -13,6 +13,9 @@ import (
 	"github.com/medpipe/medpipe/bench"
 )
 
+// benchLinked says whether `medpipe bench` is in this build.
+const benchLinked = true
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", "Measure the whole pipeline: start the stack, drive simulated devices, account for every reading on MQTT\n(lost, duplicated, reordered), time each from the device's write to its MQTT arrival, and compare with the\nraw JetStream and MQTT rates of the same machine. Writes report.md, report.json and PNG plots to --out.", stderr)
 	var (

@@ -8,6 +8,9 @@ import (
 	"io"
 )
 
+// benchLinked says whether `medpipe bench` is in this build.
+const benchLinked = false
+
 // errBenchExcluded is what `medpipe bench` answers in a production build:
 // the harness links plotting, fonts and PDF code that a stage never needs.
 var errBenchExcluded = errors.New("this medpipe was built without bench: build it with `go build -tags bench ./cmd/medpipe` (or `go run -tags bench ./cmd/medpipe bench …`)")
