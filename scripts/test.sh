@@ -96,7 +96,23 @@ go run "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" -tags bench ./c
 
 # --- tests -------------------------------------------------------------------
 log "go test"
-go test -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}"
+# Verbose, so that no skipped test passes unnoticed: the console gets each
+# package's result, every skip with its reason and, on failure, the failing
+# output; the whole run is kept in test-artifacts/go-test.log.
+mkdir -p test-artifacts
+GOTEST_LOG=test-artifacts/go-test.log
+rc=0
+go test -v -count=1 -timeout "$TEST_TIMEOUT" "${PKGS[@]}" >"$GOTEST_LOG" 2>&1 || rc=$?
+grep -E '^(ok|FAIL|panic:)' "$GOTEST_LOG" || true
+if grep -qE '^\s*--- SKIP' "$GOTEST_LOG"; then
+	echo "-- skipped (the reason is the line above each):"
+	grep -B1 -E '^\s*--- SKIP' "$GOTEST_LOG" | grep -v '^--$'
+fi
+if [ "$rc" -ne 0 ]; then
+	echo "-- go test failed (exit $rc); its output without passing tests' noise (all of it in $GOTEST_LOG):"
+	grep -vE '^=== (RUN|PAUSE|CONT|NAME)|^\s*--- PASS' "$GOTEST_LOG" | tail -n 600
+	exit "$rc"
+fi
 
 log "firmware for the Pico (TinyGo built from source against LLVM 19; minutes the first time)"
 firmware/tinygo.sh --bench-defaults # CI: a bench image (firmware/README.md, "Provisioning")
