@@ -10,6 +10,9 @@ import (
 type connDevice struct {
 	device  string
 	variant wire.Variant
+	// keys is the key index's generation when a connection's first frame
+	// fitted no key (device ""): a key added or rotated since may fit.
+	keys uint64
 }
 
 // connCache remembers which device each connection carries, in bounded

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -65,6 +66,9 @@ type Worker struct {
 	o     Options
 	ix    *KeyIndex
 	cache *connCache
+	// keysGen counts the registry's changes applied to ix, so that an
+	// unidentified connection is searched again once keys have changed.
+	keysGen atomic.Uint64
 	m     *metrics
 	log   *slog.Logger
 	bufs  sync.Pool
@@ -169,6 +173,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // apply brings one registry change into the index.
 func (w *Worker) apply(r registry.Record, deleted bool) {
 	w.ix.Apply(r, deleted)
+	w.keysGen.Add(1)
 	if !deleted {
 		w.m.registryUpdates.Inc()
 	}
@@ -367,7 +372,7 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 		return dead(bus.ReasonRevoked, id.Device, errors.New("device key revoked"))
 	}
 	if !known {
-		w.remember(f.conn, connDevice{id.Device, id.Variant})
+		w.remember(f.conn, connDevice{device: id.Device, variant: id.Variant})
 	}
 	if w.pins.has(id.Device) {
 		// The device has spoken v2 (or an operator pinned it): a legacy
@@ -389,11 +394,16 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 			w.cache.put(conn, c)
 		}
 	}
-	if ok && c.device == "" {
+	unidentified := ok && c.device == ""
+	if unidentified {
 		// The connection's first frame fitted no key: its later frames are
 		// not searched again (one search per unidentified connection; the
-		// edge cuts the connection at that first dead letter).
-		return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
+		// edge cuts the connection at that first dead letter), unless the
+		// keys changed since (a device imported while it was sending).
+		if c.keys == w.keysGen.Load() {
+			return Identified{}, false, fmt.Errorf("%w: the connection's earlier frame fitted no key (not searched again)", ErrUnknownDevice)
+		}
+		ok = false
 	}
 	if ok {
 		if key, revoked, ok := w.ix.Lookup(c.device); ok {
@@ -410,11 +420,11 @@ func (w *Worker) identify(ctx context.Context, sc *scratch, conn string, frameSe
 	w.m.searches.Inc()
 	id, err := w.ix.Identify(sc.plain, sc.ct)
 	w.m.candidates.Add(float64(id.Candidates))
-	if !ok && frameSeq == 1 && errors.Is(err, ErrUnknownDevice) {
+	if !ok && (frameSeq == 1 || unidentified) && errors.Is(err, ErrUnknownDevice) {
 		// Unidentified: see above. Only the first frame decides it: a later
 		// one that fits no key may share its connection with a known
 		// device's (the old desktop simulator), whose frames must go on.
-		w.cache.put(conn, connDevice{})
+		w.cache.put(conn, connDevice{keys: w.keysGen.Load()})
 	}
 	return id, false, err
 }
@@ -434,7 +444,7 @@ func (w *Worker) shared(ctx context.Context, conn string) (connDevice, bool) {
 		return connDevice{}, false
 	}
 	w.m.sharedHits.Inc()
-	return connDevice{id, v}, true
+	return connDevice{device: id, variant: v}, true
 }
 
 // remember caches a connection's device here and for the other workers.
