@@ -69,12 +69,12 @@ type Worker struct {
 	// keysGen counts the registry's changes applied to ix, so that an
 	// unidentified connection is searched again once keys have changed.
 	keysGen atomic.Uint64
-	m     *metrics
-	log   *slog.Logger
-	bufs  sync.Pool
-	marks highWater // nil without Options.Seqs (live) or in-memory (Decoder)
-	stuck *stuckDevices
-	pins  pins
+	m       *metrics
+	log     *slog.Logger
+	bufs    sync.Pool
+	marks   highWater // nil without Options.Seqs (live) or in-memory (Decoder)
+	stuck   *stuckDevices
+	pins    pins
 }
 
 // New checks the options and builds the key index.
