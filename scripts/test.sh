@@ -130,7 +130,8 @@ fi
 (cd "$REL/a" && sha256sum --quiet -c SHA256SUMS)
 tar -xzf "$REL/a/medpipe_0.0.0-ci_linux_amd64.tar.gz" -C "$REL"
 [ "$("$REL/medpipe_0.0.0-ci_linux_amd64/medpipe" version)" = "medpipe 0.0.0-ci" ] || { echo "release binary not stamped with its version" >&2; exit 1; }
-dpkg-deb -c "$REL/a/medpipe_0.0.0-ci_amd64.deb" | grep -q ' ./usr/lib/systemd/system/medpipe-up.service$' || { echo ".deb lacks the systemd units" >&2; exit 1; }
+debfiles=$(dpkg-deb -c "$REL/a/medpipe_0.0.0-ci_amd64.deb")
+grep -q ' ./usr/lib/systemd/system/medpipe-up.service$' <<<"$debfiles" || { echo ".deb lacks the systemd units" >&2; exit 1; }
 
 log "fuzz targets, $FUZZTIME each"
 for m in "${MODULES[@]}"; do
