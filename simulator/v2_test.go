@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -28,49 +29,35 @@ func TestV2ForgedAckDropsNothing(t *testing.T) {
 	forger := wire.NewV2Key(wrong)
 	var honest atomic.Bool
 	var conns sync.Map
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	addr := testkit.ServeTCP(t, func(c net.Conn) {
+		conns.Store(c, true)
+		var buf []byte
 		for {
-			c, err := ln.Accept()
+			raw, err := wire.ReadV2Frame(c, buf, 1<<16)
 			if err != nil {
 				return
 			}
-			conns.Store(c, true)
-			go func() {
-				defer c.Close()
-				var buf []byte
-				for {
-					raw, err := wire.ReadV2Frame(c, buf, 1<<16)
-					if err != nil {
-						return
-					}
-					buf = raw
-					f, err := wire.ParseV2(raw)
-					if err != nil {
-						return
-					}
-					var out []byte
-					if honest.Load() {
-						out = genuine.AppendAck(nil, f.Seq, f.Tag())
-					} else {
-						out = forger.AppendAck(nil, f.Seq, f.Tag())
-						out = forger.AppendRefused(out, f.Seq, wire.V2RefReplayed, f.Tag())
-						out = genuine.AppendAck(out, f.Seq, make([]byte, wire.V2TagLen)) // right key, wrong frame
-						out = wire.AppendV2Error(out, f.Seq, wire.V2ErrStore, "not stored")
-					}
-					if _, err := c.Write(out); err != nil {
-						return
-					}
-				}
-			}()
+			buf = raw
+			f, err := wire.ParseV2(raw)
+			if err != nil {
+				return
+			}
+			var out []byte
+			if honest.Load() {
+				out = genuine.AppendAck(nil, f.Seq, f.Tag())
+			} else {
+				out = forger.AppendAck(nil, f.Seq, f.Tag())
+				out = forger.AppendRefused(out, f.Seq, wire.V2RefReplayed, f.Tag())
+				out = genuine.AppendAck(out, f.Seq, make([]byte, wire.V2TagLen)) // right key, wrong frame
+				out = wire.AppendV2Error(out, f.Seq, wire.V2ErrStore, "not stored")
+			}
+			if _, err := c.Write(out); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	const n = 30
-	f, err := NewFleet(Options{Server: ln.Addr().String(), Devices: devs, Rate: 200, Count: n})
+	f, err := NewFleet(Options{Server: addr.String(), Devices: devs, Rate: 200, Count: n})
 	if err != nil {
 		t.Fatal(err)
 	}
