@@ -342,3 +342,86 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 	}
 	t.Logf("%d of 40 messages handled again after the consumer was recreated", again)
 }
+
+// failOnce is a Completion whose output fails the first time.
+type failOnce struct{ fail bool }
+
+func (f failOnce) Wait(context.Context) error {
+	if f.fail {
+		return errors.New("output refused (test)")
+	}
+	return nil
+}
+
+// TestFailedOutputIsNotAckedByALaterOne: on an AckAll consumer an ack
+// covers every earlier message, so a message whose output failed must come
+// back and be done before anything after it is acknowledged. Were it
+// covered by a later message's ack, it would never be handled again.
+func TestFailedOutputIsNotAckedByALaterOne(t *testing.T) {
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n, failing = 200, 37
+	for i := range n {
+		if _, err := js.PublishAsync(RawSubject(0), []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	var mu sync.Mutex
+	seen := map[int]int{}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ConsumePartitions(runCtx, js, ConsumeOptions{Stage: "fail", Stream: StreamRaw, Partitions: parts, Filter: RawSubject, MaxInFlight: 16,
+			Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
+				i, _ := strconv.Atoi(string(m.Data()))
+				mu.Lock()
+				defer mu.Unlock()
+				seen[i]++
+				return failOnce{fail: i == failing && seen[i] == 1}, nil
+			}})
+	}()
+	var c jetstream.Consumer
+	for c == nil { // created by ConsumePartitions
+		if c, err = js.Consumer(ctx, StreamRaw, "fail-0"); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p := c.CachedInfo().Config.AckPolicy; p != jetstream.AckAllPolicy {
+		t.Fatalf("stage consumer acks %v, want AckAll", p)
+	}
+	// Progress, not a time bound: each poll must see the failed message
+	// come back or the backlog shrink, within ctx's generous deadline.
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		again := seen[failing]
+		mu.Unlock()
+		if info.NumAckPending == 0 && info.NumPending == 0 && again >= 2 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d unacked, %d pending; the failed message handled %d times", info.NumAckPending, info.NumPending, again)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if seen[i] == 0 {
+			t.Errorf("message %d never handled", i)
+		}
+	}
+}

@@ -202,7 +202,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	var live inFlightSet
 	var acker sync.WaitGroup
 	acker.Go(func() { startInOrder(work, handled, pending) })
-	acker.Go(func() { ackInOrder(work, pending, &live, slots, &r.acked, o.Log) })
+	acker.Go(func() { ackInOrder(work, pending, &live, slots, r, o.Log) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 
 	// Take messages out of the client's buffer at once, so that every
@@ -253,11 +253,16 @@ type partitionReader struct {
 	p     int
 	o     ConsumeOptions
 	pinID string // this client's pin, written by read until it returns
-	// acked is the stream sequence of the last message acknowledged.
-	acked atomic.Uint64
+	// lastAcked is the last message acknowledged (its sequence is read
+	// only when the consumer must be created again).
+	lastAcked atomic.Pointer[jetstream.Msg]
+	// ackAll says the consumer acknowledges every message up to the one
+	// acked (AckAll): acks go in batches.
+	ackAll atomic.Bool
 }
 
 func (r *partitionReader) open(ctx context.Context) (jetstream.MessagesContext, error) {
+	r.ackAll.Store(r.c.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy)
 	n := readerBuffer(r.o.MaxInFlight)
 	it, err := r.c.Messages(
 		jetstream.PullPriorityGroup(PriorityGroup),
@@ -326,8 +331,10 @@ func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext 
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		info := r.c.CachedInfo()
 		cfg := info.Config
-		if last := r.acked.Load(); last > 0 { // used only if it must be created
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		if m := r.lastAcked.Load(); m != nil { // used only if it must be created
+			if last := streamSeq(*m); last > 0 {
+				cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+			}
 		}
 		c, err := bindConsumer(ctx, r.js, info.Stream, cfg, r.o.Log)
 		if err == nil {
@@ -410,10 +417,20 @@ func startInOrder(ctx context.Context, handled <-chan inFlight, pending chan<- i
 	}
 }
 
+// ackBatch is the most messages an AckAll partition leaves handled and
+// durable but unacknowledged while more are ready: under load one ack
+// covers up to this many, and a crash redelivers at most this many more
+// than it would otherwise.
+const ackBatch = 64
+
 // ackInOrder acknowledges messages in the order they were handled, each once
-// its output is durable, and frees their slots.
-func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, acked *atomic.Uint64, log *slog.Logger) {
+// its output is durable, and frees their slots. On an AckAll consumer
+// (ConsumerConfig's policy) one ack covers a run of messages: the newest of
+// those done when nothing further is ready, or every ackBatch.
+func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, r *partitionReader, log *slog.Logger) {
 	defer live.close()
+	a := acker{live: live, r: r}
+	defer a.flush()
 	for f := range pending {
 		// The message stays alive (in-progress acks) until its output is
 		// durable: redelivered while its output is still on the way, it
@@ -423,20 +440,127 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		if err == nil && f.done != nil {
 			err = f.done.Wait(ctx)
 		}
-		live.remove(f.msg)
 		if err == nil {
-			_ = f.msg.Ack()
-			if meta, err := f.msg.Metadata(); err == nil {
-				acked.Store(meta.Sequence.Stream)
-			}
+			a.done(f.msg, len(pending) == 0)
 		} else {
 			log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
-			if ctx.Err() == nil {
-				_ = f.msg.NakWithDelay(time.Second)
-			}
+			a.failed(f.msg, ctx.Err() == nil)
 		}
 		<-slots
 	}
+}
+
+// acker acknowledges one partition's messages, in batches on an AckAll
+// consumer. There, an ack also acknowledges every earlier message of the
+// partition, so it must never cover one whose output failed: messages done
+// after a failure are held (kept alive) until the failed one has come back
+// and is done too. Their outputs were published meanwhile, out of order,
+// as an explicit consumer would have them; nothing is acknowledged that an
+// output does not hold.
+type acker struct {
+	live  *inFlightSet
+	r     *partitionReader
+	batch []jetstream.Msg // done, in order, not yet acknowledged
+	// AckAll only: stream sequences whose output failed and that are not
+	// done since, and the messages done behind them.
+	fails map[uint64]struct{}
+	held  []heldMsg
+}
+
+type heldMsg struct {
+	msg jetstream.Msg
+	seq uint64
+}
+
+func (a *acker) done(m jetstream.Msg, idle bool) {
+	if !a.r.ackAll.Load() {
+		a.ack(m)
+		a.live.remove(m)
+		return
+	}
+	if len(a.fails) > 0 {
+		seq := streamSeq(m)
+		delete(a.fails, seq)
+		a.held = append(a.held, heldMsg{m, seq})
+		a.release()
+		return
+	}
+	a.batch = append(a.batch, m)
+	if idle || len(a.batch) >= ackBatch {
+		a.flush()
+	}
+}
+
+func (a *acker) failed(m jetstream.Msg, nak bool) {
+	a.flush() // every message before m is done
+	a.live.remove(m)
+	if nak {
+		_ = m.NakWithDelay(time.Second)
+	}
+	if !a.r.ackAll.Load() {
+		return
+	}
+	if a.fails == nil {
+		a.fails = map[uint64]struct{}{}
+	}
+	// A message without metadata has no ack subject either: it is not a
+	// consumer's, and no ack could cover it.
+	if seq := streamSeq(m); seq > 0 {
+		a.fails[seq] = struct{}{}
+	}
+}
+
+// flush acknowledges the batch with one ack (AckAll).
+func (a *acker) flush() {
+	if len(a.batch) == 0 {
+		return
+	}
+	a.ack(a.batch[len(a.batch)-1])
+	a.live.removeAll(a.batch)
+	clear(a.batch)
+	a.batch = a.batch[:0]
+}
+
+// release acknowledges the held messages that no failed one precedes.
+func (a *acker) release() {
+	floor := uint64(1<<64 - 1)
+	for seq := range a.fails {
+		floor = min(floor, seq)
+	}
+	var top jetstream.Msg
+	var topSeq uint64
+	kept := a.held[:0]
+	var free []jetstream.Msg
+	for _, h := range a.held {
+		if h.seq >= floor {
+			kept = append(kept, h)
+			continue
+		}
+		free = append(free, h.msg)
+		if h.seq > topSeq {
+			top, topSeq = h.msg, h.seq
+		}
+	}
+	clear(a.held[len(kept):])
+	a.held = kept
+	if top != nil {
+		a.ack(top)
+		a.live.removeAll(free)
+	}
+}
+
+func (a *acker) ack(m jetstream.Msg) {
+	_ = m.Ack()
+	a.r.lastAcked.Store(&m)
+}
+
+// streamSeq is m's stream sequence, 0 when its metadata cannot be read.
+func streamSeq(m jetstream.Msg) uint64 {
+	meta, err := m.Metadata()
+	if err != nil {
+		return 0
+	}
+	return meta.Sequence.Stream
 }
 
 // inFlightSet is the messages of a partition handled but not yet acked.
@@ -465,6 +589,14 @@ func (s *inFlightSet) remove(m jetstream.Msg) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.msgs, m)
+}
+
+func (s *inFlightSet) removeAll(ms []jetstream.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range ms {
+		delete(s.msgs, m)
+	}
 }
 
 func (s *inFlightSet) close() {

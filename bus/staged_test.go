@@ -79,7 +79,16 @@ func TestStagedCompletions(t *testing.T) {
 			Stage: "staged", Stream: StreamRaw, Partitions: parts, Filter: RawSubject, MaxInFlight: 32,
 			Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
 				i, _ := strconv.Atoi(string(m.Data()))
-				return &stagedRecorder{i: i, started: started, ahead: startedCh[min(i+lookahead, n-1)]}, nil
+				// From the failing message on, a Wait no longer needs a
+				// later start: on an AckAll consumer the messages after
+				// a failure are held unacknowledged until it comes back,
+				// and the server's window (4 × MaxInFlight) would stop
+				// delivering the later message a held Wait waited for.
+				ahead := startedCh[min(i+lookahead, n-1)]
+				if i >= failing {
+					ahead = startedCh[i]
+				}
+				return &stagedRecorder{i: i, started: started, ahead: ahead}, nil
 			},
 		})
 	}()

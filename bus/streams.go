@@ -383,7 +383,8 @@ func StageConsumers(partitions int) []StageConsumer {
 
 // applyConsumer creates a missing consumer, or brings an existing one to
 // the contract while keeping its MaxAckPending (which a stage may have
-// raised with its in-flight flag).
+// raised with its in-flight flag) and its ack policy (which JetStream does
+// not let a consumer change; both work, see ConsumerConfig).
 func applyConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) error {
 	c, err := js.Consumer(ctx, stream, cfg.Durable)
 	switch {
@@ -392,6 +393,7 @@ func applyConsumer(ctx context.Context, js jetstream.JetStream, stream string, c
 	case err == nil:
 		have := c.CachedInfo().Config
 		cfg.MaxAckPending = have.MaxAckPending
+		cfg.AckPolicy = have.AckPolicy
 		if have.FilterSubject != cfg.FilterSubject || have.AckWait != cfg.AckWait || have.PinnedTTL != cfg.PinnedTTL || have.MaxDeliver != cfg.MaxDeliver {
 			_, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
 		}
@@ -519,15 +521,19 @@ const DefaultPinnedTTL = 10 * time.Second
 const DefaultAckWait = 6 * time.Second
 
 // ConsumerConfig is the durable pull consumer that stage reads partition p
-// with: explicit acks, pinned to one worker at a time so that the
-// partition's messages are processed in order.
+// with, pinned to one worker at a time so that the partition's messages are
+// processed in order. Its acks are AckAll: the worker acknowledges in
+// partition order anyway, so one ack covers every message before it, and
+// a saturated partition sends one ack per batch instead of one per message
+// (ConsumePartitions; a consumer created with explicit acks before keeps
+// them, and is acknowledged one message at a time).
 func ConsumerConfig(stage string, p int, filter string, maxAckPending int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:        stage + "-" + strconv.Itoa(p),
 		Description:    "medpipe " + stage + " partition " + strconv.Itoa(p),
 		FilterSubject:  filter,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckPolicy:      jetstream.AckAllPolicy,
 		AckWait:        DefaultAckWait,
 		MaxDeliver:     -1,
 		MaxAckPending:  maxAckPending,
