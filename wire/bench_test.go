@@ -2,7 +2,9 @@ package wire
 
 import (
 	"bytes"
+	"net"
 	"testing"
+	"time"
 )
 
 // BenchmarkOpen compares the per-frame cost of opening a reading with a
@@ -97,4 +99,44 @@ func BenchmarkSeal(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkFrameReaderTCP cuts legacy frames from a loopback TCP socket,
+// with the read deadlines the edge uses (idle timeout, frame timeout, idle
+// gap): the per-frame cost of deadlines and reads, which the in-memory
+// BenchmarkFrameReader leaves out. The writer sends frames back to back in
+// writes of 16 frames, so no frame waits for the idle gap.
+func BenchmarkFrameReaderTCP(b *testing.B) {
+	frame := NewLegacyKey(v2Device).Seal(nil, Pico, []byte(sample))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		chunk := bytes.Repeat(frame, 16)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	fr := NewFrameReader(c, FrameReaderOptions{MinBlocks: MinReadingBlocks, IdleTimeout: time.Minute})
+	b.ReportAllocs()
+	b.SetBytes(int64(len(frame)))
+	for b.Loop() {
+		if _, err := fr.Next(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -83,6 +83,10 @@ type FrameReader struct {
 	dl   readDeadliner
 	opts FrameReaderOptions
 	buf  []byte
+	// frameDeadline ends the current frame (FrameTimeout after its first
+	// byte); deadlineSet says the source has it.
+	frameDeadline time.Time
+	deadlineSet   bool
 }
 
 // NewFrameReader returns a FrameReader reading from r.
@@ -109,22 +113,26 @@ func (fr *FrameReader) Buffered() int { return fr.br.Buffered() }
 // Next returns the next frame's wire text. The slice is valid until the next
 // call. At a clean end of stream it returns io.EOF; any other error means the
 // stream is unusable.
+//
+// Deadlines are set only before a read from the source: a frame already
+// in the buffer costs no deadline at all, and one read whole in a single
+// read sets two (the idle wait, then the gap after it).
 func (fr *FrameReader) Next() ([]byte, error) {
 	fr.buf = fr.buf[:0]
-	if err := fr.deadline(fr.opts.IdleTimeout); err != nil {
-		return nil, err
-	}
+	fr.frameDeadline = time.Time{}
 	// The frame's first byte, awaited under the idle timeout; from it on,
 	// the whole frame must arrive within FrameTimeout.
-	if _, err := fr.br.Peek(1); err != nil {
-		return nil, fr.readError(err)
-	}
-	var frameDeadline time.Time
-	if fr.dl != nil {
-		frameDeadline = time.Now().Add(fr.opts.FrameTimeout)
-		if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
+	if fr.br.Buffered() == 0 {
+		if err := fr.deadline(fr.opts.IdleTimeout); err != nil {
 			return nil, err
 		}
+		if _, err := fr.br.Peek(1); err != nil {
+			return nil, fr.readError(err)
+		}
+	}
+	if fr.dl != nil {
+		fr.frameDeadline = time.Now().Add(fr.opts.FrameTimeout)
+		fr.deadlineSet = false // the source still has the idle deadline
 	}
 	for blocks := 1; ; blocks++ {
 		if err := fr.readBlock(); err != nil {
@@ -136,6 +144,7 @@ func (fr *FrameReader) Next() ([]byte, error) {
 			if err := fr.dl.SetReadDeadline(time.Now().Add(fr.opts.IdleGap)); err != nil {
 				return nil, err
 			}
+			fr.deadlineSet = false
 		}
 		next, err := fr.br.Peek(1)
 		if err != nil || next[0] != '+' {
@@ -149,11 +158,6 @@ func (fr *FrameReader) Next() ([]byte, error) {
 		if blocks >= fr.opts.MaxBlocks {
 			return nil, fmt.Errorf("%w (%d blocks)", ErrFrameTooLong, fr.opts.MaxBlocks)
 		}
-		if gap {
-			if err := fr.dl.SetReadDeadline(frameDeadline); err != nil {
-				return nil, err
-			}
-		}
 		_, _ = fr.br.ReadByte()
 		fr.buf = append(fr.buf, '+')
 	}
@@ -164,6 +168,9 @@ func (fr *FrameReader) Next() ([]byte, error) {
 func (fr *FrameReader) readBlock() error {
 	for need := 2 * BlockSize; need > 0; {
 		if fr.br.Buffered() == 0 {
+			if err := fr.inFrame(); err != nil {
+				return err
+			}
 			if _, err := fr.br.Peek(1); err != nil {
 				return fr.readError(err)
 			}
@@ -179,6 +186,16 @@ func (fr *FrameReader) readBlock() error {
 		_, _ = fr.br.Discard(len(p))
 	}
 	return nil
+}
+
+// inFrame puts the frame's deadline on the source before a read inside
+// a frame, unless it is there already.
+func (fr *FrameReader) inFrame() error {
+	if fr.dl == nil || fr.deadlineSet {
+		return nil
+	}
+	fr.deadlineSet = true
+	return fr.dl.SetReadDeadline(fr.frameDeadline)
 }
 
 func (fr *FrameReader) deadline(d time.Duration) error {
