@@ -510,18 +510,57 @@ type conn struct {
 	id, remote, local, ip string   // ip: the per-address limits' key (addrKey)
 	log                   *slog.Logger
 	connLimits
-	wmu sync.Mutex // v2 replies come from the connection's writer and from decrypt's relay
+	wmu     sync.Mutex // v2 replies come from the connection's writer and from decrypt's relay
+	replies []byte     // reply frames queued, under wmu
+	queued  int        // how many
 }
 
-// writeReply writes one v2 reply frame whole; it reports whether the
-// connection took it.
+// writeReply writes one v2 reply frame whole, after any queued ones; it
+// reports whether the connection took it.
 func (cn *conn) writeReply(b []byte) bool {
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
-	_ = cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err := cn.Write(b)
-	return err == nil
+	cn.replies = append(cn.replies, b...)
+	cn.queued++
+	return cn.writeQueued() > 0
 }
+
+// queueReply queues a reply frame for the next flushReplies.
+func (cn *conn) queueReply(b []byte) {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	cn.replies = append(cn.replies, b...)
+	cn.queued++
+}
+
+// flushReplies writes the queued reply frames in one write and returns
+// how many the connection took.
+func (cn *conn) flushReplies() int {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	return cn.writeQueued()
+}
+
+func (cn *conn) writeQueued() int {
+	n := cn.queued
+	if n == 0 {
+		return 0
+	}
+	_ = cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := cn.Write(cn.replies)
+	if cap(cn.replies) > maxReplyBuffer {
+		cn.replies = nil
+	}
+	cn.replies, cn.queued = cn.replies[:0], 0
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// maxReplyBuffer is the largest reply buffer a connection keeps between
+// writes; a burst's larger one is let go.
+const maxReplyBuffer = 4 << 10
 
 // bufferedConn reads through a buffered reader that may already hold the
 // connection's first bytes (read past a PROXY header).
@@ -776,24 +815,52 @@ func (e *Edge) askReack(cn *conn, r v2Reply) {
 // device's ACK key, which the edge does not hold) to the connection that
 // carried the frame. A reply for a connection gone is dropped: the device
 // resends the frame on its next connection and is answered again.
+//
+// Replies are queued on their connection and written when the
+// subscription has nothing more pending (or every relayFlushEvery
+// replies): a device whose frames decrypt handles in a burst (a backlog,
+// an outbox resent after a reconnect) gets its ACKs in one write instead
+// of a write system call each.
 func (e *Edge) relayReplies(nc *nats.Conn) (*nats.Subscription, error) {
-	return nc.Subscribe(bus.AckSubject(e.o.EdgeID), func(m *nats.Msg) {
+	var sub *nats.Subscription
+	var ready sync.WaitGroup // sub is set before the first callback reads it
+	ready.Add(1)
+	dirty := map[*conn]struct{}{} // only the subscription's goroutine uses it
+	queued := 0
+	sub, err := nc.Subscribe(bus.AckSubject(e.o.EdgeID), func(m *nats.Msg) {
+		ready.Wait()
 		f, err := wire.ParseV2(m.Data)
-		if err != nil || (f.Type != wire.V2Ack && f.Type != wire.V2Refused) {
+		if err == nil && (f.Type == wire.V2Ack || f.Type == wire.V2Refused) {
+			e.mu.Lock()
+			cn := e.byID[m.Header.Get(bus.HeaderConn)]
+			e.mu.Unlock()
+			if cn == nil {
+				e.m.repliesDropped.Inc()
+			} else {
+				cn.queueReply(m.Data)
+				dirty[cn] = struct{}{}
+				queued++
+			}
+		}
+		// Pending counts the message in hand until the callback returns.
+		if n, _, _ := sub.Pending(); n > 1 && queued < relayFlushEvery {
 			return
 		}
-		e.mu.Lock()
-		cn := e.byID[m.Header.Get(bus.HeaderConn)]
-		e.mu.Unlock()
-		if cn == nil {
-			e.m.repliesDropped.Inc()
-			return
+		for cn := range dirty {
+			if n := cn.flushReplies(); n > 0 {
+				e.m.repliesRelayed.Add(float64(n))
+			}
 		}
-		if cn.writeReply(m.Data) {
-			e.m.repliesRelayed.Inc()
-		}
+		clear(dirty)
+		queued = 0
 	})
+	ready.Done()
+	return sub, err
 }
+
+// relayFlushEvery bounds the replies relayReplies queues before writing
+// them, however busy the subscription.
+const relayFlushEvery = 256
 
 // closed logs why a connection ended and counts errors by reason.
 func (e *Edge) closed(cn *conn, err error, frames uint64) {

@@ -411,3 +411,54 @@ func BenchmarkEdgeFrames(b *testing.B) {
 	}
 	<-h.js.PublishAsyncComplete()
 }
+
+// BenchmarkReplyWrites is the cost per v2 reply (an ACK's 30-odd bytes)
+// written to a device's loopback TCP connection: each with its own write,
+// as every ACK was before, and in bursts of 8 queued and written at once,
+// as relayReplies now does when decrypt's ACKs for a connection come
+// together (a backlog, an outbox resent after a reconnect).
+func BenchmarkReplyWrites(b *testing.B) {
+	ack := wire.NewV2Key(testDev).AppendAck(nil, 1, make([]byte, wire.V2TagLen))
+	for _, burst := range []int{1, 8} {
+		b.Run(fmt.Sprintf("burst-%d", burst), func(b *testing.B) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+				}
+			}()
+			nc, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			cn := &conn{Conn: nc}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(ack)))
+			for i := 0; b.Loop(); i++ {
+				if burst == 1 {
+					if !cn.writeReply(ack) {
+						b.Fatal("write failed")
+					}
+					continue
+				}
+				cn.queueReply(ack)
+				if i%burst == burst-1 && cn.flushReplies() != burst {
+					b.Fatal("write failed")
+				}
+			}
+		})
+	}
+}
