@@ -37,6 +37,10 @@ type Options struct {
 	// Adjust, when set, changes each reading before it is sealed (the
 	// interactive device applies the operator's settings with it).
 	Adjust func(r *wire.Reading)
+	// Sensors are the sensor states every v2 device reports (the zero
+	// value: all ok); the values of a sensor not ok are sent absent, as
+	// the firmware sends a missing DS18B20's temperature.
+	Sensors wire.SensorStates
 	// Epoch is the v2 devices' boot epoch (see BootEpoch); zero takes the
 	// wall clock's seconds.
 	Epoch uint32
@@ -177,6 +181,7 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 	dev.sig.FeverPerHour = f.o.FeverPerHour
 	if d.V2 {
 		dev.v2 = newV2Device(d.Device, f.o.Epoch, &f.unverified)
+		dev.v2.sensors = f.o.Sensors
 	}
 	defer dev.disconnect()
 	timer := time.NewTimer(delay)

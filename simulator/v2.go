@@ -42,6 +42,7 @@ type v2Device struct {
 	last    uint64        // the last reading sealed
 	changed chan struct{} // signalled when frames are settled
 	ended   chan net.Conn // the connection whose reply reader ended
+	sensors wire.SensorStates // reported with every reading
 	// forged counts replies that did not verify (forged, or for a frame
 	// already settled): they change nothing.
 	forged *atomic.Uint64
@@ -59,6 +60,7 @@ func (v *v2Device) seal(n uint64, r wire.Reading, sig *Signal) ([]byte, bool, er
 	now := time.Now()
 	p.Time = now.UnixMilli()
 	p.Values = r.Numbers()
+	p.Sensors = v.sensors
 	p.Pulse = PulseCodes(sig.Batch(), now)
 	payload, err := wire.AppendV2Payload(nil, &p)
 	if err != nil {

@@ -243,7 +243,9 @@ func (w *worker) reading(ctx context.Context) error {
 			w.seq = uint64(epoch) << 32
 		}
 		w.seq++
-		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals}
+		// The states say which values are measurements: a missing
+		// DS18B20's temperature travels as absent, never as 0 °C.
+		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals, Sensors: w.sensors.state.Wire()}
 		var start time.Time
 		w.samples, start = w.pulse.take(w.samples[:0])
 		if len(w.samples) > 0 {
