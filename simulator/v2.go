@@ -37,11 +37,11 @@ type v2Device struct {
 	key     *wire.V2Key
 	mu      sync.Mutex
 	outbox  *wire.Outbox
-	epoch   uint32        // boot epoch: the high 32 bits of every sequence number
-	base    uint64        // the reading number before the epoch's counter 1
-	last    uint64        // the last reading sealed
-	changed chan struct{} // signalled when frames are settled
-	ended   chan net.Conn // the connection whose reply reader ended
+	epoch   uint32            // boot epoch: the high 32 bits of every sequence number
+	base    uint64            // the reading number before the epoch's counter 1
+	last    uint64            // the last reading sealed
+	changed chan struct{}     // signalled when frames are settled
+	ended   chan net.Conn     // the connection whose reply reader ended
 	sensors wire.SensorStates // reported with every reading
 	// forged counts replies that did not verify (forged, or for a frame
 	// already settled): they change nothing.
