@@ -107,8 +107,11 @@ func TestLinkBudget(t *testing.T) {
 	t.Logf("%d readings: frames of %d bytes; UART to the module %d bytes (%.1f %% busy), from it %d bytes (%.1f %% busy)",
 		readings, perFrame, end.ToModule-steady.ToModule, 100*toMod.Seconds()/schedule.Seconds(),
 		end.FromModule-steady.FromModule, 100*fromMod.Seconds()/schedule.Seconds())
-	if perFrame > floatTextFrames {
-		t.Skipf("v2 frames are %d bytes: the link budget holds only with the compact binary payload (issue 15)", perFrame)
+	// The compact payload (wire/PROTOCOL.md, "Size per frame"): header,
+	// 47 bytes of payload with the sensor states, 13 samples of 50 ms at
+	// 250 Hz packed in 20 bytes, the tag.
+	if want := 5 + 1 + len(r.cfg.Device.ID) + 8 + 47 + 20 + wire.V2TagLen; perFrame > want {
+		t.Errorf("v2 frames are %d bytes on average, more than the protocol's %d", perFrame, want)
 	}
 	for dir, busy := range map[string]time.Duration{"to the module": toMod, "from the module": fromMod} {
 		if busy > schedule*70/100 {
@@ -116,11 +119,6 @@ func TestLinkBudget(t *testing.T) {
 		}
 	}
 }
-
-// floatTextFrames: frames above this size carry the pulse samples as float
-// text (461-474 bytes); the compact binary payload of issue 15 takes about
-// a quarter of that.
-const floatTextFrames = 300
 
 // TestSamplerRunsWhileSendInFlight: with a send held in flight by the
 // module (its SEND OK withheld), the pulse sampler still takes every tick:
