@@ -278,8 +278,8 @@ func (dev *device) connect(ctx context.Context) bool {
 	dev.backoff = 0
 	dev.f.connected.Add(1)
 	if dev.v2 != nil {
-		go dev.v2.readReplies(c, func() { dev.f.acked.Add(1) }, func(code byte) {
-			if code == wire.V2RefReplayed || code == wire.V2RefInvalid {
+		go dev.v2.readReplies(c, func() { dev.f.acked.Add(1) }, func(code byte, dropped bool) {
+			if dropped {
 				dev.f.dropped.Add(1)
 			}
 			dev.f.errors.Add(1)
@@ -343,6 +343,11 @@ func (dev *device) send(seq uint64) error {
 		}
 		if dropped {
 			dev.f.dropped.Add(1)
+		}
+		if dev.v2.isHalted() {
+			// Kept (the oldest dropped when the buffer is full), not sent:
+			// the pipeline refused this key; an ACK resumes.
+			return nil
 		}
 		dev.buf = append(dev.buf[:0], frame...)
 	} else {

@@ -28,6 +28,11 @@ type linkRig struct {
 	steady espfake.LinkStats // the UART's counters when the edge accepted the link
 	frames int
 	bytes  int
+	// answer, when set (before Work), makes the edge's reply to each frame
+	// (nil: none) instead of an ACK; n counts the frame's arrivals so far
+	// (1: first), close makes the edge close the connection after replying.
+	answer func(v *wire.V2Frame, n int, key *wire.V2Key) (reply []byte, close bool)
+	seen   map[uint64]int // arrivals per sequence number
 }
 
 func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
@@ -51,8 +56,22 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 			r.mu.Lock()
 			r.frames++
 			r.bytes += len(f)
+			if r.seen == nil {
+				r.seen = map[uint64]int{}
+			}
+			r.seen[v.Seq]++
+			n := r.seen[v.Seq]
 			r.mu.Unlock()
-			if _, err := c.Write(key.AppendAck(nil, v.Seq, v.Tag())); err != nil {
+			reply, closeConn := key.AppendAck(nil, v.Seq, v.Tag()), false
+			if r.answer != nil {
+				reply, closeConn = r.answer(&v, n, key)
+			}
+			if reply != nil {
+				if _, err := c.Write(reply); err != nil {
+					return
+				}
+			}
+			if closeConn {
 				return
 			}
 			buf = f

@@ -42,6 +42,7 @@ type pipeline struct {
 	col  *testkit.Collector
 	// login makes more collectors as a dashboard: URL, user and password.
 	mqttURL, user, password string
+	natsURL, dataDir        string // for medpipe keys against this up
 }
 
 func startPipeline(t *testing.T, dev wire.Device) *pipeline {
@@ -51,10 +52,10 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 		t.Fatal(err)
 	}
 	port := func() string { return strconv.Itoa(testkit.FreePort(t)) }
-	mqttPort, edge := port(), "127.0.0.1:"+port()
+	mqttPort, natsPort, edge := port(), port(), "127.0.0.1:"+port()
 	dataDir := t.TempDir()
 	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", dataDir,
-		"--json-topic", "--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
+		"--json-topic", "--nats-port", natsPort, "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
 		"--http", "", "--status-every", "0")
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.Dial("tcp", edge); err == nil {
@@ -73,7 +74,8 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 	}
 	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true,
 		Username: string(bus.RoleDashboard), Password: pw})
-	return &pipeline{edge: edge, col: col, mqttURL: "tcp://127.0.0.1:" + mqttPort, user: string(bus.RoleDashboard), password: pw}
+	return &pipeline{edge: edge, col: col, mqttURL: "tcp://127.0.0.1:" + mqttPort, user: string(bus.RoleDashboard), password: pw,
+		natsURL: "nats://127.0.0.1:" + natsPort, dataDir: dataDir}
 }
 
 // jsonReading is the payload of Pico/<id>/reading.
