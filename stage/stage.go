@@ -38,6 +38,9 @@ type Options struct {
 	Pprof bool
 	// Log is the process's logger.
 	Log *slog.Logger
+	// Metrics is the registry the stages register on and the endpoint
+	// serves (nil: a new one, ops.NewRegistry).
+	Metrics *prometheus.Registry
 }
 
 // Process is one medpipe process: its stages, their NATS connections and
@@ -56,7 +59,10 @@ func New(o Options) *Process {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	return &Process{o: o, reg: ops.NewRegistry()}
+	if o.Metrics == nil {
+		o.Metrics = ops.NewRegistry()
+	}
+	return &Process{o: o, reg: o.Metrics}
 }
 
 // Log is the process's logger.

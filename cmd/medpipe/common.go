@@ -13,6 +13,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/ops"
+	"github.com/medpipe/medpipe/pipeline"
 	"github.com/medpipe/medpipe/stage"
 )
 
@@ -42,10 +43,6 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-// defaultDataDir is medpipe up's data directory, where the other commands
-// also look for the credentials up generated.
-const defaultDataDir = "medpipe-data"
-
 // natsFlags are the flags of every command that talks to NATS.
 type natsFlags struct {
 	urls    string
@@ -67,7 +64,7 @@ func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.auth.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&n.auth.NKey, "nats-nkey", "", "file holding a NATS user nkey seed")
 	registerTLS(fs, &n.auth.TLS, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
-	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(defaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
+	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(pipeline.DefaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
 }
 
 // register registers the connection and the stream limits.

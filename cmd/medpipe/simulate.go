@@ -85,7 +85,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 	// v2 devices' boot epoch: above the one recorded next to the keys file.
-	epoch, err := simulator.BootEpoch(epochFile(cmp.Or(keys, keysOut)))
+	epoch, err := simulator.BootEpoch(simulator.EpochFile(cmp.Or(keys, keysOut)))
 	if err != nil {
 		return err
 	}
@@ -131,15 +131,6 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return err
-}
-
-// epochFile is where a simulated fleet's boot epoch is kept: next to its
-// keys file.
-func epochFile(keys string) string {
-	if keys == "" {
-		return ""
-	}
-	return keys + ".epoch"
 }
 
 // simulatedFleet returns the devices to simulate: from --keys (created when

@@ -120,7 +120,6 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
-	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -187,32 +186,29 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.IntVar(&f.maxInFlight, "publish-in-flight", publish.DefaultMaxInFlight, "readings in flight to the sink per partition")
 }
 
-// mqttSink is the MQTT sink these flags describe; session: publish's
-// persistent session (replay: a clean one).
-func (f *publishFlags) mqttSink(session bool, idPrefix string, log *slog.Logger, reg prometheus.Registerer) (*publish.MQTTSink, error) {
+// mqttSinkOptions are the MQTT sink's options these flags describe;
+// session: publish's persistent session (replay: a clean one).
+func (f *publishFlags) mqttSinkOptions(session bool, log *slog.Logger, reg prometheus.Registerer) (publish.MQTTSinkOptions, error) {
 	if f.qos < 0 || f.qos > 2 {
-		return nil, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
+		return publish.MQTTSinkOptions{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password := f.password
-	if password == "" {
-		var err error
-		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv); err != nil {
-			return nil, err
-		}
+	password, err := secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv)
+	if err != nil {
+		return publish.MQTTSinkOptions{}, err
 	}
 	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
-		return nil, err
+		return publish.MQTTSinkOptions{}, err
 	}
 	every := f.addressEvery
 	if !session && every == 0 {
 		every = -1 // replay: 0 has always meant never
 	}
-	return publish.NewMQTTSink(publish.MQTTSinkOptions{
+	return publish.MQTTSinkOptions{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
 		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: every,
-		Session: session, ClientIDPrefix: idPrefix, Log: log, Metrics: reg,
-	})
+		Session: session, Log: log, Metrics: reg,
+	}, nil
 }
 
 // mqttPasswordEnv holds the MQTT password when no file is named.
@@ -223,8 +219,10 @@ func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Regis
 	o := publish.Options{Partitions: parts, MaxInFlight: f.maxInFlight, Log: log, Metrics: reg}
 	var err error
 	switch f.sink {
-	case "mqtt":
-		o.Sink, err = f.mqttSink(true, "medpipe-publish-", log, reg)
+	case "mqtt": // publish.New builds the sink: up fills in its own broker when --mqtt is empty
+		var m publish.MQTTSinkOptions
+		m, err = f.mqttSinkOptions(true, log, reg)
+		o.MQTT, o.Prefix, o.QoS, o.QoSSet, o.Retain, o.JSONTopic, o.JSONOnly, o.AddressEvery = m.MQTT, m.Prefix, m.QoS, m.QoSSet, m.Retain, m.JSONTopic, m.JSONOnly, m.AddressEvery
 	case "webhook":
 		o.Sink, err = f.webhook.sink(log, reg)
 	default:
