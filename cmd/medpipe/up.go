@@ -184,6 +184,9 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	p.Add("ingest", edge, edge.Health)
 	p.Add("decrypt", worker, worker.Health)
 	p.Add("publish", bridge, nil)
+	p.WatchLag(jsDecrypt, bus.StreamRaw, bus.StageDecrypt, parts)
+	p.WatchLag(jsPublish, bus.StreamReadings, bus.StagePublish, parts)
+	p.Metrics().MustRegister(stage.NewServerCollector(e.Server))
 	p.Check("mqtt", bridge.Health)
 	if len(sims) > 0 {
 		epoch, err := simulator.BootEpoch(epochFile(filepath.Join(dataDir, simulatedKeys)))
