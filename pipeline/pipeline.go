@@ -79,6 +79,8 @@ type Options struct {
 	// Metrics is the registry every stage registers on and /metrics serves
 	// (nil: a new one). Give it to build a Publish.Sink on the same registry.
 	Metrics *prometheus.Registry
+	// Build is exported as medpipe_build_info when its Version is set.
+	Build ops.Build
 	// Streams are the stream limits applied at start; only the fields set
 	// count (bus.ApplyStreams: a zero is no opinion about an existing stream).
 	Streams bus.StreamOptions
@@ -148,7 +150,7 @@ func New(ctx context.Context, o Options) (_ *Pipeline, err error) {
 		return nil, err
 	}
 	p := &Pipeline{o: o, Server: e, Credentials: creds, simulated: len(sims),
-		proc: stage.New(stage.Options{HTTP: o.HTTP, Pprof: o.Pprof, Log: o.Log, Metrics: o.Metrics})}
+		proc: stage.New(stage.Options{HTTP: o.HTTP, Pprof: o.Pprof, Log: o.Log, Metrics: o.Metrics, Build: o.Build})}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -292,6 +294,11 @@ func (p *Pipeline) build(ctx context.Context, sims []simulator.Device) error {
 	p.proc.Add("ingest", p.Edge, p.Edge.Health)
 	p.proc.Add("decrypt", worker, worker.Health)
 	p.proc.Add("publish", bridge, nil)
+	p.proc.WatchLag(jsDecrypt, bus.StreamRaw, bus.StageDecrypt, p.parts)
+	p.proc.WatchLag(jsPublish, bus.StreamReadings, bus.StagePublish, p.parts)
+	if err := reg.Register(stage.NewServerCollector(p.Server.Server)); err != nil {
+		return fmt.Errorf("nats-server metrics: %w", err)
+	}
 	p.proc.Check("mqtt", bridge.Health)
 	if len(sims) == 0 {
 		return nil

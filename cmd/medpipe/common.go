@@ -31,7 +31,7 @@ func (l *logFlags) register(fs *flag.FlagSet) {
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, usageErr(fmt.Errorf("--log-level: %w", err))
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch l.format {
@@ -40,7 +40,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+	return nil, usageErr(fmt.Errorf("--log-format %q: want text or json", l.format))
 }
 
 // natsFlags are the flags of every command that talks to NATS.
@@ -157,7 +157,7 @@ func (c *commonFlags) process(stderr io.Writer) (*stage.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stage.New(stage.Options{HTTP: c.http, Pprof: c.pprof, Log: log}), nil
+	return stage.New(stage.Options{HTTP: c.http, Pprof: c.pprof, Log: log, Build: buildInfo()}), nil
 }
 
 // ops binds the metrics and health endpoint of a command that is not a

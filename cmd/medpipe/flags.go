@@ -41,7 +41,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	if len(pos) > 0 {
-		return fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[0])
+		return usageErr(fmt.Errorf("%s: unexpected argument %q", fs.Name(), pos[0]))
 	}
 	return nil
 }
@@ -52,6 +52,11 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // order; everything after "--" is positional. Then it fills every flag not
 // given on the command line from its MEDPIPE_* environment variable.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	pos, err := parseArgsOnly(fs, args)
+	return pos, usageErr(err)
+}
+
+func parseArgsOnly(fs *flag.FlagSet, args []string) ([]string, error) {
 	aliasDeprecated(fs)
 	var pos []string
 	for {

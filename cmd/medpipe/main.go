@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -45,11 +44,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
+	if code := exitCode(err); code != 0 {
 		fmt.Fprintln(os.Stderr, "medpipe:", err)
-		os.Exit(1)
+		os.Exit(code)
 	}
 }
 
@@ -57,9 +54,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
-			return errors.New("no command given")
+			return usageErr(errors.New("no command given"))
 		}
 		return nil
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		return runVersion(ctx, args[1:], stdout, stderr)
 	}
 	for _, c := range commands {
 		if c.name == args[0] {
@@ -67,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	usage(stderr)
-	return fmt.Errorf("unknown command %q", args[0])
+	return usageErr(fmt.Errorf("unknown command %q", args[0]))
 }
 
 func usage(w io.Writer) {
@@ -76,4 +76,5 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun `medpipe <command> -h` for its flags. Every flag can also be set with MEDPIPE_<FLAG> in the environment.\n")
+	fmt.Fprintf(w, "`medpipe --version` prints the version. Exit codes: 0 ok, 1 failure while running, 2 usage or configuration error.\n")
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/medpipe/medpipe/ops"
@@ -100,6 +99,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	reg := ops.NewRegistry()
+	reg.MustRegister(buildInfo().Collector())
 	if err := fleet.RegisterMetrics(reg); err != nil {
 		return err
 	}
@@ -181,23 +181,4 @@ func simulateStatus(ctx context.Context, log *slog.Logger, f *simulator.Fleet, e
 			prev = st.Sent
 		}
 	}
-}
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = ""
-
-func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	v := version
-	if v == "" {
-		v = "(devel)"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" {
-					v = "devel-" + s.Value[:min(12, len(s.Value))]
-				}
-			}
-		}
-	}
-	fmt.Fprintln(stdout, "medpipe", v)
-	return nil
 }

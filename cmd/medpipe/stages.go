@@ -71,14 +71,14 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
 
-func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (ingest.Options, error) {
+func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ ingest.Options, err error) {
+	defer func() { err = usageErr(err) }() // flag values that do not make options
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
 		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
 	}
-	var err error
 	if o.ProxyFrom, err = ingest.ParseProxyFrom(f.proxyFrom); err != nil {
 		return o, fmt.Errorf("--proxy-protocol-from: %w", err)
 	}
@@ -214,10 +214,10 @@ func (f *publishFlags) mqttSinkOptions(session bool, log *slog.Logger, reg prome
 // mqttPasswordEnv holds the MQTT password when no file is named.
 const mqttPasswordEnv = "MEDPIPE_MQTT_PASSWORD"
 
-func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
+func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ publish.Options, err error) {
+	defer func() { err = usageErr(err) }() // flag values that do not make options
 	log = log.With("stage", "publish")
 	o := publish.Options{Partitions: parts, MaxInFlight: f.maxInFlight, Log: log, Metrics: reg}
-	var err error
 	switch f.sink {
 	case "mqtt": // publish.New builds the sink: up fills in its own broker when --mqtt is empty
 		var m publish.MQTTSinkOptions
@@ -320,6 +320,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	p.Add("decrypt", w, w.Health)
+	p.WatchLag(js, bus.StreamRaw, bus.StageDecrypt, parts)
 	return p.Run(ctx, "medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "keys", keySource, "partitions", parts)
 }
 
@@ -353,6 +354,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	p.Add("publish", b, nil)
+	p.WatchLag(js, bus.StreamReadings, bus.StagePublish, parts)
 	p.Check("mqtt", b.Health)
 	return p.Run(ctx, "medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "sink", pf.destination(), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts)
 }

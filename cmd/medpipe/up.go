@@ -50,7 +50,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	o.HTTP, o.Pprof, o.Log, o.Metrics, o.Streams = common.http, common.pprof, log, ops.NewRegistry(), nf.givenStreams()
+	o.HTTP, o.Pprof, o.Log, o.Metrics, o.Streams, o.Build = common.http, common.pprof, log, ops.NewRegistry(), nf.givenStreams(), buildInfo()
 	if df.keys != "" {
 		if o.Keys, err = decrypt.ReadKeysFile(df.keys, log); err != nil {
 			return err
