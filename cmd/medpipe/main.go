@@ -43,6 +43,7 @@ func init() {
 		{"archive", "export RAW to zstd archive files, import them back, verify them", runArchive},
 		{"bench", "measure the pipeline with simulated devices against its own ceilings", runBench},
 		{"config", "check a config file (validate FILE) or print a complete one (example)", runConfig},
+		{"completion", "print shell completion for bash, zsh or fish", runCompletion},
 		{"healthcheck", "exit 0 when a stage's /healthz answers ok (for container health checks)", runHealthcheck},
 		{"version", "print the version", runVersion},
 	}
