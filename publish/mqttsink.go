@@ -38,7 +38,7 @@ type MQTTSinkOptions struct {
 	MQTT MQTTOptions
 	// Prefix is the topics' first levels (default DefaultPrefix).
 	Prefix string
-	// QoS of every message (default 1 unless QoSSet). At QoS 0 a reading is
+	// QoS of every message (default DefaultQoS unless QoSSet). At QoS 0 a reading is
 	// acknowledged once handed to the connection, so a broker failure can lose it.
 	QoS    byte
 	QoSSet bool
@@ -119,7 +119,7 @@ func NewMQTTSink(o MQTTSinkOptions) (*MQTTSink, error) {
 		o.Prefix = DefaultPrefix
 	}
 	if o.QoS == 0 && !o.QoSSet {
-		o.QoS = 1
+		o.QoS = DefaultQoS
 	}
 	if o.QoS > 2 {
 		return nil, fmt.Errorf("publish: QoS %d: want 0, 1 or 2", o.QoS)
