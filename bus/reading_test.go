@@ -1,6 +1,9 @@
 package bus
 
 import (
+	"encoding/binary"
+	"encoding/json"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -71,6 +74,70 @@ func TestReadingBodyRoundTrip(t *testing.T) {
 	}
 }
 
+// appendReadingV1 writes a body as V1 did: the same fields, the pulse
+// batch as its JSON.
+func appendReadingV1(t testing.TB, r *Reading) []byte {
+	t.Helper()
+	var pulse []byte
+	if r.Pulse != nil {
+		var err error
+		if pulse, err = json.Marshal(r.Pulse); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := []byte{readingBodyV1}
+	for _, s := range [...]string{r.Device, r.Protocol, r.Variant,
+		r.Values.Temp, r.Values.TempMcu, r.Values.PulseSig, r.Values.AcelX, r.Values.AcelY, r.Values.AcelZ, r.Values.TempMpu} {
+		dst = appendString(dst, s)
+	}
+	n := &r.Numbers
+	for _, f := range [...]float64{n.Temp, n.TempMcu, n.PulseSig, n.AcelX, n.AcelY, n.AcelZ, n.TempMpu} {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	}
+	dst = binary.AppendUvarint(dst, r.Seq)
+	dst = appendTime(dst, r.DeviceTime)
+	dst = binary.AppendUvarint(dst, uint64(len(pulse)))
+	dst = append(dst, pulse...)
+	dst = appendTime(dst, r.Received)
+	dst = appendString(dst, r.Conn)
+	dst = binary.AppendUvarint(dst, r.FrameSeq)
+	dst = binary.AppendUvarint(dst, r.RawSeq)
+	dst = appendString(dst, r.Remote)
+	return appendString(dst, r.Local)
+}
+
+// TestReadingBodyV1StillDecodes: READINGS stored with the pulse batch as
+// JSON (V1) decode as before; pulse batches with and without samples
+// round-trip through V2 exactly.
+func TestReadingBodyV1StillDecodes(t *testing.T) {
+	noSamples := sampleV2Reading()
+	noSamples.Pulse.Samples = nil
+	empty := sampleV2Reading()
+	empty.Pulse.Samples = []float64{}
+	for name, r := range map[string]*Reading{"legacy": sampleReading(), "v2 with pulse": sampleV2Reading(), "pulse without samples": noSamples} {
+		got, err := UnmarshalReading(appendReadingV1(t, r))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !reflect.DeepEqual(got, r) {
+			t.Fatalf("%s: V1 body decodes as\n %+v\nwant %+v", name, got, r)
+		}
+	}
+	for name, r := range map[string]*Reading{"pulse without samples": noSamples, "pulse with an empty sample list": empty} {
+		b, err := AppendReading(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b[0] != readingBodyV2 {
+			t.Fatalf("body starts with %#x, want V2", b[0])
+		}
+		got, err := UnmarshalReading(b)
+		if err != nil || !reflect.DeepEqual(got, r) {
+			t.Fatalf("%s: round trip gives %+v, %v", name, got, err)
+		}
+	}
+}
+
 func TestReadingBodyTruncated(t *testing.T) {
 	b, err := AppendReading(nil, sampleV2Reading())
 	if err != nil {
@@ -96,6 +163,8 @@ func FuzzUnmarshalReading(f *testing.F) {
 		f.Add(j)
 	}
 	f.Add([]byte{readingBodyV1})
+	f.Add([]byte{readingBodyV2})
+	f.Add(appendReadingV1(f, sampleV2Reading()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := UnmarshalReading(b)
 		if err != nil {
@@ -141,10 +210,28 @@ func BenchmarkReadingCodec(b *testing.B) {
 			_, _ = MarshalReading(r)
 		}
 	})
+	// A v2 reading of a device at 1 reading/s: 250 pulse samples, as the
+	// 12-bit codes of its payload give them.
+	v2 := sampleV2Reading()
+	v2.Pulse.Samples = make([]float64, 250)
+	for i := range v2.Pulse.Samples {
+		v2.Pulse.Samples[i] = float64((i*37)%4096) * 3.3 / 4095
+	}
+	v2c, err := AppendReading(nil, v2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode/v2-pulse-250/compact", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf, _ = AppendReading(buf[:0], v2)
+		}
+	})
 	for _, body := range []struct {
 		name string
 		b    []byte
-	}{{"compact", c}, {"json", j}} {
+	}{{"compact", c}, {"json", j}, {"v2-pulse-250/compact", v2c}, {"v2-pulse-250/compact-v1", appendReadingV1(b, v2)}} {
 		b.Run("decode/"+body.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body.b)))
