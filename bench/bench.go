@@ -60,6 +60,12 @@ type Options struct {
 	// Profile, when set, is a folder for CPU (over the measured window) and
 	// allocation profiles of every stack process (go tool pprof reads them).
 	Profile string
+	// Scenario is ScenarioLive (default) or ScenarioDrain: Frames legacy
+	// frames (default 200,000) sent into RAW first, then drained by decrypt
+	// and publish as processes into MQTT (MQTT, when set, or a Mosquitto
+	// the bench starts), JSON layout.
+	Scenario string
+	Frames   int
 	// Progress, when set, receives a progress line every second.
 	Progress io.Writer
 	// Log receives the run's events; nil discards them.
@@ -72,6 +78,15 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Mode == "" {
 		o.Mode = ModeEmbedded
+	}
+	if o.Scenario == "" {
+		o.Scenario = ScenarioLive
+	}
+	if o.Scenario != ScenarioLive && o.Scenario != ScenarioDrain {
+		return fmt.Errorf("bench: scenario %q: want live or drain", o.Scenario)
+	}
+	if o.Frames <= 0 {
+		o.Frames = 200_000
 	}
 	if o.Devices <= 0 {
 		return errors.New("bench: Devices must be positive")
@@ -143,7 +158,9 @@ type Result struct {
 	Ceilings         *Ceilings   `json:"ceilings,omitempty"`
 	CeilingError     string      `json:"ceiling_error,omitempty"`
 	// Ratio is delivered readings/s over the bottleneck ceiling.
-	Ratio  float64  `json:"ratio_of_ceiling,omitempty"`
+	Ratio float64 `json:"ratio_of_ceiling,omitempty"`
+	// Drain is the drain scenario's figures.
+	Drain  *Drain   `json:"drain,omitempty"`
 	Series []Second `json:"series"`
 	cdf    [][2]float64
 }
@@ -172,7 +189,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for {
 		step := o
 		step.Rate = rate
-		res, err := runOnce(ctx, step)
+		run := runOnce
+		if o.Scenario == ScenarioDrain {
+			run = runDrain
+		}
+		res, err := run(ctx, step)
 		if err != nil {
 			return rep, err
 		}

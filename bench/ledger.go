@@ -28,7 +28,8 @@ type Ledger struct {
 	second  []Second
 	open    time.Time // the measured window's start; zero before it opens
 	closed  bool
-	counted uint64 // readings delivered inside the window
+	counted uint64    // readings delivered inside the window
+	lastAt  time.Time // the latest first delivery
 }
 
 // deviceBook is one device's account. Sequence numbers start at 1.
@@ -117,6 +118,9 @@ func (l *Ledger) deliver(d *deviceBook, seq uint64, t time.Time) {
 		return
 	}
 	d.delivered[seq-1] = true
+	if t.After(l.lastAt) {
+		l.lastAt = t
+	}
 	if seq < d.last {
 		d.reordered++
 		if d.firstLate == 0 {
@@ -135,6 +139,13 @@ func (l *Ledger) deliver(d *deviceBook, seq uint64, t time.Time) {
 		_ = l.second[s].hist.RecordValue(max(us, 1))
 		l.counted++
 	}
+}
+
+// LastDelivery is when the latest reading first arrived.
+func (l *Ledger) LastDelivery() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastAt
 }
 
 // Open starts the measured window: latencies of readings sent from now on

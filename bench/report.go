@@ -43,6 +43,10 @@ func (r *Report) write(dir string) error {
 // Markdown writes the report as Markdown.
 func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# medpipe bench, %s\n\nMachine: %s. Everything (servers, stages, simulator, subscriber) on this machine.\n\n", r.Started.Format("2006-01-02 15:04 UTC"), r.Machine)
+	if len(r.Results) > 0 && r.Results[0].Drain != nil {
+		r.drainMarkdown(w)
+		return
+	}
 	fmt.Fprintln(w, "| mode | devices × rate | layout, QoS | offered/s | delivered/s | undelivered | dup | reordered | p50 | p90 | p99 | p99.9 | max | frames in/s | readings out/s | MQTT msgs/s | RAW B/frame | ceiling (bottleneck) | ratio |")
 	fmt.Fprintln(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 	for _, x := range r.Results {
@@ -163,4 +167,23 @@ func ReadReport(path string) (*Report, error) {
 		return nil, fmt.Errorf("bench: %s: %w", path, err)
 	}
 	return &r, nil
+}
+
+// drainMarkdown writes the drain scenario's figures.
+func (r *Report) drainMarkdown(w io.Writer) {
+	for _, x := range r.Results {
+		d := x.Drain
+		fmt.Fprintf(w, "Drain: %d legacy frames from %d devices, stored in RAW first, drained by decrypt and publish (a process each) into %s at QoS %d, one JSON message per reading.\n\n", d.Frames, x.Devices, d.Broker, x.QoS)
+		fmt.Fprintln(w, "| readings | seconds to the last at the subscriber | readings/s | seconds to the last handed to the broker | readings/s | CPU s per 1,000 readings (servers and stages) | undelivered | dup | reordered |")
+		fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		fmt.Fprintf(w, "| %d | %.2f | %.0f | %.2f | %.0f | %.3f | %d | %d | %d |\n", x.Totals.Delivered, d.Seconds, d.PerSec, d.PublishedSeconds, d.PublishedPerSec, d.CPUPer1000, x.Totals.Lost, x.Totals.Duplicated, x.Totals.Reordered)
+		fmt.Fprintln(w, "\nCPU over the drain, by process (the bench's MQTT subscriber, which counts every reading, is not in the per-1,000 figure):\n\n| process | CPU s | µs per reading | peak RSS |\n|---|---:|---:|---:|")
+		for _, u := range d.Usage {
+			us := "—"
+			if v, ok := d.MicrosPerReading[u.Name]; ok {
+				us = fmt.Sprintf("%.1f", v)
+			}
+			fmt.Fprintf(w, "| %s | %.2f | %s | %.0f MB |\n", u.Name, u.CPUSeconds, us, u.PeakRSSMB)
+		}
+	}
 }

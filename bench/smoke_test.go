@@ -58,3 +58,30 @@ func TestSmoke(t *testing.T) {
 		})
 	}
 }
+
+// TestSmokeDrain runs the drain scenario small: every stored frame
+// reaches the broker once, and the figures are there.
+func TestSmokeDrain(t *testing.T) {
+	if _, err := exec.LookPath("mosquitto"); err != nil {
+		t.Skip("mosquitto not on PATH: the drain scenario starts one")
+	}
+	bin := medpipeBinary(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	rep, err := Run(ctx, Options{Binary: bin, Scenario: ScenarioDrain, Devices: 50, Rate: 20, Frames: 2000, Drain: 30 * time.Second, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Results[0]
+	t.Logf("drain: %+v, %+v", r.Totals, *r.Drain)
+	if r.Totals.Sent != 2000 || r.Totals.Delivered != 2000 || r.Totals.Lost != 0 || r.Totals.Duplicated != 0 || r.Totals.Reordered != 0 {
+		t.Fatalf("accounting: %+v", r.Totals)
+	}
+	if d := r.Drain; d.PerSec <= 0 || d.PublishedPerSec <= 0 || d.CPUPer1000 <= 0 || d.MicrosPerReading["nats-server"] <= 0 || d.MicrosPerReading["decrypt"] <= 0 {
+		t.Fatalf("figures missing: %+v", d)
+	}
+	if st, err := os.Stat(filepath.Join(out, "report.md")); err != nil || st.Size() == 0 {
+		t.Fatalf("report.md not written: %v", err)
+	}
+}

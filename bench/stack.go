@@ -219,6 +219,24 @@ func (s *stack) stop() {
 	}
 }
 
+// stopOne stops one child as stop does, and forgets it.
+func (s *stack) stopOne(p *proc) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+	}
+	p.log.Close()
+	for i, q := range s.procs {
+		if q == p {
+			s.procs = append(s.procs[:i], s.procs[i+1:]...)
+			break
+		}
+	}
+}
+
 // counters scrapes every child's /metrics and sums each metric by name.
 func (s *stack) counters() map[string]float64 {
 	out := map[string]float64{}
@@ -260,6 +278,9 @@ func (s *stack) profile(ctx context.Context, dir string, d time.Duration) error 
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*len(s.procs))
 	for _, p := range s.procs {
+		if p.http == "" { // not ours: mosquitto
+			continue
+		}
 		wg.Go(func() {
 			for _, pr := range []struct{ path, file string }{
 				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), p.name + ".cpu.pprof"},
@@ -333,11 +354,16 @@ func (s *stack) usages() []ProcUsage {
 	for _, p := range s.procs {
 		out = append(out, usage(p.name, p.cmd.Process.Pid))
 	}
+	return append(out, usage(selfUsageName(s), os.Getpid()))
+}
+
+// selfUsageName names the bench process's own line of usages.
+func selfUsageName(s *stack) string {
 	self := "bench (simulator, subscriber"
 	if s.srv != nil {
 		self += ", nats-server"
 	}
-	return append(out, usage(self+")", os.Getpid()))
+	return self + ")"
 }
 
 // readURL is the MQTT URL the bench's subscribers use.

@@ -45,8 +45,18 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&compare, "compare", "", "an earlier report.json to compare with")
 	fs.StringVar(&o.Profile, "profile", "", "folder for CPU and allocation profiles of every stack process over the window (go tool pprof)")
 	fs.BoolVar(&progress, "progress", isTerminal(os.Stderr), "print a progress line every second")
+	fs.StringVar(&o.Scenario, "scenario", bench.ScenarioLive, "live (devices send while the stack runs) or drain (RAW filled with --frames legacy frames first, then decrypt and publish drain it into Mosquitto, or --mqtt)")
+	fs.IntVar(&o.Frames, "frames", 200_000, "drain scenario: legacy frames stored in RAW before the stages start")
+	var serveDir, serveHTTP string
+	var servePort int
+	fs.StringVar(&serveDir, "serve-nats", "", "internal (the drain scenario's server): run only a nats-server with JetStream storing into this folder")
+	fs.IntVar(&servePort, "serve-nats-port", 4222, "internal: --serve-nats's client port")
+	fs.StringVar(&serveHTTP, "http", "127.0.0.1:0", "internal: --serve-nats's /healthz and profiler address")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if serveDir != "" {
+		return bench.ServeNATS(ctx, serveDir, servePort, serveHTTP)
 	}
 	log, err := common.log.logger(stderr)
 	if err != nil {
