@@ -261,7 +261,8 @@ type partitionReader struct {
 	c     jetstream.Consumer
 	p     int
 	o     ConsumeOptions
-	pinID string // this client's pin, written by read until it returns
+	pinID string     // this client's pin, written by read until it returns
+	mu    sync.Mutex // guards c, which reopen replaces
 	// lastAcked is the last message acknowledged (its sequence is read
 	// only when the consumer must be created again).
 	lastAcked atomic.Pointer[jetstream.Msg]
@@ -347,7 +348,9 @@ func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext 
 		}
 		c, err := bindConsumer(ctx, r.js, info.Stream, cfg, r.o.Log)
 		if err == nil {
+			r.mu.Lock()
 			r.c = c
+			r.mu.Unlock()
 			var it jetstream.MessagesContext
 			if it, err = r.open(ctx); err == nil {
 				return it
@@ -360,6 +363,21 @@ func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext 
 		case <-time.After(wait):
 		}
 	}
+}
+
+// pendingOnServer asks JetStream how many of the partition's messages it
+// counts as delivered and not yet acknowledged.
+func (r *partitionReader) pendingOnServer(ctx context.Context) (int, error) {
+	r.mu.Lock()
+	c := r.c
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumAckPending, nil
 }
 
 // pinIDHeader carries the pinned client's id on messages of a priority
@@ -435,12 +453,25 @@ const ackBatch = 64
 // ackInOrder acknowledges messages in the order they were handled, each once
 // its output is durable, and frees their slots. On an AckAll consumer
 // (ConsumerConfig's policy) one ack covers a run of messages: the newest of
-// those done when nothing further is ready, or every ackBatch.
+// those done when nothing further is ready, or every ackBatch (see acker).
 func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, r *partitionReader, log *slog.Logger, latency Observer) {
 	defer live.close()
-	a := acker{live: live, r: r}
-	defer a.flush()
-	for f := range pending {
+	a := acker{live: live, r: r, verify: r.pendingOnServer}
+	defer a.release(ctx, true)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var f inFlight
+		var ok bool
+		select {
+		case f, ok = <-pending:
+		case <-tick.C: // an idle partition's last messages, a pending check
+			a.release(ctx, true)
+			continue
+		}
+		if !ok {
+			return
+		}
 		// The message stays alive (in-progress acks) until its output is
 		// durable: redelivered while its output is still on the way, it
 		// would be handled twice, and a v2 frame handled twice looks like a
@@ -453,30 +484,43 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 			if latency != nil {
 				latency.Observe(time.Since(f.start).Seconds())
 			}
-			a.done(f.msg, len(pending) == 0)
+			a.done(ctx, f.msg, len(pending) == 0)
 		} else {
 			log.Warn("output not confirmed; message will be redelivered", "subject", f.msg.Subject(), "err", err)
-			a.failed(f.msg, ctx.Err() == nil)
+			a.failed(ctx, f.msg, ctx.Err() == nil)
 		}
 		<-slots
 	}
 }
 
-// acker acknowledges one partition's messages, in batches on an AckAll
-// consumer. There, an ack also acknowledges every earlier message of the
-// partition, so it must never cover one whose output failed: messages done
-// after a failure are held (kept alive) until the failed one has come back
-// and is done too. Their outputs were published meanwhile, out of order,
-// as an explicit consumer would have them; nothing is acknowledged that an
-// output does not hold.
+// acker acknowledges one partition's messages, in runs on an AckAll
+// consumer. There an ack also acknowledges every earlier message of the
+// partition the server counts as delivered, so it must never cover one
+// this worker has not done:
+//   - a message whose output failed: the messages done after it are held
+//     (kept alive) until it came back and is done too. Their outputs were
+//     published meanwhile, out of order, as with explicit acks.
+//   - a message the server delivered but this worker never received (lost
+//     with a connection, or delivered to a worker that died before this
+//     one took the partition over). A gap in the delivery sequence, and
+//     the first message a worker sees, make the acker unsure: it acks
+//     nothing until the server counts no more messages pending than this
+//     worker holds, that is until every one delivered has come back to it.
 type acker struct {
-	live  *inFlightSet
-	r     *partitionReader
-	batch []jetstream.Msg // done, in order, not yet acknowledged
-	// AckAll only: stream sequences whose output failed and that are not
-	// done since, and the messages done behind them.
+	live *inFlightSet
+	r    *partitionReader
+	// verify returns how many messages the server counts as delivered and
+	// unacknowledged (pendingOnServer).
+	verify func(ctx context.Context) (int, error)
+	held   []heldMsg // done, in order, not yet acknowledged (AckAll)
+	// fails are stream sequences whose output failed and that are not
+	// done since.
 	fails map[uint64]struct{}
-	held  []heldMsg
+	// lastDelivery is the consumer's delivery sequence of the last message
+	// seen; unsure is set by a gap in it and cleared by verify.
+	lastDelivery uint64
+	unsure       bool
+	lastVerify   time.Time
 }
 
 type heldMsg struct {
@@ -484,57 +528,77 @@ type heldMsg struct {
 	seq uint64
 }
 
-func (a *acker) done(m jetstream.Msg, idle bool) {
+// see notes a message's delivery and returns its stream sequence.
+func (a *acker) see(m jetstream.Msg) uint64 {
+	meta, err := m.Metadata()
+	if err != nil { // not a consumer's message: no ack could cover it
+		return 0
+	}
+	if d := meta.Sequence.Consumer; a.lastDelivery == 0 || d != a.lastDelivery+1 {
+		a.unsure = true
+	}
+	a.lastDelivery = meta.Sequence.Consumer
+	return meta.Sequence.Stream
+}
+
+func (a *acker) done(ctx context.Context, m jetstream.Msg, idle bool) {
 	if !a.r.ackAll.Load() {
 		a.ack(m)
 		a.live.remove(m)
 		return
 	}
-	if len(a.fails) > 0 {
-		seq := streamSeq(m)
-		delete(a.fails, seq)
-		a.held = append(a.held, heldMsg{m, seq})
-		a.release()
-		return
-	}
-	a.batch = append(a.batch, m)
-	if idle || len(a.batch) >= ackBatch {
-		a.flush()
+	seq := a.see(m)
+	delete(a.fails, seq)
+	a.held = append(a.held, heldMsg{m, seq})
+	if idle || len(a.held) >= ackBatch || len(a.fails) > 0 {
+		a.release(ctx, idle)
 	}
 }
 
-func (a *acker) failed(m jetstream.Msg, nak bool) {
-	a.flush() // every message before m is done
+func (a *acker) failed(ctx context.Context, m jetstream.Msg, nak bool) {
+	if !a.r.ackAll.Load() {
+		a.live.remove(m)
+		if nak {
+			_ = m.NakWithDelay(time.Second)
+		}
+		return
+	}
+	// Recorded before anything is acknowledged: m may be a redelivery,
+	// behind messages done with higher sequences.
+	if seq := a.see(m); seq > 0 {
+		if a.fails == nil {
+			a.fails = map[uint64]struct{}{}
+		}
+		a.fails[seq] = struct{}{}
+	}
+	a.release(ctx, false)
 	a.live.remove(m)
 	if nak {
 		_ = m.NakWithDelay(time.Second)
 	}
-	if !a.r.ackAll.Load() {
-		return
-	}
-	if a.fails == nil {
-		a.fails = map[uint64]struct{}{}
-	}
-	// A message without metadata has no ack subject either: it is not a
-	// consumer's, and no ack could cover it.
-	if seq := streamSeq(m); seq > 0 {
-		a.fails[seq] = struct{}{}
-	}
 }
 
-// flush acknowledges the batch with one ack (AckAll).
-func (a *acker) flush() {
-	if len(a.batch) == 0 {
+// release acknowledges, with one ack, the held messages that no failed one
+// precedes, once the acker is sure; check allows asking the server.
+func (a *acker) release(ctx context.Context, check bool) {
+	if len(a.held) == 0 {
 		return
 	}
-	a.ack(a.batch[len(a.batch)-1])
-	a.live.removeAll(a.batch)
-	clear(a.batch)
-	a.batch = a.batch[:0]
-}
-
-// release acknowledges the held messages that no failed one precedes.
-func (a *acker) release() {
+	if a.unsure {
+		since := time.Since(a.lastVerify)
+		if since < 100*time.Millisecond || (!check && since < time.Second) {
+			return
+		}
+		a.lastVerify = time.Now()
+		// Counted before asking: a message received after the answer
+		// must not make up for one the server counts.
+		holds := a.live.size()
+		n, err := a.verify(ctx)
+		if err != nil || n > holds {
+			return
+		}
+		a.unsure = false
+	}
 	floor := uint64(1<<64 - 1)
 	for seq := range a.fails {
 		floor = min(floor, seq)
@@ -557,8 +621,8 @@ func (a *acker) release() {
 	a.held = kept
 	if top != nil {
 		a.ack(top)
-		a.live.removeAll(free)
 	}
+	a.live.removeAll(free)
 }
 
 func (a *acker) ack(m jetstream.Msg) {
@@ -601,6 +665,12 @@ func (s *inFlightSet) remove(m jetstream.Msg) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.msgs, m)
+}
+
+func (s *inFlightSet) size() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.msgs)
 }
 
 func (s *inFlightSet) removeAll(ms []jetstream.Msg) {
