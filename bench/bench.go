@@ -155,8 +155,10 @@ type Result struct {
 	// RawBytesPerFrame is JetStream's stored bytes per RAW frame.
 	RawBytesPerFrame float64     `json:"raw_bytes_per_frame"`
 	Usage            []ProcUsage `json:"usage"`
-	Ceilings         *Ceilings   `json:"ceilings,omitempty"`
-	CeilingError     string      `json:"ceiling_error,omitempty"`
+	// WindowUsage is each process's CPU over the measured window only.
+	WindowUsage  []ProcUsage `json:"window_usage,omitempty"`
+	Ceilings     *Ceilings   `json:"ceilings,omitempty"`
+	CeilingError string      `json:"ceiling_error,omitempty"`
 	// Ratio is delivered readings/s over the bottleneck ceiling.
 	Ratio float64 `json:"ratio_of_ceiling,omitempty"`
 	// Drain is the drain scenario's figures.
@@ -280,7 +282,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	if err := progressUntil(ctx, o, ledger, fleet, time.Now().Add(o.Ramp+o.Warmup)); err != nil {
 		return res, err
 	}
-	before, opened := st.counters(), time.Now()
+	before, usedBefore, opened := st.counters(), st.usages(), time.Now()
 	ledger.Open(opened)
 	profiled := make(chan error, 1)
 	if o.Profile != "" {
@@ -298,6 +300,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	ledger.Close()
 	res.Seconds = closed.Sub(opened).Seconds()
 	res.Usage = st.usages()
+	res.WindowUsage = usageSince(usedBefore, res.Usage)
 	rate := func(name string) float64 { return (after[name] - before[name]) / res.Seconds }
 	res.FramesIn, res.ReadingsOut, res.MQTTMessages = rate("medpipe_ingest_frames_total"), rate("medpipe_decrypt_readings_total"), rate("medpipe_publish_mqtt_messages_total")
 

@@ -73,12 +73,7 @@ func runDrain(ctx context.Context, o Options) (Result, error) {
 	s := &stack{}
 	defer s.stop()
 	// nats-server in a process of its own, so its CPU time is its own.
-	np, err := freePort()
-	if err != nil {
-		return res, err
-	}
-	s.natsURL = "nats://127.0.0.1:" + strconv.Itoa(np)
-	if _, err := s.start(ctx, o, dir, "nats-server", nil, "bench", "--serve-nats", filepath.Join(dir, "jetstream"), "--serve-nats-port", strconv.Itoa(np)); err != nil {
+	if err := s.startNATS(ctx, o, dir, false); err != nil {
 		return res, err
 	}
 	broker := o.MQTT
@@ -184,12 +179,7 @@ func runDrain(ctx context.Context, o Options) (Result, error) {
 	}
 	d.MicrosPerReading = map[string]float64{}
 	var cpu float64
-	was := map[string]float64{}
-	for _, u := range before {
-		was[u.Name] = u.CPUSeconds
-	}
-	for _, u := range after {
-		u.CPUSeconds -= was[u.Name]
+	for _, u := range usageSince(before, after) {
 		d.Usage = append(d.Usage, u)
 		if u.Name == "ingest" || u.Name == selfUsageName(s) {
 			continue
@@ -283,12 +273,13 @@ func (s *stack) startMosquitto(ctx context.Context, dir string) (string, error) 
 	}
 }
 
-// ServeNATS runs only a nats-server with JetStream on port (MQTT off),
-// storing into dir, with /healthz and the profiler on httpAddr, until ctx
-// ends: the drain scenario's server, a process of its own so that its
-// CPU time is counted apart from the bench's subscriber.
-func ServeNATS(ctx context.Context, dir string, port int, httpAddr string) error {
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: port, MQTTPort: -2, HTTPPort: -2, StoreDir: dir})
+// ServeNATS runs only a nats-server with JetStream on port and MQTT on
+// mqttPort (-2: none), storing into dir, with /healthz and the profiler on
+// httpAddr, until ctx ends: the server of the process and drain modes, a
+// process of its own so that its CPU time is counted apart from the
+// bench's simulator and subscriber.
+func ServeNATS(ctx context.Context, dir string, port, mqttPort int, httpAddr string) error {
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: port, MQTTPort: mqttPort, HTTPPort: -2, StoreDir: dir})
 	if err != nil {
 		return err
 	}

@@ -78,9 +78,17 @@ func (r *Report) Markdown(w io.Writer) {
 			fmt.Fprintf(w, "\nCeilings at %d × %g/s: JetStream %.0f publishes/s and %.0f acked consumes/s (%.0f readings/s at 2 stored messages each); MQTT %.0f messages/s at QoS %d (%.0f readings/s at %d messages each).\n",
 				x.Devices, x.Rate, c.JSPublishPerSec, c.JSConsumePerSec, c.JSReadingsPerSec, c.MQTTPerSec, x.QoS, c.MQTTReadingsPerSec, msgsPerReading(x.Layout))
 		}
-		fmt.Fprintf(w, "\nCPU and peak RSS at %d × %g/s over the whole run:\n\n| process | CPU s | peak RSS |\n|---|---:|---:|\n", x.Devices, x.Rate)
+		fmt.Fprintf(w, "\nCPU at %d × %g/s: over the whole run, and over the measured window per reading out of decrypt (%.0f/s; for ingest, nearly per frame in):\n\n| process | CPU s, run | CPU s, window | µs per reading | peak RSS |\n|---|---:|---:|---:|---:|\n", x.Devices, x.Rate, x.ReadingsOut)
+		win := map[string]float64{}
+		for _, u := range x.WindowUsage {
+			win[u.Name] = u.CPUSeconds
+		}
 		for _, u := range x.Usage {
-			fmt.Fprintf(w, "| %s | %.1f | %.0f MB |\n", u.Name, u.CPUSeconds, u.PeakRSSMB)
+			us := "—"
+			if n := x.ReadingsOut * x.Seconds; n > 0 {
+				us = fmt.Sprintf("%.0f", 1e6*win[u.Name]/n)
+			}
+			fmt.Fprintf(w, "| %s | %.1f | %.1f | %s | %.0f MB |\n", u.Name, u.CPUSeconds, win[u.Name], us, u.PeakRSSMB)
 		}
 	}
 }

@@ -35,7 +35,6 @@ type stack struct {
 	// the bridge (MQTT writes); mqttReadURL is the dashboard's (MQTT reads).
 	natsURL, mqttURL, mqttReadURL, edge string
 	procs                               []*proc
-	srv                                 *bus.Embedded // ModeProcess only
 }
 
 // proc is one child process of the stack.
@@ -118,10 +117,11 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		s.mqttReadURL, errR = login(mqttURL, bus.RoleDashboard)
 		return s, errors.Join(errN, errW, errR)
 	case ModeProcess:
-		if s.srv, err = bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -1, HTTPPort: -2, StoreDir: filepath.Join(dir, "jetstream")}); err != nil {
-			return nil, err
+		// nats-server (JetStream, MQTT) in a process of its own, so that
+		// its CPU time is reported apart from the simulator's.
+		if err := s.startNATS(ctx, o, dir, true); err != nil {
+			return s, err
 		}
-		s.natsURL, s.mqttURL = s.srv.ClientURL(), s.srv.MQTTURL()
 	case ModeExternal:
 		if o.NATS == "" || o.MQTT == "" {
 			return nil, errors.New("bench: external mode needs --nats and --mqtt")
@@ -144,6 +144,26 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		}
 	}
 	return s, nil
+}
+
+// startNATS starts the bench's nats-server as a child process (medpipe
+// bench --serve-nats), with an MQTT listener when mqtt is set.
+func (s *stack) startNATS(ctx context.Context, o Options, dir string, mqtt bool) error {
+	np, err := freePort()
+	if err != nil {
+		return err
+	}
+	mp := -2
+	if mqtt {
+		if mp, err = freePort(); err != nil {
+			return err
+		}
+		s.mqttURL = "tcp://127.0.0.1:" + strconv.Itoa(mp)
+	}
+	s.natsURL = "nats://127.0.0.1:" + strconv.Itoa(np)
+	_, err = s.start(ctx, o, dir, "nats-server", nil, "bench", "--serve-nats", filepath.Join(dir, "jetstream"),
+		"--serve-nats-port", strconv.Itoa(np), "--serve-mqtt-port", strconv.Itoa(mp))
+	return err
 }
 
 // oneAddressFleet lifts the edge's per-address limits: the bench's fleet,
@@ -198,10 +218,23 @@ func (s *stack) start(ctx context.Context, o Options, dir, name string, env []st
 	}
 }
 
-// stop stops every child with SIGTERM (each drains) and the server.
+// stop stops every child with SIGTERM (each drains), the servers last.
 func (s *stack) stop() {
-	var wg sync.WaitGroup
+	var stages, servers []*proc
 	for _, p := range s.procs {
+		if p.name == "nats-server" || p.name == "mosquitto" {
+			servers = append(servers, p)
+		} else {
+			stages = append(stages, p)
+		}
+	}
+	stopAll(stages)
+	stopAll(servers)
+}
+
+func stopAll(procs []*proc) {
+	var wg sync.WaitGroup
+	for _, p := range procs {
 		wg.Go(func() {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 			select {
@@ -214,9 +247,6 @@ func (s *stack) stop() {
 		})
 	}
 	wg.Wait()
-	if s.srv != nil {
-		s.srv.Shutdown()
-	}
 }
 
 // stopOne stops one child as stop does, and forgets it.
@@ -357,14 +387,22 @@ func (s *stack) usages() []ProcUsage {
 	return append(out, usage(selfUsageName(s), os.Getpid()))
 }
 
-// selfUsageName names the bench process's own line of usages.
-func selfUsageName(s *stack) string {
-	self := "bench (simulator, subscriber"
-	if s.srv != nil {
-		self += ", nats-server"
+// usageSince is each process's CPU between two readings of usages.
+func usageSince(before, after []ProcUsage) []ProcUsage {
+	was := map[string]float64{}
+	for _, u := range before {
+		was[u.Name] = u.CPUSeconds
 	}
-	return self + ")"
+	out := make([]ProcUsage, 0, len(after))
+	for _, u := range after {
+		u.CPUSeconds -= was[u.Name]
+		out = append(out, u)
+	}
+	return out
 }
+
+// selfUsageName names the bench process's own line of usages.
+func selfUsageName(*stack) string { return "bench (simulator, subscriber)" }
 
 // readURL is the MQTT URL the bench's subscribers use.
 func (s *stack) readURL() string {

@@ -48,15 +48,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Scenario, "scenario", bench.ScenarioLive, "live (devices send while the stack runs) or drain (RAW filled with --frames legacy frames first, then decrypt and publish drain it into Mosquitto, or --mqtt)")
 	fs.IntVar(&o.Frames, "frames", 200_000, "drain scenario: legacy frames stored in RAW before the stages start")
 	var serveDir, serveHTTP string
-	var servePort int
+	var servePort, serveMQTT int
 	fs.StringVar(&serveDir, "serve-nats", "", "internal (the drain scenario's server): run only a nats-server with JetStream storing into this folder")
 	fs.IntVar(&servePort, "serve-nats-port", 4222, "internal: --serve-nats's client port")
+	fs.IntVar(&serveMQTT, "serve-mqtt-port", -2, "internal: --serve-nats's MQTT port (-2: none)")
 	fs.StringVar(&serveHTTP, "http", "127.0.0.1:0", "internal: --serve-nats's /healthz and profiler address")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if serveDir != "" {
-		return bench.ServeNATS(ctx, serveDir, servePort, serveHTTP)
+		return bench.ServeNATS(ctx, serveDir, servePort, serveMQTT, serveHTTP)
 	}
 	log, err := common.log.logger(stderr)
 	if err != nil {
