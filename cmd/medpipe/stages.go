@@ -49,13 +49,13 @@ type ingestFlags struct {
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
-	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
-	fs.StringVar(&f.tlsListen, "tls-listen", ":9997", "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
+	fs.StringVar(&f.listen, "listen", ingest.DefaultListen, "address devices connect to")
+	fs.IntVar(&f.maxConns, "max-conns", ingest.DefaultMaxConns, "most device connections at once; more are closed on arrival")
+	fs.StringVar(&f.tlsListen, "tls-listen", ingest.DefaultTLSListen, "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
 	registerTLS(fs, &f.tls, "tls", "PEM CA bundle: devices on the TLS port must present a certificate it signs (mutual TLS)", "PEM certificate of the TLS device port")
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
-	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
-	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
+	fs.Float64Var(&f.maxRate, "max-frame-rate", ingest.DefaultMaxFrameRate, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
+	fs.IntVar(&f.maxBad, "max-bad-frames", ingest.DefaultMaxBadFrames, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
 	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest v2 frame in bytes; a longer one closes the connection")
 	fs.IntVar(&f.maxBlocks, "max-legacy-blocks", wire.DefaultMaxBlocks, "most blocks in a legacy frame (default: the longest reading a device writes); a longer one closes the connection")
 	fs.IntVar(&f.maxPreFrameIP, "max-preframe-per-ip", ingest.DefaultMaxPreFramePerIP, "most connections from one address that have not yet sent a valid frame; connections that did send one do not count, so devices behind one NAT keep working (-1: no bound)")
@@ -66,9 +66,9 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.penalty, "penalty", ingest.DefaultPenalty, "refuse new connections from an address for this long once it was cut for abuse --penalty-strikes times within about as long (-1s: never)")
 	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
-	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
+	fs.IntVar(&f.maxPending, "ingest-in-flight", ingest.DefaultMaxPendingFrames, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", ingest.DefaultIdleTimeout, "close a device connection silent for this long")
 }
 
 func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ ingest.Options, err error) {
@@ -178,7 +178,7 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	registerTLS(fs, &f.tls, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
 	fs.StringVar(&f.prefix, "prefix", publish.DefaultPrefix, "first level of every MQTT topic")
-	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
+	fs.IntVar(&f.qos, "qos", publish.DefaultQoS, "MQTT QoS of published messages: 0, 1 or 2")
 	fs.BoolVar(&f.retain, "retain", false, "publish with the retained flag")
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
 	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
