@@ -2,6 +2,7 @@ package bus
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,12 @@ func TestReadingBodyRoundTrip(t *testing.T) {
 		{"legacy", sampleReading()},
 		{"v2 with pulse", sampleV2Reading()},
 		{"empty addresses", func() *Reading { r := sampleReading(); r.Remote, r.Local, r.Conn = "", "", ""; return r }()},
+		{"v2 temperature sensor missing", func() *Reading {
+			r := sampleV2Reading()
+			r.Sensors[wire.TempSensor] = wire.SensorMissing
+			r.Values.Temp, r.Numbers.Temp = "", 0
+			return r
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := AppendReading(nil, tc.r)
@@ -145,5 +152,39 @@ func BenchmarkReadingCodec(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestReadingSensors: a reading whose sensor is not ok carries the state,
+// its value is null in JSON (never a 0), and a value under an absent
+// sensor, or an absent value under an ok one, is refused.
+func TestReadingSensors(t *testing.T) {
+	r := sampleV2Reading()
+	r.Sensors[wire.TempSensor] = wire.SensorMissing
+	r.Values.Temp = ""
+	j, err := MarshalReading(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"Temp":null`, `"sensors":{"temperature":"missing","mcu":"ok","pulse":"ok","motion":"ok"}`} {
+		if !strings.Contains(string(j), want) {
+			t.Errorf("JSON lacks %s: %s", want, j)
+		}
+	}
+	healthy, _ := MarshalReading(sampleV2Reading())
+	if strings.Contains(string(healthy), "sensors") {
+		t.Errorf("all-ok states written: %s", healthy)
+	}
+	bad := *r
+	bad.Values.Temp = "0.000"
+	b, _ := AppendReading(nil, &bad)
+	if _, err := UnmarshalReading(b); err == nil {
+		t.Error("a value under a missing sensor accepted")
+	}
+	bad = *sampleV2Reading()
+	bad.Values.Temp = ""
+	b, _ = AppendReading(nil, &bad)
+	if _, err := UnmarshalReading(b); err == nil {
+		t.Error("an absent value under an ok sensor accepted")
 	}
 }

@@ -26,12 +26,16 @@ import (
 func TestFlowsTopicsFollowTheFieldTable(t *testing.T) {
 	code := dashboardFunction(t)
 
-	// What publish sends for one reading with every optional topic: the
-	// value topics in order, addresses, a pulse batch.
+	// What publish sends for one v2 reading with every optional topic: the
+	// value topics in order, addresses, a pulse batch, the sensor status.
 	r := &bus.Reading{Device: "d", Protocol: bus.ProtocolV2, Remote: "10.0.0.1:1", Local: "10.0.0.2:2", Pulse: &wire.PulseBatch{Rate: 250, Samples: []float64{1}}}
 	r.SetWire(&wire.Reading{"1", "1", "1", "1", "1", "1", "1"})
 	var sent, values []string
-	for _, m := range publish.Topics(nil, "P", r, true, false) {
+	msgs := publish.Topics(nil, "P", r, true, false)
+	if m, ok := publish.StatusMessage("P", r); ok {
+		msgs = append(msgs, m)
+	}
+	for _, m := range msgs {
 		leaf := strings.TrimPrefix(m.Topic, "P/d/")
 		sent = append(sent, leaf)
 		if slices.ContainsFunc(wire.Fields[:], func(f wire.FieldSpec) bool { return f.Topic == leaf }) {

@@ -69,28 +69,13 @@ func fedWidgets(nodes []map[string]any) map[string]string {
 
 // v1Hook records, in window.__legacy, the widget ids the dashboard 1
 // socket.io connection delivers values to ("update-value").
-const v1Hook = `(() => {
+var v1Hook = socketHook(`(() => {
   const seen = window.__legacy = {};
-  const record = (data) => {
-    if (typeof data !== 'string') return;
-    for (const pkt of data.split('\x1e')) {
-      const m = /^42\d*(\[[\s\S]*\])$/.exec(pkt);
-      if (!m) continue;
-      let ev; try { ev = JSON.parse(m[1]); } catch (e) { continue; }
-      if (ev[0] !== 'update-value' || !ev[1] || !ev[1].id) continue;
-      seen[ev[1].id] = (seen[ev[1].id] || 0) + 1;
-    }
+  return (name, msg) => {
+    if (name !== 'update-value' || !msg || !msg.id) return;
+    seen[msg.id] = (seen[msg.id] || 0) + 1;
   };
-  const WS = window.WebSocket;
-  window.WebSocket = function (...a) { const ws = new WS(...a); ws.addEventListener('message', e => record(e.data)); return ws; };
-  window.WebSocket.prototype = WS.prototype;
-  Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
-  const open = XMLHttpRequest.prototype.open;
-  XMLHttpRequest.prototype.open = function (...a) {
-    this.addEventListener('load', () => { try { record(this.responseText); } catch (e) {} });
-    return open.apply(this, a);
-  };
-})()`
+})()`)
 
 // TestLegacyDashboard runs the previous system's Node-RED flows (node-red-
 // dashboard 1.x, devices iot_med_dev_01..05) against `medpipe up`: the flows

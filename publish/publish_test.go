@@ -51,12 +51,12 @@ func TestTopics(t *testing.T) {
 			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z"}`,
 		}},
 		{name: "json topic, v2", json: true, v2: true, want: []string{
-			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42}`,
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"sensors":{"temperature":"ok","mcu":"ok","pulse":"ok","motion":"ok"}}`,
 		}},
 		// --json-only publishes nothing else: the batch rides in the reading.
 		{name: "json topic, v2 pulse batch", json: true, v2: true, pulse: true, want: []string{
 			`P/dev-1/Physiological_Data/Pulse_Signal/batch={"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}`,
-			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"pulse":{"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}}`,
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"pulse":{"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]},"sensors":{"temperature":"ok","mcu":"ok","pulse":"ok","motion":"ok"}}`,
 		}},
 	}
 	for _, tt := range tests {

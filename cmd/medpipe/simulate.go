@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/medpipe/medpipe/ingest"
@@ -39,6 +40,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		jsonOut     bool
 		statusEvery time.Duration
 		fever       float64
+		missing     string
 	)
 	common.register(fs, "")
 	fs.StringVar(&server, "server", stage.LoopbackAddr(ingest.DefaultListen), "ingest edge address host:port")
@@ -57,6 +59,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&id, "id", "", "the interactive device's id in --keys")
 	fs.BoolVar(&jsonOut, "json", false, "print the summary at exit as JSON")
 	fs.Float64Var(&fever, "fever-per-hour", 0, "each device's chance per hour of a fever episode (+1.5-2.5 °C for about three hours)")
+	fs.StringVar(&missing, "missing-sensor", "", "v2 devices report these sensors missing and send their values absent, comma-separated: temperature, mcu, pulse, motion")
 	fs.DurationVar(&statusEvery, "status-every", stage.DefaultStatusEvery, "progress line interval (0: off)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -91,6 +94,9 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, FeverPerHour: fever, Log: log, Epoch: epoch}
+	if opts.Sensors, err = missingSensors(missing); err != nil {
+		return fmt.Errorf("--missing-sensor: %w", err)
+	}
 	var menu *simulator.Interactive
 	if interactive {
 		menu = simulator.NewInteractive()
@@ -183,4 +189,20 @@ func simulateStatus(ctx context.Context, log *slog.Logger, f *simulator.Fleet, e
 			prev = st.Sent
 		}
 	}
+}
+
+// missingSensors parses --missing-sensor: sensor names, each reported missing.
+func missingSensors(list string) (wire.SensorStates, error) {
+	var st wire.SensorStates
+	for name := range strings.SplitSeq(list, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		s, ok := wire.SensorByName(name)
+		if !ok {
+			return st, fmt.Errorf("unknown sensor %q (want temperature, mcu, pulse or motion)", name)
+		}
+		st[s] = wire.SensorMissing
+	}
+	return st, nil
 }
