@@ -87,7 +87,9 @@ func TestReadingBodyTruncated(t *testing.T) {
 }
 
 func FuzzUnmarshalReading(f *testing.F) {
-	for _, r := range []*Reading{sampleReading(), sampleV2Reading()} {
+	missing := sampleV2Reading()
+	missing.Sensors[wire.TempSensor], missing.Values.Temp, missing.Numbers.Temp = wire.SensorMissing, "", 0
+	for _, r := range []*Reading{sampleReading(), sampleV2Reading(), missing} {
 		b, _ := AppendReading(nil, r)
 		f.Add(b)
 		j, _ := MarshalReading(r)
@@ -108,7 +110,7 @@ func FuzzUnmarshalReading(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded reading does not decode: %v", err)
 		}
-		if r2.Device != r.Device || r2.Values != r.Values || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
+		if r2.Device != r.Device || r2.Values != r.Values || r2.Sensors != r.Sensors || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
 			t.Fatalf("re-encoded reading differs: %+v vs %+v", r2, r)
 		}
 	})
