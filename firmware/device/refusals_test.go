@@ -131,7 +131,7 @@ func TestRefusalsActedOn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newLinkRig(t, espfake.Options{}, Options{Readings: readings})
-			r.answer = tt.answer
+			r.setAnswer(tt.answer)
 			r.work(t, 60*time.Second)
 			tt.check(t, r)
 		})
@@ -143,7 +143,7 @@ func TestRefusalsActedOn(t *testing.T) {
 func TestRevokedHaltsSending(t *testing.T) {
 	r := newLinkRig(t, espfake.Options{}, Options{})
 	forger := wire.NewV2Key(wire.Device{ID: r.cfg.Device.ID, Key: [16]byte([]byte("not-the-real-key"))})
-	r.answer = func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool) {
+	r.setAnswer(func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool) {
 		switch c := wire.V2SeqCounter(v.Seq); {
 		case c < 5:
 			return key.AppendAck(nil, v.Seq, v.Tag()), false
@@ -151,7 +151,7 @@ func TestRevokedHaltsSending(t *testing.T) {
 			return forger.AppendRefused(nil, v.Seq, wire.V2RefRevoked, v.Tag()), false
 		}
 		return key.AppendRefused(nil, v.Seq, wire.V2RefRevoked, v.Tag()), false
-	}
+	})
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
