@@ -58,7 +58,13 @@ type ConsumeOptions struct {
 	Handle HandleFunc
 	// Log receives errors; nil uses slog.Default().
 	Log *slog.Logger
+	// Latency, when set, observes each acknowledged message's time in the
+	// stage, in seconds: from its delivery to the ack of its output.
+	Latency Observer
 }
+
+// Observer receives durations in seconds (a prometheus.Histogram is one).
+type Observer interface{ Observe(seconds float64) }
 
 // ConsumePartitions creates or updates the stage's durable consumer for
 // every partition and reads them all until ctx is cancelled, then stops
@@ -185,6 +191,8 @@ type inFlight struct {
 	msg  jetstream.Msg
 	done Completion
 	err  error // a StagedCompletion's Start failed
+
+	start time.Time // taken from the reader: the stage latency's start
 }
 
 func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetstream.Consumer, p int, o ConsumeOptions) error {
@@ -202,7 +210,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	var live inFlightSet
 	var acker sync.WaitGroup
 	acker.Go(func() { startInOrder(work, handled, pending) })
-	acker.Go(func() { ackInOrder(work, pending, &live, slots, &r.acked, o.Log) })
+	acker.Go(func() { ackInOrder(work, pending, &live, slots, &r.acked, o.Log, o.Latency) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 
 	// Take messages out of the client's buffer at once, so that every
@@ -219,6 +227,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 	}()
 	stopped := false
 	for msg := range incoming {
+		start := time.Now()
 		slots <- struct{}{}
 		var done Completion
 		if !stopped {
@@ -231,7 +240,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 			<-slots
 			continue
 		}
-		handled <- inFlight{msg: msg, done: done}
+		handled <- inFlight{msg: msg, done: done, start: start}
 	}
 	close(handled)
 	acker.Wait()
@@ -412,7 +421,7 @@ func startInOrder(ctx context.Context, handled <-chan inFlight, pending chan<- i
 
 // ackInOrder acknowledges messages in the order they were handled, each once
 // its output is durable, and frees their slots.
-func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, acked *atomic.Uint64, log *slog.Logger) {
+func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet, slots <-chan struct{}, acked *atomic.Uint64, log *slog.Logger, latency Observer) {
 	defer live.close()
 	for f := range pending {
 		// The message stays alive (in-progress acks) until its output is
@@ -426,6 +435,9 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		live.remove(f.msg)
 		if err == nil {
 			_ = f.msg.Ack()
+			if latency != nil {
+				latency.Observe(time.Since(f.start).Seconds())
+			}
 			if meta, err := f.msg.Metadata(); err == nil {
 				acked.Store(meta.Sequence.Stream)
 			}

@@ -10,17 +10,25 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// Defaults of the embedded server's listeners (medpipe up's flags use them).
+const (
+	DefaultEmbeddedHost = "127.0.0.1"
+	DefaultNATSPort     = 4222
+	DefaultMQTTPort     = 1883
+	DefaultMonitorPort  = 8222
+)
+
 // EmbeddedOptions configures an in-process nats-server. Ports: 0 takes the
 // default, -1 picks a free port, and for MQTT and monitoring a negative
 // value other than -1 disables the listener.
 type EmbeddedOptions struct {
-	// Host to listen on (default 127.0.0.1).
+	// Host to listen on (default DefaultEmbeddedHost).
 	Host string
-	// Port for NATS clients (default 4222).
+	// Port for NATS clients (default DefaultNATSPort).
 	Port int
-	// MQTTPort for MQTT 3.1.1 clients (default 1883; -2 disables).
+	// MQTTPort for MQTT 3.1.1 clients (default DefaultMQTTPort; -2 disables).
 	MQTTPort int
-	// HTTPPort for nats-server's monitoring endpoints (default 8222; -2 disables).
+	// HTTPPort for nats-server's monitoring endpoints (default DefaultMonitorPort; -2 disables).
 	HTTPPort int
 	// StoreDir holds JetStream's files (required).
 	StoreDir string
@@ -101,7 +109,7 @@ func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		return nil, errors.New("bus: embedded server needs a JetStream store directory")
 	}
 	if o.Host == "" {
-		o.Host = "127.0.0.1"
+		o.Host = DefaultEmbeddedHost
 	}
 	if o.ServerName == "" {
 		o.ServerName = "medpipe"
@@ -109,14 +117,14 @@ func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	var err error
 	randomClientPort := o.Port == -1 // nats-server binds a random port itself, atomically
 	if !randomClientPort {
-		if o.Port, err = pickPort("nats", o.Host, o.Port, 4222); err != nil {
+		if o.Port, err = pickPort("nats", o.Host, o.Port, DefaultNATSPort); err != nil {
 			return nil, err
 		}
 	}
-	if o.MQTTPort, err = pickPort("mqtt", o.Host, o.MQTTPort, 1883); err != nil {
+	if o.MQTTPort, err = pickPort("mqtt", o.Host, o.MQTTPort, DefaultMQTTPort); err != nil {
 		return nil, err
 	}
-	if o.HTTPPort, err = pickPort("monitoring", o.Host, o.HTTPPort, 8222); err != nil {
+	if o.HTTPPort, err = pickPort("monitoring", o.Host, o.HTTPPort, DefaultMonitorPort); err != nil {
 		return nil, err
 	}
 	opts := &server.Options{

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/ops"
 )
 
 type metrics struct {
@@ -18,6 +19,7 @@ type metrics struct {
 	replies, replyErrors, duplicates        prometheus.Counter
 	replayedDevices                         prometheus.Gauge
 	readings, deadLetters                   *prometheus.CounterVec
+	latency                                 prometheus.Histogram
 }
 
 // newMetrics makes the worker's metrics and registers them with reg (none
@@ -56,6 +58,9 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 		deadLetters:       vec("deadletters_total", "Frames sent to DEADLETTER, by reason.", "reason"),
 	}
 	var err error
+	m.latency, err = register(reg, ops.NewLatency("medpipe_decrypt_frame_latency_seconds",
+		"RAW frames' time in decrypt: from delivery to the acknowledgement of their READINGS (or DEADLETTER) output."))
+	errs = append(errs, err)
 	m.replayedDevices, err = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_decrypt_v2_replayed_devices",
 		Help: "v2 devices whose frames have been refused as replayed for over 5 s with none accepted (see /healthz for their ids)."}))
 	errs = append(errs, err)

@@ -194,6 +194,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	err := bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
 		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Log: w.log,
+		Latency: w.m.latency,
 	})
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil // stopped while still creating its consumers: nothing was taken on

@@ -905,9 +905,11 @@ func (e *Edge) awaitStoredDup(p pendingPublish) (publishOutcome, bool) {
 	}
 	select {
 	case ack := <-p.future.Ok():
+		e.m.observeStored(p.msg)
 		return stored, ack != nil && ack.Duplicate
 	case err := <-p.future.Err():
 		if e.retry(p.msg, err) {
+			e.m.observeStored(p.msg)
 			return stored, false
 		}
 		if e.abandon.Err() != nil {

@@ -1,6 +1,22 @@
 package ingest
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/ops"
+)
+
+// observeStored records a frame's time from its receipt (its
+// Medpipe-Received header, which the edge wrote) to now, when RAW has it.
+func (m *metrics) observeStored(msg *nats.Msg) {
+	if t, err := time.Parse(time.RFC3339Nano, msg.Header.Get(bus.HeaderReceived)); err == nil {
+		m.stored.Observe(time.Since(t).Seconds())
+	}
+}
 
 type metrics struct {
 	active         prometheus.Gauge
@@ -16,6 +32,8 @@ type metrics struct {
 	// and resent frames stored again to be acknowledged again.
 	repliesRelayed, repliesDropped, resends prometheus.Counter
 	penalties                               prometheus.Counter
+	// stored is a frame's time from the edge reading it to RAW's ack.
+	stored prometheus.Histogram
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
@@ -36,6 +54,7 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 		repliesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_dropped_total", Help: "v2 replies from decrypt for connections already closed (the device resends)."}),
 		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
 		penalties:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_penalties_total", Help: "Times an address was penalised (refused new connections for --penalty) for being cut for abuse --penalty-strikes times."}),
+		stored:         ops.NewLatency("medpipe_ingest_store_latency_seconds", "Frames' time in the edge: from reading the frame's end to RAW's acknowledgement (retries included)."),
 	}
 	for _, r := range []string{"not_hex", "too_long", "too_short", "idle", "frame_timeout", "first_frame_timeout", "truncated", "read", "unknown_protocol",
 		"malformed", "bad_frames", "unknown_device", "tls_handshake", "proxy_header", "proxy_untrusted", "penalised"} {
@@ -47,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while it is at --max-pending-frames."}, pending))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_penalised_addresses", Help: "Addresses refused new connections now for a penalty (--penalty)."}, penalised))
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends, m.stored)
 	}
 	return m
 }

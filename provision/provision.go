@@ -235,3 +235,12 @@ func (f *Factory) File(name string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// WriteLabel writes what goes on device id's label, once its block is
+// written to path: the access point's name and password and the
+// provisioning key (shown once, like the device's keys).
+func (f *Factory) WriteLabel(w io.Writer, id, path string) error {
+	_, err := fmt.Fprintf(w, "firmware factory block for %s written to %s; print on the device's label (shown once):\n  access point  medpipe-%s\n  password      %s\n  provisioning  %x\n",
+		id, path, f.Serial, f.APPassword, f.ProvisioningKey)
+	return err
+}

@@ -115,6 +115,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	return bus.ConsumePartitions(ctx, b.js, bus.ConsumeOptions{
 		Stage: "publish", Stream: bus.StreamReadings, Partitions: b.o.Partitions, Filter: bus.ReadingsPartitionFilter,
 		MaxInFlight: b.o.MaxInFlight, DrainTimeout: b.o.DrainTimeout, Handle: b.handle, Log: b.log,
+		Latency: b.m.latency,
 	})
 }
 
@@ -142,7 +143,7 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if err != nil {
 		return nil, err
 	}
-	return &completion{b: b, ack: ack, seq: streamSeq}, nil
+	return &completion{b: b, ack: ack, seq: streamSeq, received: r.Received}, nil
 }
 
 // completion is one READINGS message's sink acknowledgement.
@@ -150,6 +151,8 @@ type completion struct {
 	b   *Bridge
 	ack sink.Ack
 	seq uint64 // READINGS stream sequence
+
+	received time.Time // when the edge read the reading's frame
 }
 
 func (c *completion) Wait(ctx context.Context) error {
@@ -160,6 +163,9 @@ func (c *completion) Wait(ctx context.Context) error {
 		return err
 	}
 	c.b.markDelivered(c.seq)
+	if !c.received.IsZero() {
+		c.b.m.endToEnd.Observe(time.Since(c.received).Seconds())
+	}
 	return nil
 }
 

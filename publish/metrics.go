@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/medpipe/medpipe/ops"
 )
 
 func counter(name, help string) prometheus.Counter {
@@ -13,6 +15,9 @@ func counter(name, help string) prometheus.Counter {
 // metrics are the bridge's, whatever its sink.
 type metrics struct {
 	invalid, redeliveriesSkipped, sinkErrors prometheus.Counter
+	// latency is a reading's time in publish (delivery → sink ack),
+	// endToEnd from the edge's receipt of its frame to the sink's ack.
+	latency, endToEnd prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -22,9 +27,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		// whether the sink has it already.
 		redeliveriesSkipped: counter("redeliveries_skipped_total", "Redelivered READINGS messages not published again: this process had delivered them."),
 		sinkErrors:          counter("sink_errors_total", "Sink writes that failed or were not acknowledged; their readings are redelivered."),
+		latency:             ops.NewLatency("medpipe_publish_reading_latency_seconds", "READINGS messages' time in publish: from delivery to the sink's acknowledgement."),
+		endToEnd:            ops.NewLatency("medpipe_publish_end_to_end_latency_seconds", "Readings' time through the pipeline: from the edge reading the frame to the sink's acknowledgement."),
 	}
 	if reg != nil {
-		reg.MustRegister(m.invalid, m.redeliveriesSkipped, m.sinkErrors)
+		reg.MustRegister(m.invalid, m.redeliveriesSkipped, m.sinkErrors, m.latency, m.endToEnd)
 	}
 	return m
 }

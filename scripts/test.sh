@@ -44,6 +44,12 @@ if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
 	log "installing haproxy (Debian package)"
 	apt_install haproxy
 fi
+# cmd/medpipe's test asks bash, zsh and fish to complete with the scripts
+# `medpipe completion` generates.
+if ! command -v zsh >/dev/null || ! command -v fish >/dev/null; then
+	log "installing zsh and fish (Debian packages, for the completion test)"
+	apt_install zsh fish
+fi
 if ! command -v systemd-analyze >/dev/null; then
 	log "installing systemd (Debian package, for systemd-analyze)"
 	apt_install systemd

@@ -14,13 +14,16 @@ import (
 	"github.com/medpipe/medpipe/wire"
 )
 
+// DefaultRate is a simulated device's readings per second: today's devices' rate.
+const DefaultRate = 20
+
 // Options configures a Fleet.
 type Options struct {
 	// Server is the edge's host:port.
 	Server string
 	// Devices are the simulated devices.
 	Devices []Device
-	// Rate is readings per second per device (default 20, like today's devices).
+	// Rate is readings per second per device (default DefaultRate).
 	Rate float64
 	// Duration stops the fleet after this long; 0 runs until ctx is cancelled.
 	Duration time.Duration
@@ -82,7 +85,7 @@ func NewFleet(o Options) (*Fleet, error) {
 		return nil, errors.New("simulator: no devices")
 	}
 	if o.Rate <= 0 {
-		o.Rate = 20
+		o.Rate = DefaultRate
 	}
 	if o.Ramp <= 0 {
 		o.Ramp = min(time.Second, time.Duration(len(o.Devices))*time.Millisecond)

@@ -150,6 +150,15 @@ func PulseCodes(samples []float64, now time.Time) *wire.PulseCodes {
 // grow between two starts of a simulator at least a second apart.
 func wallEpoch() uint32 { return uint32(time.Now().Unix()) }
 
+// EpochFile is where a simulated fleet's boot epoch is kept: next to its
+// keys file ("" without one).
+func EpochFile(keys string) string {
+	if keys == "" {
+		return ""
+	}
+	return keys + ".epoch"
+}
+
 // BootEpoch returns the boot epoch for a simulator start: the wall clock's
 // seconds, but above the epoch recorded in file (when given), which it then
 // records. A simulator restarted from nothing (no file) still moves on by

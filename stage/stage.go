@@ -38,6 +38,11 @@ type Options struct {
 	Pprof bool
 	// Log is the process's logger.
 	Log *slog.Logger
+	// Metrics is the registry the stages register on and the endpoint
+	// serves (nil: a new one, ops.NewRegistry).
+	Metrics *prometheus.Registry
+	// Build is exported as medpipe_build_info when its Version is set.
+	Build ops.Build
 }
 
 // Process is one medpipe process: its stages, their NATS connections and
@@ -49,6 +54,8 @@ type Process struct {
 	names   []string
 	runners []Runner
 	conns   []*nats.Conn
+	lags    []lagWatch
+	lag     *prometheus.GaugeVec
 }
 
 // New returns an empty process.
@@ -56,7 +63,14 @@ func New(o Options) *Process {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	return &Process{o: o, reg: ops.NewRegistry()}
+	if o.Metrics == nil {
+		o.Metrics = ops.NewRegistry()
+	}
+	p := &Process{o: o, reg: o.Metrics}
+	if o.Build.Version != "" {
+		p.reg.MustRegister(o.Build.Collector())
+	}
+	return p
 }
 
 // Log is the process's logger.
@@ -155,6 +169,10 @@ func (p *Process) Run(ctx context.Context, msg string, attrs ...any) error {
 		})
 	}
 	wg.Go(func() { srv.Serve(ctx) })
+	if len(p.lags) > 0 {
+		g := p.lagGauge()
+		wg.Go(func() { pollLag(ctx, g, p.lags, LagInterval, p.o.Log) })
+	}
 	wg.Wait()
 	return errors.Join(errs...)
 }

@@ -3,7 +3,7 @@ package stage
 import (
 	"context"
 	"log/slog"
-	"strconv"
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,17 +30,20 @@ func StatusLine(ctx context.Context, log *slog.Logger, g prometheus.Gatherer, ev
 			sums := gatherSums(g)
 			secs := now.Sub(last).Seconds()
 			last = now
-			attrs := []any{}
+			// Numbers as numbers (slog attributes, not "50 (10/s)" strings),
+			// so that a JSON log is read by a machine without parsing text.
+			attrs := make([]any, 0, 2*len(names)+2)
 			for _, n := range names {
 				v := sums[n.metric]
-				attrs = append(attrs, n.label, strconv.FormatFloat(v, 'f', 0, 64)+" ("+strconv.FormatFloat((v-prev[n.metric])/secs, 'f', 0, 64)+"/s)")
+				rate := math.Round((v-prev[n.metric])/secs*10) / 10
+				attrs = append(attrs, slog.Int64(n.label, int64(v)), slog.Float64(n.label+"_per_s", rate))
 				prev[n.metric] = v
 			}
 			var errs float64
 			for _, m := range errorMetrics {
 				errs += sums[m]
 			}
-			attrs = append(attrs, "errors", errs, "connections", sums["medpipe_ingest_connections_active"])
+			attrs = append(attrs, slog.Int64("errors", int64(errs)), slog.Int64("connections", int64(sums["medpipe_ingest_connections_active"])))
 			log.Info("status", attrs...)
 		}
 	}

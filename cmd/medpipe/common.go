@@ -13,6 +13,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/ops"
+	"github.com/medpipe/medpipe/pipeline"
 	"github.com/medpipe/medpipe/stage"
 )
 
@@ -30,7 +31,7 @@ func (l *logFlags) register(fs *flag.FlagSet) {
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, usageErr(fmt.Errorf("--log-level: %w", err))
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch l.format {
@@ -39,12 +40,8 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+	return nil, usageErr(fmt.Errorf("--log-format %q: want text or json", l.format))
 }
-
-// defaultDataDir is medpipe up's data directory, where the other commands
-// also look for the credentials up generated.
-const defaultDataDir = "medpipe-data"
 
 // natsFlags are the flags of every command that talks to NATS.
 type natsFlags struct {
@@ -67,7 +64,7 @@ func (n *natsFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&n.auth.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&n.auth.NKey, "nats-nkey", "", "file holding a NATS user nkey seed")
 	registerTLS(fs, &n.auth.TLS, "nats", "PEM CA bundle that signs the NATS servers' certificates (turns TLS on)", "PEM client certificate for NATS (mutual TLS)")
-	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(defaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
+	fs.StringVar(&n.auth.CredentialsDir, "nats-credentials-dir", filepath.Join(pipeline.DefaultDataDir, bus.CredentialsDir), "without --nats-user/--nats-creds/--nats-nkey: connect as this command's role with the password medpipe up generated here (<role>.password)")
 }
 
 // register registers the connection and the stream limits.
@@ -160,7 +157,7 @@ func (c *commonFlags) process(stderr io.Writer) (*stage.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stage.New(stage.Options{HTTP: c.http, Pprof: c.pprof, Log: log}), nil
+	return stage.New(stage.Options{HTTP: c.http, Pprof: c.pprof, Log: log, Build: buildInfo()}), nil
 }
 
 // ops binds the metrics and health endpoint of a command that is not a

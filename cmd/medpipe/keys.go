@@ -1,16 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"text/tabwriter"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/bus/registry"
@@ -120,7 +118,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "%s: marks reset\n", arg)
 		return nil
 	case "audit":
-		return printAudit(ctx, js, auditFrom, auditLimit, stdout)
+		entries, err := registry.Audit(ctx, js, auditFrom, auditLimit)
+		if err != nil {
+			return err
+		}
+		return registry.WriteAuditTable(stdout, entries)
 	}
 	reg, err := registry.Open(ctx, js, replicas)
 	if err != nil {
@@ -133,16 +135,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "added %d, changed %d, unchanged %d, revoked (left revoked) %d\n", len(rep.Added), len(rep.Changed), len(rep.Unchanged), len(rep.Revoked))
-		for _, l := range []struct {
-			what string
-			ids  []string
-		}{{"added", rep.Added}, {"changed", rep.Changed}, {"revoked, not changed", rep.Revoked}} {
-			for _, id := range l.ids {
-				fmt.Fprintf(stdout, "  %s %s\n", l.what, id)
-			}
-		}
-		return nil
+		_, err = rep.WriteTo(stdout)
+		return err
 	case "add", "rotate":
 		var r registry.Record
 		if sub == "add" {
@@ -186,74 +180,30 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		head := "ID\tCREATED\tROTATED\tREVOKED"
-		if showSecrets {
-			head += "\tKEY\tIV"
-		}
-		fmt.Fprintln(tw, head)
-		for _, r := range recs {
-			row := fmt.Sprintf("%s\t%s\t%s\t%s", r.ID, stamp(r.Created), stamp(r.Rotated), stamp(r.Revoked))
-			if showSecrets {
-				row += "\t" + r.Key + "\t" + r.IV
-			}
-			fmt.Fprintln(tw, row)
-		}
-		return tw.Flush()
+		return registry.WriteTable(stdout, recs, showSecrets)
 	case "export":
 		recs, err := reg.Secrets(ctx, registry.ActionExport, func(r registry.Record) bool { return !r.IsRevoked() })
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			if _, err := stdout.Write(wire.AppendKeyLine(nil, r.Device())); err != nil {
-				return err
-			}
-		}
-		return nil
+		return registry.WriteKeys(stdout, recs)
 	}
 	return fmt.Errorf("keys: unknown subcommand %q", sub)
 }
 
-// printAudit shows the audit stream as a table.
-func printAudit(ctx context.Context, js jetstream.JetStream, from uint64, limit int, stdout io.Writer) error {
-	entries, err := registry.Audit(ctx, js, from, limit)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tUSER\tACTION\tDEVICE\tFINGERPRINT\tDETAIL")
-	for _, e := range entries {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, stamp(e.Time), e.User, e.Action, e.Device, e.Fingerprint, e.Detail)
-	}
-	return tw.Flush()
-}
-
-func stamp(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return t.Format(time.RFC3339)
-}
-
 // writeFirmwareConfig writes a new factory block for device id to path and
-// prints what goes on the device's label (shown once, like the keys).
+// prints what goes on the device's label.
 func writeFirmwareConfig(path, serial, id string, stdout io.Writer) error {
-	if serial == "" {
-		serial = id
-	}
-	f, err := provision.New(serial, rand.Reader)
+	f, err := provision.New(cmp.Or(serial, id), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("--firmware-config: %w (set --firmware-serial)", err)
 	}
 	b, err := f.File(path)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o600)
+	}
 	if err != nil {
 		return fmt.Errorf("--firmware-config: %w", err)
 	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return fmt.Errorf("--firmware-config: %w", err)
-	}
-	_, err = fmt.Fprintf(stdout, "firmware factory block for %s written to %s; print on the device's label (shown once):\n  access point  medpipe-%s\n  password      %s\n  provisioning  %x\n",
-		id, path, f.Serial, f.APPassword, f.ProvisioningKey)
-	return err
+	return f.WriteLabel(stdout, id, path)
 }

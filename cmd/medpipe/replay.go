@@ -239,7 +239,12 @@ func replaySink(format, output string, stdout io.Writer, pf *publishFlags, log *
 	noop := func() error { return nil }
 	switch format {
 	case "mqtt":
-		m, err := pf.mqttSink(false, "medpipe-replay-", log, nil)
+		mo, err := pf.mqttSinkOptions(false, log, nil)
+		if err != nil {
+			return nil, noop, err
+		}
+		mo.ClientIDPrefix = "medpipe-replay-"
+		m, err := publish.NewMQTTSink(mo)
 		return m, noop, err
 	case "webhook":
 		w, err := pf.webhook.sink(log, nil)

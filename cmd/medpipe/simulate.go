@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/medpipe/medpipe/ops"
@@ -85,7 +84,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 	// v2 devices' boot epoch: above the one recorded next to the keys file.
-	epoch, err := simulator.BootEpoch(epochFile(cmp.Or(keys, keysOut)))
+	epoch, err := simulator.BootEpoch(simulator.EpochFile(cmp.Or(keys, keysOut)))
 	if err != nil {
 		return err
 	}
@@ -100,6 +99,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	reg := ops.NewRegistry()
+	reg.MustRegister(buildInfo().Collector())
 	if err := fleet.RegisterMetrics(reg); err != nil {
 		return err
 	}
@@ -131,15 +131,6 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return nil
 	}
 	return err
-}
-
-// epochFile is where a simulated fleet's boot epoch is kept: next to its
-// keys file.
-func epochFile(keys string) string {
-	if keys == "" {
-		return ""
-	}
-	return keys + ".epoch"
 }
 
 // simulatedFleet returns the devices to simulate: from --keys (created when
@@ -190,23 +181,4 @@ func simulateStatus(ctx context.Context, log *slog.Logger, f *simulator.Fleet, e
 			prev = st.Sent
 		}
 	}
-}
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = ""
-
-func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	v := version
-	if v == "" {
-		v = "(devel)"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" {
-					v = "devel-" + s.Value[:min(12, len(s.Value))]
-				}
-			}
-		}
-	}
-	fmt.Fprintln(stdout, "medpipe", v)
-	return nil
 }

@@ -71,14 +71,14 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
 }
 
-func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (ingest.Options, error) {
+func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ ingest.Options, err error) {
+	defer func() { err = usageErr(err) }() // flag values that do not make options
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
 		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
 	}
-	var err error
 	if o.ProxyFrom, err = ingest.ParseProxyFrom(f.proxyFrom); err != nil {
 		return o, fmt.Errorf("--proxy-protocol-from: %w", err)
 	}
@@ -120,7 +120,6 @@ type publishFlags struct {
 	mqtt         string
 	user         string
 	passwordFile string
-	password     string // set by up for its own broker; otherwise from the file or env
 	clientID     string
 	prefix       string
 	qos          int
@@ -187,44 +186,43 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	fs.IntVar(&f.maxInFlight, "publish-in-flight", publish.DefaultMaxInFlight, "readings in flight to the sink per partition")
 }
 
-// mqttSink is the MQTT sink these flags describe; session: publish's
-// persistent session (replay: a clean one).
-func (f *publishFlags) mqttSink(session bool, idPrefix string, log *slog.Logger, reg prometheus.Registerer) (*publish.MQTTSink, error) {
+// mqttSinkOptions are the MQTT sink's options these flags describe;
+// session: publish's persistent session (replay: a clean one).
+func (f *publishFlags) mqttSinkOptions(session bool, log *slog.Logger, reg prometheus.Registerer) (publish.MQTTSinkOptions, error) {
 	if f.qos < 0 || f.qos > 2 {
-		return nil, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
+		return publish.MQTTSinkOptions{}, fmt.Errorf("--qos %d: want 0, 1 or 2", f.qos)
 	}
-	password := f.password
-	if password == "" {
-		var err error
-		if password, err = secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv); err != nil {
-			return nil, err
-		}
+	password, err := secrets.Read("mqtt-password-file", f.passwordFile, mqttPasswordEnv)
+	if err != nil {
+		return publish.MQTTSinkOptions{}, err
 	}
 	tlsConfig, err := f.tls.ClientConfig()
 	if err != nil {
-		return nil, err
+		return publish.MQTTSinkOptions{}, err
 	}
 	every := f.addressEvery
 	if !session && every == 0 {
 		every = -1 // replay: 0 has always meant never
 	}
-	return publish.NewMQTTSink(publish.MQTTSinkOptions{
+	return publish.MQTTSinkOptions{
 		MQTT:   publish.MQTTOptions{URL: f.mqtt, ClientID: f.clientID, Username: f.user, Password: password, TLS: tlsConfig},
 		Prefix: f.prefix, QoS: byte(f.qos), QoSSet: true, Retain: f.retain, JSONTopic: f.jsonTopic, JSONOnly: f.jsonOnly, AddressEvery: every,
-		Session: session, ClientIDPrefix: idPrefix, Log: log, Metrics: reg,
-	})
+		Session: session, Log: log, Metrics: reg,
+	}, nil
 }
 
 // mqttPasswordEnv holds the MQTT password when no file is named.
 const mqttPasswordEnv = "MEDPIPE_MQTT_PASSWORD"
 
-func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (publish.Options, error) {
+func (f *publishFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ publish.Options, err error) {
+	defer func() { err = usageErr(err) }() // flag values that do not make options
 	log = log.With("stage", "publish")
 	o := publish.Options{Partitions: parts, MaxInFlight: f.maxInFlight, Log: log, Metrics: reg}
-	var err error
 	switch f.sink {
-	case "mqtt":
-		o.Sink, err = f.mqttSink(true, "medpipe-publish-", log, reg)
+	case "mqtt": // publish.New builds the sink: up fills in its own broker when --mqtt is empty
+		var m publish.MQTTSinkOptions
+		m, err = f.mqttSinkOptions(true, log, reg)
+		o.MQTT, o.Prefix, o.QoS, o.QoSSet, o.Retain, o.JSONTopic, o.JSONOnly, o.AddressEvery = m.MQTT, m.Prefix, m.QoS, m.QoSSet, m.Retain, m.JSONTopic, m.JSONOnly, m.AddressEvery
 	case "webhook":
 		o.Sink, err = f.webhook.sink(log, reg)
 	default:
@@ -322,6 +320,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	p.Add("decrypt", w, w.Health)
+	p.WatchLag(js, bus.StreamRaw, bus.StageDecrypt, parts)
 	return p.Run(ctx, "medpipe decrypt started", "nats", nc.ConnectedUrlRedacted(), "keys", keySource, "partitions", parts)
 }
 
@@ -355,6 +354,7 @@ func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	p.Add("publish", b, nil)
+	p.WatchLag(js, bus.StreamReadings, bus.StagePublish, parts)
 	p.Check("mqtt", b.Health)
 	return p.Run(ctx, "medpipe publish started", "nats", nc.ConnectedUrlRedacted(), "sink", pf.destination(), "prefix", pf.prefix, "qos", pf.qos, "partitions", parts)
 }

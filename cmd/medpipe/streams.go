@@ -28,11 +28,8 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	lf.register(fs)
 	nf.register(fs)
 	nf.role = bus.RoleAdmin
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	rest := fs.Args()
-	if err := parseFlags(fs, nil); err != nil {
+	rest, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if len(rest) != 1 || (rest[0] != "apply" && rest[0] != "show") {
