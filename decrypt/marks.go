@@ -135,6 +135,11 @@ func (s *markStore) accept(ctx context.Context, f v2Ref) (verdict, *acceptance, 
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.stale {
+		// Gone stale meanwhile (another worker took over, or a reading
+		// failed): the frame is handled again, on reloaded marks.
+		return refused, nil, fmt.Errorf("decrypt: v2 marks of partition %d went stale: reloading", f.part)
+	}
 	if _, again := st.pending[f.raw]; again {
 		// A redelivery of a RAW message whose reading is still on the way:
 		// its reading is published again (READINGS drops the copy by its
