@@ -215,6 +215,9 @@ func TestRolesOnShippedConfig(t *testing.T) {
 
 	acks, err := ingest.nc.SubscribeSync("medpipe.ack.edge-1")
 	allowed(t, "ingest listens for v2 replies", err)
+	// The subscription must reach the server before decrypt publishes, or
+	// the reply has no interest and is dropped.
+	allowed(t, "ingest's subscription reaches the server", ingest.nc.Flush())
 	allowed(t, "decrypt sends a v2 reply", decrypt.nc.Publish("medpipe.ack.edge-1", []byte("ack")))
 	_, err = acks.NextMsg(10 * time.Second)
 	allowed(t, "the edge receives decrypt's reply", err)

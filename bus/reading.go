@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/medpipe/medpipe/wire"
@@ -26,6 +27,11 @@ type Reading struct {
 	DeviceTime time.Time `json:"device_time,omitzero"`
 	// Pulse is a v2 device's batch of pulse samples, if it sent one.
 	Pulse *wire.PulseBatch `json:"pulse,omitempty"`
+	// Sensors are a v2 device's sensor states; absent (the zero value)
+	// when every sensor is ok, and for legacy devices, which report none.
+	// A value whose sensor is not ok is absent: "" in Values (null in
+	// JSON), 0 in Numbers.
+	Sensors wire.SensorStates `json:"sensors,omitzero"`
 	// Received is when the edge read the frame.
 	Received time.Time `json:"received"`
 	Conn     string    `json:"conn"`
@@ -35,7 +41,8 @@ type Reading struct {
 	Local    string    `json:"local"`
 }
 
-// Values holds a reading's values as the device formatted them.
+// Values holds a reading's values as the device formatted them; "" is a
+// value absent because its sensor is not ok, null in JSON.
 type Values struct {
 	Temp     string `json:"Temp"`
 	TempMcu  string `json:"TempMcu"`
@@ -46,18 +53,49 @@ type Values struct {
 	TempMpu  string `json:"TempMpu"`
 }
 
+// MarshalJSON writes the values as an object in field order, an absent
+// value ("") as null.
+func (v Values) MarshalJSON() ([]byte, error) {
+	w := v.Wire()
+	dst := []byte{'{'}
+	for f := range wire.NumFields {
+		if f > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendQuote(dst, f.Name())
+		dst = append(dst, ':')
+		if w[f] == "" {
+			dst = append(dst, "null"...)
+		} else {
+			dst = strconv.AppendQuote(dst, w[f])
+		}
+	}
+	return append(dst, '}'), nil
+}
+
 // Numbers holds a reading's values as numbers: the shape v2 devices send.
 type Numbers = wire.V2Values
 
+// Fields are v's values indexed by wire.Field: the one place the struct's
+// fields meet the field table (a test holds each to its row's Name).
+func (v *Values) Fields() [wire.NumFields]*string {
+	return [...]*string{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu}
+}
+
 // SetWire fills Values and Numbers from a validated device reading.
 func (r *Reading) SetWire(w *wire.Reading) {
-	r.Values = Values{w[wire.Temp], w[wire.TempMcu], w[wire.PulseSig], w[wire.AcelX], w[wire.AcelY], w[wire.AcelZ], w[wire.TempMpu]}
+	for f, p := range r.Values.Fields() {
+		*p = w[f]
+	}
 	r.Numbers = w.Numbers()
 }
 
 // Wire returns the values as a wire.Reading.
-func (v *Values) Wire() wire.Reading {
-	return wire.Reading{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
+func (v *Values) Wire() (w wire.Reading) {
+	for f, p := range v.Fields() {
+		w[f] = *p
+	}
+	return w
 }
 
 // MarshalReading encodes r as JSON: the shape of a reading outside the bus
@@ -84,13 +122,14 @@ func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 		}
 	}
 	dst = append(dst, readingBodyV1)
-	for _, s := range [...]string{r.Device, r.Protocol, r.Variant,
-		r.Values.Temp, r.Values.TempMcu, r.Values.PulseSig, r.Values.AcelX, r.Values.AcelY, r.Values.AcelZ, r.Values.TempMpu} {
+	for _, s := range [...]string{r.Device, r.Protocol, r.Variant} {
 		dst = appendString(dst, s)
 	}
-	n := &r.Numbers
-	for _, f := range [...]float64{n.Temp, n.TempMcu, n.PulseSig, n.AcelX, n.AcelY, n.AcelZ, n.TempMpu} {
-		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	for _, p := range r.Values.Fields() {
+		dst = appendString(dst, *p)
+	}
+	for _, p := range r.Numbers.Fields() {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(*p))
 	}
 	dst = binary.AppendUvarint(dst, r.Seq)
 	dst = appendTime(dst, r.DeviceTime)
@@ -101,7 +140,16 @@ func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 	dst = binary.AppendUvarint(dst, r.FrameSeq)
 	dst = binary.AppendUvarint(dst, r.RawSeq)
 	dst = appendString(dst, r.Remote)
-	return appendString(dst, r.Local), nil
+	dst = appendString(dst, r.Local)
+	if !r.Sensors.OK() {
+		// Only when a sensor is not ok: a body without this trailer (every
+		// body before it, and every healthy reading) reads as all ok.
+		dst = append(dst, byte(len(r.Sensors)))
+		for _, st := range r.Sensors {
+			dst = append(dst, byte(st))
+		}
+	}
+	return dst, nil
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -187,13 +235,11 @@ func (d *bodyReader) time() time.Time {
 func decodeReadingBody(b []byte, r *Reading) error {
 	d := bodyReader{b: b[1:]}
 	r.Device, r.Protocol, r.Variant = d.string(), d.string(), d.string()
-	v := &r.Values
-	for _, f := range [...]*string{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu} {
-		*f = d.string()
+	for _, p := range r.Values.Fields() {
+		*p = d.string()
 	}
-	n := &r.Numbers
-	for _, f := range [...]*float64{&n.Temp, &n.TempMcu, &n.PulseSig, &n.AcelX, &n.AcelY, &n.AcelZ, &n.TempMpu} {
-		*f = d.float()
+	for _, p := range r.Numbers.Fields() {
+		*p = d.float()
 	}
 	r.Seq = d.uvarint()
 	r.DeviceTime = d.time()
@@ -207,6 +253,19 @@ func decodeReadingBody(b []byte, r *Reading) error {
 	r.Conn = d.string()
 	r.FrameSeq, r.RawSeq = d.uvarint(), d.uvarint()
 	r.Remote, r.Local = d.string(), d.string()
+	if d.err == nil && len(d.b) > 0 {
+		// The sensor states' trailer: a count, then one state a byte.
+		n := int(d.b[0])
+		if n < int(wire.NumSensors) || len(d.b) < 1+n {
+			return errShortBody
+		}
+		for i := range wire.NumSensors {
+			if r.Sensors[i] = wire.SensorState(d.b[1+i]); r.Sensors[i] > wire.SensorError {
+				return errShortBody
+			}
+		}
+		d.b = d.b[1+n:]
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d bytes after the last field", len(d.b))
 	}
@@ -229,7 +288,7 @@ func UnmarshalReading(b []byte) (*Reading, error) {
 		return nil, fmt.Errorf("bus: READINGS message: invalid device id %q", r.Device)
 	}
 	w := r.Values.Wire()
-	if err := w.Validate(); err != nil {
+	if err := w.ValidateWith(&r.Sensors); err != nil {
 		return nil, fmt.Errorf("bus: READINGS message: %w", err)
 	}
 	return &r, nil

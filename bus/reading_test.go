@@ -2,6 +2,7 @@ package bus
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,12 @@ func TestReadingBodyRoundTrip(t *testing.T) {
 		{"legacy", sampleReading()},
 		{"v2 with pulse", sampleV2Reading()},
 		{"empty addresses", func() *Reading { r := sampleReading(); r.Remote, r.Local, r.Conn = "", "", ""; return r }()},
+		{"v2 temperature sensor missing", func() *Reading {
+			r := sampleV2Reading()
+			r.Sensors[wire.TempSensor] = wire.SensorMissing
+			r.Values.Temp, r.Numbers.Temp = "", 0
+			return r
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := AppendReading(nil, tc.r)
@@ -80,7 +87,9 @@ func TestReadingBodyTruncated(t *testing.T) {
 }
 
 func FuzzUnmarshalReading(f *testing.F) {
-	for _, r := range []*Reading{sampleReading(), sampleV2Reading()} {
+	missing := sampleV2Reading()
+	missing.Sensors[wire.TempSensor], missing.Values.Temp, missing.Numbers.Temp = wire.SensorMissing, "", 0
+	for _, r := range []*Reading{sampleReading(), sampleV2Reading(), missing} {
 		b, _ := AppendReading(nil, r)
 		f.Add(b)
 		j, _ := MarshalReading(r)
@@ -101,7 +110,7 @@ func FuzzUnmarshalReading(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded reading does not decode: %v", err)
 		}
-		if r2.Device != r.Device || r2.Values != r.Values || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
+		if r2.Device != r.Device || r2.Values != r.Values || r2.Sensors != r.Sensors || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
 			t.Fatalf("re-encoded reading differs: %+v vs %+v", r2, r)
 		}
 	})
@@ -145,5 +154,59 @@ func BenchmarkReadingCodec(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestReadingSensors: a reading whose sensor is not ok carries the state,
+// its value is null in JSON (never a 0), and a value under an absent
+// sensor, or an absent value under an ok one, is refused.
+func TestReadingSensors(t *testing.T) {
+	r := sampleV2Reading()
+	r.Sensors[wire.TempSensor] = wire.SensorMissing
+	r.Values.Temp = ""
+	j, err := MarshalReading(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"Temp":null`, `"sensors":{"temperature":"missing","mcu":"ok","pulse":"ok","motion":"ok"}`} {
+		if !strings.Contains(string(j), want) {
+			t.Errorf("JSON lacks %s: %s", want, j)
+		}
+	}
+	healthy, _ := MarshalReading(sampleV2Reading())
+	if strings.Contains(string(healthy), "sensors") {
+		t.Errorf("all-ok states written: %s", healthy)
+	}
+	bad := *r
+	bad.Values.Temp = "0.000"
+	b, _ := AppendReading(nil, &bad)
+	if _, err := UnmarshalReading(b); err == nil {
+		t.Error("a value under a missing sensor accepted")
+	}
+	bad = *sampleV2Reading()
+	bad.Values.Temp = ""
+	b, _ = AppendReading(nil, &bad)
+	if _, err := UnmarshalReading(b); err == nil {
+		t.Error("an absent value under an ok sensor accepted")
+	}
+}
+
+// TestValuesFollowTheFieldTable holds Values' fields, their JSON keys and
+// Values.Fields to wire.Fields: field f's pointer is the struct field whose
+// JSON key is wire.Fields[f].Name, and there is one struct field a row.
+func TestValuesFollowTheFieldTable(t *testing.T) {
+	var v Values
+	for f, p := range v.Fields() {
+		*p = wire.Fields[f].Name
+	}
+	rv := reflect.ValueOf(v)
+	if rv.NumField() != int(wire.NumFields) {
+		t.Fatalf("Values has %d fields, the table %d rows", rv.NumField(), wire.NumFields)
+	}
+	for i := range rv.NumField() {
+		tag := rv.Type().Field(i).Tag.Get("json")
+		if got := rv.Field(i).String(); got != tag {
+			t.Errorf("Values.%s (JSON %q) is the table's %q", rv.Type().Field(i).Name, tag, got)
+		}
 	}
 }

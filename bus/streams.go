@@ -19,6 +19,8 @@ const (
 	DefaultReadingsMaxAge   = 24 * time.Hour
 	DefaultDeadLetterMaxAge = 7 * 24 * time.Hour
 	DefaultDuplicateWindow  = 2 * time.Minute
+	// DefaultReplicas of streams and buckets: one server (3 on a cluster).
+	DefaultReplicas = 1
 )
 
 // metaPartitions is the stream metadata key recording the partition count,
@@ -58,7 +60,7 @@ type StreamOptions struct {
 
 func (o *StreamOptions) setDefaults() {
 	if o.Replicas <= 0 {
-		o.Replicas = 1
+		o.Replicas = DefaultReplicas
 	}
 	if o.RawMaxAge <= 0 {
 		o.RawMaxAge = DefaultRawMaxAge

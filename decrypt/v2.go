@@ -74,9 +74,11 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 	}
 	w.stuck.accepted(fr.Device)
 	w.pin(fr.Device)
-	id := Identified{Device: fr.Device, Reading: p.Values.Reading()}
+	// An absent value (its sensor not ok) is "": never the device's placeholder 0.
+	id := Identified{Device: fr.Device, Reading: p.Reading()}
 	r := w.reading(f, &id)
 	r.Protocol, r.Variant, r.Seq = bus.ProtocolV2, "", fr.Seq
+	r.Sensors = p.Sensors
 	r.DeviceTime = time.UnixMilli(p.Time).UTC()
 	if p.Pulse != nil {
 		r.Pulse = p.Pulse.Batch()

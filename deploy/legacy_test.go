@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 )
 
 // legacyFlows is where the previous system's dashboard flows go: see
@@ -68,28 +69,13 @@ func fedWidgets(nodes []map[string]any) map[string]string {
 
 // v1Hook records, in window.__legacy, the widget ids the dashboard 1
 // socket.io connection delivers values to ("update-value").
-const v1Hook = `(() => {
+var v1Hook = socketHook(`(() => {
   const seen = window.__legacy = {};
-  const record = (data) => {
-    if (typeof data !== 'string') return;
-    for (const pkt of data.split('\x1e')) {
-      const m = /^42\d*(\[[\s\S]*\])$/.exec(pkt);
-      if (!m) continue;
-      let ev; try { ev = JSON.parse(m[1]); } catch (e) { continue; }
-      if (ev[0] !== 'update-value' || !ev[1] || !ev[1].id) continue;
-      seen[ev[1].id] = (seen[ev[1].id] || 0) + 1;
-    }
+  return (name, msg) => {
+    if (name !== 'update-value' || !msg || !msg.id) return;
+    seen[msg.id] = (seen[msg.id] || 0) + 1;
   };
-  const WS = window.WebSocket;
-  window.WebSocket = function (...a) { const ws = new WS(...a); ws.addEventListener('message', e => record(e.data)); return ws; };
-  window.WebSocket.prototype = WS.prototype;
-  Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
-  const open = XMLHttpRequest.prototype.open;
-  XMLHttpRequest.prototype.open = function (...a) {
-    this.addEventListener('load', () => { try { record(this.responseText); } catch (e) {} });
-    return open.apply(this, a);
-  };
-})()`
+})()`)
 
 // TestLegacyDashboard runs the previous system's Node-RED flows (node-red-
 // dashboard 1.x, devices iot_med_dev_01..05) against `medpipe up`: the flows
@@ -142,10 +128,10 @@ func TestLegacyDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testkit.MedpipeBinary(t)
-	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--keys", keysFile, "--address-every", "5",
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	testkit.StartProcess(t, "simulate", nil, bin, "simulate", "--keys", keysFile, "--devices", strconv.Itoa(len(ids)),
 		"--server", listen, "--rate", "2", "--protocol", "legacy", "--status-every", "0")
@@ -189,7 +175,7 @@ func TestLegacyDashboard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	// up's MQTT wants a login: settings.js puts it into flows_cred.json for
 	// the flows' broker nodes, as their editor would have.
 	// settings.js requires bcryptjs, which comes with deploy/node-red's Node-RED.
@@ -201,7 +187,7 @@ func TestLegacyDashboard(t *testing.T) {
 	testkit.StartProcess(t, "node-red (legacy flows)", env,
 		"node", red, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
 
-	bctx := testkit.Browser(ctx, t)
+	bctx := browser.Start(ctx, t)
 	if err := chromedp.Run(bctx, chromedp.ActionFunc(func(ctx context.Context) error {
 		_, err := page.AddScriptToEvaluateOnNewDocument(v1Hook).Do(ctx)
 		return err

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 )
 
 // The ids of flows.json's nodes that the dashboard tests look at. The test
@@ -32,6 +32,8 @@ const (
 	nodeAccel     = "chart-accel"
 	nodeSelect    = "select-device"
 	nodeMain      = "main"
+	nodeTempGauge = "gauge-temp"
+	nodeMCUGauge  = "gauge-mcu"
 )
 
 // flowNodes reads deploy/node-red/flows.json, the one source of the
@@ -50,7 +52,7 @@ func flowNodes(t *testing.T) map[string]map[string]any {
 	for _, n := range nodes {
 		byID[fmt.Sprint(n["id"])] = n
 	}
-	for _, id := range []string{nodeECG, nodeTempChart, nodeAccel, nodeSelect, nodeMain} {
+	for _, id := range []string{nodeECG, nodeTempChart, nodeAccel, nodeSelect, nodeMain, nodeTempGauge, nodeMCUGauge} {
 		if byID[id] == nil {
 			t.Fatalf("flows.json has no node %q", id)
 		}
@@ -91,7 +93,7 @@ func newNodeRED(t *testing.T, mqttPort int, env ...string) *nodeRED {
 	if err := os.Symlink(modules, filepath.Join(userDir, "node_modules")); err != nil {
 		t.Fatal(err)
 	}
-	n := &nodeRED{t: t, userDir: userDir, port: freePort(t)}
+	n := &nodeRED{t: t, userDir: userDir, port: testkit.FreePort(t)}
 	n.env = append([]string{"PORT=" + strconv.Itoa(n.port), "HOST=127.0.0.1", "MQTT_HOST=127.0.0.1",
 		"MQTT_PORT=" + strconv.Itoa(mqttPort), "MQTT_PREFIX=Pico"}, env...)
 	n.start()
@@ -142,6 +144,9 @@ type flowDevice struct {
 	ECG      int    `json:"ecg"`
 	Batch    bool   `json:"batch"`
 	JSON     bool   `json:"json"`
+	// Temp is the last body temperature (null: none, e.g. the sensor is missing).
+	Temp    *float64          `json:"temp"`
+	Sensors map[string]string `json:"sensors"`
 }
 
 func (n *nodeRED) devices() map[string]flowDevice {
@@ -200,9 +205,11 @@ func dashboardLogin(ctx context.Context, t *testing.T, dataDir string) []string 
 // was missing, a slow one just takes longer.
 func poll(ctx context.Context, t *testing.T, what string, check func() (bool, string)) {
 	t.Helper()
+	start := time.Now()
 	for {
 		ok, state := check()
 		if ok {
+			t.Logf("%s: %v", what, time.Since(start).Round(10*time.Millisecond))
 			return
 		}
 		select {
@@ -213,39 +220,25 @@ func poll(ctx context.Context, t *testing.T, what string, check func() (bool, st
 	}
 }
 
-// socketHook records, in window.__medpipe, every message the dashboard's
-// socket.io connection delivers to a widget (msg-input:<node id>), over the
-// websocket or the long-polling transport: what the charts were given, to
-// tell the flow's history and its 250 Hz samples from whatever a canvas shows.
-const socketHook = `(() => {
+// dashboardHook records, in window.__medpipe, every message the dashboard's
+// socket.io connection delivers to a widget (msg-input:<node id>): what
+// the charts were given, to tell the flow's history and its 250 Hz samples
+// from whatever a canvas shows.
+var dashboardHook = socketHook(`(() => {
   const seen = window.__medpipe = { msgs: {} };
-  const record = (data) => {
-    if (typeof data !== 'string') return;
-    for (const pkt of data.split('\x1e')) {
-      const m = /^42\d*(\[[\s\S]*\])$/.exec(pkt);
-      if (!m) continue;
-      let ev; try { ev = JSON.parse(m[1]); } catch (e) { continue; }
-      if (typeof ev[0] !== 'string' || !ev[0].startsWith('msg-input:')) continue;
-      const msg = ev[1] || {}, p = msg.payload, arr = Array.isArray(p);
-      const list = seen.msgs[ev[0].slice(10)] = seen.msgs[ev[0].slice(10)] || [];
-      list.push({ at: Date.now(), action: msg.action || '', n: arr ? p.length : -1,
-        xs: arr ? p.slice(0, 3).map(q => q.x) : [], last: arr && p.length ? p[p.length - 1].x : 0,
-        series: arr ? [...new Set(p.map(q => q.s))] : [], value: arr ? null : p });
-      if (list.length > 500) list.shift();
-    }
+  return (name, msg) => {
+    if (!name.startsWith('msg-input:')) return;
+    msg = msg || {};
+    const p = msg.payload, arr = Array.isArray(p);
+    const list = seen.msgs[name.slice(10)] = seen.msgs[name.slice(10)] || [];
+    list.push({ at: Date.now(), action: msg.action || '', n: arr ? p.length : -1,
+      xs: arr ? p.slice(0, 3).map(q => q.x) : [], last: arr && p.length ? p[p.length - 1].x : 0,
+      series: arr ? [...new Set(p.map(q => q.s))] : [], value: arr ? null : p });
+    if (list.length > 500) list.shift();
   };
-  const WS = window.WebSocket;
-  window.WebSocket = function (...a) { const ws = new WS(...a); ws.addEventListener('message', e => record(e.data)); return ws; };
-  window.WebSocket.prototype = WS.prototype;
-  Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
-  const open = XMLHttpRequest.prototype.open;
-  XMLHttpRequest.prototype.open = function (...a) {
-    this.addEventListener('load', () => { try { record(this.responseText); } catch (e) {} });
-    return open.apply(this, a);
-  };
-})()`
+})()`)
 
-// widgetMsg is one message socketHook recorded.
+// widgetMsg is one message dashboardHook recorded.
 type widgetMsg struct {
 	At     float64   `json:"at"`
 	Action string    `json:"action"`
@@ -267,7 +260,7 @@ func openScreen(t *testing.T, name string, ctx context.Context, url string) *scr
 	t.Helper()
 	s := &screen{t: t, name: name, ctx: ctx}
 	if err := chromedp.Run(ctx, chromedp.ActionFunc(func(ctx context.Context) error {
-		_, err := page.AddScriptToEvaluateOnNewDocument(socketHook).Do(ctx)
+		_, err := page.AddScriptToEvaluateOnNewDocument(dashboardHook).Do(ctx)
 		return err
 	}), chromedp.Navigate(url)); err != nil {
 		t.Fatalf("%s: load the dashboard: %v", name, err)
@@ -331,11 +324,12 @@ func (s *screen) seriesPixels(node string) int {
 // It keeps a screenshot (MEDPIPE_ARTIFACTS, default test-artifacts/ at the
 // repository root).
 func TestNodeREDDashboardClinical(t *testing.T) {
-	if os.Getenv("MEDPIPE_DASHBOARD_CLINICAL") == "" {
-		t.Skip("set MEDPIPE_DASHBOARD_CLINICAL=1: not yet seen passing on a loaded 2-core machine (the page took over 10 minutes)")
-	}
 	flowNodes(t)
-	// Generous: on a busy 2-core machine Chromium takes a minute to load the page.
+	// 46 s on an idle 2-core machine, 49 s on one core at load 9, 237 s
+	// with the whole test (up, Node-RED, Chromium) held to 30 % of one core
+	// (a cgroup quota): each wait is logged, so a slow step shows. It once
+	// ran past 12 minutes at load 50, when five heavy runs shared the two
+	// cores; they take turns now (CONTRIBUTING: the heavy-run lock).
 	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
 	defer cancel()
 
@@ -345,11 +339,11 @@ func TestNodeREDDashboardClinical(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testkit.MedpipeBinary(t)
-	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	// Three simulated devices; with --protocol mixed the third is v2.
 	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	const legacy, v2 = "sim-00002", "sim-00003"
 
@@ -367,7 +361,7 @@ func TestNodeREDDashboardClinical(t *testing.T) {
 	// A bedside screen opens on its patient (?patient=); the selector's
 	// list is checked below, but not clicked: on a busy machine a Vuetify
 	// menu takes minutes to open in headless Chromium.
-	a := openScreen(t, "screen A", testkit.Browser(ctx, t), red.url("/dashboard/patients?patient="+v2))
+	a := openScreen(t, "screen A", browser.Start(ctx, t), red.url("/dashboard/patients?patient="+v2))
 	// Another tab of the same browser: its own connection and sessionStorage,
 	// as another screen (a second Chromium is one too many on a busy machine).
 	tab, closeTab := chromedp.NewContext(a.ctx)
@@ -565,22 +559,34 @@ func TestNodeREDDashboard(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	bin := testkit.MedpipeBinary(t)
-	mqttPort := freePort(t)
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	dataDir := filepath.Join(dir, "data")
-	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5",
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
-		"--monitor-port", "-2", "--listen", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--http", "", "--status-every", "0")
+	// One more device, whose DS18B20 is unplugged: a v2 simulator that
+	// reports the temperature sensor missing.
+	keys := filepath.Join(dir, "keys.jsonl")
+	const noThermo = "patient-nothermo"
+	if err := os.WriteFile(keys, []byte(`{"id":"`+noThermo+`","key":"0123456789abcdef","iv":"fedcba9876543210"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
+	testkit.StartProcess(t, "simulate (temperature sensor missing)", nil, bin, "simulate", "--keys", keys, "--protocol", "v2",
+		"--missing-sensor", "temperature", "--server", listen, "--rate", "5", "--status-every", "0")
 	const v2 = "sim-00003"
 	red := newNodeRED(t, mqttPort, append(dashboardLogin(ctx, t, dataDir), "HISTORY_STEP_SECONDS=1")...)
 	poll(ctx, t, "Node-RED to receive the simulated devices", func() (bool, string) {
 		ds := red.devices()
-		ok := len(ds) >= 3 && ds[v2].Batch && ds[v2].ECG > ds[v2].Readings
-		for _, id := range []string{"sim-00001", "sim-00002", v2} {
+		ok := len(ds) >= 4 && ds[v2].Batch && ds[v2].ECG > ds[v2].Readings
+		for _, id := range []string{"sim-00001", "sim-00002", v2, noThermo} {
 			ok = ok && ds[id].Readings >= 10 && ds[id].Online && ds[id].History >= 2
 		}
 		return ok, fmt.Sprintf("%+v", ds)
 	})
-	bctx := testkit.Browser(ctx, t)
+	if d := red.devices()[noThermo]; d.Temp != nil || d.Sensors["temperature"] != "missing" {
+		t.Fatalf("%s: temperature %v, sensors %v: want no value and the sensor missing", noThermo, d.Temp, d.Sensors)
+	}
+	bctx := browser.Start(ctx, t)
 	if err := chromedp.Run(bctx, chromedp.Navigate(red.url("/dashboard/patients?patient="+v2))); err != nil {
 		t.Fatalf("load the dashboard: %v", err)
 	}
@@ -590,6 +596,22 @@ func TestNodeREDDashboard(t *testing.T) {
 		n := s.seriesPixels(nodeECG)
 		return n >= 200, fmt.Sprintf("%d pixels of the series colour", n)
 	})
+	// A bedside screen on the patient whose thermometer is unplugged says
+	// so, and its temperature gauge is given no value: never a false 0 °C.
+	tab, closeTab := chromedp.NewContext(bctx)
+	defer closeTab()
+	nt := openScreen(t, "screen "+noThermo, tab, red.url("/dashboard/patients?patient="+noThermo))
+	poll(ctx, t, nt.name+" to say the temperature sensor is missing", func() (bool, string) {
+		var text string
+		nt.eval(`(document.querySelector('#medpipe-sensors') || {}).textContent || ''`, &text)
+		return nt.patient() == noThermo && strings.Contains(text, "temperature sensor missing"), fmt.Sprintf("patient %q, sensors %q", nt.patient(), text)
+	})
+	if m := nt.msgs(nodeTempGauge); len(m) > 0 {
+		t.Fatalf("the temperature gauge of %s was given %+v", noThermo, m)
+	}
+	if m := nt.msgs(nodeMCUGauge); len(m) == 0 {
+		t.Fatalf("the MCU gauge of %s was given nothing: the screen's live values never came", noThermo)
+	}
 	var png []byte
 	if err := chromedp.Run(bctx, chromedp.Sleep(2*time.Second), chromedp.FullScreenshot(&png, 100)); err != nil {
 		t.Fatal(err)
@@ -610,14 +632,4 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testkit.RemoveBuilt()
 	os.Exit(code)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -137,8 +137,8 @@ func TestReplayMatchesLive(t *testing.T) {
 			}
 		}
 	}
-	if len(want) != 2*7+1 {
-		t.Fatalf("%d value topics live, want 15 (7 each and dev-009's pulse batch)", len(want))
+	if len(want) != 2*int(wire.NumFields)+1 {
+		t.Fatalf("%d value topics live, want %d (every field of 2 devices and dev-009's pulse batch)", len(want), 2*int(wire.NumFields)+1)
 	}
 	for topic, w := range want {
 		if g := got[topic]; strings.Join(g, ",") != strings.Join(w, ",") {

@@ -31,12 +31,12 @@ import (
 
 // Options configures an Edge. Zero values take the defaults given.
 type Options struct {
-	// Listen is the address devices connect to (default ":9998").
+	// Listen is the address devices connect to (default DefaultListen).
 	Listen string
 	// Listener, when set, is used instead of listening on Listen.
 	Listener net.Listener
 	// TLSConfig, when set, opens a second, TLS port on TLSListen (default
-	// ":9997") for devices that can do TLS; the plain port stays for those
+	// DefaultTLSListen) for devices that can do TLS; the plain port stays for those
 	// that cannot. Frames and limits are the same on both.
 	TLSConfig *tls.Config
 	TLSListen string
@@ -49,7 +49,7 @@ type Options struct {
 	// EdgeID prefixes connection ids (default: random per process start,
 	// so ids never repeat across edges and restarts).
 	EdgeID string
-	// MaxConns bounds concurrent connections (default 20000); more are
+	// MaxConns bounds concurrent connections (default DefaultMaxConns); more are
 	// closed on arrival.
 	MaxConns int
 	// MaxConnsPerIP bounds concurrent connections from one remote address
@@ -83,12 +83,12 @@ type Options struct {
 	// protocol.
 	ProxyFrom []netip.Prefix
 	// MaxFrameRate bounds the frames per second read from one connection
-	// (default 100, five times a device's rate; negative: no bound). A
+	// (default DefaultMaxFrameRate; negative: no bound). A
 	// faster sender is slowed by not being read, not cut off.
 	MaxFrameRate float64
 	// MaxBadFrames closes a connection once this many of its frames were
 	// dead-lettered by decrypt: unknown key, failed authentication, not a
-	// reading (default 10; negative: never).
+	// reading (default DefaultMaxBadFrames; negative: never).
 	MaxBadFrames int
 	// MaxFrame bounds a v2 frame in bytes (default wire.DefaultMaxFrame).
 	MaxFrame int
@@ -102,10 +102,10 @@ type Options struct {
 	// legacy or v2 (default wire.DefaultFrameTimeout): a slow-loris sender
 	// is cut.
 	FrameTimeout time.Duration
-	// IdleTimeout closes a connection that sends nothing for this long (default 2 min).
+	// IdleTimeout closes a connection that sends nothing for this long (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
 	// MaxPendingFrames bounds frames published to RAW and not yet
-	// acknowledged, over all connections (default 2048). Keep it below the
+	// acknowledged, over all connections (default DefaultMaxPendingFrames). Keep it below the
 	// JetStream context's own bound (bus.ConnectOptions.MaxPendingPublishes,
 	// default 4096): connections wait here, one woken per acknowledgement,
 	// whereas nats.go wakes every stalled publisher at once, which with
@@ -121,7 +121,7 @@ type Options struct {
 
 func (o *Options) setDefaults() error {
 	if o.Listen == "" {
-		o.Listen = ":9998"
+		o.Listen = DefaultListen
 	}
 	if o.Partitions <= 0 {
 		return errors.New("ingest: Partitions must be set (see bus.VerifyStreams)")
@@ -133,7 +133,7 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("ingest: edge id %q: it names a NATS subject token (no '.', '*', '>' or spaces)", o.EdgeID)
 	}
 	if o.MaxConns <= 0 {
-		o.MaxConns = 20000
+		o.MaxConns = DefaultMaxConns
 	}
 	if o.MaxFrame <= 0 {
 		o.MaxFrame = wire.DefaultMaxFrame
@@ -163,25 +163,25 @@ func (o *Options) setDefaults() error {
 		o.PenaltyStrikes = DefaultPenaltyStrikes
 	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 2 * time.Minute
+		o.IdleTimeout = DefaultIdleTimeout
 	}
 	if o.TLSListen == "" {
-		o.TLSListen = ":9997"
+		o.TLSListen = DefaultTLSListen
 	}
 	if o.TLSHandshakeTimeout <= 0 {
 		o.TLSHandshakeTimeout = 10 * time.Second
 	}
 	if o.MaxFrameRate == 0 {
-		o.MaxFrameRate = 100
+		o.MaxFrameRate = DefaultMaxFrameRate
 	}
 	if o.MaxBadFrames == 0 {
-		o.MaxBadFrames = 10
+		o.MaxBadFrames = DefaultMaxBadFrames
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 10 * time.Second
 	}
 	if o.MaxPendingFrames <= 0 {
-		o.MaxPendingFrames = 2048
+		o.MaxPendingFrames = DefaultMaxPendingFrames
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()

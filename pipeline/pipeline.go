@@ -44,13 +44,9 @@ const (
 	DefaultDataDir = "medpipe-data"
 	// DefaultHTTP is the CLI's ops endpoint; an embedder's zero value is off.
 	DefaultHTTP = "127.0.0.1:9100"
-	// DefaultProtocol and DefaultVariant mix simulated devices: every third
-	// one v2, the legacy ones alternately pico and pseudo (simulator.Assign).
+	// DefaultProtocol mixes simulated devices: every third one v2, the
+	// legacy ones simulator.DefaultVariant (see simulator.Assign).
 	DefaultProtocol = "mixed"
-	DefaultVariant  = "mixed"
-	// DefaultStatusEvery is the CLI's status line interval; an embedder's
-	// zero value is none.
-	DefaultStatusEvery = 5 * time.Second
 	// SimulatedKeys is the keys file of simulated devices, in DataDir.
 	SimulatedKeys = "simulated-keys.jsonl"
 )
@@ -108,7 +104,7 @@ type Options struct {
 	// simulator.DefaultRate).
 	Rate float64
 	// Protocol and Variant choose the simulated devices' protocol and legacy
-	// variant (DefaultProtocol, DefaultVariant; see simulator.Assign).
+	// variant (DefaultProtocol, simulator.DefaultVariant; see simulator.Assign).
 	Protocol, Variant string
 	// StatusEvery logs a status line this often (0: never).
 	StatusEvery time.Duration
@@ -182,7 +178,7 @@ func (o Options) withDefaults() Options {
 		o.Protocol = DefaultProtocol
 	}
 	if o.Variant == "" {
-		o.Variant = DefaultVariant
+		o.Variant = simulator.DefaultVariant
 	}
 	return o
 }

@@ -27,7 +27,7 @@ type Options struct {
 	MQTT MQTTOptions
 	// Prefix is the first topic level (default DefaultPrefix).
 	Prefix string
-	// QoS of every message (default 1). At QoS 0 a reading is acked once
+	// QoS of every message (default DefaultQoS). At QoS 0 a reading is acked once
 	// handed to the connection, so a broker failure can lose it.
 	QoS byte
 	// QoSSet marks QoS as given, so that 0 is not taken for "default".

@@ -10,6 +10,9 @@ const (
 	DefaultPrefix = bus.DefaultTopicPrefix
 	// DefaultMQTTURL is the broker publish connects to unless told otherwise.
 	DefaultMQTTURL = "tcp://127.0.0.1:1883"
+	// DefaultQoS is the MQTT QoS of every message: 1, so that a reading is
+	// acknowledged only once the broker has it.
+	DefaultQoS = 1
 	// DefaultAddressEvery: a device's addresses go out on its first reading
 	// and every this many after.
 	DefaultAddressEvery = 50

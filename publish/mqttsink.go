@@ -38,7 +38,7 @@ type MQTTSinkOptions struct {
 	MQTT MQTTOptions
 	// Prefix is the topics' first levels (default DefaultPrefix).
 	Prefix string
-	// QoS of every message (default 1 unless QoSSet). At QoS 0 a reading is
+	// QoS of every message (default DefaultQoS unless QoSSet). At QoS 0 a reading is
 	// acknowledged once handed to the connection, so a broker failure can lose it.
 	QoS    byte
 	QoSSet bool
@@ -82,6 +82,7 @@ type MQTTSink struct {
 
 	countsMu sync.Mutex
 	counts   map[string]uint64 // readings seen per device
+	statuses map[string]string // the sensor status last published per v2 device
 
 	store *trackingStore
 	// gate is closed from a connection loss until the new connection has
@@ -118,7 +119,7 @@ func NewMQTTSink(o MQTTSinkOptions) (*MQTTSink, error) {
 		o.Prefix = DefaultPrefix
 	}
 	if o.QoS == 0 && !o.QoSSet {
-		o.QoS = 1
+		o.QoS = DefaultQoS
 	}
 	if o.QoS > 2 {
 		return nil, fmt.Errorf("publish: QoS %d: want 0, 1 or 2", o.QoS)
@@ -135,7 +136,7 @@ func NewMQTTSink(o MQTTSinkOptions) (*MQTTSink, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	s := &MQTTSink{o: o, log: o.Log, counts: map[string]uint64{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
+	s := &MQTTSink{o: o, log: o.Log, counts: map[string]uint64{}, statuses: map[string]string{}, window: make(chan struct{}, o.MaxInFlightMessages), store: newTrackingStore(), gate: make(chan struct{})}
 	s.m = newMQTTMetrics(o.Metrics, &s.connected)
 	return s, nil
 }
@@ -220,16 +221,24 @@ func (s *MQTTSink) Connect(ctx context.Context) error {
 	}
 }
 
-// seen counts a device's readings and reports whether this one carries the addresses.
-func (s *MQTTSink) seen(device string) bool {
-	if s.o.AddressEvery < 0 {
-		return false
-	}
+// seen counts a device's readings and reports whether this one carries the
+// addresses, and whether it carries status (the device's sensor status,
+// nil when it has none) because it changed or on the addresses' cadence: a
+// retained status needs no more, and a reading a second would otherwise
+// add a message a second per device.
+func (s *MQTTSink) seen(device string, status []byte) (addresses, withStatus bool) {
 	s.countsMu.Lock()
 	defer s.countsMu.Unlock()
 	n := s.counts[device]
 	s.counts[device] = n + 1
-	return n%uint64(s.o.AddressEvery) == 0
+	cadence := n == 0 || s.o.AddressEvery > 0 && n%uint64(s.o.AddressEvery) == 0
+	if status != nil {
+		if last, ok := s.statuses[device]; !ok || last != string(status) || cadence {
+			s.statuses[device] = string(status)
+			withStatus = true
+		}
+	}
+	return s.o.AddressEvery > 0 && cadence, withStatus
 }
 
 // WriteBatch publishes the readings' messages once the connection has
@@ -240,7 +249,14 @@ func (s *MQTTSink) WriteBatch(ctx context.Context, batch []*bus.Reading) (sink.A
 		if s.o.JSONOnly {
 			msgs = append(msgs, JSONMessage(s.o.Prefix, r))
 		} else {
-			msgs = Topics(msgs, s.o.Prefix, r, s.seen(r.Device), s.o.JSONTopic)
+			status, ok := StatusMessage(s.o.Prefix, r)
+			addresses, withStatus := s.seen(r.Device, status.Payload)
+			if ok && withStatus {
+				// Before the values: a dashboard learns why a value is null
+				// before the null.
+				msgs = append(msgs, status)
+			}
+			msgs = Topics(msgs, s.o.Prefix, r, addresses, s.o.JSONTopic)
 		}
 	}
 	s.gateMu.Lock()
@@ -263,7 +279,7 @@ func (s *MQTTSink) WriteBatch(ctx context.Context, batch []*bus.Reading) (sink.A
 	}
 	d := &delivery{s: s, epoch: epoch, tokens: make([]mqtt.Token, len(msgs))}
 	for i, m := range msgs {
-		d.tokens[i] = s.client.Publish(m.Topic, s.o.QoS, s.o.Retain, m.Payload)
+		d.tokens[i] = s.client.Publish(m.Topic, s.o.QoS, s.o.Retain || m.Retain, m.Payload)
 	}
 	s.m.readings.Add(float64(len(batch)))
 	s.m.messages.Add(float64(len(msgs)))

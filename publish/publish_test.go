@@ -51,12 +51,12 @@ func TestTopics(t *testing.T) {
 			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z"}`,
 		}},
 		{name: "json topic, v2", json: true, v2: true, want: []string{
-			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42}`,
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"sensors":{"temperature":"ok","mcu":"ok","pulse":"ok","motion":"ok"}}`,
 		}},
 		// --json-only publishes nothing else: the batch rides in the reading.
 		{name: "json topic, v2 pulse batch", json: true, v2: true, pulse: true, want: []string{
 			`P/dev-1/Physiological_Data/Pulse_Signal/batch={"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}`,
-			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"pulse":{"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]}}`,
+			`P/dev-1/reading={"device":"dev-1","values":{"Temp":"36.005","TempMcu":"23.700","PulseSig":"5.000","Acel_x":"0.000","Acel_y":"-0.02","Acel_z":"0.980","TempMpu":"23.400"},"received":"2025-11-24T16:00:00Z","device_time":"2025-11-24T15:59:59.95Z","seq":42,"pulse":{"rate":250,"start":"2025-11-24T15:59:59.95Z","samples":[0.5,1.25]},"sensors":{"temperature":"ok","mcu":"ok","pulse":"ok","motion":"ok"}}`,
 		}},
 	}
 	for _, tt := range tests {
@@ -183,7 +183,7 @@ func TestBridgeOnEmbeddedMQTT(t *testing.T) {
 	const n = 120
 	v.publishReadings(t, devs, 0, n)
 	v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}})
-	want := len(devs) * (n*7 + 4*3) // addresses on readings 1, 51, 101
+	want := len(devs) * (n*int(wire.NumFields) + 4*3) // addresses on readings 1, 51, 101
 	waitExactly(ctx, t, col, want)
 	checkOrder(t, col.Messages(), devs, n, false)
 	waitNothingPending(t, v)

@@ -6,27 +6,31 @@ import (
 	"time"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // Message is one MQTT message to publish.
 type Message struct {
 	Topic   string
 	Payload []byte
+	// Retain publishes the message retained whatever the sink's option
+	// (a device's sensor status: a new subscriber must learn it at once).
+	Retain bool
 }
 
-// The value topics, in publishing order, with the field each carries.
-var valueTopics = []struct {
-	suffix string
-	value  func(v *bus.Values) string
-}{
-	{"/Physiological_Data/Temperature", func(v *bus.Values) string { return v.Temp }},
-	{"/Physiological_Data/Pulse_Signal", func(v *bus.Values) string { return v.PulseSig }},
-	{"/Physiological_Data/Accelerometer/x", func(v *bus.Values) string { return v.AcelX }},
-	{"/Physiological_Data/Accelerometer/y", func(v *bus.Values) string { return v.AcelY }},
-	{"/Physiological_Data/Accelerometer/z", func(v *bus.Values) string { return v.AcelZ }},
-	{"/Internal_Device_Data/Temperature/MCU", func(v *bus.Values) string { return v.TempMcu }},
-	{"/Internal_Device_Data/Temperature/MPU", func(v *bus.Values) string { return v.TempMpu }},
-}
+// valueTopics are the fields in publishing order; each one's topic is the
+// field table's (wire.Fields). The MPU temperature comes last: dashboards
+// take it as the end of a reading.
+var valueTopics = [...]wire.Field{wire.Temp, wire.PulseSig, wire.AcelX, wire.AcelY, wire.AcelZ, wire.TempMcu, wire.TempMpu}
+
+// absentValue is the payload of a value topic whose sensor is not ok:
+// JSON's null, which no parser takes for a number (parseFloat gives NaN),
+// rather than no message. A reading always publishes the same topics (a
+// consumer that ends a reading at its last topic keeps working), and with
+// --retain the null replaces the last measurement, so a new subscriber
+// never takes a stale value for a current one. Why the value is absent is
+// on the status topic (StatusMessage).
+var absentValue = []byte("null")
 
 // jsonReading is the payload of <prefix>/<id>/reading: the values as the
 // device sent them and when the edge received them.
@@ -42,6 +46,9 @@ type jsonReading struct {
 	// Pulse is a v2 device's pulse batch, as on the batch topic (absent for
 	// legacy): with --json-only it is the only place the 250 Hz samples go.
 	Pulse *pulseBatch `json:"pulse,omitempty"`
+	// Sensors are a v2 device's sensor states (absent for legacy); a value
+	// whose sensor is not ok is null in values.
+	Sensors *wire.SensorStates `json:"sensors,omitempty"`
 }
 
 // pulseBatch is the payload of <prefix>/<id>/Physiological_Data/Pulse_Signal/batch:
@@ -57,23 +64,29 @@ type pulseBatch struct {
 // addresses, then a v2 device's pulse batch, then (jsonTopic) the whole
 // reading as one JSON message.
 func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTopic bool) []Message {
-	base := prefix + "/" + r.Device
-	for _, t := range valueTopics {
-		dst = append(dst, Message{base + t.suffix, []byte(t.value(&r.Values))})
+	base := prefix + "/" + r.Device + "/"
+	w := r.Values.Wire()
+	for _, f := range valueTopics {
+		v := absentValue
+		if w[f] != "" {
+			v = []byte(w[f])
+		}
+		dst = append(dst, Message{Topic: base + wire.Fields[f].Topic, Payload: v})
 	}
+	base = base[:len(base)-1]
 	if withAddresses {
 		rh, rp := splitAddr(r.Remote)
 		lh, lp := splitAddr(r.Local)
 		dst = append(dst,
-			Message{base + "/Ip_address", []byte(rh)},
-			Message{base + "/Port_address", []byte(rp)},
-			Message{base + "/Internal_Server/Ip_address", []byte(lh)},
-			Message{base + "/Internal_Server/Port_address", []byte(lp)},
+			Message{Topic: base + "/Ip_address", Payload: []byte(rh)},
+			Message{Topic: base + "/Port_address", Payload: []byte(rp)},
+			Message{Topic: base + "/Internal_Server/Ip_address", Payload: []byte(lh)},
+			Message{Topic: base + "/Internal_Server/Port_address", Payload: []byte(lp)},
 		)
 	}
 	if p := batchOf(r); p != nil {
 		b, _ := json.Marshal(p)
-		dst = append(dst, Message{base + "/Physiological_Data/Pulse_Signal/batch", b})
+		dst = append(dst, Message{Topic: base + "/Physiological_Data/Pulse_Signal/batch", Payload: b})
 	}
 	if jsonTopic {
 		dst = append(dst, JSONMessage(prefix, r))
@@ -83,8 +96,24 @@ func Topics(dst []Message, prefix string, r *bus.Reading, withAddresses, jsonTop
 
 // JSONMessage is a reading as one JSON message on <prefix>/<id>/reading.
 func JSONMessage(prefix string, r *bus.Reading) Message {
-	b, _ := json.Marshal(jsonReading{r.Device, r.Values, r.Received, r.DeviceTime, r.Seq, batchOf(r)})
-	return Message{prefix + "/" + r.Device + "/reading", b}
+	j := jsonReading{Device: r.Device, Values: r.Values, Received: r.Received, DeviceTime: r.DeviceTime, Seq: r.Seq, Pulse: batchOf(r)}
+	if r.Protocol == bus.ProtocolV2 {
+		j.Sensors = &r.Sensors
+	}
+	b, _ := json.Marshal(j)
+	return Message{Topic: prefix + "/" + r.Device + "/reading", Payload: b}
+}
+
+// StatusMessage is a v2 device's sensor states, retained, on
+// <prefix>/<id>/Internal_Device_Data/Status (wire.StatusTopic):
+// {"temperature":"missing","mcu":"ok","pulse":"ok","motion":"ok"}. ok is
+// false for a legacy reading: legacy devices report no states, and "ok"
+// would be a claim the device never made.
+func StatusMessage(prefix string, r *bus.Reading) (m Message, ok bool) {
+	if r.Protocol != bus.ProtocolV2 {
+		return Message{}, false
+	}
+	return Message{Topic: prefix + "/" + r.Device + "/" + wire.StatusTopic, Payload: r.Sensors.AppendJSON(nil), Retain: true}, true
 }
 
 // batchOf is a reading's pulse batch as published, nil when it has none.

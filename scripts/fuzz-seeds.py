@@ -34,4 +34,4 @@ for d in legacy['devices']:
 write('FuzzReadKeys', b''.join(json.dumps(d).encode() + b'\n' for d in legacy['devices']))
 for v in json.load(open('wire/testdata/v2.json')):
     write('FuzzParseV2', bytes.fromhex(v['frame_hex']))
-    write('FuzzParseV2Payload', v['payload'].encode())
+    write('FuzzParseV2Payload', bytes.fromhex(v['payload_hex']))

@@ -40,6 +40,10 @@ type Options struct {
 	// Adjust, when set, changes each reading before it is sealed (the
 	// interactive device applies the operator's settings with it).
 	Adjust func(r *wire.Reading)
+	// Sensors are the sensor states every v2 device reports (the zero
+	// value: all ok); the values of a sensor not ok are sent absent, as
+	// the firmware sends a missing DS18B20's temperature.
+	Sensors wire.SensorStates
 	// Epoch is the v2 devices' boot epoch (see BootEpoch); zero takes the
 	// wall clock's seconds.
 	Epoch uint32
@@ -180,6 +184,7 @@ func (f *Fleet) runDevice(ctx context.Context, i int, d Device, delay time.Durat
 	dev.sig.FeverPerHour = f.o.FeverPerHour
 	if d.V2 {
 		dev.v2 = newV2Device(d.Device, f.o.Epoch, &f.unverified)
+		dev.v2.sensors = f.o.Sensors
 	}
 	defer dev.disconnect()
 	timer := time.NewTimer(delay)
@@ -276,8 +281,8 @@ func (dev *device) connect(ctx context.Context) bool {
 	dev.backoff = 0
 	dev.f.connected.Add(1)
 	if dev.v2 != nil {
-		go dev.v2.readReplies(c, func() { dev.f.acked.Add(1) }, func(code byte) {
-			if code == wire.V2RefReplayed || code == wire.V2RefInvalid {
+		go dev.v2.readReplies(c, func() { dev.f.acked.Add(1) }, func(code byte, dropped bool) {
+			if dropped {
 				dev.f.dropped.Add(1)
 			}
 			dev.f.errors.Add(1)
@@ -341,6 +346,11 @@ func (dev *device) send(seq uint64) error {
 		}
 		if dropped {
 			dev.f.dropped.Add(1)
+		}
+		if dev.v2.isHalted() {
+			// Kept (the oldest dropped when the buffer is full), not sent:
+			// the pipeline refused this key; an ACK resumes.
+			return nil
 		}
 		dev.buf = append(dev.buf[:0], frame...)
 	} else {

@@ -43,6 +43,13 @@ func GenerateDevices(n int, prefix string, variant string) ([]Device, error) {
 	return out, nil
 }
 
+// DefaultVariant and DefaultProtocol are the fleets a command simulates
+// unless told otherwise: legacy devices alternately pico and pseudo.
+const (
+	DefaultVariant  = "mixed"
+	DefaultProtocol = "legacy"
+)
+
 // VariantOf returns the variant of the i-th device of a fleet: variant
 // itself, or alternating pico and pseudo for "mixed".
 func VariantOf(variant string, i int) (wire.Variant, error) {

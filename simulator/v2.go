@@ -37,11 +37,13 @@ type v2Device struct {
 	key     *wire.V2Key
 	mu      sync.Mutex
 	outbox  *wire.Outbox
-	epoch   uint32        // boot epoch: the high 32 bits of every sequence number
-	base    uint64        // the reading number before the epoch's counter 1
-	last    uint64        // the last reading sealed
-	changed chan struct{} // signalled when frames are settled
-	ended   chan net.Conn // the connection whose reply reader ended
+	epoch   uint32            // boot epoch: the high 32 bits of every sequence number
+	base    uint64            // the reading number before the epoch's counter 1
+	last    uint64            // the last reading sealed
+	changed chan struct{}     // signalled when frames are settled
+	ended   chan net.Conn     // the connection whose reply reader ended
+	sensors wire.SensorStates // reported with every reading
+	halted  bool              // a verified refusal said stop sending (key revoked, protocol pinned)
 	// forged counts replies that did not verify (forged, or for a frame
 	// already settled): they change nothing.
 	forged *atomic.Uint64
@@ -59,6 +61,7 @@ func (v *v2Device) seal(n uint64, r wire.Reading, sig *Signal) ([]byte, bool, er
 	now := time.Now()
 	p.Time = now.UnixMilli()
 	p.Values = r.Numbers()
+	p.Sensors = v.sensors
 	p.Pulse = PulseCodes(sig.Batch(), now)
 	payload, err := wire.AppendV2Payload(nil, &p)
 	if err != nil {
@@ -88,14 +91,24 @@ func (v *v2Device) outstanding() int {
 	return v.outbox.Len()
 }
 
-// settle applies one reply; a verified `replayed` refusal starts a new boot
-// epoch, as a rebooted device would, so that the next frames are new.
-func (v *v2Device) settle(f *wire.V2Frame) wire.Settlement {
+// settle applies one reply as the firmware does (PROTOCOL.md): a verified
+// `replayed` refusal starts a new boot epoch, as a rebooted device would,
+// so that the next frames are new; `revoked`, `downgrade` or an unknown
+// code halts the device (it keeps sealing, sends nothing) until an ACK
+// verifies again; a first `tampered` returns the frame to resend in resend.
+func (v *v2Device) settle(f *wire.V2Frame) (s wire.Settlement, resend []byte) {
 	v.mu.Lock()
-	s := v.outbox.Settle(v.key, f)
-	if s == wire.Dropped && f.Code == wire.V2RefReplayed {
+	s = v.outbox.Settle(v.key, f)
+	switch {
+	case s == wire.Dropped && f.Code == wire.V2RefReplayed && wire.V2SeqEpoch(f.Seq) == v.epoch:
 		v.epoch = max(v.epoch+1, wallEpoch())
 		v.base = v.last
+	case s == wire.Resend:
+		resend = v.outbox.Frame(f.Seq)
+	case s == wire.Halt:
+		v.halted = true
+	case s == wire.Acked:
+		v.halted = false
 	}
 	v.mu.Unlock()
 	if s == wire.Unverified {
@@ -105,21 +118,34 @@ func (v *v2Device) settle(f *wire.V2Frame) wire.Settlement {
 	case v.changed <- struct{}{}:
 	default:
 	}
-	return s
+	return s, resend
+}
+
+// isHalted reports whether a verified refusal stopped the device sending.
+func (v *v2Device) isHalted() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.halted
 }
 
 // readReplies reads the pipeline's replies until the connection ends.
-func (v *v2Device) readReplies(c net.Conn, acked func(), refused func(code byte)) {
+// refused is told of each refusal or ERROR and whether it dropped a frame.
+func (v *v2Device) readReplies(c net.Conn, acked func(), refused func(code byte, dropped bool)) {
 	err := wire.ReadV2Replies(c, func(f *wire.V2Frame) {
 		switch f.Type {
 		case wire.V2Error:
-			refused(f.Code) // not authenticated: counted, nothing dropped
+			refused(f.Code, false) // not authenticated: counted, nothing dropped
 		default:
-			switch v.settle(f) {
+			s, resend := v.settle(f)
+			switch s {
 			case wire.Acked:
 				acked()
-			case wire.Dropped, wire.Kept:
-				refused(f.Code)
+			case wire.Resend:
+				refused(f.Code, false)
+				_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				_, _ = c.Write(resend) // a failed write: resent after the reconnect
+			case wire.Dropped, wire.Halt:
+				refused(f.Code, s == wire.Dropped)
 			}
 		}
 	})

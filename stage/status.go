@@ -9,6 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultStatusEvery is the status line's interval in the commands that
+// print one (up, simulate).
+const DefaultStatusEvery = 5 * time.Second
+
 // StatusLine logs the pipeline's counters and rates every interval.
 func StatusLine(ctx context.Context, log *slog.Logger, g prometheus.Gatherer, every time.Duration) {
 	t := time.NewTicker(every)

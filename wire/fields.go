@@ -19,18 +19,25 @@ type FieldSpec struct {
 	Decimals int
 	// Unit is for documentation and dashboards.
 	Unit string
+	// Sensor is the part that measures the value: when the v2 payload
+	// says its state is not SensorOK, the value is absent.
+	Sensor Sensor
 }
 
 // Fields is the field table, indexed by Field.
 var Fields = [NumFields]FieldSpec{
-	Temp:     {Name: "Temp", Topic: "Physiological_Data/Temperature", Scale: 1000, Decimals: 3, Unit: "°C"},
-	TempMcu:  {Name: "TempMcu", Topic: "Internal_Device_Data/Temperature/MCU", Scale: 1000, Decimals: 3, Unit: "°C"},
-	PulseSig: {Name: "PulseSig", Topic: "Physiological_Data/Pulse_Signal", Scale: 1000, Decimals: 3, Unit: "V"},
-	AcelX:    {Name: "Acel_x", Topic: "Physiological_Data/Accelerometer/x", Scale: 1000, Decimals: 3, Unit: "g"},
-	AcelY:    {Name: "Acel_y", Topic: "Physiological_Data/Accelerometer/y", Scale: 1000, Decimals: 3, Unit: "g"},
-	AcelZ:    {Name: "Acel_z", Topic: "Physiological_Data/Accelerometer/z", Scale: 1000, Decimals: 3, Unit: "g"},
-	TempMpu:  {Name: "TempMpu", Topic: "Internal_Device_Data/Temperature/MPU", Scale: 1000, Decimals: 3, Unit: "°C"},
+	Temp:     {Name: "Temp", Topic: "Physiological_Data/Temperature", Scale: 1000, Decimals: 3, Unit: "°C", Sensor: TempSensor},
+	TempMcu:  {Name: "TempMcu", Topic: "Internal_Device_Data/Temperature/MCU", Scale: 1000, Decimals: 3, Unit: "°C", Sensor: MCUSensor},
+	PulseSig: {Name: "PulseSig", Topic: "Physiological_Data/Pulse_Signal", Scale: 1000, Decimals: 3, Unit: "V", Sensor: PulseSensor},
+	AcelX:    {Name: "Acel_x", Topic: "Physiological_Data/Accelerometer/x", Scale: 1000, Decimals: 3, Unit: "g", Sensor: MotionSensor},
+	AcelY:    {Name: "Acel_y", Topic: "Physiological_Data/Accelerometer/y", Scale: 1000, Decimals: 3, Unit: "g", Sensor: MotionSensor},
+	AcelZ:    {Name: "Acel_z", Topic: "Physiological_Data/Accelerometer/z", Scale: 1000, Decimals: 3, Unit: "g", Sensor: MotionSensor},
+	TempMpu:  {Name: "TempMpu", Topic: "Internal_Device_Data/Temperature/MPU", Scale: 1000, Decimals: 3, Unit: "°C", Sensor: MotionSensor},
 }
+
+// StatusTopic is the MQTT topic path, under Pico/<id>/ beside the values'
+// topics, of a v2 device's sensor states (SensorStates' JSON, retained).
+const StatusTopic = "Internal_Device_Data/Status"
 
 // fieldNames are the JSON keys, from the table.
 var fieldNames = func() (n [NumFields]string) {

@@ -13,8 +13,9 @@ type Outbox struct {
 }
 
 type outboxFrame struct {
-	seq   uint64
-	frame []byte
+	seq      uint64
+	frame    []byte
+	tampered bool // refused once as tampered in transit, and resent
 }
 
 // NewOutbox returns an outbox holding at most maxFrames frames and
@@ -34,7 +35,7 @@ func (o *Outbox) Add(seq uint64, frame []byte) int {
 		o.frames = o.frames[1:]
 		n++
 	}
-	o.frames = append(o.frames, outboxFrame{seq, frame})
+	o.frames = append(o.frames, outboxFrame{seq: seq, frame: frame})
 	o.bytes += len(frame)
 	o.dropped += uint64(n)
 	return n
@@ -43,19 +44,25 @@ func (o *Outbox) Add(seq uint64, frame []byte) int {
 // Settlement is what a reply did to the outbox.
 type Settlement int
 
-// Settlements.
+// Settlements: what the device does next (PROTOCOL.md, the table of codes).
 const (
 	// Unverified: the reply's MAC does not match a buffered frame (forged,
 	// or about a frame already settled); nothing changed.
 	Unverified Settlement = iota
 	// Acked: the pipeline accepted the frame; it was dropped.
 	Acked
-	// Dropped: the pipeline refused the frame for good (replayed, invalid);
-	// it was dropped, and the device must act on the code (PROTOCOL.md).
+	// Dropped: the pipeline refused the frame for good; it was dropped.
+	// replayed: the device must start a new boot epoch before it sends
+	// again (the frame's reading may be sealed again under it); invalid, or
+	// tampered a second time: count it.
 	Dropped
-	// Kept: a verified refusal after which the frame is to be resent
-	// (tampered in transit) or held (revoked); it stays.
-	Kept
+	// Resend: the frame arrived altered (tampered) for the first time; it
+	// stays, and the device sends it once more now.
+	Resend
+	// Halt: the device's key is revoked, the device is pinned to another
+	// protocol (downgrade), or the code is one this device does not know;
+	// the frame stays, and the device stops sending until reprovisioned.
+	Halt
 )
 
 // Settle applies a reply from the pipeline (an ACK or REFUSED frame) to the
@@ -66,14 +73,32 @@ func (o *Outbox) Settle(k *V2Key, f *V2Frame) Settlement {
 	if i < 0 || !k.VerifyReply(f, o.frames[i].frame) {
 		return Unverified
 	}
-	if f.Type == V2Refused && (f.Code == V2RefTampered || f.Code == V2RefRevoked) {
-		return Kept
-	}
-	o.remove(i)
 	if f.Type == V2Ack {
+		o.remove(i)
 		return Acked
 	}
+	switch f.Code {
+	case V2RefReplayed, V2RefInvalid:
+	case V2RefTampered:
+		// Once: a bit flipped on the way. Twice: something on the path
+		// alters this frame; resending it for ever would stall the link.
+		if !o.frames[i].tampered {
+			o.frames[i].tampered = true
+			return Resend
+		}
+	default: // revoked, downgrade, or newer than this device
+		return Halt
+	}
+	o.remove(i)
 	return Dropped
+}
+
+// Frame returns the buffered frame seq, or nil.
+func (o *Outbox) Frame(seq uint64) []byte {
+	if i := o.find(seq); i >= 0 {
+		return o.frames[i].frame
+	}
+	return nil
 }
 
 // find returns the index of frame seq, or -1.

@@ -68,9 +68,13 @@ func TestOutboxSettle(t *testing.T) {
 		{"ACK with another frame's tag", k.AppendAck(nil, 2, tags[1]), Unverified, 4},
 		{"ACK of seq 3 first", k.AppendAck(nil, 3, tags[3]), Acked, 3},
 		{"same ACK again", k.AppendAck(nil, 3, tags[3]), Unverified, 3},
-		{"tampered: keep it", k.AppendRefused(nil, 1, V2RefTampered, tags[1]), Kept, 3},
-		{"replayed: drop it", k.AppendRefused(nil, 1, V2RefReplayed, tags[1]), Dropped, 2},
-		{"ACK of 2", k.AppendAck(nil, 2, tags[2]), Acked, 1},
+		{"tampered: resend it", k.AppendRefused(nil, 1, V2RefTampered, tags[1]), Resend, 3},
+		{"revoked: halt, keep it", k.AppendRefused(nil, 1, V2RefRevoked, tags[1]), Halt, 3},
+		{"downgrade: halt, keep it", k.AppendRefused(nil, 1, V2RefDowngrade, tags[1]), Halt, 3},
+		{"a code this device does not know: halt, keep it", k.AppendRefused(nil, 1, 99, tags[1]), Halt, 3},
+		{"tampered again: drop it", k.AppendRefused(nil, 1, V2RefTampered, tags[1]), Dropped, 2},
+		{"invalid: drop it", k.AppendRefused(nil, 4, V2RefInvalid, tags[4]), Dropped, 1},
+		{"replayed: drop it", k.AppendRefused(nil, 2, V2RefReplayed, tags[2]), Dropped, 0},
 	}
 	for _, s := range steps {
 		if got := o.Settle(k, reply(s.reply)); got != s.want || o.Len() != s.left {

@@ -114,6 +114,24 @@ func (r *Reading) Validate() error {
 	return r.validate(all)
 }
 
+// ValidateWith is Validate for a reading with sensor states s: a value
+// whose sensor is not SensorOK must be empty (absent), every other one a
+// finite decimal.
+func (r *Reading) ValidateWith(s *SensorStates) error {
+	for f := range NumFields {
+		if s.Absent(f) {
+			if r[f] != "" {
+				return fmt.Errorf("%w: %s is %q, but its sensor is %s", ErrBadValue, f.Name(), r[f], s.Of(f))
+			}
+			continue
+		}
+		if !IsDecimal(r[f]) {
+			return fmt.Errorf("%w: %s", ErrBadValue, f.Name())
+		}
+	}
+	return nil
+}
+
 // Float returns field f as a number. It is only meaningful on a validated reading.
 func (r *Reading) Float(f Field) float64 {
 	v, _ := strconv.ParseFloat(r[f], 64)

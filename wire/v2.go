@@ -429,7 +429,10 @@ type V2Payload struct {
 	// Time is the device's clock when it took the reading, Unix milliseconds.
 	Time int64
 	// Values are the reading's values, as the field table defines them.
+	// A value whose sensor is not SensorOK travels as 0 and is absent.
 	Values V2Values
+	// Sensors are the states of the sensors behind the values.
+	Sensors SensorStates
 	// Pulse optionally carries pulse/ECG samples taken since the previous frame.
 	Pulse *PulseCodes
 }
@@ -447,14 +450,26 @@ type V2Values struct {
 	TempMpu  float64 `json:"TempMpu"`
 }
 
+// Fields are v's values indexed by Field: the one place the struct's
+// fields meet the field table (a test holds each to its row's Name).
+func (v *V2Values) Fields() [NumFields]*float64 {
+	return [...]*float64{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu}
+}
+
 // Array returns the values indexed by Field.
-func (v V2Values) Array() [NumFields]float64 {
-	return [NumFields]float64{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
+func (v V2Values) Array() (a [NumFields]float64) {
+	for f, p := range v.Fields() {
+		a[f] = *p
+	}
+	return a
 }
 
 // ValuesOf returns the values indexed by Field as V2Values.
-func ValuesOf(a [NumFields]float64) V2Values {
-	return V2Values{a[Temp], a[TempMcu], a[PulseSig], a[AcelX], a[AcelY], a[AcelZ], a[TempMpu]}
+func ValuesOf(a [NumFields]float64) (v V2Values) {
+	for f, p := range v.Fields() {
+		*p = a[f]
+	}
+	return v
 }
 
 // Pulse samples travel as the ADC's 12-bit codes.
@@ -521,8 +536,8 @@ type PulseBatch struct {
 }
 
 // The v2 payload's fixed part: time (8), value count (1), then 4 bytes per
-// value and a 2-byte pulse sample count.
-const v2PayloadFixed = 8 + 1 + 2
+// value, the sensor count (1) and packed states, and a 2-byte pulse sample count.
+const v2PayloadFixed = 8 + 1 + 1 + 2
 
 // ErrV2Payload marks a DATA payload that is not a valid reading.
 var ErrV2Payload = errors.New("wire: v2 payload")
@@ -534,12 +549,17 @@ func AppendV2Payload(dst []byte, p *V2Payload) ([]byte, error) {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(p.Time))
 	dst = append(dst, byte(NumFields))
 	for f, v := range p.Values.Array() {
+		if p.Sensors.Absent(Field(f)) {
+			// Not a measurement: a placeholder 0, whatever the caller held.
+			v = 0
+		}
 		x := math.Round(v * Fields[f].Scale)
 		if !(x >= math.MinInt32 && x <= math.MaxInt32) {
 			return dst, fmt.Errorf("%w: %s = %v does not fit its fixed-point field", ErrV2Payload, Fields[f].Name, v)
 		}
 		dst = binary.BigEndian.AppendUint32(dst, uint32(int32(x)))
 	}
+	dst = appendSensorStates(dst, &p.Sensors)
 	if p.Pulse == nil || len(p.Pulse.Codes) == 0 {
 		return binary.BigEndian.AppendUint16(dst, 0), nil
 	}
@@ -555,6 +575,21 @@ func AppendV2Payload(dst []byte, p *V2Payload) ([]byte, error) {
 	dst = binary.BigEndian.AppendUint16(dst, pc.Rate)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(int32(off)))
 	return appendCodes(dst, pc.Codes), nil
+}
+
+// appendSensorStates writes the sensor count, then the states two bits
+// each, the first sensor in the top bits of the first byte, unused bits 0.
+func appendSensorStates(dst []byte, s *SensorStates) []byte {
+	dst = append(dst, byte(NumSensors))
+	var b byte
+	for i, st := range s {
+		b |= byte(st&3) << (6 - 2*(i%4))
+		if i%4 == 3 || i == len(s)-1 {
+			dst = append(dst, b)
+			b = 0
+		}
+	}
+	return dst
 }
 
 // appendCodes packs 12-bit codes two to three bytes, most significant
@@ -590,15 +625,40 @@ func ParseV2Payload(b []byte) (V2Payload, error) {
 		return p, fmt.Errorf("%w: %w: %d values, want %d", ErrV2Payload, ErrMissingField, n, NumFields)
 	}
 	i := 9
-	if len(b) < i+4*n+2 {
+	if len(b) < i+4*n+1 {
 		return p, fmt.Errorf("%w: %d bytes for %d values", ErrV2Payload, len(b), n)
+	}
+	i += 4 * n
+	ns := int(b[i])
+	if ns < int(NumSensors) {
+		return p, fmt.Errorf("%w: %w: %d sensor states, want %d", ErrV2Payload, ErrMissingField, ns, NumSensors)
+	}
+	sb := sensorStateBytes(ns)
+	if len(b) < i+1+sb+2 {
+		return p, fmt.Errorf("%w: %d bytes for %d values and %d sensor states", ErrV2Payload, len(b), n, ns)
+	}
+	for k := range ns {
+		st := SensorState(b[i+1+k/4] >> (6 - 2*(k%4)) & 3)
+		if k < int(NumSensors) {
+			p.Sensors[k] = st
+		}
+	}
+	if pad := (4 - ns%4) % 4; pad > 0 && b[i+sb]&(1<<(2*pad)-1) != 0 {
+		return p, fmt.Errorf("%w: sensor state padding is not zero", ErrV2Payload)
 	}
 	var vals [NumFields]float64
 	for f := range NumFields {
-		vals[f] = float64(int32(binary.BigEndian.Uint32(b[i+4*int(f):]))) / Fields[f].Scale
+		x := int32(binary.BigEndian.Uint32(b[9+4*int(f):]))
+		if p.Sensors.Absent(f) {
+			if x != 0 {
+				return p, fmt.Errorf("%w: %s is absent (%s sensor %s) but not 0", ErrV2Payload, f.Name(), Fields[f].Sensor, p.Sensors.Of(f))
+			}
+			continue
+		}
+		vals[f] = float64(x) / Fields[f].Scale
 	}
 	p.Values = ValuesOf(vals)
-	i += 4 * n
+	i += 1 + sb
 	count := int(binary.BigEndian.Uint16(b[i:]))
 	i += 2
 	if count == 0 {
@@ -642,6 +702,19 @@ func (v V2Values) Reading() Reading {
 	var r Reading
 	for f, x := range v.Array() {
 		r[f] = Field(f).Format(x)
+	}
+	return r
+}
+
+// Reading formats the values as legacy devices do, and an absent value
+// (its sensor not SensorOK) as "": never a placeholder 0 that reads like
+// a measurement.
+func (p *V2Payload) Reading() Reading {
+	r := p.Values.Reading()
+	for f := range NumFields {
+		if p.Sensors.Absent(f) {
+			r[f] = ""
+		}
 	}
 	return r
 }

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"math"
 	"os"
+	"reflect"
 	"testing"
 )
 
@@ -19,6 +20,11 @@ var v2Device = Device{ID: "iot_med_dev_01", Key: [16]byte([]byte("12345678901234
 
 // v2Sample is the reading of the first test vector.
 var v2Sample = V2Payload{Time: 1764000000123, Values: V2Values{36.6, 23.7, 1.735, 0, -0.02, 0.98, 23.4}}
+
+// v2Missing is the third test vector's reading: the DS18B20 does not
+// answer, so Temp travels as a placeholder 0 and reads as absent.
+var v2Missing = V2Payload{Time: 1764000000223, Values: V2Values{0, 23.7, 1.745, 0.01, -0.02, 0.98, 23.4},
+	Sensors: SensorStates{TempSensor: SensorMissing}}
 
 // v2SamplePayload is v2Sample encoded.
 var v2SamplePayload = mustPayload(&v2Sample)
@@ -61,7 +67,11 @@ func makeV2Vectors(t *testing.T) []v2Vector {
 		name string
 		p    *V2Payload
 		seq  uint64
-	}{{"reading", &v2Sample, V2Seq(7, 1)}, {"reading with pulse batch", &withPulse, V2Seq(7, 2)}} {
+	}{
+		{"reading", &v2Sample, V2Seq(7, 1)},
+		{"reading with pulse batch", &withPulse, V2Seq(7, 2)},
+		{"temperature sensor missing", &v2Missing, V2Seq(7, 3)},
+	} {
 		payload := mustPayload(c.p)
 		frame, err := k.SealData(nil, c.seq, payload)
 		if err != nil {
@@ -72,7 +82,7 @@ func makeV2Vectors(t *testing.T) []v2Vector {
 			t.Fatal(err)
 		}
 		nonce := k.Nonce(c.seq)
-		r := c.p.Values.Reading()
+		r := c.p.Reading()
 		out = append(out, v2Vector{
 			Name: c.name, Device: v2Device.ID, Key: string(v2Device.Key[:]), IV: string(v2Device.IV[:]),
 			AEADKey: hex.EncodeToString(km.AEAD[:]), ACKKey: hex.EncodeToString(km.ACK[:]),
@@ -130,7 +140,7 @@ func TestV2Vectors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("vector %q: payload %v", v.Name, err)
 		}
-		if r := p.Values.Reading(); string(r.AppendJSON(nil)) != v.Reading {
+		if r := p.Reading(); string(r.AppendJSON(nil)) != v.Reading {
 			t.Errorf("vector %q: reading %s", v.Name, r.AppendJSON(nil))
 		}
 		for _, reply := range []string{v.Ack, v.Refused} {
@@ -324,10 +334,12 @@ func TestV2PayloadRoundTrip(t *testing.T) {
 		p    V2Payload
 		size int
 	}{
-		{"values", v2Sample, 8 + 1 + 28 + 2},
-		{"odd pulse", V2Payload{Time: 5, Values: V2Values{-1.5, 2, 3, 4, 5, 6, 7}, Pulse: &PulseCodes{Rate: 250, Start: 1, Codes: []uint16{0, 4095, 2048}}}, 39 + 6 + 5},
-		{"even pulse", V2Payload{Time: 5, Pulse: &PulseCodes{Rate: 10000, Start: 9, Codes: []uint16{1, 2, 3, 4}}}, 39 + 6 + 6},
-		{"empty pulse", V2Payload{Time: 5, Pulse: &PulseCodes{Rate: 250, Start: 1}}, 39},
+		{"values", v2Sample, 8 + 1 + 28 + 2 + 2},
+		{"odd pulse", V2Payload{Time: 5, Values: V2Values{-1.5, 2, 3, 4, 5, 6, 7}, Pulse: &PulseCodes{Rate: 250, Start: 1, Codes: []uint16{0, 4095, 2048}}}, 41 + 6 + 5},
+		{"even pulse", V2Payload{Time: 5, Pulse: &PulseCodes{Rate: 10000, Start: 9, Codes: []uint16{1, 2, 3, 4}}}, 41 + 6 + 6},
+		{"empty pulse", V2Payload{Time: 5, Pulse: &PulseCodes{Rate: 250, Start: 1}}, 41},
+		{"sensors", V2Payload{Time: 5, Values: V2Values{PulseSig: 1.5, TempMcu: 20}, Sensors: SensorStates{SensorMissing, SensorOK, SensorOK, SensorError}}, 41},
+		{"starting", V2Payload{Time: 5, Values: V2Values{Temp: 36}, Sensors: SensorStates{SensorOK, SensorOK, SensorStarting, SensorOK}}, 41},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,7 +354,7 @@ func TestV2PayloadRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if back.Time != tt.p.Time || back.Values != tt.p.Values {
+			if back.Time != tt.p.Time || back.Values != tt.p.Values || back.Sensors != tt.p.Sensors {
 				t.Errorf("read back %+v", back)
 			}
 			if tt.p.Pulse != nil && len(tt.p.Pulse.Codes) > 0 {
@@ -454,16 +466,17 @@ func FuzzParseV2(f *testing.F) {
 func FuzzParseV2Payload(f *testing.F) {
 	f.Add(v2SamplePayload)
 	f.Add(mustPayload(&V2Payload{Time: 1, Pulse: &PulseCodes{Rate: 250, Start: 0, Codes: []uint16{1, 2, 3}}}))
+	f.Add(mustPayload(&V2Payload{Time: 1, Sensors: SensorStates{SensorMissing, SensorOK, SensorStarting, SensorError}}))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		p, err := ParseV2Payload(in)
 		if err != nil {
 			return
 		}
-		if r := p.Values.Reading(); r.Validate() != nil {
+		if r := p.Reading(); r.ValidateWith(&p.Sensors) != nil {
 			t.Fatalf("valid payload gives invalid reading %v", r)
 		}
-		if in[8] != byte(NumFields) {
-			return // extra values of a newer device are not written back
+		if in[8] != byte(NumFields) || in[9+4*int(NumFields)] != byte(NumSensors) {
+			return // extra values or sensors of a newer device are not written back
 		}
 		out, err := AppendV2Payload(nil, &p)
 		if err != nil || !bytes.Equal(out, in) {
@@ -490,4 +503,82 @@ func FuzzV2Replies(f *testing.F) {
 			}
 		})
 	})
+}
+
+// TestV2SensorStates: the states are packed two bits a sensor, an absent
+// value reads as "" (never a 0 that reads like a measurement), and a
+// payload whose absent value is not 0, or with fewer sensors than the
+// table, is refused.
+func TestV2SensorStates(t *testing.T) {
+	b := mustPayload(&v2Missing)
+	at := 9 + 4*int(NumFields)
+	if b[at] != byte(NumSensors) || b[at+1] != byte(SensorMissing)<<6 {
+		t.Fatalf("states written as % x", b[at:at+2])
+	}
+	p, err := ParseV2Payload(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Reading()
+	if r[Temp] != "" || r[TempMcu] != "23.700" || p.Sensors.Of(Temp) != SensorMissing || !p.Sensors.Absent(Temp) || p.Sensors.Absent(AcelX) {
+		t.Fatalf("reading %q, states %v", r, p.Sensors)
+	}
+	if err := r.ValidateWith(&p.Sensors); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Validate(); err == nil {
+		t.Fatal("an absent value validates as a measurement")
+	}
+	if j := string(p.Sensors.AppendJSON(nil)); j != `{"temperature":"missing","mcu":"ok","pulse":"ok","motion":"ok"}` {
+		t.Fatalf("JSON %s", j)
+	}
+	var back SensorStates
+	if err := back.UnmarshalJSON(p.Sensors.AppendJSON(nil)); err != nil || back != p.Sensors {
+		t.Fatalf("JSON round trip %v %v", back, err)
+	}
+	// A stale value written under a missing sensor goes out as 0.
+	stale := v2Missing
+	stale.Values.Temp = 36.6
+	if !bytes.Equal(mustPayload(&stale), b) {
+		t.Fatal("a missing sensor's stale value was sent")
+	}
+	for name, mutate := range map[string]func(b []byte){
+		"absent value not 0":  func(b []byte) { b[12] = 1 },
+		"three sensors":       func(b []byte) { b[at] = 3 },
+		"padding bits set":    func(b []byte) { b[at] = 5; b[at+2] |= 1 },
+		"state bytes cut off": nil,
+	} {
+		bad := bytes.Clone(b)
+		if mutate == nil {
+			bad = bad[:at+1]
+		} else {
+			mutate(bad)
+		}
+		if _, err := ParseV2Payload(bad); !errors.Is(err, ErrV2Payload) {
+			t.Errorf("%s: got %v, want it refused", name, err)
+		}
+	}
+}
+
+// TestV2ValuesFollowTheFieldTable: V2Values.Fields gives field f the struct
+// field whose JSON key is Fields[f].Name, one struct field a row.
+func TestV2ValuesFollowTheFieldTable(t *testing.T) {
+	var v V2Values
+	for f, p := range v.Fields() {
+		*p = float64(f + 1)
+	}
+	rv := reflect.ValueOf(v)
+	if rv.NumField() != int(NumFields) {
+		t.Fatalf("V2Values has %d fields, the table %d rows", rv.NumField(), NumFields)
+	}
+	for i := range rv.NumField() {
+		tag := rv.Type().Field(i).Tag.Get("json")
+		f := Field(rv.Field(i).Float() - 1)
+		if f >= NumFields || Fields[f].Name != tag {
+			t.Errorf("V2Values.%s (JSON %q) is row %d", rv.Type().Field(i).Name, tag, f)
+		}
+	}
+	if a := ValuesOf(v.Array()); a != v {
+		t.Errorf("ValuesOf(Array()) = %+v, want %+v", a, v)
+	}
 }

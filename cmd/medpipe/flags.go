@@ -59,7 +59,7 @@ var flagGroups = []flagGroup{
 	{title: "Device keys", names: []string{"keys", "archive-key-file"}},
 	{title: "MQTT", names: []string{"sink", "mqtt", "prefix", "qos", "retain", "json-only", "json-topic", "address-every"}, prefixes: []string{"mqtt-"}},
 	{title: "Webhook sink", prefixes: []string{"webhook-"}},
-	{title: "Simulated devices", names: []string{"simulate", "rate", "variant", "protocol", "devices", "server", "mix", "id", "seed", "count", "duration", "ramp", "fever-per-hour", "interactive", "json", "keys-out"}},
+	{title: "Simulated devices", names: []string{"simulate", "rate", "variant", "protocol", "devices", "server", "mix", "id", "seed", "count", "duration", "ramp", "fever-per-hour", "missing-sensor", "interactive", "json", "keys-out"}},
 }
 
 // Titles of the groups outside flagGroups.

@@ -52,7 +52,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	nf.role = bus.RoleAdmin
 	fs.Uint64Var(&auditFrom, "from", 0, "audit: first entry (sequence number) to show")
 	fs.IntVar(&auditLimit, "limit", 0, "audit: most entries to show (0: all)")
-	fs.IntVar(&replicas, "replicas", 1, "replicas of the registry bucket when it is created")
+	fs.IntVar(&replicas, "replicas", bus.DefaultReplicas, "replicas of the registry bucket when it is created")
 	fs.BoolVar(&showSecrets, "show-secrets", false, "list: include keys and IVs")
 	fs.StringVar(&configOut, "config-out", "", "add/rotate: write the device's keys line to this file (mode 0600) instead of printing it")
 	fs.StringVar(&fwConfig, "firmware-config", "", "add: write the device's firmware factory block to this file (mode 0600; .uf2 or raw)")

@@ -9,10 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/ops"
 	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/stage"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -37,16 +40,17 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		jsonOut     bool
 		statusEvery time.Duration
 		fever       float64
+		missing     string
 	)
 	common.register(fs, "")
-	fs.StringVar(&server, "server", "127.0.0.1:9998", "ingest edge address host:port")
+	fs.StringVar(&server, "server", stage.LoopbackAddr(ingest.DefaultListen), "ingest edge address host:port")
 	fs.StringVar(&keys, "keys", "", "keys file of the fleet; created with --devices new devices when missing (give the same file to decrypt or keys import)")
 	fs.StringVar(&keysOut, "keys-out", "", "generate a new fleet of --devices devices and write its keys file here (mode 0600; must not exist)")
 	fs.IntVar(&devices, "devices", 10, "number of devices")
-	fs.StringVar(&variant, "variant", "mixed", "legacy variant: pico, pseudo or mixed")
-	fs.StringVar(&protocol, "protocol", "legacy", "protocol: legacy, v2 or mixed (every third device v2)")
+	fs.StringVar(&variant, "variant", simulator.DefaultVariant, "legacy variant: pico, pseudo or mixed")
+	fs.StringVar(&protocol, "protocol", simulator.DefaultProtocol, "protocol: legacy, v2 or mixed (every third device v2)")
 	fs.StringVar(&mix, "mix", "", "shares of device kinds, e.g. pico=40,pseudo=10,v2=50 (overrides --protocol and --variant)")
-	fs.Float64Var(&rate, "rate", 20, "readings per second per device")
+	fs.Float64Var(&rate, "rate", simulator.DefaultRate, "readings per second per device")
 	fs.DurationVar(&duration, "duration", 0, "stop after this long (0: until interrupted)")
 	fs.IntVar(&count, "count", 0, "stop each device after this many readings (0: no limit)")
 	fs.DurationVar(&ramp, "ramp", 0, "spread connection starts over this long (0: the simulator's default)")
@@ -55,7 +59,8 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&id, "id", "", "the interactive device's id in --keys")
 	fs.BoolVar(&jsonOut, "json", false, "print the summary at exit as JSON")
 	fs.Float64Var(&fever, "fever-per-hour", 0, "each device's chance per hour of a fever episode (+1.5-2.5 °C for about three hours)")
-	fs.DurationVar(&statusEvery, "status-every", 5*time.Second, "progress line interval (0: off)")
+	fs.StringVar(&missing, "missing-sensor", "", "v2 devices report these sensors missing and send their values absent, comma-separated: temperature, mcu, pulse, motion")
+	fs.DurationVar(&statusEvery, "status-every", stage.DefaultStatusEvery, "progress line interval (0: off)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -89,6 +94,9 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	opts := simulator.Options{Server: server, Devices: sims, Rate: rate, Duration: duration, Count: count, Ramp: ramp, Seed: seed, FeverPerHour: fever, Log: log, Epoch: epoch}
+	if opts.Sensors, err = missingSensors(missing); err != nil {
+		return fmt.Errorf("--missing-sensor: %w", err)
+	}
 	var menu *simulator.Interactive
 	if interactive {
 		menu = simulator.NewInteractive()
@@ -181,4 +189,20 @@ func simulateStatus(ctx context.Context, log *slog.Logger, f *simulator.Fleet, e
 			prev = st.Sent
 		}
 	}
+}
+
+// missingSensors parses --missing-sensor: sensor names, each reported missing.
+func missingSensors(list string) (wire.SensorStates, error) {
+	var st wire.SensorStates
+	for name := range strings.SplitSeq(list, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		s, ok := wire.SensorByName(name)
+		if !ok {
+			return st, fmt.Errorf("unknown sensor %q (want temperature, mcu, pulse or motion)", name)
+		}
+		st[s] = wire.SensorMissing
+	}
+	return st, nil
 }

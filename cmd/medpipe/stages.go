@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
@@ -49,13 +51,13 @@ type ingestFlags struct {
 }
 
 func (f *ingestFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.listen, "listen", ":9998", "address devices connect to")
-	fs.IntVar(&f.maxConns, "max-conns", 20000, "most device connections at once; more are closed on arrival")
-	fs.StringVar(&f.tlsListen, "tls-listen", ":9997", "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
+	fs.StringVar(&f.listen, "listen", ingest.DefaultListen, "address devices connect to")
+	fs.IntVar(&f.maxConns, "max-conns", ingest.DefaultMaxConns, "most device connections at once; more are closed on arrival")
+	fs.StringVar(&f.tlsListen, "tls-listen", ingest.DefaultTLSListen, "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
 	registerTLS(fs, &f.tls, "tls", "PEM CA bundle: devices on the TLS port must present a certificate it signs (mutual TLS)", "PEM certificate of the TLS device port")
 	fs.IntVar(&f.maxConnsIP, "max-conns-per-ip", 0, "most device connections at once from one remote address (0: no bound; devices behind one NAT share an address)")
-	fs.Float64Var(&f.maxRate, "max-frame-rate", 100, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
-	fs.IntVar(&f.maxBad, "max-bad-frames", 10, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
+	fs.Float64Var(&f.maxRate, "max-frame-rate", ingest.DefaultMaxFrameRate, "most frames per second read from one connection; a faster device is slowed (not read), not cut off (-1: no bound)")
+	fs.IntVar(&f.maxBad, "max-bad-frames", ingest.DefaultMaxBadFrames, "close a connection once decrypt has dead-lettered this many of its frames (unknown key, tampered…; -1: never)")
 	fs.IntVar(&f.maxFrame, "max-frame", wire.DefaultMaxFrame, "largest v2 frame in bytes; a longer one closes the connection")
 	fs.IntVar(&f.maxBlocks, "max-legacy-blocks", wire.DefaultMaxBlocks, "most blocks in a legacy frame (default: the longest reading a device writes); a longer one closes the connection")
 	fs.IntVar(&f.maxPreFrameIP, "max-preframe-per-ip", ingest.DefaultMaxPreFramePerIP, "most connections from one address that have not yet sent a valid frame; connections that did send one do not count, so devices behind one NAT keep working (-1: no bound)")
@@ -66,9 +68,9 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.penalty, "penalty", ingest.DefaultPenalty, "refuse new connections from an address for this long once it was cut for abuse --penalty-strikes times within about as long (-1s: never)")
 	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
-	fs.IntVar(&f.maxPending, "ingest-in-flight", 2048, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
+	fs.IntVar(&f.maxPending, "ingest-in-flight", ingest.DefaultMaxPendingFrames, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", 2*time.Minute, "close a device connection silent for this long")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", ingest.DefaultIdleTimeout, "close a device connection silent for this long")
 }
 
 func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ ingest.Options, err error) {
@@ -178,7 +180,7 @@ func (f *publishFlags) register(fs *flag.FlagSet, defaultMQTT string) {
 	registerTLS(fs, &f.tls, "mqtt", "PEM CA bundle that signs the broker's certificate (for ssl:// URLs; system roots otherwise)", "PEM client certificate for the broker (mutual TLS)")
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client id (default: medpipe-publish-<random>)")
 	fs.StringVar(&f.prefix, "prefix", publish.DefaultPrefix, "first level of every MQTT topic")
-	fs.IntVar(&f.qos, "qos", 1, "MQTT QoS of published messages: 0, 1 or 2")
+	fs.IntVar(&f.qos, "qos", publish.DefaultQoS, "MQTT QoS of published messages: 0, 1 or 2")
 	fs.BoolVar(&f.retain, "retain", false, "publish with the retained flag")
 	fs.BoolVar(&f.jsonTopic, "json-topic", false, "also publish each reading as one JSON message on <prefix>/<id>/reading")
 	fs.BoolVar(&f.jsonOnly, "json-only", false, "publish each reading only as the JSON message on <prefix>/<id>/reading (1 MQTT message per reading instead of 7+)")
@@ -239,24 +241,52 @@ func (f *publishFlags) destination() string {
 	return "mqtt " + bus.RedactURLs(f.mqtt)
 }
 
+// The ops endpoints of the separate stages, one port each so that they can
+// share a machine (medpipe healthcheck asks ingest's unless told otherwise).
+const (
+	ingestHTTP  = ":9101"
+	decryptHTTP = ":9102"
+	publishHTTP = ":9103"
+)
+
+// stageFlags are the flags every separate stage has: the ops endpoint, logs
+// and its NATS connection as its role.
+type stageFlags struct {
+	common commonFlags
+	nf     natsFlags
+}
+
+func (s *stageFlags) register(fs *flag.FlagSet, http string, role bus.Role) {
+	s.common.register(fs, http)
+	s.nf.register(fs)
+	s.nf.role = role
+}
+
+// process parses args and starts the stage bootstrap; the caller closes it.
+func (s *stageFlags) process(fs *flag.FlagSet, args []string, stderr io.Writer) (*stage.Process, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	return s.common.process(stderr)
+}
+
+// connect connects p as the stage's role and verifies the streams.
+func (s *stageFlags) connect(ctx context.Context, p *stage.Process, name string) (*nats.Conn, jetstream.JetStream, int, error) {
+	return p.ConnectStreams(ctx, s.nf.conn(name, p.Log()), s.nf.givenStreams())
+}
+
 func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("ingest", "The TCP edge: frames legacy device streams and stores them, still encrypted, in JetStream RAW.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var inf ingestFlags
-	common.register(fs, ":9101")
-	nf.register(fs)
-	nf.role = bus.RoleIngest
+	sf.register(fs, ingestHTTP, bus.RoleIngest)
 	inf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-ingest")
 	if err != nil {
 		return err
 	}
@@ -274,17 +304,11 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("decrypt", "Decrypt workers: identify each frame's device, decrypt and validate it, publish the reading to READINGS.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var df decryptFlags
-	common.register(fs, ":9102")
-	nf.register(fs)
-	nf.role = bus.RoleDecrypt
+	sf.register(fs, decryptHTTP, bus.RoleDecrypt)
 	df.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -295,7 +319,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-decrypt")
 	if err != nil {
 		return err
 	}
@@ -303,16 +327,17 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	keySource := "file " + df.keys
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
+	replicas := sf.nf.streams.Replicas
 	if df.keys == "" {
-		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
 	}
-	if opts.Conns, err = bus.OpenConnStore(rctx, js, nf.streams.Replicas); err != nil {
+	if opts.Conns, err = bus.OpenConnStore(rctx, js, replicas); err != nil {
 		return err
 	}
-	if opts.Seqs, err = bus.OpenSeqStore(rctx, js, nf.streams.Replicas); err != nil {
+	if opts.Seqs, err = bus.OpenSeqStore(rctx, js, replicas); err != nil {
 		return err
 	}
 	w, err := decrypt.New(js, opts)
@@ -326,22 +351,16 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("publish", "The MQTT bridge: republishes READINGS into the MQTT topics dashboards subscribe to.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var pf publishFlags
-	common.register(fs, ":9103")
-	nf.register(fs)
-	nf.role = bus.RolePublish
+	sf.register(fs, publishHTTP, bus.RolePublish)
 	pf.register(fs, publish.DefaultMQTTURL)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-publish")
 	if err != nil {
 		return err
 	}

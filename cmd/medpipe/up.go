@@ -12,6 +12,7 @@ import (
 	"github.com/medpipe/medpipe/ops"
 	"github.com/medpipe/medpipe/pipeline"
 	"github.com/medpipe/medpipe/simulator"
+	"github.com/medpipe/medpipe/stage"
 )
 
 // upPortFlags names the flag that moves each embedded listener.
@@ -40,9 +41,9 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pf.register(fs, "")
 	fs.IntVar(&o.Simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
 	fs.Float64Var(&o.Rate, "rate", simulator.DefaultRate, "readings per second of each simulated device")
-	fs.StringVar(&o.Variant, "variant", pipeline.DefaultVariant, "legacy variant of simulated devices: pico, pseudo or mixed")
+	fs.StringVar(&o.Variant, "variant", simulator.DefaultVariant, "legacy variant of simulated devices: pico, pseudo or mixed")
 	fs.StringVar(&o.Protocol, "protocol", pipeline.DefaultProtocol, "protocol of simulated devices: legacy, v2 or mixed (every third device v2)")
-	fs.DurationVar(&o.StatusEvery, "status-every", pipeline.DefaultStatusEvery, "status line interval (0: off)")
+	fs.DurationVar(&o.StatusEvery, "status-every", stage.DefaultStatusEvery, "status line interval (0: off)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

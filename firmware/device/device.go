@@ -99,8 +99,15 @@ type Device struct {
 	sampler atomic.Pointer[sampler] // working mode's pulse sampler
 	due     atomic.Int64            // when the main loop must check in again (Unix ns)
 	sensors atomic.Uint32           // working mode's Sensors, packed
+	halted  atomic.Bool             // a verified refusal stopped sending (see Halted)
 	Stats   Stats
 }
+
+// Halted reports whether the pipeline refused this device's frames in a
+// way that stops it sending until reprovisioned (its key revoked, or it is
+// pinned to another protocol): it keeps its readings, sends one as a probe
+// now and then, and resumes when the probe is acknowledged.
+func (d *Device) Halted() bool { return d.halted.Load() }
 
 // Main loop check-ins: a loop that does not check in within aliveFor (the
 // longest step, joining Wi-Fi, takes 20 s) stops the watchdog's feeding,
@@ -158,6 +165,12 @@ type Stats struct {
 	// PulseSamples counts pulse samples taken, PulseMissed the sampler's
 	// ticks that came too late to be taken (as of the last reading).
 	PulseSamples, PulseMissed uint64
+	// The pipeline's verified refusals (PROTOCOL.md): Replayed frames were
+	// sealed again under a new boot epoch; Invalid (a firmware bug) and
+	// Tampered (altered on the way twice) frames were dropped; Halts counts
+	// refusals that stopped sending (key revoked, protocol pinned).
+	// EdgeErrors counts the edge's unauthenticated ERROR frames.
+	Replayed, Invalid, Tampered, Halts, EdgeErrors uint64
 }
 
 // New prepares the firmware on b.

@@ -6,37 +6,35 @@ import (
 
 	"github.com/medpipe/medpipe/firmware/onewire"
 	"github.com/medpipe/medpipe/firmware/sensors"
+	"github.com/medpipe/medpipe/wire"
 )
 
-// SensorState is what the device knows of one sensor.
-type SensorState byte
+// SensorState is what the device knows of one sensor: the protocol's
+// state, which v2 frames carry (wire.SensorState).
+type SensorState = wire.SensorState
 
 // Sensor states. Only SensorOK values are measurements: in any other state
 // the value is absent, never a 0 that reads like one.
 const (
-	SensorOK       SensorState = iota
-	SensorStarting             // answers, no value yet (a DS18B20 before its first conversion)
-	SensorMissing              // does not answer (unplugged, broken wire): retried every sensorRetry
-	SensorFaulty               // answers, but not as expected or its readings fail their checks
+	SensorOK       = wire.SensorOK
+	SensorStarting = wire.SensorStarting // answers, no value yet (a DS18B20 before its first conversion)
+	SensorMissing  = wire.SensorMissing  // does not answer (unplugged, broken wire): retried every sensorRetry
+	SensorFaulty   = wire.SensorError    // answers, but not as expected or its readings fail their checks
 )
-
-func (s SensorState) String() string {
-	switch s {
-	case SensorOK:
-		return "ok"
-	case SensorStarting:
-		return "starting"
-	case SensorMissing:
-		return "missing"
-	}
-	return "faulty"
-}
 
 // Sensors is the state of the sensors that can fail on their own (the pulse
 // sensor and the RP2040's diode are read by the chip's ADC).
 type Sensors struct {
 	Temp   SensorState // DS18B20 body temperature
 	Motion SensorState // MPU6050 accelerometer (and its temperature)
+}
+
+// Wire returns the states as a v2 frame carries them. The pulse sensor and
+// the chip's diode are read by the RP2040's own ADC: always there.
+func (s Sensors) Wire() wire.SensorStates {
+	var w wire.SensorStates
+	w[wire.TempSensor], w[wire.MotionSensor] = s.Temp, s.Motion
+	return w
 }
 
 // Sensor retry and failure limits.

@@ -60,7 +60,17 @@ type worker struct {
 	clockOffset time.Duration // SNTP time minus Board.Clock
 	clockSet    bool
 	nextClock   time.Time // when to read the module's clock again
+
+	halted     bool      // a verified refusal stopped sending (Device.Halted)
+	nextProbe  time.Time // when a halted device sends its oldest frame again
+	errBackoff time.Duration
+	retry      []uint64 // frames the edge could not store (ERROR 3), resent at retryAt
+	retryAt    time.Time
 }
+
+// haltProbe is how often a halted device sends one frame to learn whether
+// it may send again (an operator restored its key).
+const haltProbe = time.Minute
 
 // Clock resync intervals: until the module has the time, and after.
 const (
@@ -131,7 +141,7 @@ func (w *worker) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case r := <-w.acks:
-			w.settle(&r)
+			w.settle(ctx, &r)
 		case <-readingTick.C:
 			d.alive()
 			w.syncClock(ctx)
@@ -243,7 +253,9 @@ func (w *worker) reading(ctx context.Context) error {
 			w.seq = uint64(epoch) << 32
 		}
 		w.seq++
-		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals}
+		// The states say which values are measurements: a missing
+		// DS18B20's temperature travels as absent, never as 0 °C.
+		p := wire.V2Payload{Time: w.now().UnixMilli(), Values: vals, Sensors: w.sensors.state.Wire()}
 		var start time.Time
 		w.samples, start = w.pulse.take(w.samples[:0])
 		if len(w.samples) > 0 {
@@ -266,6 +278,13 @@ func (w *worker) reading(ctx context.Context) error {
 		}
 		d.Stats.Dropped += uint64(w.outbox.Add(w.seq, f))
 		frame = f
+		if w.halted {
+			// Kept, not sent (the oldest dropped when the outbox is full);
+			// now and then the oldest goes out as a probe.
+			w.probe(ctx)
+			return nil
+		}
+		w.resendRetries(ctx)
 	} else {
 		w.samples, _ = w.pulse.take(w.samples[:0]) // legacy carries the last value only
 		r := vals.Reading()
@@ -310,8 +329,12 @@ func (w *worker) connected(ctx context.Context) bool {
 	w.link, w.backoff = l, 0
 	if w.v2 != nil {
 		go readAcks(l, w.acks)
+		frames := w.outbox.Frames()
+		if w.halted && len(frames) > 1 {
+			frames = frames[:1] // a probe only
+		}
 		// Resend, in order and byte-identical, what the edge has not acknowledged.
-		for _, f := range w.outbox.Frames() {
+		for _, f := range frames {
 			if _, err := l.WriteContext(ctx, f); err != nil {
 				w.lost(err)
 				return false
@@ -337,7 +360,7 @@ func (w *worker) flush(ctx context.Context) error {
 	for w.v2 != nil && w.outbox.Len() > 0 {
 		select {
 		case r := <-w.acks:
-			w.settle(&r)
+			w.settle(ctx, &r)
 		case <-deadline:
 			return fmt.Errorf("device: %d frames unacknowledged", w.outbox.Len())
 		case <-ctx.Done():
@@ -347,25 +370,193 @@ func (w *worker) flush(ctx context.Context) error {
 	return nil
 }
 
-// settle applies a reply from the pipeline: a frame leaves the outbox only
-// on an ACK (or a final refusal) whose MAC verifies for exactly that frame.
-func (w *worker) settle(r *wire.V2Frame) {
-	switch w.outbox.Settle(w.v2, r) {
-	case wire.Acked:
-		w.d.Stats.Acked++
-	case wire.Dropped:
-		w.d.Stats.Dropped++
-		w.d.log("frame %d refused by the pipeline (code %d)", r.Seq, r.Code)
+// settle applies a reply from the pipeline (PROTOCOL.md, the table of
+// codes): a frame leaves the outbox only on an ACK (or a final refusal)
+// whose MAC verifies for exactly that frame; the edge's ERROR frames are
+// not authenticated and drop nothing.
+func (w *worker) settle(ctx context.Context, r *wire.V2Frame) {
+	d := w.d
+	if r.Type == wire.V2Error {
+		w.edgeError(r)
+		return
 	}
+	var refused []byte
+	if r.Type == wire.V2Refused && r.Code == wire.V2RefReplayed {
+		refused = w.outbox.Frame(r.Seq) // Settle drops it: its reading is sealed again
+	}
+	switch w.outbox.Settle(w.v2, r) {
+	case wire.Unverified:
+		// Forged, or about a frame already settled: nothing changes.
+	case wire.Acked:
+		d.Stats.Acked++
+		w.errBackoff = 0
+		if w.halted {
+			d.log("the pipeline accepts this device's frames again: sending")
+			w.halted = false
+			d.halted.Store(false)
+			if w.link != nil {
+				w.lost(errors.New("resuming")) // the reconnect resends the outbox
+			}
+		}
+	case wire.Dropped:
+		switch r.Code {
+		case wire.V2RefReplayed:
+			d.Stats.Replayed++
+			w.reseal(ctx, r.Seq, refused)
+		case wire.V2RefInvalid:
+			d.Stats.Invalid++
+			d.Stats.Dropped++
+			d.log("frame %d refused as invalid: dropped (a firmware bug)", r.Seq)
+		default: // tampered a second time
+			d.Stats.Tampered++
+			d.Stats.Dropped++
+			d.log("frame %d altered on the way twice: dropped", r.Seq)
+		}
+	case wire.Resend:
+		d.log("frame %d arrived altered: sending it once more", r.Seq)
+		w.write(ctx, w.outbox.Frame(r.Seq))
+	case wire.Halt:
+		d.Stats.Halts++
+		if !w.halted {
+			d.log("the pipeline refuses this device (code %d: %s): not sending until reprovisioned; readings are kept", r.Code, refusal(r.Code))
+			w.halted = true
+			d.halted.Store(true)
+			w.nextProbe = time.Now().Add(haltProbe)
+		}
+	}
+}
+
+// refusal names a REFUSED code for the log.
+func refusal(code byte) string {
+	switch code {
+	case wire.V2RefRevoked:
+		return "key revoked"
+	case wire.V2RefDowngrade:
+		return "pinned to another protocol"
+	}
+	return "unknown to this firmware"
+}
+
+// reseal handles a `replayed` refusal of frame seq: the pipeline has seen
+// this sequence number, so this boot's epoch is not new (the flash record
+// was lost, or the unit replaced). A new boot epoch is persisted (once for
+// all frames of the old one), and the refused frame's reading is sealed
+// again under the next sequence number of the new one: a sequence number
+// seals one payload, so it cannot be reused, but the reading need not be lost.
+func (w *worker) reseal(ctx context.Context, seq uint64, frame []byte) {
+	d := w.d
+	if wire.V2SeqEpoch(seq) == wire.V2SeqEpoch(w.seq) {
+		epoch, err := NextBootEpoch(d.b.Storage)
+		if err != nil {
+			d.log("frame %d refused as replayed, and no new boot epoch: %v", seq, err)
+			d.Stats.Dropped++
+			return
+		}
+		d.log("frame %d refused as replayed: the sequence went back; new boot epoch %d", seq, epoch)
+		w.seq = uint64(epoch) << 32
+	}
+	f, err := wire.ParseV2(frame)
+	if err != nil {
+		d.Stats.Dropped++
+		return
+	}
+	plain, err := w.v2.Open(nil, &f)
+	if err != nil {
+		d.Stats.Dropped++
+		return
+	}
+	w.seq++
+	sealed, err := w.v2.SealData(nil, w.seq, plain)
+	if err != nil {
+		d.Stats.Dropped++
+		return
+	}
+	d.Stats.Dropped += uint64(w.outbox.Add(w.seq, sealed))
+	if !w.halted {
+		w.write(ctx, sealed)
+	}
+}
+
+// edgeError acts on an ERROR frame. It is not authenticated (anyone on the
+// path can make one), so it never drops a frame: a malformed or oversized
+// frame makes the edge close the connection, and the device reconnects
+// with a growing backoff; a frame the edge could not store is resent a
+// second later.
+func (w *worker) edgeError(r *wire.V2Frame) {
+	d := w.d
+	d.Stats.EdgeErrors++
+	switch r.Code {
+	case wire.V2ErrStore:
+		if r.Seq != 0 && w.outbox.Frame(r.Seq) != nil && len(w.retry) < 64 {
+			w.retry = append(w.retry, r.Seq)
+			w.retryAt = time.Now().Add(time.Second)
+		}
+		return
+	case wire.V2ErrTooLarge:
+		d.log("edge: frame too large (a firmware bug): %s", printable(r.Message))
+	default:
+		d.log("edge: error %d: %s", r.Code, printable(r.Message))
+	}
+	w.errBackoff = min(max(2*w.errBackoff, time.Second), 30*time.Second)
+	w.nextConnect = time.Now().Add(w.errBackoff)
+}
+
+// resendRetries resends, once due, the frames the edge could not store.
+func (w *worker) resendRetries(ctx context.Context) {
+	if len(w.retry) == 0 || time.Now().Before(w.retryAt) {
+		return
+	}
+	for _, seq := range w.retry {
+		w.write(ctx, w.outbox.Frame(seq))
+	}
+	w.retry = w.retry[:0]
+}
+
+// probe sends a halted device's oldest frame once every haltProbe: an ACK
+// resumes sending, another refusal keeps the device halted.
+func (w *worker) probe(ctx context.Context) {
+	if time.Now().Before(w.nextProbe) || w.outbox.Len() == 0 {
+		return
+	}
+	w.nextProbe = time.Now().Add(haltProbe)
+	if w.link == nil || w.link.Closed() {
+		w.connected(ctx) // a halted device's connect sends the oldest frame
+		return
+	}
+	w.write(ctx, w.outbox.Frames()[0])
+}
+
+// write sends a frame on the link if there is one; a frame that cannot be
+// written stays in the outbox and goes out after the reconnect.
+func (w *worker) write(ctx context.Context, frame []byte) {
+	if frame == nil || w.link == nil || w.link.Closed() {
+		return
+	}
+	if _, err := w.link.WriteContext(ctx, frame); err != nil {
+		w.lost(err)
+		return
+	}
+	w.d.Stats.Sent++
+}
+
+// printable keeps an unauthenticated message's printable ASCII, for the log.
+func printable(s string) string {
+	b := []byte(s)
+	n := 0
+	for _, c := range b {
+		if c >= 0x20 && c < 0x7f {
+			b[n] = c
+			n++
+		}
+	}
+	return string(b[:n])
 }
 
 // readAcks reads ACK, REFUSED and ERROR frames from the edge until the
 // link ends; a link that carries something else is closed, and reconnected.
 func readAcks(l *esp.Link, acks chan<- wire.V2Frame) {
 	if err := wire.ReadV2Replies(l, func(f *wire.V2Frame) {
-		if f.Type != wire.V2Error {
-			acks <- *f
-		}
+		acks <- *f
 	}); !errors.Is(err, io.EOF) {
 		l.Close()
 	}

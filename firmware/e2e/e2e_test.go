@@ -26,6 +26,7 @@ import (
 	"github.com/medpipe/medpipe/firmware/hwfake"
 	"github.com/medpipe/medpipe/firmware/sensors"
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -40,6 +41,9 @@ func TestMain(m *testing.M) {
 type pipeline struct {
 	edge string
 	col  *testkit.Collector
+	// login makes more collectors as a dashboard: URL, user and password.
+	mqttURL, user, password string
+	natsURL, dataDir        string // for medpipe keys against this up
 }
 
 func startPipeline(t *testing.T, dev wire.Device) *pipeline {
@@ -49,10 +53,10 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 		t.Fatal(err)
 	}
 	port := func() string { return strconv.Itoa(testkit.FreePort(t)) }
-	mqttPort, edge := port(), "127.0.0.1:"+port()
+	mqttPort, natsPort, edge := port(), port(), "127.0.0.1:"+port()
 	dataDir := t.TempDir()
 	testkit.StartProcess(t, "medpipe up", nil, testkit.MedpipeBinary(t), "up", "--keys", keys, "--data-dir", dataDir,
-		"--json-topic", "--nats-port", port(), "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
+		"--json-topic", "--nats-port", natsPort, "--mqtt-port", mqttPort, "--monitor-port", "-2", "--listen", edge,
 		"--http", "", "--status-every", "0")
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.Dial("tcp", edge); err == nil {
@@ -71,7 +75,8 @@ func startPipeline(t *testing.T, dev wire.Device) *pipeline {
 	}
 	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "firmware-e2e", CleanSession: true,
 		Username: string(bus.RoleDashboard), Password: pw})
-	return &pipeline{edge: edge, col: col}
+	return &pipeline{edge: edge, col: col, mqttURL: "tcp://127.0.0.1:" + mqttPort, user: string(bus.RoleDashboard), password: pw,
+		natsURL: "nats://127.0.0.1:" + natsPort, dataDir: dataDir}
 }
 
 // jsonReading is the payload of Pico/<id>/reading.
@@ -116,6 +121,7 @@ type fakeBoard struct {
 	sw     *hwfake.Pin
 	led    *hwfake.LED
 	motion *hwfake.MPU6050
+	temp   *hwfake.DS18B20
 }
 
 func newBoard(t *testing.T, edge string) *fakeBoard {
@@ -137,9 +143,9 @@ func newBoard(t *testing.T, edge string) *fakeBoard {
 	chip.SetVolts(0.706 - (23.7-27)*0.001721) // 23.7 °C on the RP2040's diode
 	motion := &hwfake.MPU6050{}
 	motion.Set(0.01, -0.02, 0.98, 24.5)
-	fb := &fakeBoard{mod: mod, flash: hwfake.NewFlash(device.StorageSize), sw: &hwfake.Pin{}, led: &hwfake.LED{}, motion: motion}
+	fb := &fakeBoard{mod: mod, flash: hwfake.NewFlash(device.StorageSize), sw: &hwfake.Pin{}, led: &hwfake.LED{}, motion: motion, temp: hwfake.NewDS18B20(36.625)}
 	fb.Board = &device.Board{
-		UART: uart, I2C: motion, Pulse: pulse, ChipTemp: func() float64 { return sensors.ChipTemperature(chip.Get()) }, OneWire: hwfake.NewDS18B20(36.625).Bus(),
+		UART: uart, I2C: motion, Pulse: pulse, ChipTemp: func() float64 { return sensors.ChipTemperature(chip.Get()) }, OneWire: fb.temp.Bus(),
 		ConfigSwitch: fb.sw, LED: fb.led, Storage: fb.flash, Noise: rand.Reader,
 		Factory: device.Factory{Serial: "0042", APPassword: "label-passphrase", ProvisioningKey: [16]byte([]byte("provisioning-key"))},
 		Log:     func(s string) { t.Log("firmware: " + s) },
@@ -262,7 +268,7 @@ func TestConfigurationPageInBrowser(t *testing.T) {
 		t.Fatalf("access point %+v", ap)
 	}
 	base := "http://" + fb.mod.ServerAddr().String() + "/"
-	b := testkit.Browser(ctx, t)
+	b := browser.Start(ctx, t)
 	var msg string
 	fill := func(id, v string) chromedp.Action { return chromedp.SetValue("#"+id, v, chromedp.ByQuery) }
 	start := time.Now()
