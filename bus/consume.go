@@ -357,7 +357,7 @@ func (r *partitionReader) reopen(ctx context.Context) jetstream.MessagesContext 
 
 // pinIDHeader carries the pinned client's id on messages of a priority
 // group with a pinned client.
-const pinIDHeader = "Nats-Pin-Id"
+const pinIDHeader = HeaderPinID
 
 // unpinIfOurs hands a partition over at once after a clean stop: everything
 // this worker took is acknowledged, so another worker may take over now

@@ -264,8 +264,13 @@ func TestDashboardAndAlertsMatchMetrics(t *testing.T) {
 		}
 		return nil
 	})
-	// The figures are real: build info, lag of both stages' consumers,
-	// the embedded server's storage.
+	// The figures are real: every stage's latency observed, build info, lag
+	// of both stages' consumers, the embedded server's storage.
+	for _, h := range []string{"medpipe_ingest_store_latency_seconds", "medpipe_decrypt_frame_latency_seconds", "medpipe_publish_reading_latency_seconds"} {
+		if mf := mfs[h]; mf == nil || mf.GetMetric()[0].GetHistogram().GetSampleCount() == 0 {
+			t.Errorf("%s: nothing observed while readings flowed", h)
+		}
+	}
 	if bi := mfs["medpipe_build_info"]; bi == nil || bi.GetMetric()[0].GetGauge().GetValue() != 1 {
 		t.Errorf("medpipe_build_info: %v", bi)
 	}
