@@ -450,26 +450,22 @@ type V2Values struct {
 	TempMpu  float64 `json:"TempMpu"`
 }
 
-// Fields are v's values indexed by Field: the one place the struct's
-// fields meet the field table (a test holds each to its row's Name).
+// Fields are v's values indexed by Field, for code that ranges over them
+// (bus's codec). A test holds each to its row of the field table, and
+// Array and ValuesOf to Fields: they spell the fields out because the
+// firmware uses them, where a loop over pointers costs flash.
 func (v *V2Values) Fields() [NumFields]*float64 {
 	return [...]*float64{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu}
 }
 
 // Array returns the values indexed by Field.
-func (v V2Values) Array() (a [NumFields]float64) {
-	for f, p := range v.Fields() {
-		a[f] = *p
-	}
-	return a
+func (v V2Values) Array() [NumFields]float64 {
+	return [NumFields]float64{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
 }
 
 // ValuesOf returns the values indexed by Field as V2Values.
-func ValuesOf(a [NumFields]float64) (v V2Values) {
-	for f, p := range v.Fields() {
-		*p = a[f]
-	}
-	return v
+func ValuesOf(a [NumFields]float64) V2Values {
+	return V2Values{a[Temp], a[TempMcu], a[PulseSig], a[AcelX], a[AcelY], a[AcelZ], a[TempMpu]}
 }
 
 // Pulse samples travel as the ADC's 12-bit codes.

@@ -578,7 +578,13 @@ func TestV2ValuesFollowTheFieldTable(t *testing.T) {
 			t.Errorf("V2Values.%s (JSON %q) is row %d", rv.Type().Field(i).Name, tag, f)
 		}
 	}
-	if a := ValuesOf(v.Array()); a != v {
-		t.Errorf("ValuesOf(Array()) = %+v, want %+v", a, v)
+	a := v.Array()
+	for f, p := range v.Fields() {
+		if a[f] != *p {
+			t.Errorf("Array()[%s] = %v, Fields() has %v", Field(f), a[f], *p)
+		}
+	}
+	if back := ValuesOf(a); back != v {
+		t.Errorf("ValuesOf(Array()) = %+v, want %+v", back, v)
 	}
 }
