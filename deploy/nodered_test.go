@@ -609,6 +609,17 @@ func TestNodeREDDashboard(t *testing.T) {
 	if m := nt.msgs(nodeTempGauge); len(m) > 0 {
 		t.Fatalf("the temperature gauge of %s was given %+v", noThermo, m)
 	}
+	gaugeShown := func(sc *screen) string {
+		var v string
+		sc.eval(`(() => { const g = document.querySelector('#nrdb-ui-widget-`+nodeTempGauge+`'); return g ? getComputedStyle(g).visibility : 'no gauge' })()`, &v)
+		return v
+	}
+	if v := gaugeShown(nt); v != "hidden" {
+		t.Fatalf("the temperature gauge of %s is %s, want hidden", noThermo, v)
+	}
+	if v := gaugeShown(s); v != "visible" {
+		t.Fatalf("the temperature gauge of %s is %s, want visible", v2, v)
+	}
 	if m := nt.msgs(nodeMCUGauge); len(m) == 0 {
 		t.Fatalf("the MCU gauge of %s was given nothing: the screen's live values never came", noThermo)
 	}

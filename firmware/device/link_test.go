@@ -33,6 +33,8 @@ type linkRig struct {
 	// (1: first), close makes the edge close the connection after replying.
 	answer func(v *wire.V2Frame, n int, key *wire.V2Key) (reply []byte, close bool)
 	seen   map[uint64]int // arrivals per sequence number
+	conns  int            // connections the edge accepted
+	acks   int            // ACKs the edge sent
 }
 
 func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
@@ -42,6 +44,7 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 	edge := testkit.ServeTCP(t, func(c net.Conn) {
 		r.mu.Lock()
 		r.steady = r.mod.Link()
+		r.conns++
 		answer := r.answer
 		r.mu.Unlock()
 		var buf []byte
@@ -70,6 +73,11 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 			if reply != nil {
 				if _, err := c.Write(reply); err != nil {
 					return
+				}
+				if reply[2] == wire.V2Ack {
+					r.mu.Lock()
+					r.acks++
+					r.mu.Unlock()
 				}
 			}
 			if closeConn {
