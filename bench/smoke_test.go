@@ -3,21 +3,17 @@ package bench
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
-// medpipeBinary builds the CLI once for the test.
-func medpipeBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "medpipe")
-	cmd := exec.Command("go", "build", "-tags", "bench", "-o", bin, "../cmd/medpipe")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testkit.RemoveBuilt()
+	os.Exit(code)
 }
 
 // TestSmoke runs short scenarios on the real stack, embedded and as
@@ -25,7 +21,7 @@ func medpipeBinary(t *testing.T) string {
 // duplicated in a clean run), and the report and plots are written. It
 // checks the accounting, not the speed.
 func TestSmoke(t *testing.T) {
-	bin := medpipeBinary(t)
+	bin := testkit.MedpipeBinary(t)
 	for _, mode := range []string{ModeEmbedded, ModeProcess} {
 		t.Run(mode, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)

@@ -382,7 +382,7 @@ func (r *partitionReader) pendingOnServer(ctx context.Context) (int, error) {
 
 // pinIDHeader carries the pinned client's id on messages of a priority
 // group with a pinned client.
-const pinIDHeader = "Nats-Pin-Id"
+const pinIDHeader = HeaderPinID
 
 // unpinIfOurs hands a partition over at once after a clean stop: everything
 // this worker took is acknowledged, so another worker may take over now

@@ -40,6 +40,14 @@ const (
 	// already held it (a device's resend within the duplicate window): it
 	// asks decrypt for the verified ACK the device is still owed.
 	HeaderResend = "Medpipe-Resend"
+	// HeaderKeyGen carries, on a v2 reading in READINGS, the generation of
+	// the device key that opened its frame: decrypt folds READINGS into its
+	// replay marks, which are scoped per key generation.
+	HeaderKeyGen = "Medpipe-Key-Gen"
+	// HeaderPinID is the header JetStream sets on messages delivered to a
+	// priority group's pinned client: it changes whenever a partition
+	// moves to another worker.
+	HeaderPinID = "Nats-Pin-Id"
 )
 
 // SubjectAckPrefix + edge instance id is the core NATS subject on which

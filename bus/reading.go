@@ -76,15 +76,26 @@ func (v Values) MarshalJSON() ([]byte, error) {
 // Numbers holds a reading's values as numbers: the shape v2 devices send.
 type Numbers = wire.V2Values
 
+// Fields are v's values indexed by wire.Field: the one place the struct's
+// fields meet the field table (a test holds each to its row's Name).
+func (v *Values) Fields() [wire.NumFields]*string {
+	return [...]*string{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu}
+}
+
 // SetWire fills Values and Numbers from a validated device reading.
 func (r *Reading) SetWire(w *wire.Reading) {
-	r.Values = Values{w[wire.Temp], w[wire.TempMcu], w[wire.PulseSig], w[wire.AcelX], w[wire.AcelY], w[wire.AcelZ], w[wire.TempMpu]}
+	for f, p := range r.Values.Fields() {
+		*p = w[f]
+	}
 	r.Numbers = w.Numbers()
 }
 
 // Wire returns the values as a wire.Reading.
-func (v *Values) Wire() wire.Reading {
-	return wire.Reading{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}
+func (v *Values) Wire() (w wire.Reading) {
+	for f, p := range v.Fields() {
+		w[f] = *p
+	}
+	return w
 }
 
 // MarshalReading encodes r as JSON: the shape of a reading outside the bus
@@ -112,13 +123,14 @@ const (
 // paid once per reading by decrypt and once by publish.
 func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 	dst = append(dst, readingBodyV2)
-	for _, s := range [...]string{r.Device, r.Protocol, r.Variant,
-		r.Values.Temp, r.Values.TempMcu, r.Values.PulseSig, r.Values.AcelX, r.Values.AcelY, r.Values.AcelZ, r.Values.TempMpu} {
+	for _, s := range [...]string{r.Device, r.Protocol, r.Variant} {
 		dst = appendString(dst, s)
 	}
-	n := &r.Numbers
-	for _, f := range [...]float64{n.Temp, n.TempMcu, n.PulseSig, n.AcelX, n.AcelY, n.AcelZ, n.TempMpu} {
-		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(f))
+	for _, p := range r.Values.Fields() {
+		dst = appendString(dst, *p)
+	}
+	for _, p := range r.Numbers.Fields() {
+		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(*p))
 	}
 	dst = binary.AppendUvarint(dst, r.Seq)
 	dst = appendTime(dst, r.DeviceTime)
@@ -272,13 +284,11 @@ func (d *bodyReader) time() time.Time {
 func decodeReadingBody(b []byte, r *Reading) error {
 	d := bodyReader{b: b[1:]}
 	r.Device, r.Protocol, r.Variant = d.string(), d.string(), d.string()
-	v := &r.Values
-	for _, f := range [...]*string{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu} {
-		*f = d.string()
+	for _, p := range r.Values.Fields() {
+		*p = d.string()
 	}
-	n := &r.Numbers
-	for _, f := range [...]*float64{&n.Temp, &n.TempMcu, &n.PulseSig, &n.AcelX, &n.AcelY, &n.AcelZ, &n.TempMpu} {
-		*f = d.float()
+	for _, p := range r.Numbers.Fields() {
+		*p = d.float()
 	}
 	r.Seq = d.uvarint()
 	r.DeviceTime = d.time()

@@ -277,3 +277,23 @@ func TestReadingSensors(t *testing.T) {
 		t.Error("an absent value under an ok sensor accepted")
 	}
 }
+
+// TestValuesFollowTheFieldTable holds Values' fields, their JSON keys and
+// Values.Fields to wire.Fields: field f's pointer is the struct field whose
+// JSON key is wire.Fields[f].Name, and there is one struct field a row.
+func TestValuesFollowTheFieldTable(t *testing.T) {
+	var v Values
+	for f, p := range v.Fields() {
+		*p = wire.Fields[f].Name
+	}
+	rv := reflect.ValueOf(v)
+	if rv.NumField() != int(wire.NumFields) {
+		t.Fatalf("Values has %d fields, the table %d rows", rv.NumField(), wire.NumFields)
+	}
+	for i := range rv.NumField() {
+		tag := rv.Type().Field(i).Tag.Get("json")
+		if got := rv.Field(i).String(); got != tag {
+			t.Errorf("Values.%s (JSON %q) is the table's %q", rv.Type().Field(i).Name, tag, got)
+		}
+	}
+}

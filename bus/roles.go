@@ -123,9 +123,11 @@ func RolePermissions(role Role, livePrefix string) (Permissions, error) {
 		p.Publish = slices.Concat(verify, []string{SubjectRawPrefix + "*"})
 		p.Subscribe = []string{inbox, SubjectDeadLetterPrefix + ">", replies}
 	case RoleDecrypt:
-		// v2: replies to the edges (AckSubject), marks and pins in the
-		// mark bucket, which it also watches for pins.
-		p.Publish = slices.Concat(verify, consume(StreamRaw),
+		// v2: replies to the edges (AckSubject), mark checkpoints and pins
+		// in the mark bucket, which it also watches for pins and resets;
+		// a worker taking over a partition reads the READINGS stored since
+		// its checkpoint (single message gets, no consumer).
+		p.Publish = slices.Concat(verify, consume(StreamRaw), api("STREAM.MSG.GET."+StreamReadings),
 			[]string{SubjectReadingsPrefix + ">", SubjectDeadLetterPrefix + ">", replies},
 			kvWrite(ConnBucket), kvWrite(SeqBucket), kvWatch(SeqBucket), kvRead(DevicesBucket), kvWatch(DevicesBucket))
 		p.Subscribe = []string{inbox}

@@ -23,30 +23,32 @@ func NewDecoder(ix *KeyIndex) (*Decoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.marks = &memMarks{seen: map[string]mark{}}
+	w.marks = &memMarks{seen: map[markID]mark{}}
 	return &Decoder{w}, nil
 }
 
 // Decode turns the RAW message with stream sequence seq into a reading or
 // the reason it would go to DEADLETTER.
 func (d *Decoder) Decode(ctx context.Context, seq uint64, header nats.Header, data []byte) (Outcome, error) {
-	return d.w.decode(ctx, &rawFrame{header: header, data: data, seq: seq})
+	return d.w.decode(ctx, &rawFrame{header: header, data: data, seq: seq, part: -1})
 }
 
 // memMarks are v2 high-water marks of one replay, in memory, judged by the
 // live workers' rule (mark.accepts).
 type memMarks struct {
 	mu   sync.Mutex
-	seen map[string]mark
+	seen map[markID]mark
 }
 
-func (m *memMarks) advance(_ context.Context, device string, f frameRef) (verdict, *markWrite, error) {
+func (m *memMarks) accept(_ context.Context, f v2Ref) (verdict, *acceptance, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next, v := m.seen[device].accepts(f)
+	next, v := m.seen[f.id].accepts(f.frameRef)
 	if v == fresh {
 		next.rev = 1 // "a mark exists": there is no bucket revision here
-		m.seen[device] = next
+		m.seen[f.id] = next
 	}
 	return v, nil, nil
 }
+
+func (m *memMarks) stored(*acceptance, uint64, error) {}

@@ -20,7 +20,7 @@ func TestDecoderMatchesHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.marks = &memMarks{seen: map[string]mark{}}
+	w.marks = &memMarks{seen: map[markID]mark{}}
 	d, err := NewDecoder(NewKeyIndex(devs))
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,8 @@ type metrics struct {
 	frames, searches, candidates, ambiguous prometheus.Counter
 	cacheHits, cacheMisses, publishErrors   prometheus.Counter
 	registryUpdates, sharedHits             prometheus.Counter
-	markWriteFailures                       prometheus.Counter
+	markWriteFailures, checkpoints          prometheus.Counter
+	markLoads, markFolded                   prometheus.Counter
 	replies, replyErrors, duplicates        prometheus.Counter
 	replayedDevices                         prometheus.Gauge
 	readings, deadLetters                   *prometheus.CounterVec
@@ -46,7 +47,10 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 		publishErrors:     c("publish_errors_total", "Failed publishes to READINGS or DEADLETTER."),
 		sharedHits:        c("shared_cache_hits_total", "Connections whose device another worker had found (no search)."),
 		registryUpdates:   c("registry_updates_total", "Device registry changes applied to the key index."),
-		markWriteFailures: c("mark_write_failures_total", "v2 high-water mark writes refused (another worker moved the mark) or lost; their frames are decided again."),
+		markWriteFailures: c("mark_write_failures_total", "v2 mark checkpoint writes refused (another worker took the partition over, or the checkpoint was deleted)."),
+		checkpoints:       c("mark_checkpoints_total", "v2 mark checkpoints written (one per partition and interval, when its marks changed)."),
+		markLoads:         c("mark_loads_total", "Partitions whose v2 marks this worker loaded (start, takeover, reload after a refused checkpoint)."),
+		markFolded:        c("mark_folded_readings_total", "v2 readings folded into marks at loads: accepted after the partition's last checkpoint."),
 		replies:           c("v2_replies_total", "v2 replies (ACK, REFUSED) sent to edges for their devices."),
 		replyErrors:       c("v2_reply_errors_total", "v2 replies that could not be sent (the device resends and is answered again)."),
 		duplicates:        c("v2_duplicates_total", "v2 frames accepted before and resent: acknowledged again, not stored twice."),

@@ -2,7 +2,6 @@ package decrypt
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -195,33 +194,21 @@ func (w *Worker) watchPins(ctx context.Context, ready func()) error {
 	}
 }
 
-// ResetMarks deletes every v2 mark of device (all key generations) from
-// the mark bucket, for a device whose sequence went back (reflashed without
-// its epoch record, replaced by a new unit): its next frame starts a new
-// mark. It returns how many marks it deleted. Workers honour a reset at the
-// device's next frame (they read the bucket before refusing one).
-func ResetMarks(ctx context.Context, kv jetstream.KeyValue, device string) (int, error) {
+// ResetMarks forgets every v2 mark of device (all key generations), for a
+// device whose sequence went back (reflashed without its epoch record,
+// replaced by a new unit): its next frame starts a new mark. The reset is
+// a key reset.<device> of the mark bucket, which every worker watches: the
+// partition's owner drops the device's marks at once, and a worker taking
+// the partition over later ignores the device's marks in checkpoints, and
+// its readings in READINGS, older than the reset.
+func ResetMarks(ctx context.Context, kv jetstream.KeyValue, device string) error {
 	if !wire.ValidID(device) {
-		return 0, fmt.Errorf("decrypt: invalid device id %q", device)
+		return fmt.Errorf("decrypt: invalid device id %q", device)
 	}
-	kl, err := kv.ListKeysFiltered(ctx, markPrefix+device+".*")
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("decrypt: list marks of %s: %w", device, err)
+	if _, err := kv.Put(ctx, resetPrefix+device, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("decrypt: reset marks of %s: %w", device, err)
 	}
-	defer func() { _ = kl.Stop() }()
-	var keys []string
-	for k := range kl.Keys() {
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		if err := kv.Delete(ctx, k); err != nil {
-			return 0, fmt.Errorf("decrypt: reset mark %s: %w", k, err)
-		}
-	}
-	return len(keys), nil
+	return nil
 }
 
 // SetProtocol pins device to v2 ("v2": its legacy frames are refused as

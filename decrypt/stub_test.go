@@ -5,6 +5,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
 )
 
 // stubJetStream stands in for JetStream where a test drives the handler
@@ -42,7 +44,15 @@ type stubMsg struct {
 
 func (m *stubMsg) Data() []byte         { return m.data }
 func (m *stubMsg) Headers() nats.Header { return m.header }
-func (m *stubMsg) Subject() string      { return "medpipe.raw.0" }
+
+// Subject is the RAW partition ingest would publish to: a v2 frame's
+// device's, else 0.
+func (m *stubMsg) Subject() string {
+	if d := m.header.Get(bus.HeaderDevice); d != "" {
+		return bus.RawSubject(bus.Partition(d, parts))
+	}
+	return bus.RawSubject(0)
+}
 func (m *stubMsg) Metadata() (*jetstream.MsgMetadata, error) {
 	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.seq, Consumer: m.seq}}, nil
 }

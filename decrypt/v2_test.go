@@ -4,19 +4,17 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/wire"
 )
 
-func v2FrameFor(t *testing.T, d wire.Device, seq uint64, withPulse bool) []byte {
+func v2FrameFor(t testing.TB, d wire.Device, seq uint64, withPulse bool) []byte {
 	t.Helper()
 	p := wire.V2Payload{Time: int64(1764000000000 + seq), Values: wire.ValuesOf([wire.NumFields]float64{36.6, 23.7, float64(seq), 0, -0.02, 0.98, 23.4})}
 	if withPulse {
@@ -32,10 +30,6 @@ func v2FrameFor(t *testing.T, d wire.Device, seq uint64, withPulse bool) []byte 
 	}
 	return f
 }
-
-// isFresh turns advance's verdict into "accepted", for the tests written
-// before duplicates were told from replays.
-func isFresh(v verdict, w *markWrite, err error) (bool, *markWrite, error) { return v == fresh, w, err }
 
 // publishV2Raw stores a v2 frame in RAW as the edge would, without a
 // message id so the test can store the same frame twice (a replay).
@@ -125,63 +119,6 @@ func TestV2Frames(t *testing.T) {
 	want := map[string]int{string(bus.ReasonReplayed): 1, string(bus.ReasonTampered): 1, string(bus.ReasonUnknownDevice): 1}
 	if fmt.Sprint(reasons) != fmt.Sprint(want) {
 		t.Fatalf("dead letters %v, want %v", reasons, want)
-	}
-}
-
-// TestSeqMarksConcurrent: two workers racing on one device with the same
-// frames stored twice in RAW (a replay) accept each sequence number exactly
-// once, and a redelivered RAW message (same raw sequence) is not taken for
-// a replay.
-func TestSeqMarksConcurrent(t *testing.T) {
-	js := setup(t)
-	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := newSeqMarks(js, kv), newSeqMarks(js, kv)
-	var mu sync.Mutex
-	accepted := map[uint64]int{}
-	var wg sync.WaitGroup
-	for i, s := range []*seqMarks{a, b} {
-		wg.Go(func() {
-			for seq := uint64(1); seq <= 100; seq++ {
-				ok, write, err := isFresh(s.advance(t.Context(), "dev", frameRef{seq: seq, raw: uint64(1000*(i+1)) + seq}))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if ok && write != nil {
-					// Accepted only once stored: a write refused because the
-					// other worker moved the mark leaves no reading.
-					_, err := write.wait(t.Context())
-					ok = err == nil
-				}
-				if ok {
-					mu.Lock()
-					accepted[seq]++
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for seq := uint64(1); seq <= 100; seq++ {
-		if accepted[seq] > 1 {
-			t.Fatalf("seq %d accepted %d times", seq, accepted[seq])
-		}
-	}
-	if accepted[100] != 1 {
-		t.Fatal("the last sequence number was accepted by neither")
-	}
-	m, err := a.current(t.Context(), "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, _, _ := isFresh(a.advance(t.Context(), "dev", frameRef{seq: 100, raw: m.raw})); !ok {
-		t.Fatal("a redelivery of the RAW message holding the mark was refused")
-	}
-	if ok, _, _ := isFresh(a.advance(t.Context(), "dev", frameRef{seq: 100, raw: 5555})); ok {
-		t.Fatal("the same sequence number in another RAW message was accepted")
 	}
 }
 
@@ -276,182 +213,6 @@ func TestReplayBelowTheWindow(t *testing.T) {
 	}
 }
 
-// TestWindowEncoding checks that a window survives the KV value, and that
-// a mark written with the old 64-frame window reads as its first word.
-func TestWindowEncoding(t *testing.T) {
-	var w window
-	for _, k := range []uint64{0, 1, 63, 64, 500, ReplayWindow - 1} {
-		w.set(k)
-	}
-	if got := parseWindow(string(w.appendHex(nil))); got != w {
-		t.Fatalf("round trip: %x, want %x", got, w)
-	}
-	if got := parseWindow("8000000000000001"); got[0] != 0x8000000000000001 || got[1] != 0 {
-		t.Fatalf("old format: %x", got)
-	}
-	s := w.shifted(65)
-	if !s.has(65) || !s.has(66) || !s.has(128) || !s.has(129) || s.has(0) || s.has(64) {
-		t.Fatalf("shifted by 65: %x", s)
-	}
-}
-
-// TestStaleMarkLetsNoReplayThrough: a worker whose copy of a device's mark
-// is stale (another worker accepted newer frames meanwhile) decides a
-// copy of one of those frames as new; its mark write is refused, and the
-// reading must not reach READINGS before that answer: the frame comes back,
-// is decided against the stored mark, and taken for a duplicate (acknowledged
-// again, never stored twice).
-func TestStaleMarkLetsNoReplayThrough(t *testing.T) {
-	js := setup(t)
-	devs := loadKeys(t)
-	d := devs[3]
-	w := runV2Worker(t, js, devs)
-	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishV2Raw(t, js, d.ID, 1, v2FrameFor(t, d, 1, false))
-	streamMsgs(t, js, bus.StreamReadings, 1)
-	other := newSeqMarks(js, kv) // another worker, after a partition moved
-	mk := markKey(d.ID, wire.NewV2Key(d).Generation())
-	for seq := uint64(2); seq <= 3; seq++ {
-		ok, write, err := isFresh(other.advance(t.Context(), mk, frameRef{seq: seq, raw: 9000 + seq}))
-		if err != nil || !ok {
-			t.Fatalf("other worker: seq %d: ok %v, err %v", seq, ok, err)
-		}
-		if _, err := write.wait(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publishV2Raw(t, js, d.ID, 2, v2FrameFor(t, d, 2, false)) // a copy of what the other worker took
-	waitFor(t, func() bool { return testutil.ToFloat64(w.m.duplicates) == 1 })
-	s, err := js.Stream(t.Context(), bus.StreamReadings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs != 1 {
-		t.Fatalf("READINGS holds %d readings, want 1: the replay got through", info.State.Msgs)
-	}
-	if got := testutil.ToFloat64(w.m.markWriteFailures); got != 1 {
-		t.Fatalf("mark write failures %v, want 1", got)
-	}
-}
-
-// failedFuture is a publish whose answer was lost: it fails with err
-// whatever happened on the server.
-type failedFuture struct{ err error }
-
-func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
-func (f failedFuture) Err() <-chan error {
-	c := make(chan error, 1)
-	c <- f.err
-	return c
-}
-func (f failedFuture) Msg() *nats.Msg { return nil }
-
-// TestMarkRedeliveryAndLostAnswer: a RAW message whose mark this worker
-// stored is accepted again when redelivered, however far the mark moved
-// since (its reading is published again and READINGS drops the copy),
-// while the same sequence number in another RAW message stays a replay;
-// and a mark write whose answer was lost is written again against the
-// same revision: it counts as stored when the bucket holds its frame or
-// takes the second copy, but not when the bucket refused it or the mark
-// moved past it without it.
-func TestMarkRedeliveryAndLostAnswer(t *testing.T) {
-	js := setup(t)
-	kv, err := bus.OpenSeqStore(t.Context(), js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newSeqMarks(js, kv)
-	accept := func(seq, raw uint64) *markWrite {
-		t.Helper()
-		ok, w, err := isFresh(s.advance(t.Context(), "dev", frameRef{seq: seq, raw: raw}))
-		if err != nil || !ok {
-			t.Fatalf("seq %d raw %d: ok %v, err %v", seq, raw, ok, err)
-		}
-		if w != nil {
-			if _, err := w.wait(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return w
-	}
-	w1 := accept(1, 101)
-	accept(2, 102)
-	accept(3, 103)
-	if ok, _, _ := isFresh(s.advance(t.Context(), "dev", frameRef{seq: 1, raw: 101})); !ok {
-		t.Fatal("a redelivery of an accepted RAW message was refused")
-	}
-	if ok, _, _ := isFresh(s.advance(t.Context(), "dev", frameRef{seq: 1, raw: 999})); ok {
-		t.Fatal("sequence 1 in another RAW message was accepted")
-	}
-
-	// lostAnswer is the write of frame f over the mark stored at revision
-	// prev, its answer err whatever happened on the server.
-	lostAnswer := func(s *seqMarks, f frameRef, prev uint64, err error) *markWrite {
-		t.Helper()
-		m, lerr := s.load(t.Context(), "dev")
-		if lerr != nil {
-			t.Fatal(lerr)
-		}
-		next, _ := m.accepts(f)
-		return &markWrite{s: s, device: "dev", f: f, value: next.encode(), prev: prev, fut: failedFuture{err}, turn: make(chan struct{}, 1)}
-	}
-	// Seq 3's write, had its answer been lost: the bucket holds its mark
-	// (the second copy is refused), so it succeeded, with the stored revision.
-	last := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 3, raw: 103}, w1.rev, jetstream.ErrAsyncPublishTimeout)
-	if rev, err := last.wait(t.Context()); err != nil || rev == 0 {
-		t.Fatalf("a write whose answer was lost, its mark the stored one: rev %d, err %v", rev, err)
-	}
-	// Seq 1's write, had its answer been lost, frames after it decided
-	// since: the stored window holds seq 1, so its frame counts as recorded,
-	// and its RAW message is accepted when it comes back.
-	other := newSeqMarks(js, kv)
-	lost := lostAnswer(other, w1.f, 0, nats.ErrDisconnected)
-	if _, err := lost.wait(t.Context()); err == nil || !lost.landed {
-		t.Fatalf("a write whose answer was lost, with its frame in the window: err %v, landed %v", err, lost.landed)
-	}
-	if ok, _, _ := isFresh(other.advance(t.Context(), "dev", w1.f)); !ok {
-		t.Fatal("the RAW message of a write that landed unanswered was refused when retried")
-	}
-	// A write for seq 11 over seq 3's mark that never reached the bucket,
-	// while another worker's write for seq 10 took that revision: its
-	// second copy is refused, and the stored mark does not hold it.
-	stored, err := s.load(t.Context(), "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stale := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 11, raw: 111}, stored.rev, jetstream.ErrAsyncPublishTimeout)
-	accept(10, 110)
-	if _, err := stale.wait(t.Context()); err == nil || stale.landed {
-		t.Fatal("a write that never reached the bucket counted as stored after the mark moved")
-	}
-	// Seq 12's write never reached the bucket, and the mark has not moved:
-	// the second copy lands.
-	stored, err = s.load(t.Context(), "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	never := lostAnswer(newSeqMarks(js, kv), frameRef{seq: 12, raw: 112}, stored.rev, nats.ErrDisconnected)
-	if rev, err := never.wait(t.Context()); err != nil || rev <= stored.rev {
-		t.Fatalf("a write that never reached the bucket, written again: rev %d (stored %d), err %v", rev, stored.rev, err)
-	}
-	if m, err := s.load(t.Context(), "dev"); err != nil || m.seq != 12 || m.lastRaw != 112 {
-		t.Fatalf("mark after the second copy: %+v, err %v", m, err)
-	}
-	// A refusal is final even when the frame is in the bucket (another
-	// worker stored a copy of it).
-	refused := lostAnswer(newSeqMarks(js, kv), w1.f, 0, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence})
-	if _, err := refused.wait(t.Context()); err == nil || refused.landed {
-		t.Fatal("a refused write counted as stored")
-	}
-}
-
 // waitFor polls cond for up to 10 s.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -461,5 +222,52 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10 s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkV2Handler is the worker's whole handler for a v2 frame of a
+// known device (headers, key by id, AES-GCM, payload, the replay check on
+// the partition's marks in memory, the READINGS message) and the reading's
+// completion (its mark recorded, the ACK sent), short of the network: what
+// BenchmarkCachedOpen's "handler" is for legacy.
+func BenchmarkV2Handler(b *testing.B) {
+	devs := benchDevices(1000)
+	d := devs[len(devs)-1]
+	js := &stubJetStream{}
+	w, err := newWorker(js, Options{Keys: devs, Partitions: 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := newMetrics(nil, w.ix)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store := newMarkStore(js, nil, 16, w.log, m)
+	p := bus.Partition(d.ID, 16)
+	// The partition is owned and loaded: no round trip, as in steady state.
+	store.parts[p] = &partState{p: p, live: map[markID]mark{}, durable: map[markID]mark{}, pending: map[uint64]uint64{}}
+	w.marks, w.store = store, store
+	const frames = 1 << 17
+	msgs := make([]*stubMsg, frames)
+	for i := range msgs {
+		h := rawHeaders("v2-bench", i+1, time.Now())
+		h.Set(bus.HeaderProtocol, bus.ProtocolV2)
+		h.Set(bus.HeaderDevice, d.ID)
+		msgs[i] = &stubMsg{data: v2FrameFor(b, d, uint64(i+1), i%2 == 0), header: h, seq: uint64(i + 1)}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		js.published = js.published[:0]
+		done, err := w.handle(b.Context(), msgs[i%frames])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if done != nil {
+			if err := done.Wait(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		i++
 	}
 }

@@ -42,9 +42,13 @@ type Options struct {
 	// worker (see bus.OpenConnStore): a connection's device is searched for
 	// once, whichever worker its frames reach.
 	Conns jetstream.KeyValue
-	// Seqs holds v2 devices' sequence high-water marks (see bus.OpenSeqStore);
-	// without it v2 frames are retried until it is given.
+	// Seqs holds v2 devices' replay marks, one checkpoint per partition
+	// (see bus.OpenSeqStore), and the pins and resets; without it v2 frames
+	// are retried until it is given.
 	Seqs jetstream.KeyValue
+	// CheckpointEvery is how often the owner of a partition writes its v2
+	// marks to Seqs when they changed (default DefaultCheckpointEvery).
+	CheckpointEvery time.Duration
 	// Partitions is the partition count in force (see bus.VerifyStreams).
 	Partitions int
 	// MaxInFlight bounds frames handled but not yet stored, per partition
@@ -72,7 +76,8 @@ type Worker struct {
 	m       *metrics
 	log     *slog.Logger
 	bufs    sync.Pool
-	marks   highWater // nil without Options.Seqs (live) or in-memory (Decoder)
+	marks   highWater  // nil without Options.Seqs (live) or in-memory (Decoder)
+	store   *markStore // the live marks (nil without Options.Seqs)
 	stuck   *stuckDevices
 	pins    pins
 }
@@ -110,8 +115,13 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 	}
 	w := &Worker{js: js, o: o, ix: ix, cache: newConnCache(o.ConnCacheSize), m: m, log: o.Log, pins: pins{set: map[string]bool{}}}
 	w.stuck = newStuckDevices(m.replayedDevices.Set)
+	if o.CheckpointEvery <= 0 {
+		o.CheckpointEvery = DefaultCheckpointEvery
+		w.o.CheckpointEvery = o.CheckpointEvery
+	}
 	if o.Seqs != nil {
-		w.marks = newSeqMarks(js, o.Seqs)
+		w.store = newMarkStore(js, o.Seqs, o.Partitions, o.Log, m)
+		w.marks = w.store
 	}
 	w.bufs.New = func() any { return &scratch{} }
 	return w, nil
@@ -159,6 +169,27 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
+		ready = make(chan struct{})
+		go func() { watchErr <- w.store.watchResets(ctx, sync.OnceFunc(func() { close(ready) })) }()
+		select {
+		case <-ready: // resets are known before any partition's marks are loaded
+		case err := <-watchErr:
+			return fmt.Errorf("decrypt: watch v2 mark resets: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+		flushCtx, stopFlush := context.WithCancel(ctx)
+		flushed := make(chan struct{})
+		go func() { defer close(flushed); w.store.run(flushCtx, w.o.CheckpointEvery) }()
+		defer func() {
+			stopFlush()
+			<-flushed
+			// Everything taken on is finished: the last checkpoint is exact,
+			// and the next owner folds nothing in.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			w.store.checkpointAll(fctx)
+		}()
 	}
 	err := bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
@@ -190,6 +221,8 @@ type rawFrame struct {
 	header   nats.Header
 	data     []byte
 	seq      uint64 // RAW stream sequence
+	part     int    // RAW partition (-1: not from a partition, e.g. replay)
+	pin      string // the partition's pin when delivered (bus.HeaderPinID)
 	conn     string
 	frameSeq uint64
 	received time.Time
@@ -240,7 +273,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
 	}
-	f := rawFrame{header: msg.Headers(), data: msg.Data(), seq: meta.Sequence.Stream}
+	f := rawFrame{header: msg.Headers(), data: msg.Data(), seq: meta.Sequence.Stream, part: -1}
+	f.pin = f.header.Get(bus.HeaderPinID)
+	if p, ok := strings.CutPrefix(msg.Subject(), bus.SubjectRawPrefix); ok {
+		if n, err := strconv.Atoi(p); err == nil {
+			f.part = n
+		}
+	}
 	out, err := w.decode(ctx, &f)
 	if err != nil {
 		return nil, err
@@ -254,8 +293,13 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		w.sendReply(f.header, out.reply)
 		return w.deadLetter(f, out)
 	}
-	if out.mark != nil {
-		return &v2Output{w: w, mark: out.mark, reading: out.Reading, header: f.header, ack: out.reply}, nil
+	if out.accepted != nil {
+		fut, err := w.publish(out.Reading, out.keyGen)
+		if err != nil {
+			w.marks.stored(out.accepted, 0, err)
+			return nil, err
+		}
+		return &v2Output{w: w, fut: fut, accepted: out.accepted, header: f.header, ack: out.reply}, nil
 	}
 	c, err := w.publishReading(out.Reading)
 	if err != nil || out.reply == nil {
@@ -281,41 +325,55 @@ func (r replyAfter) Wait(ctx context.Context) error {
 	return nil
 }
 
-// v2Output publishes a v2 reading once the high-water mark that accepted
-// it is stored: a mark write that fails (another worker moved the mark
-// meanwhile) leaves no reading behind, and the frame is decided again.
-// Once READINGS holds the reading, the device's verified ACK goes to the
-// edge that received the frame.
+// v2Output waits until READINGS holds a v2 reading, reports it to the
+// replay marks (the frame's mark joins what the next checkpoint writes),
+// then sends the device's verified ACK to the edge that received the
+// frame: an ACK always follows acceptance and storage.
 type v2Output struct {
-	w       *Worker
-	mark    *markWrite
-	reading *bus.Reading
-	header  nats.Header
-	ack     []byte
-	out     bus.Completion
-}
-
-// Start waits for the mark write and publishes the reading.
-func (o *v2Output) Start(ctx context.Context) error {
-	if _, err := o.mark.wait(ctx); err != nil && (ctx.Err() != nil || !o.mark.landed) {
-		o.w.m.markWriteFailures.Inc()
-		return err
-	}
-	var err error
-	o.out, err = o.w.publishReading(o.reading)
-	return err
+	w        *Worker
+	fut      jetstream.PubAckFuture
+	accepted *acceptance
+	header   nats.Header
+	ack      []byte
 }
 
 // Wait waits until READINGS has the reading.
 func (o *v2Output) Wait(ctx context.Context) error {
-	if o.out == nil {
-		return errors.New("decrypt: v2 reading not started")
-	}
-	if err := o.out.Wait(ctx); err != nil {
+	seq, err := storedAt(ctx, o.w.js, o.fut)
+	o.w.marks.stored(o.accepted, seq, err)
+	if err != nil {
 		return err
 	}
 	o.w.sendReply(o.header, o.ack)
 	return nil
+}
+
+// storedAt waits for a publish's answer and returns the stream sequence
+// it was stored at. A publish that fails is published again, with the same
+// message id, until stored or ctx ends, as bus.PubAck does.
+func storedAt(ctx context.Context, js jetstream.JetStream, f jetstream.PubAckFuture) (uint64, error) {
+	var err error
+	select {
+	case ack := <-f.Ok():
+		return ack.Sequence, nil
+	case err = <-f.Err():
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("publish to %s not confirmed: %w", f.Msg().Subject, err)
+		case <-time.After(wait):
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var ack *jetstream.PubAck
+		ack, err = js.PublishMsg(pctx, f.Msg())
+		cancel()
+		if err == nil {
+			return ack.Sequence, nil
+		}
+	}
 }
 
 // Outcome is what decrypt makes of one RAW frame: a reading for READINGS,
@@ -329,8 +387,9 @@ type Outcome struct {
 	// is acknowledged again, neither stored nor dead-lettered.
 	Duplicate bool
 
-	mark  *markWrite // a v2 reading: the high-water mark write it waits for
-	reply []byte     // v2: the reply for the device (ACK, REFUSED), made with its ACK key
+	accepted *acceptance // a v2 reading: its frame as the replay marks accepted it
+	keyGen   string      // a v2 reading: the generation of the key that opened it
+	reply    []byte      // v2: the reply for the device (ACK, REFUSED), made with its ACK key
 }
 
 // dead is the Outcome of a frame that goes to DEADLETTER.
@@ -477,6 +536,16 @@ func (w *Worker) reading(f *rawFrame, id *Identified) *bus.Reading {
 
 // publishReading stores a reading in READINGS.
 func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
+	fut, err := w.publish(r, "")
+	if err != nil {
+		return nil, err
+	}
+	return bus.PubAck(w.js, fut), nil
+}
+
+// publish sends a reading to READINGS; keyGen, for a v2 reading, is the
+// generation of the key that opened it (bus.HeaderKeyGen).
+func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
 	data, err := bus.AppendReading(make([]byte, 0, 256), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
@@ -487,13 +556,16 @@ func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
 		// The id makes the reading of a redelivered frame a duplicate that JetStream drops.
 		Header: nats.Header{bus.HeaderDevice: {r.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(r.RawSeq, 10)}},
 	}
+	if keyGen != "" {
+		out.Header[bus.HeaderKeyGen] = []string{keyGen}
+	}
 	fut, err := w.js.PublishMsgAsync(out, bus.Backpressure)
 	if err != nil {
 		w.m.publishErrors.Inc()
 		return nil, fmt.Errorf("decrypt: publish reading: %w", err)
 	}
 	w.m.readings.WithLabelValues(r.Protocol, r.Variant).Inc()
-	return bus.PubAck(w.js, fut), nil
+	return fut, nil
 }
 
 // deadLetter stores the frame in DEADLETTER with why it failed; RAW is acked

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/engine"
@@ -35,6 +36,7 @@ type rendered struct {
 	hpas         map[string]*autoscalingv2.HorizontalPodAutoscaler
 	pdbs         map[string]*policyv1.PodDisruptionBudget
 	netpols      map[string]*networkingv1.NetworkPolicy
+	monitors     map[string]*monitoringv1.ServiceMonitor
 	kinds        []string
 	manifestText string
 }
@@ -61,6 +63,7 @@ func renderChart(t *testing.T, overrides string) *rendered {
 		deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{}, configMaps: map[string]*corev1.ConfigMap{},
 		pvcs: map[string]*corev1.PersistentVolumeClaim{}, hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, netpols: map[string]*networkingv1.NetworkPolicy{},
+		monitors: map[string]*monitoringv1.ServiceMonitor{},
 	}
 	names := make([]string, 0, len(files))
 	for n := range files {
@@ -112,6 +115,9 @@ func renderChart(t *testing.T, overrides string) *rendered {
 			case "NetworkPolicy":
 				o := &networkingv1.NetworkPolicy{}
 				r.netpols[head.Metadata.Name], obj = o, o
+			case "ServiceMonitor":
+				o := &monitoringv1.ServiceMonitor{}
+				r.monitors[head.Metadata.Name], obj = o, o
 			default:
 				t.Errorf("%s: unexpected kind %s (Secrets are created apart, never by the chart)", name, head.Kind)
 				continue

@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 )
 
 // legacyFlows is where the previous system's dashboard flows go: see
@@ -127,10 +128,10 @@ func TestLegacyDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testkit.MedpipeBinary(t)
-	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--keys", keysFile, "--address-every", "5",
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	testkit.StartProcess(t, "simulate", nil, bin, "simulate", "--keys", keysFile, "--devices", strconv.Itoa(len(ids)),
 		"--server", listen, "--rate", "2", "--protocol", "legacy", "--status-every", "0")
@@ -174,7 +175,7 @@ func TestLegacyDashboard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	// up's MQTT wants a login: settings.js puts it into flows_cred.json for
 	// the flows' broker nodes, as their editor would have.
 	// settings.js requires bcryptjs, which comes with deploy/node-red's Node-RED.
@@ -186,7 +187,7 @@ func TestLegacyDashboard(t *testing.T) {
 	testkit.StartProcess(t, "node-red (legacy flows)", env,
 		"node", red, "--settings", filepath.Join(userDir, "settings.js"), "--userDir", userDir)
 
-	bctx := testkit.Browser(ctx, t)
+	bctx := browser.Start(ctx, t)
 	if err := chromedp.Run(bctx, chromedp.ActionFunc(func(ctx context.Context) error {
 		_, err := page.AddScriptToEvaluateOnNewDocument(v1Hook).Do(ctx)
 		return err

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 )
 
 // The ids of flows.json's nodes that the dashboard tests look at. The test
@@ -93,7 +93,7 @@ func newNodeRED(t *testing.T, mqttPort int, env ...string) *nodeRED {
 	if err := os.Symlink(modules, filepath.Join(userDir, "node_modules")); err != nil {
 		t.Fatal(err)
 	}
-	n := &nodeRED{t: t, userDir: userDir, port: freePort(t)}
+	n := &nodeRED{t: t, userDir: userDir, port: testkit.FreePort(t)}
 	n.env = append([]string{"PORT=" + strconv.Itoa(n.port), "HOST=127.0.0.1", "MQTT_HOST=127.0.0.1",
 		"MQTT_PORT=" + strconv.Itoa(mqttPort), "MQTT_PREFIX=Pico"}, env...)
 	n.start()
@@ -339,11 +339,11 @@ func TestNodeREDDashboardClinical(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testkit.MedpipeBinary(t)
-	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	// Three simulated devices; with --protocol mixed the third is v2.
 	dataDir := filepath.Join(dir, "data")
 	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	const legacy, v2 = "sim-00002", "sim-00003"
 
@@ -361,7 +361,7 @@ func TestNodeREDDashboardClinical(t *testing.T) {
 	// A bedside screen opens on its patient (?patient=); the selector's
 	// list is checked below, but not clicked: on a busy machine a Vuetify
 	// menu takes minutes to open in headless Chromium.
-	a := openScreen(t, "screen A", testkit.Browser(ctx, t), red.url("/dashboard/patients?patient="+v2))
+	a := openScreen(t, "screen A", browser.Start(ctx, t), red.url("/dashboard/patients?patient="+v2))
 	// Another tab of the same browser: its own connection and sessionStorage,
 	// as another screen (a second Chromium is one too many on a busy machine).
 	tab, closeTab := chromedp.NewContext(a.ctx)
@@ -559,7 +559,7 @@ func TestNodeREDDashboard(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	bin := testkit.MedpipeBinary(t)
-	mqttPort, listen := freePort(t), "127.0.0.1:"+strconv.Itoa(freePort(t))
+	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	dataDir := filepath.Join(dir, "data")
 	// One more device, whose DS18B20 is unplugged: a v2 simulator that
 	// reports the temperature sensor missing.
@@ -569,7 +569,7 @@ func TestNodeREDDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
-		"--data-dir", dataDir, "--nats-port", strconv.Itoa(freePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
+		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
 	testkit.StartProcess(t, "simulate (temperature sensor missing)", nil, bin, "simulate", "--keys", keys, "--protocol", "v2",
 		"--missing-sensor", "temperature", "--server", listen, "--rate", "5", "--status-every", "0")
@@ -586,7 +586,7 @@ func TestNodeREDDashboard(t *testing.T) {
 	if d := red.devices()[noThermo]; d.Temp != nil || d.Sensors["temperature"] != "missing" {
 		t.Fatalf("%s: temperature %v, sensors %v: want no value and the sensor missing", noThermo, d.Temp, d.Sensors)
 	}
-	bctx := testkit.Browser(ctx, t)
+	bctx := browser.Start(ctx, t)
 	if err := chromedp.Run(bctx, chromedp.Navigate(red.url("/dashboard/patients?patient="+v2))); err != nil {
 		t.Fatalf("load the dashboard: %v", err)
 	}
@@ -608,6 +608,17 @@ func TestNodeREDDashboard(t *testing.T) {
 	})
 	if m := nt.msgs(nodeTempGauge); len(m) > 0 {
 		t.Fatalf("the temperature gauge of %s was given %+v", noThermo, m)
+	}
+	gaugeShown := func(sc *screen) string {
+		var v string
+		sc.eval(`(() => { const g = document.querySelector('#nrdb-ui-widget-`+nodeTempGauge+`'); return g ? getComputedStyle(g).visibility : 'no gauge' })()`, &v)
+		return v
+	}
+	if v := gaugeShown(nt); v != "hidden" {
+		t.Fatalf("the temperature gauge of %s is %s, want hidden", noThermo, v)
+	}
+	if v := gaugeShown(s); v != "visible" {
+		t.Fatalf("the temperature gauge of %s is %s, want visible", v2, v)
 	}
 	if m := nt.msgs(nodeMCUGauge); len(m) == 0 {
 		t.Fatalf("the MCU gauge of %s was given nothing: the screen's live values never came", noThermo)
@@ -632,14 +643,4 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	testkit.RemoveBuilt()
 	os.Exit(code)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

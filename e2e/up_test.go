@@ -37,22 +37,9 @@ func TestUpSimulate(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run(upCtx, args, &logs, &logs) }()
 
-	var col *testkit.Collector
-	for col == nil {
-		if c, err := net.Dial("tcp", "127.0.0.1:"+mqttPort); err == nil {
-			c.Close()
-			user, pw := dashboardLogin(t, dataDir)
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true, Username: user, Password: pw})
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("up exited: %v\n%s", err, logs.String())
-		case <-ctx.Done():
-			t.Fatal("MQTT listener never came up")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	waitListening(t, "127.0.0.1:"+mqttPort, done, &logs)
+	user, pw := dashboardLogin(t, dataDir)
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/Physiological_Data/Temperature", QoS: 1, ClientID: "up-test", CleanSession: true, Username: user, Password: pw})
 	seen := map[string]bool{}
 	for len(seen) < 20 {
 		if err := col.WaitLen(ctx, len(col.Messages())+1); err != nil {
@@ -117,20 +104,9 @@ func TestUpTwoThousandDevices(t *testing.T) {
 			// test measures capacity, so it lifts them as the bench does.
 			"--accept-rate-per-ip", "-1", "--max-preframe-per-ip", "-1", "--penalty", "-1s"}, &logs, &logs)
 	}()
-	var col *testkit.Collector
-	for col == nil {
-		if c, err := net.Dial("tcp", edge); err == nil {
-			c.Close()
-			user, pw := dashboardLogin(t, dataDir)
-			col = testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true, Username: user, Password: pw})
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("up exited: %v\n%s", err, logs.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	waitListening(t, edge, done, &logs)
+	user, pw := dashboardLogin(t, dataDir)
+	col := testkit.NewCollector(t, testkit.CollectorOptions{URL: "tcp://127.0.0.1:" + mqttPort, Filter: "Pico/+/reading", QoS: 1, ClientID: "fleet", CleanSession: true, Username: user, Password: pw})
 	sims := make([]simulator.Device, devices)
 	for i, d := range devs {
 		if sims[i], err = simulator.Assign(d, i, "mixed", "mixed"); err != nil {
@@ -156,6 +132,22 @@ func TestUpTwoThousandDevices(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("up: %v", err)
 	}
+}
+
+// waitListening waits until up (running until done, a channel of one)
+// accepts connections on addr, and fails the test if up exits first.
+func waitListening(t *testing.T, addr string, done <-chan error, logs *testkit.SyncBuffer) {
+	t.Helper()
+	testkit.CheckFor(t, 60*time.Second, 50*time.Millisecond, func() error {
+		if len(done) > 0 { // left in the channel for whoever waits for up
+			t.Fatalf("up exited\n%s", logs.String())
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
 }
 
 // dashboardLogin is the MQTT login up generated for dashboards in dataDir.

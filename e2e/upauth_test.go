@@ -41,19 +41,7 @@ func TestUpSecuredByDefault(t *testing.T) {
 		}
 	}()
 	natsURL, mqttURL := "nats://127.0.0.1:"+natsPort, "tcp://127.0.0.1:"+mqttPort
-	for {
-		if c, err := net.Dial("tcp", "127.0.0.1:"+mqttPort); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("up exited: %v\n%s", err, logs.String())
-		case <-ctx.Done():
-			t.Fatal("up's MQTT listener never came up")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	waitListening(t, "127.0.0.1:"+mqttPort, done, &logs)
 
 	// Files: the directory 0700, every secret 0600.
 	credDir := filepath.Join(dataDir, bus.CredentialsDir)

@@ -188,8 +188,9 @@ func TestV2RestartedSimulatorFlows(t *testing.T) {
 	t.Logf("epoch gone back: %d frames refused as replayed and dropped by the device on the verified refusal, the rest flowed (%+v)", dl[string(bus.ReasonReplayed)], st)
 }
 
-// TestV2DeletedMarkAndReset: deleting a device's mark by hand while it
-// sends is treated as an absent mark (no livelock, nothing lost), and the
+// TestV2DeletedMarkAndReset: deleting the mark checkpoints by hand while a
+// device sends is treated as absent checkpoints (no livelock, nothing
+// lost: the partition's owner writes them again from its marks), and the
 // operator's reset lets a device whose sequence went back flow again.
 func TestV2DeletedMarkAndReset(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 120*time.Second)
@@ -201,26 +202,42 @@ func TestV2DeletedMarkAndReset(t *testing.T) {
 	done := make(chan simulator.Stats, 1)
 	go func() { done <- runV2Fleet(ctx, t, addr, devs, n, 0) }()
 	waitUntil(t, 30*time.Second, func() bool { return readingsOf(ctx, t, p.js, devs[0].ID) >= 20 })
-	key := "mark." + devs[0].ID + "." + wire.NewV2Key(devs[0]).Generation()
-	if err := seqs.Delete(ctx, key); err != nil {
-		t.Fatal(err)
+	deleted := 0
+	for range 2 { // and again once the owner has written them again
+		kl, err := seqs.ListKeysFiltered(ctx, "ckpt.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range kl.Keys() {
+			if err := seqs.Delete(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			deleted++
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	if deleted < 2 {
+		t.Fatalf("%d checkpoints deleted: the owner did not write them again", deleted)
 	}
 	st := <-done
 	if st.Acked != n {
-		t.Fatalf("after the mark was deleted: %+v", st)
+		t.Fatalf("after the checkpoints were deleted: %+v", st)
 	}
 	if got := readingsOf(ctx, t, p.js, devs[0].ID); got != n {
 		t.Fatalf("%d readings, want %d", got, n)
 	}
-	// Reset: a mark far ahead of what the device will send; reset it and
-	// the device's frames are accepted at once.
-	if _, err := seqs.Put(ctx, key, []byte("18446744073709551615 1")); err != nil {
-		t.Fatal(err)
+	// Reset: a mark far ahead of what the device will send next (an epoch
+	// from the future, then a unit that starts below it); reset it and the
+	// device's frames are accepted at once.
+	now := uint32(time.Now().Unix())
+	if st := runV2Fleet(ctx, t, addr, devs, 5, now+1000); st.Acked != 5 {
+		t.Fatalf("ahead: %+v", st)
 	}
-	if m, err := decrypt.ResetMarks(ctx, seqs, devs[0].ID); err != nil || m != 1 {
-		t.Fatalf("reset: %d marks, %v", m, err)
+	if err := decrypt.ResetMarks(ctx, seqs, devs[0].ID); err != nil {
+		t.Fatalf("reset: %v", err)
 	}
-	st = runV2Fleet(ctx, t, addr, devs, 20, uint32(time.Now().Unix())+5)
+	time.Sleep(500 * time.Millisecond) // the watch reaches decrypt
+	st = runV2Fleet(ctx, t, addr, devs, 20, now+5)
 	if st.Acked != 20 || deadLetters(ctx, t, p.js)[string(bus.ReasonReplayed)] != 0 {
 		t.Fatalf("after the reset: %+v, dead letters %v", st, deadLetters(ctx, t, p.js))
 	}

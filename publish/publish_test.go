@@ -183,7 +183,7 @@ func TestBridgeOnEmbeddedMQTT(t *testing.T) {
 	const n = 120
 	v.publishReadings(t, devs, 0, n)
 	v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}})
-	want := len(devs) * (n*7 + 4*3) // addresses on readings 1, 51, 101
+	want := len(devs) * (n*int(wire.NumFields) + 4*3) // addresses on readings 1, 51, 101
 	waitExactly(ctx, t, col, want)
 	checkOrder(t, col.Messages(), devs, n, false)
 	waitNothingPending(t, v)

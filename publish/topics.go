@@ -3,6 +3,7 @@ package publish
 import (
 	"encoding/json"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/medpipe/medpipe/bus"
@@ -18,10 +19,28 @@ type Message struct {
 	Retain bool
 }
 
-// valueTopics are the fields in publishing order; each one's topic is the
-// field table's (wire.Fields). The MPU temperature comes last: dashboards
-// take it as the end of a reading.
-var valueTopics = [...]wire.Field{wire.Temp, wire.PulseSig, wire.AcelX, wire.AcelY, wire.AcelZ, wire.TempMcu, wire.TempMpu}
+// internalTopics is the topic subtree of values about the device itself
+// rather than the wearer.
+const internalTopics = "Internal_Device_Data/"
+
+// valueTopics are the fields in publishing order, derived from the field
+// table (wire.Fields) so that a new row is published without a change
+// here: the wearer's values, then the device's own (internalTopics), each
+// in the table's order. The MPU temperature, the table's last internal
+// value, so comes last, where dashboards take a reading to end
+// (deploy/flows_fields_test.go checks flows.json against it).
+var valueTopics = func() (order [wire.NumFields]wire.Field) {
+	n := 0
+	for _, internal := range []bool{false, true} {
+		for f := range wire.NumFields {
+			if strings.HasPrefix(wire.Fields[f].Topic, internalTopics) == internal {
+				order[n] = f
+				n++
+			}
+		}
+	}
+	return order
+}()
 
 // absentValue is the payload of a value topic whose sensor is not ok:
 // JSON's null, which no parser takes for a number (parseFloat gives NaN),

@@ -33,7 +33,9 @@ VERSION=${1:-$(git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-de
 VERSION=${VERSION#v}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 export SOURCE_DATE_EPOCH CGO_ENABLED=0 GOFLAGS=-mod=readonly
-LDFLAGS="-s -w -buildid= -X main.version=$VERSION"
+# The revision too: in workspace mode (go.work) Go records no VCS settings.
+REVISION=$(git rev-parse HEAD 2>/dev/null || true)
+LDFLAGS="-s -w -buildid= -X main.version=$VERSION -X main.revision=$REVISION"
 
 log() { printf '== %s\n' "$*"; }
 mkdir -p "$OUT"

@@ -36,17 +36,18 @@ const (
 var settableFields = [NumSettable]wire.Field{wire.Temp, wire.TempMcu, wire.TempMpu, wire.AcelX, wire.AcelY, wire.AcelZ}
 
 // menu lists the options: option 2k+1 raises value k, 2k+2 lowers it.
+// Each label's unit is the field table's.
 var menu = [NumSettable]struct {
 	name string
 	step float64
 	wrap bool // the accelerometer wraps at ±1 g
 }{
-	{"Patient temperature (°C)", 0.5, false},
-	{"MCU temperature (°C)", 0.5, false},
-	{"MPU temperature (°C)", 0.5, false},
-	{"Accelerometer x (g)", 0.1, true},
-	{"Accelerometer y (g)", 0.1, true},
-	{"Accelerometer z (g)", 0.1, true},
+	{"Patient temperature", 0.5, false},
+	{"MCU temperature", 0.5, false},
+	{"MPU temperature", 0.5, false},
+	{"Accelerometer x", 0.1, true},
+	{"Accelerometer y", 0.1, true},
+	{"Accelerometer z", 0.1, true},
 }
 
 // NewInteractive starts from the old simulator's values.
@@ -116,7 +117,8 @@ func (in *Interactive) line() string {
 func printMenu(out io.Writer) {
 	fmt.Fprintln(out, "Options:")
 	for k, m := range menu {
-		fmt.Fprintf(out, "  %2d) %s +%g    %2d) %s -%g\n", 2*k+1, m.name, m.step, 2*k+2, m.name, m.step)
+		name := m.name + " (" + wire.Fields[settableFields[k]].Unit + ")"
+		fmt.Fprintf(out, "  %2d) %s +%g    %2d) %s -%g\n", 2*k+1, name, m.step, 2*k+2, name, m.step)
 	}
 	fmt.Fprintln(out, "   f) the wearer falls")
 	fmt.Fprintln(out, "   q) quit")

@@ -51,7 +51,7 @@ func (s *Signal) Fall() { s.fallAt = -2 }
 // readings per second.
 func NewSignal(seed int64, rate float64) *Signal {
 	if rate <= 0 {
-		rate = 20
+		rate = DefaultRate
 	}
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15))
 	return &Signal{

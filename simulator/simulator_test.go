@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -180,10 +181,20 @@ func TestFleetReconnects(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
-	waitFor(t, func() bool { return f.Stats().Sent >= 50 })
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if st := f.Stats(); st.Sent < 50 {
+			return fmt.Errorf("%d readings sent of 50", st.Sent)
+		}
+		return nil
+	})
 	e.dropAll() // the edge goes away for every connection at once
 	before := f.Stats().Sent
-	waitFor(t, func() bool { st := f.Stats(); return st.Reconnects >= 5 && st.Sent >= before+100 })
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if st := f.Stats(); st.Reconnects < 5 || st.Sent < before+100 {
+			return fmt.Errorf("%d reconnects of 5, %d readings sent since the drop of 100", st.Reconnects, st.Sent-before)
+		}
+		return nil
+	})
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run: %v", err)
@@ -191,17 +202,6 @@ func TestFleetReconnects(t *testing.T) {
 	if st := f.Stats(); st.Connected != 0 {
 		t.Fatalf("%d connections left open", st.Connected)
 	}
-}
-
-// waitFor waits for cond with testkit.CheckFor's generous deadline.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-		if !cond() {
-			return errors.New("condition not met")
-		}
-		return nil
-	})
 }
 
 func TestGenerateDevices(t *testing.T) {

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/chromedp/chromedp"
 )
 
 var (
@@ -138,34 +136,4 @@ func (p *Proc) Wait(ctx context.Context, t testing.TB) error {
 		t.Fatalf("%s did not exit: %v", p.Name, ctx.Err())
 		return nil
 	}
-}
-
-// ChromiumPath finds Debian's Chromium, or fails the test: the README's
-// test command installs it.
-func ChromiumPath(t testing.TB) string {
-	t.Helper()
-	for _, p := range []string{"chromium", "chromium-browser"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	t.Fatal("chromium is not installed: run ./scripts/test.sh (it installs Debian's chromium)")
-	return ""
-}
-
-// Browser starts headless Chromium with a fresh profile and the flags this
-// closed network needs (no background connections), and returns a chromedp
-// context for it; the browser ends with ctx or the test.
-func Browser(ctx context.Context, t testing.TB) context.Context {
-	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(ChromiumPath(t)), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.WindowSize(1400, 1100),
-		// chromedp's 20 s for Chromium to start is not enough on a busy CI machine.
-		chromedp.WSURLReadTimeout(2*time.Minute))
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	bctx, bcancel := chromedp.NewContext(actx)
-	t.Cleanup(func() { bcancel(); acancel() })
-	return bctx
 }

@@ -450,6 +450,14 @@ type V2Values struct {
 	TempMpu  float64 `json:"TempMpu"`
 }
 
+// Fields are v's values indexed by Field, for code that ranges over them
+// (bus's codec). A test holds each to its row of the field table, and
+// Array and ValuesOf to Fields: they spell the fields out because the
+// firmware uses them, where a loop over pointers costs flash.
+func (v *V2Values) Fields() [NumFields]*float64 {
+	return [...]*float64{&v.Temp, &v.TempMcu, &v.PulseSig, &v.AcelX, &v.AcelY, &v.AcelZ, &v.TempMpu}
+}
+
 // Array returns the values indexed by Field.
 func (v V2Values) Array() [NumFields]float64 {
 	return [NumFields]float64{v.Temp, v.TempMcu, v.PulseSig, v.AcelX, v.AcelY, v.AcelZ, v.TempMpu}

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"math"
 	"os"
+	"reflect"
 	"testing"
 )
 
@@ -556,5 +557,34 @@ func TestV2SensorStates(t *testing.T) {
 		if _, err := ParseV2Payload(bad); !errors.Is(err, ErrV2Payload) {
 			t.Errorf("%s: got %v, want it refused", name, err)
 		}
+	}
+}
+
+// TestV2ValuesFollowTheFieldTable: V2Values.Fields gives field f the struct
+// field whose JSON key is Fields[f].Name, one struct field a row.
+func TestV2ValuesFollowTheFieldTable(t *testing.T) {
+	var v V2Values
+	for f, p := range v.Fields() {
+		*p = float64(f + 1)
+	}
+	rv := reflect.ValueOf(v)
+	if rv.NumField() != int(NumFields) {
+		t.Fatalf("V2Values has %d fields, the table %d rows", rv.NumField(), NumFields)
+	}
+	for i := range rv.NumField() {
+		tag := rv.Type().Field(i).Tag.Get("json")
+		f := Field(rv.Field(i).Float() - 1)
+		if f >= NumFields || Fields[f].Name != tag {
+			t.Errorf("V2Values.%s (JSON %q) is row %d", rv.Type().Field(i).Name, tag, f)
+		}
+	}
+	a := v.Array()
+	for f, p := range v.Fields() {
+		if a[f] != *p {
+			t.Errorf("Array()[%s] = %v, Fields() has %v", Field(f), a[f], *p)
+		}
+	}
+	if back := ValuesOf(a); back != v {
+		t.Errorf("ValuesOf(Array()) = %+v, want %+v", back, v)
 	}
 }

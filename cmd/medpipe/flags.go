@@ -22,6 +22,7 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.String(configFlagName, "", "YAML config `file` whose keys are flag names (medpipe config example prints one); flags and MEDPIPE_* override it")
 	fs.Usage = func() {
+		stderr := fs.Output()
 		fmt.Fprintf(stderr, "Usage: medpipe %s [flags]\n\n%s\n\nFlags (each also read from the environment variable shown, then from the --config file):\n", name, synopsis)
 		for _, g := range groupFlags(fs) {
 			fmt.Fprintf(stderr, "\n%s:\n", g.title)

@@ -15,7 +15,7 @@ func runHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlagSet("healthcheck", "Exit 0 when the stage's /healthz on --http answers 200, 1 otherwise.", stderr)
 	var addr string
 	var timeout time.Duration
-	fs.StringVar(&addr, "http", "127.0.0.1:9101", "the stage's --http address")
+	fs.StringVar(&addr, "http", "127.0.0.1"+ingestHTTP, "the stage's --http address")
 	fs.DurationVar(&timeout, "timeout", 3*time.Second, "give up after this long")
 	if err := parseFlags(fs, args); err != nil {
 		return err

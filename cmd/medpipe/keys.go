@@ -112,11 +112,10 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "%s: protocol %s\n", arg, arg2)
 			return nil
 		}
-		n, err := decrypt.ResetMarks(ctx, seqs, arg)
-		if err != nil {
+		if err := decrypt.ResetMarks(ctx, seqs, arg); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s: %d marks reset\n", arg, n)
+		fmt.Fprintf(stdout, "%s: marks reset\n", arg)
 		return nil
 	case "audit":
 		entries, err := registry.Audit(ctx, js, auditFrom, auditLimit)

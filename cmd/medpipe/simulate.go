@@ -190,6 +190,7 @@ func simulateStatus(ctx context.Context, log *slog.Logger, f *simulator.Fleet, e
 		}
 	}
 }
+
 // missingSensors parses --missing-sensor: sensor names, each reported missing.
 func missingSensors(list string) (wire.SensorStates, error) {
 	var st wire.SensorStates

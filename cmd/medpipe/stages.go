@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/medpipe/medpipe/bus"
@@ -239,24 +241,52 @@ func (f *publishFlags) destination() string {
 	return "mqtt " + bus.RedactURLs(f.mqtt)
 }
 
+// The ops endpoints of the separate stages, one port each so that they can
+// share a machine (medpipe healthcheck asks ingest's unless told otherwise).
+const (
+	ingestHTTP  = ":9101"
+	decryptHTTP = ":9102"
+	publishHTTP = ":9103"
+)
+
+// stageFlags are the flags every separate stage has: the ops endpoint, logs
+// and its NATS connection as its role.
+type stageFlags struct {
+	common commonFlags
+	nf     natsFlags
+}
+
+func (s *stageFlags) register(fs *flag.FlagSet, http string, role bus.Role) {
+	s.common.register(fs, http)
+	s.nf.register(fs)
+	s.nf.role = role
+}
+
+// process parses args and starts the stage bootstrap; the caller closes it.
+func (s *stageFlags) process(fs *flag.FlagSet, args []string, stderr io.Writer) (*stage.Process, error) {
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	return s.common.process(stderr)
+}
+
+// connect connects p as the stage's role and verifies the streams.
+func (s *stageFlags) connect(ctx context.Context, p *stage.Process, name string) (*nats.Conn, jetstream.JetStream, int, error) {
+	return p.ConnectStreams(ctx, s.nf.conn(name, p.Log()), s.nf.givenStreams())
+}
+
 func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("ingest", "The TCP edge: frames legacy device streams and stores them, still encrypted, in JetStream RAW.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var inf ingestFlags
-	common.register(fs, ":9101")
-	nf.register(fs)
-	nf.role = bus.RoleIngest
+	sf.register(fs, ingestHTTP, bus.RoleIngest)
 	inf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-ingest", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-ingest")
 	if err != nil {
 		return err
 	}
@@ -274,17 +304,11 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("decrypt", "Decrypt workers: identify each frame's device, decrypt and validate it, publish the reading to READINGS.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var df decryptFlags
-	common.register(fs, ":9102")
-	nf.register(fs)
-	nf.role = bus.RoleDecrypt
+	sf.register(fs, decryptHTTP, bus.RoleDecrypt)
 	df.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -295,7 +319,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-decrypt", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-decrypt")
 	if err != nil {
 		return err
 	}
@@ -303,16 +327,17 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	keySource := "file " + df.keys
 	rctx, cancel := context.WithTimeout(ctx, stage.SetupTimeout)
 	defer cancel()
+	replicas := sf.nf.streams.Replicas
 	if df.keys == "" {
-		if opts.Registry, err = registry.Bind(rctx, js, nf.streams.Replicas); err != nil {
+		if opts.Registry, err = registry.Bind(rctx, js, replicas); err != nil {
 			return err
 		}
 		keySource = "registry " + registry.Bucket
 	}
-	if opts.Conns, err = bus.OpenConnStore(rctx, js, nf.streams.Replicas); err != nil {
+	if opts.Conns, err = bus.OpenConnStore(rctx, js, replicas); err != nil {
 		return err
 	}
-	if opts.Seqs, err = bus.OpenSeqStore(rctx, js, nf.streams.Replicas); err != nil {
+	if opts.Seqs, err = bus.OpenSeqStore(rctx, js, replicas); err != nil {
 		return err
 	}
 	w, err := decrypt.New(js, opts)
@@ -326,22 +351,16 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runPublish(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("publish", "The MQTT bridge: republishes READINGS into the MQTT topics dashboards subscribe to.", stderr)
-	var common commonFlags
-	var nf natsFlags
+	var sf stageFlags
 	var pf publishFlags
-	common.register(fs, ":9103")
-	nf.register(fs)
-	nf.role = bus.RolePublish
+	sf.register(fs, publishHTTP, bus.RolePublish)
 	pf.register(fs, publish.DefaultMQTTURL)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	p, err := common.process(stderr)
+	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	nc, js, parts, err := p.ConnectStreams(ctx, nf.conn("medpipe-publish", p.Log()), nf.givenStreams())
+	nc, js, parts, err := sf.connect(ctx, p, "medpipe-publish")
 	if err != nil {
 		return err
 	}

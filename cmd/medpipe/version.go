@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -9,9 +10,10 @@ import (
 	"github.com/medpipe/medpipe/ops"
 )
 
-// version is set at build time with -ldflags "-X main.version=…"
-// (scripts/release.sh).
-var version = ""
+// version and revision are set at build time with -ldflags
+// "-X main.version=… -X main.revision=…" (scripts/release.sh): Go records
+// no VCS settings in workspace mode.
+var version, revision = "", ""
 
 // buildInfo is the running binary's version and VCS revision. Without a
 // stamped version it describes the build from what the Go toolchain
@@ -19,7 +21,7 @@ var version = ""
 // devel-<revision>[-dirty] from the VCS, and "(devel)" only when the
 // toolchain recorded neither.
 func buildInfo() ops.Build {
-	b := ops.Build{Version: version}
+	b := ops.Build{Version: version, Revision: revision}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		if b.Version == "" {
@@ -31,7 +33,7 @@ func buildInfo() ops.Build {
 	for _, s := range bi.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			b.Revision = s.Value
+			b.Revision = cmp.Or(b.Revision, s.Value)
 		case "vcs.modified":
 			modified = s.Value == "true"
 		}

@@ -169,8 +169,9 @@ type Stats struct {
 	// sealed again under a new boot epoch; Invalid (a firmware bug) and
 	// Tampered (altered on the way twice) frames were dropped; Halts counts
 	// refusals that stopped sending (key revoked, protocol pinned).
-	// EdgeErrors counts the edge's unauthenticated ERROR frames.
-	Replayed, Invalid, Tampered, Halts, EdgeErrors uint64
+	// EdgeErrors counts the edge's unauthenticated ERROR frames; Unanswered,
+	// v2 links that ended before any reply verified (an unknown device's).
+	Replayed, Invalid, Tampered, Halts, EdgeErrors, Unanswered uint64
 }
 
 // New prepares the firmware on b.

@@ -28,11 +28,13 @@ type linkRig struct {
 	steady espfake.LinkStats // the UART's counters when the edge accepted the link
 	frames int
 	bytes  int
-	// answer, when set (before Work), makes the edge's reply to each frame
+	// answer, set with setAnswer before Work, makes the edge's reply to each frame
 	// (nil: none) instead of an ACK; n counts the frame's arrivals so far
 	// (1: first), close makes the edge close the connection after replying.
 	answer func(v *wire.V2Frame, n int, key *wire.V2Key) (reply []byte, close bool)
 	seen   map[uint64]int // arrivals per sequence number
+	conns  int            // connections the edge accepted
+	acks   int            // ACKs the edge sent
 }
 
 func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
@@ -42,6 +44,8 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 	edge := testkit.ServeTCP(t, func(c net.Conn) {
 		r.mu.Lock()
 		r.steady = r.mod.Link()
+		r.conns++
+		answer := r.answer
 		r.mu.Unlock()
 		var buf []byte
 		for {
@@ -63,12 +67,17 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 			n := r.seen[v.Seq]
 			r.mu.Unlock()
 			reply, closeConn := key.AppendAck(nil, v.Seq, v.Tag()), false
-			if r.answer != nil {
-				reply, closeConn = r.answer(&v, n, key)
+			if answer != nil {
+				reply, closeConn = answer(&v, n, key)
 			}
 			if reply != nil {
 				if _, err := c.Write(reply); err != nil {
 					return
+				}
+				if reply[2] == wire.V2Ack {
+					r.mu.Lock()
+					r.acks++
+					r.mu.Unlock()
 				}
 			}
 			if closeConn {
@@ -81,7 +90,9 @@ func newLinkRig(t *testing.T, o espfake.Options, opts Options) *linkRig {
 	o.Resolve = func(string, int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(edge.Port)) }
 	mod, uart := espfake.New(o)
 	t.Cleanup(func() { mod.Close() })
+	r.mu.Lock() // the edge's handler reads it
 	r.mod = mod
+	r.mu.Unlock()
 	motion := &hwfake.MPU6050{}
 	motion.Set(0.01, -0.02, 0.98, 24.5)
 	r.motion, r.temp = motion, hwfake.NewDS18B20(36.625)
@@ -101,6 +112,13 @@ func (r *linkRig) work(t *testing.T, timeout time.Duration) {
 	if err := r.d.Work(ctx, r.cfg); err != nil {
 		t.Fatalf("working mode: %v (stats %+v)", err, r.d.Stats)
 	}
+}
+
+// setAnswer sets the edge's answer to each frame (see linkRig.answer).
+func (r *linkRig) setAnswer(f func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.answer = f
 }
 
 // TestLinkBudget: 20 readings/s with 250 Hz pulse samples must leave at

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,7 +132,7 @@ func TestRefusalsActedOn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newLinkRig(t, espfake.Options{}, Options{Readings: readings})
-			r.answer = tt.answer
+			r.setAnswer(tt.answer)
 			r.work(t, 60*time.Second)
 			tt.check(t, r)
 		})
@@ -143,7 +144,7 @@ func TestRefusalsActedOn(t *testing.T) {
 func TestRevokedHaltsSending(t *testing.T) {
 	r := newLinkRig(t, espfake.Options{}, Options{})
 	forger := wire.NewV2Key(wire.Device{ID: r.cfg.Device.ID, Key: [16]byte([]byte("not-the-real-key"))})
-	r.answer = func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool) {
+	r.setAnswer(func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool) {
 		switch c := wire.V2SeqCounter(v.Seq); {
 		case c < 5:
 			return key.AppendAck(nil, v.Seq, v.Tag()), false
@@ -151,7 +152,7 @@ func TestRevokedHaltsSending(t *testing.T) {
 			return forger.AppendRefused(nil, v.Seq, wire.V2RefRevoked, v.Tag()), false
 		}
 		return key.AppendRefused(nil, v.Seq, wire.V2RefRevoked, v.Tag()), false
-	}
+	})
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
@@ -206,4 +207,52 @@ func (r *linkRig) seenSeqs() map[uint64]int {
 		out[k] = v
 	}
 	return out
+}
+
+// TestUnknownDeviceBacksOff: an edge that closes every connection without
+// a reply (what it does to a device decrypt does not know) costs the
+// device no frame, and its reconnects slow down (0.5 s, 1 s, 2 s, …)
+// instead of hammering the edge; the first verified ACK ends it.
+func TestUnknownDeviceBacksOff(t *testing.T) {
+	r := newLinkRig(t, espfake.Options{}, Options{})
+	var known atomic.Bool
+	r.setAnswer(func(v *wire.V2Frame, n int, key *wire.V2Key) ([]byte, bool) {
+		if known.Load() {
+			return key.AppendAck(nil, v.Seq, v.Tag()), false
+		}
+		return nil, true
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.d.Work(ctx, r.cfg) }()
+	time.Sleep(4 * time.Second)
+	r.mu.Lock()
+	conns := r.conns
+	r.mu.Unlock()
+	// Backoffs 0.5 + 1 + 2 s fit in 4 s: about four connections, where
+	// reconnecting at each reading would make dozens.
+	if conns > 6 {
+		t.Fatalf("%d connections in 4 s with no reply: no backoff", conns)
+	}
+	known.Store(true) // registered now: the next connection is answered
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r.mu.Lock()
+		acked := len(r.seen) > 0 && r.acks > 0
+		r.mu.Unlock()
+		if acked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no frame acknowledged once the device was known")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if s := r.d.Stats; s.Unanswered < 2 || s.Dropped != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	t.Logf("%d connections unanswered in 4 s; stats %+v", conns, r.d.Stats)
 }

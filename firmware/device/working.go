@@ -62,6 +62,8 @@ type worker struct {
 	nextClock   time.Time // when to read the module's clock again
 
 	halted     bool      // a verified refusal stopped sending (Device.Halted)
+	answered   bool      // a reply verified on the current link
+	unanswered int       // v2 links in a row that ended with no verified reply
 	nextProbe  time.Time // when a halted device sends its oldest frame again
 	errBackoff time.Duration
 	retry      []uint64 // frames the edge could not store (ERROR 3), resent at retryAt
@@ -326,7 +328,11 @@ func (w *worker) connected(ctx context.Context) bool {
 		w.d.log("connect: %v; retrying in %v", err, w.backoff)
 		return false
 	}
-	w.link, w.backoff = l, 0
+	w.link, w.answered = l, false
+	if w.v2 == nil || w.unanswered == 0 {
+		// A v2 link that keeps ending unanswered keeps its backoff (see lost).
+		w.backoff = 0
+	}
 	if w.v2 != nil {
 		go readAcks(l, w.acks)
 		frames := w.outbox.Frames()
@@ -345,12 +351,29 @@ func (w *worker) connected(ctx context.Context) bool {
 }
 
 // lost forgets a broken link.
+//
+// A v2 link that ends before any reply verified is "unanswered": the edge
+// closes the connections of a device decrypt does not know (its frames
+// are dead-lettered as unknown_device, and no reply can be made without
+// its key). Nothing unauthenticated may halt the device, so it keeps its
+// frames and retries, but with a growing backoff, and says what is likely.
 func (w *worker) lost(err error) {
 	w.d.log("link lost: %v", err)
 	w.d.Stats.Reconnects++
 	if w.link != nil {
 		w.link.Close()
 		w.link = nil
+	}
+	if w.v2 == nil || w.answered {
+		w.unanswered = 0
+		return
+	}
+	w.unanswered++
+	w.d.Stats.Unanswered++
+	w.backoff = min(max(2*w.backoff, 500*time.Millisecond), 30*time.Second)
+	w.nextConnect = time.Now().Add(w.backoff)
+	if w.unanswered&(w.unanswered-1) == 0 && w.unanswered >= 4 {
+		w.d.log("%d connections in a row ended with no verified reply: is this device registered with this key (medpipe keys add)? retrying in %v", w.unanswered, w.backoff)
 	}
 }
 
@@ -384,7 +407,11 @@ func (w *worker) settle(ctx context.Context, r *wire.V2Frame) {
 	if r.Type == wire.V2Refused && r.Code == wire.V2RefReplayed {
 		refused = w.outbox.Frame(r.Seq) // Settle drops it: its reading is sealed again
 	}
-	switch w.outbox.Settle(w.v2, r) {
+	st := w.outbox.Settle(w.v2, r)
+	if st != wire.Unverified {
+		w.answered, w.unanswered = true, 0
+	}
+	switch st {
 	case wire.Unverified:
 		// Forged, or about a frame already settled: nothing changes.
 	case wire.Acked:

@@ -26,6 +26,7 @@ import (
 	"github.com/medpipe/medpipe/firmware/hwfake"
 	"github.com/medpipe/medpipe/firmware/sensors"
 	"github.com/medpipe/medpipe/testkit"
+	"github.com/medpipe/medpipe/testkit/browser"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -267,7 +268,7 @@ func TestConfigurationPageInBrowser(t *testing.T) {
 		t.Fatalf("access point %+v", ap)
 	}
 	base := "http://" + fb.mod.ServerAddr().String() + "/"
-	b := testkit.Browser(ctx, t)
+	b := browser.Start(ctx, t)
 	var msg string
 	fill := func(id, v string) chromedp.Action { return chromedp.SetValue("#"+id, v, chromedp.ByQuery) }
 	start := time.Now()
