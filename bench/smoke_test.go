@@ -3,12 +3,25 @@ package bench
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/medpipe/medpipe/testkit"
 )
+
+// benchBinary builds medpipe with -tags bench: the process and drain modes
+// run their nats-server as `medpipe bench --serve-nats`, which only that
+// build links (testkit.MedpipeBinary builds the release binary).
+func benchBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "medpipe")
+	if out, err := exec.Command("go", "build", "-tags", "bench", "-o", bin, "github.com/medpipe/medpipe/cmd/medpipe").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags bench: %v\n%s", err, out)
+	}
+	return bin
+}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -21,7 +34,7 @@ func TestMain(m *testing.M) {
 // duplicated in a clean run), and the report and plots are written. It
 // checks the accounting, not the speed.
 func TestSmoke(t *testing.T) {
-	bin := testkit.MedpipeBinary(t)
+	bin := benchBinary(t)
 	for _, mode := range []string{ModeEmbedded, ModeProcess} {
 		t.Run(mode, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
@@ -61,7 +74,7 @@ func TestSmokeDrain(t *testing.T) {
 	if _, err := exec.LookPath("mosquitto"); err != nil {
 		t.Skip("mosquitto not on PATH: the drain scenario starts one")
 	}
-	bin := medpipeBinary(t)
+	bin := benchBinary(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	out := t.TempDir()
