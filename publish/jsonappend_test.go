@@ -113,7 +113,9 @@ func TestReadingJSONMatchesEncodingJSON(t *testing.T) {
 		{"local zone", func(j *jsonReading) { j.Received = time.Date(2026, 1, 1, 0, 0, 0, 5, time.FixedZone("cet", 3600)) }},
 		{"NaN sample", func(j *jsonReading) { j.Pulse.Samples[0] = math.NaN() }},
 		{"Inf rate", func(j *jsonReading) { j.Pulse.Rate = math.Inf(1) }},
-		{"exponents", func(j *jsonReading) { j.Pulse.Samples = []float64{1e-7, 1e21, -1e-300, 5e-324, 1e20, 1e-6, math.MaxFloat64, math.Copysign(0, -1)} }},
+		{"exponents", func(j *jsonReading) {
+			j.Pulse.Samples = []float64{1e-7, 1e21, -1e-300, 5e-324, 1e20, 1e-6, math.MaxFloat64, math.Copysign(0, -1)}
+		}},
 		{"ten-thousandths", func(j *jsonReading) {
 			j.Pulse.Samples = []float64{0.0001, -0.0001, 0.1, 0.12, 1.2345, -3.3, 999999999.9999, 1e9, -1e9, 123456.7891, 0.30000000000000004, 1.00005, 3.2999}
 		}},
