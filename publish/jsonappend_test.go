@@ -210,3 +210,21 @@ func TestTenThousandths(t *testing.T) {
 		check(rng.NormFloat64() * scale)
 	}
 }
+
+// TestJSONSizeHint: a v2 reading's JSON, with a full pulse batch of 25 or
+// 250 samples and long ids, fits jsonSizeHint (one allocation).
+func TestJSONSizeHint(t *testing.T) {
+	for _, n := range []int{0, 25, 250} {
+		r := v2Reading("iot_med_dev_0123456789", 5, wire.SensorStates{})
+		r.Seq = math.MaxUint64
+		r.Received = time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.UTC)
+		r.DeviceTime = r.Received.Add(-time.Millisecond)
+		r.Pulse = &wire.PulseBatch{Rate: 250, Start: r.DeviceTime.UnixMilli(), Samples: make([]float64, n)}
+		for i := range r.Pulse.Samples {
+			r.Pulse.Samples[i] = wire.PulseVolts(uint16(1001 + i%3000)) // 4 decimals: the longest
+		}
+		if m := JSONMessage("Pico", r); len(m.Payload) > jsonSizeHint(n) {
+			t.Errorf("%d samples: %d bytes, hint %d", n, len(m.Payload), jsonSizeHint(n))
+		}
+	}
+}

@@ -127,9 +127,10 @@ func JSONMessage(prefix string, r *bus.Reading) Message {
 }
 
 // jsonSizeHint is room for a reading's JSON with samples pulse samples
-// (a reading's values and times take about 300 bytes, a sample at most 7
-// with its comma, as PulseVolts rounds to 4 decimals): one allocation.
-func jsonSizeHint(samples int) int { return 384 + 8*samples }
+// (a v2 reading's values, times, sensor states and the batch's rate and
+// start take about 420 bytes, a sample at most 7 with its comma, as
+// PulseVolts rounds to 4 decimals): one allocation, no regrowth.
+func jsonSizeHint(samples int) int { return 512 + 8*samples }
 
 // StatusMessage is a v2 device's sensor states, retained, on
 // <prefix>/<id>/Internal_Device_Data/Status (wire.StatusTopic):
