@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -299,51 +300,83 @@ func (s *stack) counters() map[string]float64 {
 	return out
 }
 
-// profile saves, from every child, a CPU profile taken over d and then the
-// allocation profile, into dir as <process>.cpu.pprof and <process>.allocs.pprof.
+// profile saves, from every child, CPU, block and mutex profiles taken over
+// d, then the allocation profile and a goroutine snapshot, into dir as
+// <process>.{cpu,block,mutex,allocs,goroutine}.pprof; and the bench
+// process's own CPU profile over d (the simulator and the subscriber) as
+// bench.cpu.pprof.
 func (s *stack) profile(ctx context.Context, dir string, d time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	secs := int(d.Seconds())
 	var wg sync.WaitGroup
-	errs := make(chan error, 2*len(s.procs))
+	errs := make(chan error, 6*len(s.procs)+1)
+	wg.Go(func() { errs <- profileSelf(ctx, filepath.Join(dir, "bench.cpu.pprof"), d) })
 	for _, p := range s.procs {
 		if p.http == "" { // not ours: mosquitto
 			continue
 		}
-		wg.Go(func() {
-			for _, pr := range []struct{ path, file string }{
-				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), p.name + ".cpu.pprof"},
-				{"/debug/pprof/allocs", p.name + ".allocs.pprof"},
-			} {
-				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+pr.path, nil)
-				if err != nil {
-					errs <- err
-					return
-				}
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					errs <- fmt.Errorf("bench: profile %s: %w", p.name, err)
-					return
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("bench: profile %s: %s", p.name, resp.Status)
-				}
-				if err == nil {
-					err = os.WriteFile(filepath.Join(dir, pr.file), b, 0o644)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
+		fetch := func(path, file string) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+path, nil)
+			if err != nil {
+				return err
 			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("bench: profile %s: %w", p.name, err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("bench: profile %s: %s", p.name, resp.Status)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, p.name+"."+file+".pprof"), b, 0o644)
+			}
+			return err
+		}
+		// The window's profiles at once, so that they cover the same seconds.
+		var window sync.WaitGroup
+		for _, kind := range []string{"profile", "block", "mutex"} {
+			file := kind
+			if kind == "profile" {
+				file = "cpu"
+			}
+			window.Go(func() { errs <- fetch(fmt.Sprintf("/debug/pprof/%s?seconds=%d", kind, secs), file) })
+		}
+		wg.Go(func() {
+			window.Wait()
+			errs <- fetch("/debug/pprof/allocs", "allocs")
+			errs <- fetch("/debug/pprof/goroutine", "goroutine")
 		})
 	}
 	wg.Wait()
 	close(errs)
-	return <-errs
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// profileSelf writes the bench process's CPU profile over d into path.
+func profileSelf(ctx context.Context, path string, d time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return fmt.Errorf("bench: profile the bench process: %w", err)
+	}
+	defer pprof.StopCPUProfile()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 // ProcUsage is one process's resource use.
