@@ -692,12 +692,19 @@ type v2Reply struct {
 	text string
 }
 
+// v2RepliesQueued bounds a v2 connection's frames read and not yet
+// followed to their outcome by replyV2; the reader waits beyond it. Every
+// connection holds this buffer for its life and the collector scans it, so
+// it is kept to what a device's resent outbox needs to stream (see
+// bench/README.md); the edge's publish window bounds the whole process.
+const v2RepliesQueued = 32
+
 // serveV2 reads a v2 stream. RAW partitions v2 frames by device, so a
 // device's frames stay in order across reconnects, and their message id
 // (bus.V2MsgID: device, seq and the tag, which only the genuine frame has)
 // stores a retransmission once.
 func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
-	replies := make(chan v2Reply, 256)
+	replies := make(chan v2Reply, v2RepliesQueued)
 	var writer sync.WaitGroup
 	writer.Go(func() { e.replyV2(cn, replies) })
 	defer writer.Wait()
