@@ -31,6 +31,10 @@ type Options struct {
 	Binary string
 	// Mode is ModeEmbedded (default), ModeProcess or ModeExternal.
 	Mode string
+	// Cluster, above 1 and with ModeProcess, runs that many nats-server
+	// processes as one JetStream cluster (streams and buckets with as many
+	// replicas), with Mosquitto as the MQTT broker.
+	Cluster int
 	// NATS and MQTT are the servers of ModeExternal.
 	NATS, MQTT string
 	// Devices, Rate (readings/s each, default 1), Mix of kinds (default
@@ -78,6 +82,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Mode == "" {
 		o.Mode = ModeEmbedded
+	}
+	if o.Cluster > 1 && (o.Mode != ModeProcess || o.Scenario == ScenarioDrain) {
+		return errors.New("bench: --cluster needs --stages process and the live scenario")
 	}
 	if o.Scenario == "" {
 		o.Scenario = ScenarioLive
@@ -220,7 +227,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 // runOnce runs one scenario on a fresh stack.
 func runOnce(ctx context.Context, o Options) (Result, error) {
-	res := Result{Mode: o.Mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
+	mode := o.Mode
+	if o.Cluster > 1 {
+		mode = fmt.Sprintf("%s, %d-node cluster, Mosquitto", o.Mode, o.Cluster)
+	}
+	res := Result{Mode: mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
 	dir, err := os.MkdirTemp("", "medpipe-bench-")
 	if err != nil {
 		return res, err

@@ -27,6 +27,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	)
 	common.log.register(fs)
 	fs.StringVar(&o.Mode, "stages", bench.ModeEmbedded, "embedded (one `medpipe up` process), process (a process per stage) or external (stages against --nats and --mqtt)")
+	fs.IntVar(&o.Cluster, "cluster", 0, "process mode: run this many nats-servers as one JetStream cluster (3: streams with 3 replicas), with Mosquitto as the broker")
 	fs.StringVar(&o.NATS, "nats", "", "external mode: NATS URL(s)")
 	fs.StringVar(&o.MQTT, "mqtt", "", "external mode: MQTT broker URL")
 	fs.IntVar(&o.Devices, "devices", 1000, "simulated devices")
@@ -53,11 +54,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&servePort, "serve-nats-port", 4222, "internal: --serve-nats's client port")
 	fs.IntVar(&serveMQTT, "serve-mqtt-port", -2, "internal: --serve-nats's MQTT port (-2: none)")
 	fs.StringVar(&serveHTTP, "http", "127.0.0.1:0", "internal: --serve-nats's /healthz and profiler address")
+	var node bench.Node
+	var routes string
+	fs.StringVar(&node.Name, "serve-name", "", "internal: --serve-nats's server name (cluster nodes)")
+	fs.IntVar(&node.ClusterPort, "serve-cluster-port", 0, "internal: --serve-nats's route port (0: not clustered)")
+	fs.StringVar(&routes, "serve-routes", "", "internal: --serve-nats's routes, host:port of every node, comma-separated")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if serveDir != "" {
-		return bench.ServeNATS(ctx, serveDir, servePort, serveMQTT, serveHTTP)
+		if routes != "" {
+			node.Routes = strings.Split(routes, ",")
+		}
+		return bench.ServeNATS(ctx, serveDir, servePort, serveMQTT, serveHTTP, node)
 	}
 	log, err := common.log.logger(stderr)
 	if err != nil {
