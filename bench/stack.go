@@ -324,22 +324,14 @@ func (s *stack) stop() {
 func stopAll(procs []*proc) {
 	var wg sync.WaitGroup
 	for _, p := range procs {
-		wg.Go(func() {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case err := <-p.done:
-				p.done <- err
-			case <-time.After(20 * time.Second):
-				_ = p.cmd.Process.Kill()
-			}
-			p.log.Close()
-		})
+		wg.Go(p.stop)
 	}
 	wg.Wait()
 }
 
-// stopOne stops one child as stop does, and forgets it.
-func (s *stack) stopOne(p *proc) {
+// stop asks the child to stop (SIGTERM), kills it after 20 s, and closes
+// its log.
+func (p *proc) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
@@ -348,6 +340,11 @@ func (s *stack) stopOne(p *proc) {
 		_ = p.cmd.Process.Kill()
 	}
 	p.log.Close()
+}
+
+// stopOne stops one child as stop does, and forgets it.
+func (s *stack) stopOne(p *proc) {
+	p.stop()
 	for i, q := range s.procs {
 		if q == p {
 			s.procs = append(s.procs[:i], s.procs[i+1:]...)
