@@ -25,32 +25,51 @@ const (
 	LayoutJSON   = "json"   // one JSON message per reading
 )
 
+// Defaults of Options (and of `medpipe bench`'s flags).
+const (
+	DefaultDevices  = 1000
+	DefaultRate     = 1.0 // readings per second of each device
+	DefaultMix      = "pico=40,pseudo=10,v2=50"
+	DefaultWarmup   = 5 * time.Second
+	DefaultDuration = 30 * time.Second
+	DefaultDrain    = 30 * time.Second
+	DefaultQoS      = 1
+	DefaultP99      = 100 * time.Millisecond
+	DefaultFrames   = 200_000
+	maxRamp         = 10 * time.Second
+)
+
 // Options configures a benchmark run. Zero values take the defaults given.
 type Options struct {
 	// Binary is the medpipe executable that runs the stack's processes.
 	Binary string
 	// Mode is ModeEmbedded (default), ModeProcess or ModeExternal.
 	Mode string
+	// Cluster, above 1 and with ModeProcess, runs that many nats-server
+	// processes as one JetStream cluster (streams and buckets with as many
+	// replicas), with Mosquitto as the MQTT broker.
+	Cluster int
 	// NATS and MQTT are the servers of ModeExternal.
 	NATS, MQTT string
-	// Devices, Rate (readings/s each, default 1), Mix of kinds (default
-	// "pico=40,pseudo=10,v2=50") and Ramp (spread of connection starts,
-	// default 10 s or less for small fleets).
+	// Devices (required; the flag's default is DefaultDevices), Rate
+	// (readings/s each, DefaultRate), Mix of kinds (DefaultMix) and Ramp
+	// (spread of connection starts, 1 ms per device, at most 10 s).
 	Devices int
 	Rate    float64
 	Mix     string
 	Ramp    time.Duration
-	// Warmup runs before the measured window (default 5 s); Duration is the
-	// window (default 30 s); Drain bounds the wait for the last readings
-	// after the devices stop (default 30 s).
+	// Warmup runs before the measured window (DefaultWarmup); Duration is
+	// the window (DefaultDuration); Drain bounds the wait for the last
+	// readings after the devices stop (DefaultDrain).
 	Warmup, Duration, Drain time.Duration
-	// Layout is LayoutTopics (default) or LayoutJSON; QoS is 0 or 1 (default 1).
+	// Layout is LayoutTopics (default) or LayoutJSON; QoS is 0 or 1 (the
+	// zero value is QoS 0; the flag's default is DefaultQoS).
 	Layout string
 	QoS    int
 	// Ceilings measures JetStream's and MQTT's raw rates after the run.
 	Ceilings bool
 	// Sweep raises the rate step by step (Rate, ×1.5, …) until p99 passes
-	// P99 (default 100 ms) or a reading is lost, and reports the last rate
+	// P99 (DefaultP99) or a reading is lost, and reports the last rate
 	// that held.
 	Sweep bool
 	P99   time.Duration
@@ -61,7 +80,7 @@ type Options struct {
 	// allocation profiles of every stack process (go tool pprof reads them).
 	Profile string
 	// Scenario is ScenarioLive (default) or ScenarioDrain: Frames legacy
-	// frames (default 200,000) sent into RAW first, then drained by decrypt
+	// frames (DefaultFrames) sent into RAW first, then drained by decrypt
 	// and publish as processes into MQTT (MQTT, when set, or a Mosquitto
 	// the bench starts), JSON layout.
 	Scenario string
@@ -79,6 +98,9 @@ func (o *Options) setDefaults() error {
 	if o.Mode == "" {
 		o.Mode = ModeEmbedded
 	}
+	if o.Cluster > 1 && (o.Mode != ModeProcess || o.Scenario == ScenarioDrain) {
+		return errors.New("bench: --cluster needs --stages process and the live scenario")
+	}
 	if o.Scenario == "" {
 		o.Scenario = ScenarioLive
 	}
@@ -86,28 +108,28 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("bench: scenario %q: want live or drain", o.Scenario)
 	}
 	if o.Frames <= 0 {
-		o.Frames = 200_000
+		o.Frames = DefaultFrames
 	}
 	if o.Devices <= 0 {
 		return errors.New("bench: Devices must be positive")
 	}
 	if o.Rate <= 0 {
-		o.Rate = 1
+		o.Rate = DefaultRate
 	}
 	if o.Mix == "" {
-		o.Mix = "pico=40,pseudo=10,v2=50"
+		o.Mix = DefaultMix
 	}
 	if o.Ramp <= 0 {
-		o.Ramp = min(10*time.Second, time.Duration(o.Devices)*time.Millisecond)
+		o.Ramp = min(maxRamp, time.Duration(o.Devices)*time.Millisecond)
 	}
 	if o.Warmup <= 0 {
-		o.Warmup = 5 * time.Second
+		o.Warmup = DefaultWarmup
 	}
 	if o.Duration <= 0 {
-		o.Duration = 30 * time.Second
+		o.Duration = DefaultDuration
 	}
 	if o.Drain <= 0 {
-		o.Drain = 30 * time.Second
+		o.Drain = DefaultDrain
 	}
 	if o.Layout == "" {
 		o.Layout = LayoutTopics
@@ -119,7 +141,7 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("bench: qos %d: want 0 or 1", o.QoS)
 	}
 	if o.P99 <= 0 {
-		o.P99 = 100 * time.Millisecond
+		o.P99 = DefaultP99
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -220,7 +242,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 // runOnce runs one scenario on a fresh stack.
 func runOnce(ctx context.Context, o Options) (Result, error) {
-	res := Result{Mode: o.Mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
+	mode := o.Mode
+	if o.Cluster > 1 {
+		mode = fmt.Sprintf("%s, %d-node cluster, Mosquitto", o.Mode, o.Cluster)
+	}
+	res := Result{Mode: mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
 	dir, err := os.MkdirTemp("", "medpipe-bench-")
 	if err != nil {
 		return res, err

@@ -277,9 +277,11 @@ func (s *stack) startMosquitto(ctx context.Context, dir string) (string, error) 
 // mqttPort (-2: none), storing into dir, with /healthz and the profiler on
 // httpAddr, until ctx ends: the server of the process and drain modes, a
 // process of its own so that its CPU time is counted apart from the
-// bench's simulator and subscriber.
-func ServeNATS(ctx context.Context, dir string, port, mqttPort int, httpAddr string) error {
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: port, MQTTPort: mqttPort, HTTPPort: -2, StoreDir: dir})
+// bench's simulator and subscriber. A node with a ClusterPort is one of
+// the cluster's (Options.Cluster).
+func ServeNATS(ctx context.Context, dir string, port, mqttPort int, httpAddr string, node Node) error {
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: port, MQTTPort: mqttPort, HTTPPort: -2, StoreDir: dir,
+		ServerName: node.Name, ClusterName: clusterName, ClusterPort: node.ClusterPort, Routes: node.Routes})
 	if err != nil {
 		return err
 	}
@@ -291,3 +293,14 @@ func ServeNATS(ctx context.Context, dir string, port, mqttPort int, httpAddr str
 	h.Serve(ctx)
 	return nil
 }
+
+// Node is a cluster node's part of ServeNATS: its name, route port and the
+// routes of every node. The zero Node is a server on its own.
+type Node struct {
+	Name        string
+	ClusterPort int
+	Routes      []string
+}
+
+// clusterName names the bench's JetStream cluster.
+const clusterName = "medpipe-bench"

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,6 +118,17 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		s.mqttReadURL, errR = login(mqttURL, bus.RoleDashboard)
 		return s, errors.Join(errN, errW, errR)
 	case ModeProcess:
+		if o.Cluster > 1 {
+			// A JetStream cluster of nats-server processes, streams and
+			// buckets replicated on every node, and Mosquitto as the broker.
+			if err := s.startCluster(ctx, o, dir); err != nil {
+				return s, err
+			}
+			if s.mqttURL, err = s.startMosquitto(ctx, dir); err != nil {
+				return s, err
+			}
+			break
+		}
 		// nats-server (JetStream, MQTT) in a process of its own, so that
 		// its CPU time is reported apart from the simulator's.
 		if err := s.startNATS(ctx, o, dir, true); err != nil {
@@ -131,6 +143,9 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		return nil, fmt.Errorf("bench: unknown mode %q (embedded, process or external)", o.Mode)
 	}
 	env := []string{"MEDPIPE_NATS=" + s.natsURL}
+	if o.Cluster > 1 {
+		env = append(env, "MEDPIPE_REPLICAS="+strconv.Itoa(o.Cluster))
+	}
 	for _, st := range []struct {
 		name string
 		args []string
@@ -166,6 +181,65 @@ func (s *stack) startNATS(ctx context.Context, o Options, dir string, mqtt bool)
 	return err
 }
 
+// startCluster starts o.Cluster nats-server processes (medpipe bench
+// --serve-nats) joined by routes, at once: a clustered JetStream server is
+// ready only once it has its routes. It returns when JetStream answers.
+func (s *stack) startCluster(ctx context.Context, o Options, dir string) error {
+	routes := make([]string, o.Cluster)
+	var urls []string
+	ports := make([]int, o.Cluster)
+	for i := range routes {
+		rp, err1 := freePort()
+		np, err2 := freePort()
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		routes[i], ports[i] = "127.0.0.1:"+strconv.Itoa(rp), np
+		urls = append(urls, "nats://127.0.0.1:"+strconv.Itoa(np))
+	}
+	s.natsURL = strings.Join(urls, ",")
+	procs := make([]*proc, o.Cluster)
+	for i := range procs {
+		_, rp, _ := net.SplitHostPort(routes[i])
+		p, err := s.launch(o, dir, fmt.Sprintf("nats-server-%d", i+1), nil, "bench", "--serve-nats", filepath.Join(dir, fmt.Sprintf("jetstream-%d", i+1)),
+			"--serve-nats-port", strconv.Itoa(ports[i]), "--serve-mqtt-port", "-2", "--serve-name", fmt.Sprintf("n%d", i+1),
+			"--serve-cluster-port", rp, "--serve-routes", strings.Join(routes, ","))
+		if err != nil {
+			return err
+		}
+		procs[i] = p
+	}
+	for _, p := range procs {
+		if err := s.waitHealthy(ctx, p); err != nil {
+			return err
+		}
+	}
+	return waitJetStream(ctx, s.natsURL)
+}
+
+// waitJetStream waits until the cluster's JetStream answers (it has
+// elected a meta leader), for at most a minute.
+func waitJetStream(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: url, Name: "medpipe-bench-cluster"})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.AccountInfo(actx)
+		acancel()
+		if err == nil {
+			return nil
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("bench: the cluster's JetStream did not answer within a minute: %w", err)
+		}
+	}
+}
+
 // oneAddressFleet lifts the edge's per-address limits: the bench's fleet,
 // thousands of devices, connects from one loopback address, which the
 // limits would rightly take for a flood.
@@ -174,6 +248,15 @@ var oneAddressFleet = []string{"--accept-rate-per-ip", "-1", "--max-preframe-per
 // start runs one child with its own --http address and waits until its
 // /healthz answers.
 func (s *stack) start(ctx context.Context, o Options, dir, name string, env []string, args ...string) (*proc, error) {
+	p, err := s.launch(o, dir, name, env, args...)
+	if err != nil {
+		return nil, err
+	}
+	return p, s.waitHealthy(ctx, p)
+}
+
+// launch runs one child with its own --http address, not waiting for it.
+func (s *stack) launch(o Options, dir, name string, env []string, args ...string) (*proc, error) {
 	h, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -195,25 +278,31 @@ func (s *stack) start(ctx context.Context, o Options, dir, name string, env []st
 	p := &proc{name: name, http: h, cmd: cmd, log: lf, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
 	s.procs = append(s.procs, p)
+	return p, nil
+}
+
+// waitHealthy waits until a launched child's /healthz answers.
+func (s *stack) waitHealthy(ctx context.Context, p *proc) error {
+	name, lf := p.name, p.log
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + h + "/healthz")
+		resp, err := http.Get("http://" + p.http + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return p, nil
+				return nil
 			}
 		}
 		select {
 		case err := <-p.done:
 			p.done <- err
-			return nil, fmt.Errorf("bench: %s exited at start (%v); see %s", name, err, lf.Name())
+			return fmt.Errorf("bench: %s exited at start (%v); see %s", name, err, lf.Name())
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("bench: %s not healthy within 60 s; see %s", name, lf.Name())
+			return fmt.Errorf("bench: %s not healthy within 60 s; see %s", name, lf.Name())
 		}
 	}
 }
@@ -222,7 +311,7 @@ func (s *stack) start(ctx context.Context, o Options, dir, name string, env []st
 func (s *stack) stop() {
 	var stages, servers []*proc
 	for _, p := range s.procs {
-		if p.name == "nats-server" || p.name == "mosquitto" {
+		if strings.HasPrefix(p.name, "nats-server") || p.name == "mosquitto" {
 			servers = append(servers, p)
 		} else {
 			stages = append(stages, p)
@@ -235,22 +324,14 @@ func (s *stack) stop() {
 func stopAll(procs []*proc) {
 	var wg sync.WaitGroup
 	for _, p := range procs {
-		wg.Go(func() {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case err := <-p.done:
-				p.done <- err
-			case <-time.After(20 * time.Second):
-				_ = p.cmd.Process.Kill()
-			}
-			p.log.Close()
-		})
+		wg.Go(p.stop)
 	}
 	wg.Wait()
 }
 
-// stopOne stops one child as stop does, and forgets it.
-func (s *stack) stopOne(p *proc) {
+// stop asks the child to stop (SIGTERM), kills it after 20 s, and closes
+// its log.
+func (p *proc) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
@@ -259,6 +340,11 @@ func (s *stack) stopOne(p *proc) {
 		_ = p.cmd.Process.Kill()
 	}
 	p.log.Close()
+}
+
+// stopOne stops one child as stop does, and forgets it.
+func (s *stack) stopOne(p *proc) {
+	p.stop()
 	for i, q := range s.procs {
 		if q == p {
 			s.procs = append(s.procs[:i], s.procs[i+1:]...)
@@ -299,51 +385,83 @@ func (s *stack) counters() map[string]float64 {
 	return out
 }
 
-// profile saves, from every child, a CPU profile taken over d and then the
-// allocation profile, into dir as <process>.cpu.pprof and <process>.allocs.pprof.
+// profile saves, from every child, CPU, block and mutex profiles taken over
+// d, then the allocation profile and a goroutine snapshot, into dir as
+// <process>.{cpu,block,mutex,allocs,goroutine}.pprof; and the bench
+// process's own CPU profile over d (the simulator and the subscriber) as
+// bench.cpu.pprof.
 func (s *stack) profile(ctx context.Context, dir string, d time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	secs := int(d.Seconds())
 	var wg sync.WaitGroup
-	errs := make(chan error, 2*len(s.procs))
+	errs := make(chan error, 6*len(s.procs)+1)
+	wg.Go(func() { errs <- profileSelf(ctx, filepath.Join(dir, "bench.cpu.pprof"), d) })
 	for _, p := range s.procs {
 		if p.http == "" { // not ours: mosquitto
 			continue
 		}
-		wg.Go(func() {
-			for _, pr := range []struct{ path, file string }{
-				{fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), p.name + ".cpu.pprof"},
-				{"/debug/pprof/allocs", p.name + ".allocs.pprof"},
-			} {
-				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+pr.path, nil)
-				if err != nil {
-					errs <- err
-					return
-				}
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					errs <- fmt.Errorf("bench: profile %s: %w", p.name, err)
-					return
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("bench: profile %s: %s", p.name, resp.Status)
-				}
-				if err == nil {
-					err = os.WriteFile(filepath.Join(dir, pr.file), b, 0o644)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
+		fetch := func(path, file string) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+path, nil)
+			if err != nil {
+				return err
 			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("bench: profile %s: %w", p.name, err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("bench: profile %s: %s", p.name, resp.Status)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, p.name+"."+file+".pprof"), b, 0o644)
+			}
+			return err
+		}
+		// The window's profiles at once, so that they cover the same seconds.
+		var window sync.WaitGroup
+		for _, kind := range []string{"profile", "block", "mutex"} {
+			file := kind
+			if kind == "profile" {
+				file = "cpu"
+			}
+			window.Go(func() { errs <- fetch(fmt.Sprintf("/debug/pprof/%s?seconds=%d", kind, secs), file) })
+		}
+		wg.Go(func() {
+			window.Wait()
+			errs <- fetch("/debug/pprof/allocs", "allocs")
+			errs <- fetch("/debug/pprof/goroutine", "goroutine")
 		})
 	}
 	wg.Wait()
 	close(errs)
-	return <-errs
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// profileSelf writes the bench process's CPU profile over d into path.
+func profileSelf(ctx context.Context, path string, d time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return fmt.Errorf("bench: profile the bench process: %w", err)
+	}
+	defer pprof.StopCPUProfile()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 // ProcUsage is one process's resource use.

@@ -29,6 +29,21 @@ func startServer(t *testing.T) (*Embedded, jetstream.JetStream) {
 	return e, js
 }
 
+// startStreams starts a server with medpipe's streams in the given number
+// of partitions, and returns a context that ends after timeout (or with
+// the test), the client and the partition count.
+func startStreams(t *testing.T, partitions int, timeout time.Duration) (context.Context, jetstream.JetStream, int) {
+	t.Helper()
+	_, js := startServer(t)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	t.Cleanup(cancel)
+	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: partitions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, js, parts
+}
+
 func TestApplyStreams(t *testing.T) {
 	_, js := startServer(t)
 	ctx := t.Context()
@@ -103,13 +118,7 @@ func splitPort(addr string) (string, int, error) {
 // every message is handled once, in order per partition, and acked only
 // after its completion.
 func TestConsumePartitionsOrder(t *testing.T) {
-	_, js := startServer(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, parts := startStreams(t, 4, 20*time.Second)
 	const perPartition = 500
 	for i := range perPartition {
 		for p := range parts {
@@ -182,13 +191,9 @@ func TestConsumePartitionsOrder(t *testing.T) {
 // partitions it held move to the other worker at once, not after the pin
 // expires (DefaultPinnedTTL), and nothing is handled twice or lost.
 func TestCleanStopHandsPartitionsOver(t *testing.T) {
-	_, js := startServer(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	ctx, js, parts := startStreams(t, 2, 30*time.Second)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	seen := map[string]string{} // message → worker
 	handledBy := func(worker string) HandleFunc {
@@ -261,13 +266,7 @@ func TestCleanStopHandsPartitionsOver(t *testing.T) {
 // before, its reader ended and the partition was never read again while
 // the others went on.
 func TestDeletedConsumerIsRecreated(t *testing.T) {
-	_, js := startServer(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, parts := startStreams(t, 2, 30*time.Second)
 	var mu sync.Mutex
 	seen := map[string]int{}
 	runCtx, stop := context.WithCancel(ctx)
@@ -358,13 +357,7 @@ func (f failOnce) Wait(context.Context) error {
 // back and be done before anything after it is acknowledged. Were it
 // covered by a later message's ack, it would never be handled again.
 func TestFailedOutputIsNotAckedByALaterOne(t *testing.T) {
-	_, js := startServer(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, parts := startStreams(t, 1, 60*time.Second)
 	const n, failing = 200, 37
 	for i := range n {
 		if _, err := js.PublishAsync(RawSubject(0), []byte(strconv.Itoa(i))); err != nil {
@@ -387,6 +380,7 @@ func TestFailedOutputIsNotAckedByALaterOne(t *testing.T) {
 			}})
 	}()
 	var c jetstream.Consumer
+	var err error
 	for c == nil { // created by ConsumePartitions
 		if c, err = js.Consumer(ctx, StreamRaw, "fail-0"); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			t.Fatal(err)

@@ -20,18 +20,6 @@ type Completion interface {
 	Wait(ctx context.Context) error
 }
 
-// StagedCompletion is a Completion whose output may be started only once a
-// first step has succeeded (decrypt stores a v2 device's high-water mark
-// before the reading that advanced it). ConsumePartitions calls Start in
-// partition order, each once the messages before it were started but
-// without waiting for their outputs to be durable, so that the first steps
-// and the outputs of consecutive messages overlap instead of each costing
-// a round trip in turn. A Start error counts as a failed Wait.
-type StagedCompletion interface {
-	Completion
-	Start(ctx context.Context) error
-}
-
 // HandleFunc processes one message in partition order. It returns a
 // Completion for its output (nil when there is nothing to wait for), or an
 // error when the message could not be processed now; it is then redelivered.
@@ -190,7 +178,6 @@ func collect(errs <-chan error) []error {
 type inFlight struct {
 	msg  jetstream.Msg
 	done Completion
-	err  error // a StagedCompletion's Start failed
 
 	start time.Time // taken from the reader: the stage latency's start
 }
@@ -202,15 +189,13 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 		return fmt.Errorf("bus: %s partition %d: %w", o.Stage, p, err)
 	}
 
-	// handled → started → acknowledged, each stage in partition order;
-	// slots bounds the messages between handling and acknowledgement.
+	// handled → acknowledged, in partition order; slots bounds the
+	// messages between handling and acknowledgement.
 	slots := make(chan struct{}, o.MaxInFlight)
 	handled := make(chan inFlight, o.MaxInFlight)
-	pending := make(chan inFlight, o.MaxInFlight)
 	var live inFlightSet
 	var acker sync.WaitGroup
-	acker.Go(func() { startInOrder(work, handled, pending) })
-	acker.Go(func() { ackInOrder(work, pending, &live, slots, r, o.Log, o.Latency) })
+	acker.Go(func() { ackInOrder(work, handled, &live, slots, r, o.Log, o.Latency) })
 	acker.Go(func() { live.keepAlive(work, DefaultAckWait/3) })
 
 	// Take messages out of the client's buffer at once, so that every
@@ -432,18 +417,6 @@ func handleInPlace(ctx, work context.Context, msg jetstream.Msg, p int, o Consum
 	}
 }
 
-// startInOrder starts the outputs of staged completions in the order their
-// messages were handled, and passes every message on to be acknowledged.
-func startInOrder(ctx context.Context, handled <-chan inFlight, pending chan<- inFlight) {
-	defer close(pending)
-	for f := range handled {
-		if s, ok := f.done.(StagedCompletion); ok {
-			f.err = s.Start(ctx)
-		}
-		pending <- f
-	}
-}
-
 // ackBatch is the most messages an AckAll partition leaves handled and
 // durable but unacknowledged while more are ready: under load one ack
 // covers up to this many, and a crash redelivers at most this many more
@@ -476,8 +449,8 @@ func ackInOrder(ctx context.Context, pending <-chan inFlight, live *inFlightSet,
 		// durable: redelivered while its output is still on the way, it
 		// would be handled twice, and a v2 frame handled twice looks like a
 		// replay of itself.
-		err := f.err
-		if err == nil && f.done != nil {
+		var err error
+		if f.done != nil {
 			err = f.done.Wait(ctx)
 		}
 		if err == nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -48,6 +49,13 @@ type EmbeddedOptions struct {
 	// JetStreamKey, when set, encrypts JetStream's files at rest (streams,
 	// KV buckets, the MQTT store) with ChaCha20-Poly1305 under this key.
 	JetStreamKey string
+	// ClusterName, ClusterPort and Routes, when ClusterPort is set, make
+	// the server a node of a JetStream cluster: it listens for routes on
+	// ClusterPort of Host and connects to Routes (host:port of every node,
+	// itself included). ServerName must then differ from node to node.
+	ClusterName string
+	ClusterPort int
+	Routes      []string
 }
 
 // Embedded is a running in-process nats-server.
@@ -139,6 +147,12 @@ func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	}
 	if o.MaxStore > 0 {
 		opts.JetStreamMaxStore = o.MaxStore
+	}
+	if o.ClusterPort > 0 {
+		opts.Cluster = server.ClusterOpts{Name: o.ClusterName, Host: o.Host, Port: o.ClusterPort}
+		for _, r := range o.Routes {
+			opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", Host: r})
+		}
 	}
 	if o.JetStreamKey != "" {
 		opts.JetStreamKey, opts.JetStreamCipher = o.JetStreamKey, server.ChaCha

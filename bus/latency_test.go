@@ -36,13 +36,7 @@ func (s sleepCompletion) Wait(ctx context.Context) error {
 // TestConsumeLatency checks that every acknowledged message's time in the
 // stage, up to its output's ack, is observed once.
 func TestConsumeLatency(t *testing.T) {
-	_, js := startServer(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	parts, err := ApplyStreams(ctx, js, StreamOptions{Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, parts := startStreams(t, 2, 30*time.Second)
 	const n, delay = 20, 30 * time.Millisecond
 	for i := range n {
 		if _, err := js.Publish(ctx, RawSubject(i%parts), []byte("x")); err != nil {

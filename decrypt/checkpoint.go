@@ -165,16 +165,13 @@ func (d *ckptReader) uvarint() uint64 {
 	return v
 }
 
+// varint undoes binary.AppendVarint's zig-zag encoding of a uvarint.
 func (d *ckptReader) varint() int64 {
-	if d.err != nil {
-		return 0
+	u := d.uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
 	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: truncated", errCheckpoint)
-		return 0
-	}
-	d.b = d.b[n:]
 	return v
 }
 

@@ -594,7 +594,18 @@ func (s *markStore) reset(device string, at time.Time) {
 // watchResets follows operators' resets in the bucket until ctx ends;
 // ready is called once the existing ones are loaded.
 func (s *markStore) watchResets(ctx context.Context, ready func()) error {
-	kw, err := s.kv.Watch(ctx, resetPrefix+">")
+	return watchKeys(ctx, s.kv, resetPrefix, ready, func(device string, e jetstream.KeyValueEntry) {
+		if e.Operation() == jetstream.KeyValuePut {
+			s.reset(device, e.Created())
+		}
+	})
+}
+
+// watchKeys calls apply with every entry of kv under prefix (the key with
+// the prefix cut off), the existing ones first, then ready once, then each
+// change, until ctx ends or the watch closes.
+func watchKeys(ctx context.Context, kv jetstream.KeyValue, prefix string, ready func(), apply func(key string, e jetstream.KeyValueEntry)) error {
+	kw, err := kv.Watch(ctx, prefix+">")
 	if err != nil {
 		return err
 	}
@@ -611,9 +622,7 @@ func (s *markStore) watchResets(ctx context.Context, ready func()) error {
 				ready()
 				continue
 			}
-			if e.Operation() == jetstream.KeyValuePut {
-				s.reset(strings.TrimPrefix(e.Key(), resetPrefix), e.Created())
-			}
+			apply(strings.TrimPrefix(e.Key(), prefix), e)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
@@ -194,11 +195,13 @@ func TestMarkStoreReset(t *testing.T) {
 	if err := ResetMarks(t.Context(), r.kv, "dev-x"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		_, ok := a.resets["dev-x"]
-		return ok
+		if _, ok := a.resets["dev-x"]; !ok {
+			return errors.New("the worker has not seen the reset of dev-x")
+		}
+		return nil
 	})
 	b := r.store() // before a writes again: its checkpoint predates the reset
 	watch(b)

@@ -167,31 +167,13 @@ func (w *Worker) pin(device string) {
 // watchPins follows the pins in the bucket until ctx ends; ready is called
 // once the existing pins are loaded.
 func (w *Worker) watchPins(ctx context.Context, ready func()) error {
-	kw, err := w.o.Seqs.Watch(ctx, pinPrefix+">")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = kw.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-kw.Updates():
-			if !ok {
-				return nil
-			}
-			if e == nil {
-				ready()
-				continue
-			}
-			device := strings.TrimPrefix(e.Key(), pinPrefix)
-			if e.Operation() == jetstream.KeyValuePut && string(e.Value()) == bus.ProtocolV2 {
-				w.pins.add(device)
-			} else {
-				w.pins.remove(device)
-			}
+	return watchKeys(ctx, w.o.Seqs, pinPrefix, ready, func(device string, e jetstream.KeyValueEntry) {
+		if e.Operation() == jetstream.KeyValuePut && string(e.Value()) == bus.ProtocolV2 {
+			w.pins.add(device)
+		} else {
+			w.pins.remove(device)
 		}
-	}
+	})
 }
 
 // ResetMarks forgets every v2 mark of device (all key generations), for a

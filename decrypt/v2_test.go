@@ -213,18 +213,6 @@ func TestReplayBelowTheWindow(t *testing.T) {
 	}
 }
 
-// waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // BenchmarkV2Handler is the worker's whole handler for a v2 frame of a
 // known device (headers, key by id, AES-GCM, payload, the replay check on
 // the partition's marks in memory, the READINGS message) and the reading's

@@ -562,7 +562,10 @@ func TestNodeREDDashboard(t *testing.T) {
 	mqttPort, listen := testkit.FreePort(t), "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t))
 	dataDir := filepath.Join(dir, "data")
 	// One more device, whose DS18B20 is unplugged: a v2 simulator that
-	// reports the temperature sensor missing.
+	// reports the temperature sensor missing. --devices 1: simulate's
+	// default of 10 would append nine devices to the keys file that up may
+	// already have read, and their unknown_device refusals would get the
+	// loopback address penalised for every device.
 	keys := filepath.Join(dir, "keys.jsonl")
 	const noThermo = "patient-nothermo"
 	if err := os.WriteFile(keys, []byte(`{"id":"`+noThermo+`","key":"0123456789abcdef","iv":"fedcba9876543210"}`+"\n"), 0o600); err != nil {
@@ -571,7 +574,7 @@ func TestNodeREDDashboard(t *testing.T) {
 	testkit.StartProcess(t, "up", nil, bin, "up", "--simulate", "3", "--protocol", "mixed", "--rate", "5", "--keys", keys,
 		"--data-dir", dataDir, "--nats-port", strconv.Itoa(testkit.FreePort(t)), "--mqtt-port", strconv.Itoa(mqttPort),
 		"--monitor-port", "-2", "--listen", listen, "--http", "", "--status-every", "0")
-	testkit.StartProcess(t, "simulate (temperature sensor missing)", nil, bin, "simulate", "--keys", keys, "--protocol", "v2",
+	testkit.StartProcess(t, "simulate (temperature sensor missing)", nil, bin, "simulate", "--keys", keys, "--devices", "1", "--protocol", "v2",
 		"--missing-sensor", "temperature", "--server", listen, "--rate", "5", "--status-every", "0")
 	const v2 = "sim-00003"
 	red := newNodeRED(t, mqttPort, append(dashboardLogin(ctx, t, dataDir), "HISTORY_STEP_SECONDS=1")...)

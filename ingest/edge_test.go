@@ -349,8 +349,11 @@ func TestDrainBoundedWithoutJetStream(t *testing.T) {
 		}
 		time.Sleep(30 * time.Millisecond) // one frame per write, past the idle gap
 	}
-	waitFor(t, func() bool {
-		return testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolLegacy)) == 5 && h.edge.Health() != nil
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if n := testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolLegacy)); n != 5 || h.edge.Health() == nil {
+			return fmt.Errorf("%v frames read, health %v: want 5 and the edge unhealthy", n, h.edge.Health())
+		}
+		return nil
 	})
 	stopped := make(chan error, 1)
 	go func() { stopped <- h.stop() }()
@@ -362,17 +365,6 @@ func TestDrainBoundedWithoutJetStream(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return within the drain timeout")
 	}
-}
-
-// waitFor waits for cond with testkit.CheckFor's generous deadline.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-		if !cond() {
-			return errors.New("condition not met")
-		}
-		return nil
-	})
 }
 
 func TestBusyAddress(t *testing.T) {

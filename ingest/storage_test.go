@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -102,7 +103,12 @@ func TestStoreFullSlowsDevicesLosesNothing(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("the edge replied while the store was full")
 	}
-	waitFor(t, func() bool { return testutil.ToFloat64(edge.m.publishRetries) > 0 })
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if testutil.ToFloat64(edge.m.publishRetries) == 0 {
+			return errors.New("the edge has not retried a publish to the full store")
+		}
+		return nil
+	})
 	if !strings.Contains(logs.String(), "RAW is not taking frames") {
 		t.Fatalf("no log line says why the devices are slowed:\n%s", logs.String())
 	}

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	httppprof "net/http/pprof"
+	"runtime"
 	"strings"
 	"time"
 
@@ -37,11 +38,20 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// With Options.Pprof: a blocking event of d nanoseconds is recorded with
+// probability d/profileBlockRate (always from that on), and one mutex
+// contention event in profileMutexFraction.
+const (
+	profileBlockRate     = 100_000 // 100 µs
+	profileMutexFraction = 100
+)
+
 // Options configures Listen.
 type Options struct {
 	// Addr is the listen address; empty disables the endpoint.
 	Addr string
-	// Pprof also serves Go's profiler under /debug/pprof/.
+	// Pprof also serves Go's profiler under /debug/pprof/, and turns on
+	// the block and mutex profiles (sampled: see profileBlockRate).
 	Pprof bool
 	// Gatherer is what /metrics serves.
 	Gatherer prometheus.Gatherer
@@ -84,6 +94,10 @@ func Handler(o Options) http.Handler {
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	if o.Pprof {
+		// Without a rate the block and mutex profiles stay empty; sampled
+		// so that a profiled process runs at nearly its normal cost.
+		runtime.SetBlockProfileRate(profileBlockRate)
+		runtime.SetMutexProfileFraction(profileMutexFraction)
 		mux.HandleFunc("/debug/pprof/", httppprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)

@@ -18,8 +18,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -217,9 +219,39 @@ func (p *Pipeline) admin(ctx context.Context, devs []wire.Device) (int, error) {
 	return len(known), nil
 }
 
-// userOpts log in as role, in process.
+// userOpts log in as role over loopback TCP to the server's own client
+// listener, or in process when it has none. An in-process connection is
+// a net.Pipe, which hands every write over synchronously to the server's
+// reader goroutine: with thousands of device connections runnable in the
+// same process each hand-over waits its turn, and the stages' traffic
+// slowed with the number of devices (bench/README.md, issue 20). A socket
+// buffers in the kernel instead.
 func (p *Pipeline) userOpts(role bus.Role) []nats.Option {
-	return append(bus.UserOptions(string(role), p.Credentials[role]), nats.InProcessServer(p.Server.Server))
+	opts := bus.UserOptions(string(role), p.Credentials[role])
+	if u := loopbackURL(p.Server.Server.Addr()); u != "" {
+		return append(opts, func(o *nats.Options) error {
+			o.Servers = []string{u}
+			return nil
+		})
+	}
+	return append(opts, nats.InProcessServer(p.Server.Server))
+}
+
+// loopbackURL is a NATS URL for a client listener's address, reached over
+// loopback when it listens on every interface; "" for no TCP listener.
+func loopbackURL(a net.Addr) string {
+	t, ok := a.(*net.TCPAddr)
+	if !ok || t == nil {
+		return ""
+	}
+	ip := t.IP
+	switch {
+	case ip == nil || ip.IsUnspecified() && ip.To4() != nil:
+		ip = net.IPv4(127, 0, 0, 1)
+	case ip.IsUnspecified():
+		ip = net.IPv6loopback
+	}
+	return "nats://" + net.JoinHostPort(ip.String(), strconv.Itoa(t.Port))
 }
 
 // build connects each stage as its own role and builds it.
