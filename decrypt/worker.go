@@ -546,7 +546,11 @@ func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
 // publish sends a reading to READINGS; keyGen, for a v2 reading, is the
 // generation of the key that opened it (bus.HeaderKeyGen).
 func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
-	data, err := bus.AppendReading(make([]byte, 0, 256), r)
+	size := 256 // a reading's fields, addresses and times
+	if r.Pulse != nil {
+		size += 8 * len(r.Pulse.Samples) // one float64 each: no regrowth for a v2 pulse batch
+	}
+	data, err := bus.AppendReading(make([]byte, 0, size), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}

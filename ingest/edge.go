@@ -242,6 +242,11 @@ type Edge struct {
 type pendingPublish struct {
 	msg    *nats.Msg
 	future jetstream.PubAckFuture
+	// v2 is a v2 frame's connection (nil for legacy), seq the frame's
+	// sequence number and n its number in the connection: what settleV2
+	// needs to answer the device.
+	v2     *conn
+	seq, n uint64
 }
 
 // New binds the listener but does not accept yet.
@@ -510,7 +515,7 @@ type conn struct {
 	id, remote, local, ip string   // ip: the per-address limits' key (addrKey)
 	log                   *slog.Logger
 	connLimits
-	wmu     sync.Mutex // v2 replies come from the connection's writer and from decrypt's relay
+	wmu     sync.Mutex // v2 replies come from the reader (ERRORs), settleV2 and decrypt's relay
 	replies []byte     // reply frames queued, under wmu
 	queued  int        // how many
 }
@@ -681,34 +686,15 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 	}
 }
 
-// v2Reply is what the edge owes the device for one frame, in order: an
-// (unauthenticated) ERROR when the frame could not be stored; the ACK
-// comes from decrypt, which alone can make one the device verifies.
-type v2Reply struct {
-	pendingPublish
-	seq  uint64
-	n    uint64 // the frame's number in the connection
-	code byte   // an ERROR to send instead of waiting for a publish
-	text string
-}
-
-// v2RepliesQueued bounds a v2 connection's frames read and not yet
-// followed to their outcome by replyV2; the reader waits beyond it. Every
-// connection holds this buffer for its life and the collector scans it, so
-// it is kept to what a device's resent outbox needs to stream (see
-// bench/README.md); the edge's publish window bounds the whole process.
-const v2RepliesQueued = 32
-
 // serveV2 reads a v2 stream. RAW partitions v2 frames by device, so a
 // device's frames stay in order across reconnects, and their message id
 // (bus.V2MsgID: device, seq and the tag, which only the genuine frame has)
-// stores a retransmission once.
+// stores a retransmission once. A stored frame's publish is followed up by
+// the edge's one watcher (watchAcks), as legacy frames are: the ACK comes
+// from decrypt (relayReplies), and the edge owes the device something only
+// when the frame could not be stored (an ERROR) or RAW already held it
+// (settleV2).
 func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
-	replies := make(chan v2Reply, v2RepliesQueued)
-	var writer sync.WaitGroup
-	writer.Go(func() { e.replyV2(cn, replies) })
-	defer writer.Wait()
-	defer close(replies)
 	var buf []byte
 	for n := uint64(1); ; n++ {
 		frame, err := e.readV2Frame(cn, br, buf)
@@ -726,21 +712,20 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				msg.Header.Set(jetstream.MsgIDHeader, bus.V2MsgID(f.Device, f.Seq, f.Tag()))
 				fut, perr := e.publish(msg)
 				if perr != nil {
-					fut = nil
 					if !e.retry(msg, perr) {
-						replies <- v2Reply{seq: f.Seq, code: wire.V2ErrStore, text: "frame not stored"}
-						continue
+						cn.writeReply(wire.AppendV2Error(nil, f.Seq, wire.V2ErrStore, "frame not stored"))
 					}
+					continue // stored by the synchronous retry, or owed an ERROR
 				}
-				replies <- v2Reply{pendingPublish: pendingPublish{msg: msg, future: fut}, seq: f.Seq, n: n}
+				e.pending <- pendingPublish{msg: msg, future: fut, v2: cn, seq: f.Seq, n: n}
 				continue
 			}
 		}
 		switch {
 		case errors.Is(err, wire.ErrFrameTooLong):
-			replies <- v2Reply{code: wire.V2ErrTooLarge, text: "frame too large"}
+			cn.writeReply(wire.AppendV2Error(nil, 0, wire.V2ErrTooLarge, "frame too large"))
 		case errors.Is(err, wire.ErrV2Malformed):
-			replies <- v2Reply{code: wire.V2ErrMalformed, text: "malformed frame"}
+			cn.writeReply(wire.AppendV2Error(nil, 0, wire.V2ErrMalformed, "malformed frame"))
 		}
 		e.closed(cn, err, n-1)
 		return
@@ -761,57 +746,37 @@ func (e *Edge) readV2Frame(cn *conn, br *bufio.Reader, buf []byte) ([]byte, erro
 	return wire.ReadV2Frame(br, buf, e.o.MaxFrame)
 }
 
-// replyV2 follows a v2 connection's publishes in frame order: a frame RAW
-// could not store gets an ERROR (the device keeps it and resends), and a
-// frame RAW already held (a resend within the duplicate window: the ACK of
-// its first copy was lost) is stored again marked HeaderResend, so that
-// decrypt sends the verified ACK the device is still owed. A stored frame
-// gets nothing from here: its ACK comes from decrypt (relayReplies).
-func (e *Edge) replyV2(cn *conn, replies <-chan v2Reply) {
-	var out []byte
-	broken := false
-	for r := range replies {
-		out = out[:0]
-		switch {
-		case r.code != 0:
-			out = wire.AppendV2Error(out, r.seq, r.code, r.text)
-		case r.future == nil: // stored by a synchronous retry
-			continue
-		default:
-			outcome, dup := e.awaitStoredDup(r.pendingPublish)
-			switch outcome {
-			case stored:
-				if dup {
-					e.askReack(cn, r)
-				}
-				continue
-			case lost:
-				out = wire.AppendV2Error(out, r.seq, wire.V2ErrStore, "frame not stored")
-			case unconfirmed:
-				// Shutdown gave up waiting: say nothing, the device resends.
-				broken = true
-				continue
-			}
-		}
-		if broken {
-			continue // keep waiting for the publishes; the device will resend what it lacks
-		}
-		if !cn.writeReply(out) {
-			broken = true
-		}
+// settleV2 follows up a v2 frame's publish: a frame RAW could not store
+// gets an ERROR (the device keeps it and resends), and a frame RAW already
+// held (a resend within the duplicate window: the ACK of its first copy
+// was lost) is stored again marked HeaderResend, so that decrypt sends the
+// verified ACK the device is still owed. A stored frame gets nothing from
+// here: its ACK comes from decrypt (relayReplies).
+func (e *Edge) settleV2(p pendingPublish) {
+	outcome, dup := e.awaitStoredDup(p)
+	switch {
+	case outcome == stored && dup:
+		e.askReack(p)
+	case outcome == lost:
+		// Written aside: the one watcher must not wait on a device's
+		// socket (a write may take up to its deadline), and a lost frame
+		// is rare (every retry failed).
+		go p.v2.writeReply(wire.AppendV2Error(nil, p.seq, wire.V2ErrStore, "frame not stored"))
 	}
+	// unconfirmed: shutdown gave up waiting; say nothing, the device resends.
 }
 
 // askReack stores a resent v2 frame again, marked HeaderResend, under a
 // message id of its own: decrypt finds it accepted before and acknowledges
 // it again. It is fire and forget: if it is lost, the device resends.
-func (e *Edge) askReack(cn *conn, r v2Reply) {
-	msg := &nats.Msg{Subject: r.msg.Subject, Data: r.msg.Data, Header: nats.Header{}}
-	for k, v := range r.msg.Header {
+func (e *Edge) askReack(p pendingPublish) {
+	cn := p.v2
+	msg := &nats.Msg{Subject: p.msg.Subject, Data: p.msg.Data, Header: nats.Header{}}
+	for k, v := range p.msg.Header {
 		msg.Header[k] = v
 	}
 	msg.Header.Set(bus.HeaderResend, "1")
-	msg.Header.Set(jetstream.MsgIDHeader, "resend:"+cn.id+":"+strconv.FormatUint(r.n, 10))
+	msg.Header.Set(jetstream.MsgIDHeader, "resend:"+cn.id+":"+strconv.FormatUint(p.n, 10))
 	e.m.resends.Inc()
 	if _, err := e.js.PublishMsgAsync(msg, bus.Backpressure); err != nil && e.retryLog.allow() {
 		e.log.Warn("could not ask decrypt to acknowledge a resent frame again", "conn", cn.id, "err", err)
@@ -945,10 +910,15 @@ func (e *Edge) publish(msg *nats.Msg) (jetstream.PubAckFuture, error) {
 }
 
 // watchAcks waits for publish acks in publishing order and retries failures.
-// One goroutine serves every legacy connection: futures resolve in roughly
-// publishing order, so waiting on them in order costs little.
+// One goroutine serves every connection, legacy and v2: futures resolve in
+// roughly publishing order, so waiting on them in order costs little, and
+// a frame costs no wake-up of a goroutine of its connection's.
 func (e *Edge) watchAcks() {
 	for p := range e.pending {
+		if p.v2 != nil {
+			e.settleV2(p)
+			continue
+		}
 		e.awaitStored(p)
 	}
 }

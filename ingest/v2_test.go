@@ -206,3 +206,31 @@ func waitMetric(t *testing.T, value func() float64) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// BenchmarkEdgeFramesV2 is BenchmarkEdgeFrames for v2: frames/s from
+// loopback connections into embedded JetStream (file storage), each frame
+// read, published and its publish ack followed up (no ACKs: decrypt is not
+// running). 100 connections send in turn, as a fleet's do.
+func BenchmarkEdgeFramesV2(b *testing.B) {
+	h := start(b, Options{MaxPreFramePerIP: -1, AcceptRatePerIP: -1, MaxFrameRate: -1})
+	const conns = 100
+	cs := make([]net.Conn, conns)
+	for i := range cs {
+		cs[i] = dial(b, h)
+	}
+	frames := make([][]byte, 1<<16)
+	for i := range frames {
+		frames[i] = v2Frame(b, uint64(i+1))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := cs[i%conns].Write(frames[i%len(frames)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolV2)) < float64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	<-h.js.PublishAsyncComplete()
+}

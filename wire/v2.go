@@ -10,8 +10,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math"
+	"sync"
 )
 
 // Protocol v2 (see PROTOCOL.md): binary, length-prefixed frames,
@@ -307,6 +309,13 @@ type V2Key struct {
 	ack   [32]byte
 	nonce [12]byte
 	gen   string
+	// mac is the HMAC of the ACK key, kept and Reset between replies
+	// rather than made anew for each: hmac.New hashes the key's pads and
+	// allocates two SHA-256 states every time, while Reset restores the
+	// pads' saved state. macMu serialises its users (one partition owner
+	// makes a device's replies, so it is uncontended in decrypt).
+	macMu sync.Mutex
+	mac   hash.Hash
 }
 
 // NewV2Key prepares d's v2 keys.
@@ -320,7 +329,9 @@ func NewV2Key(d Device) *V2Key {
 	if err != nil {
 		panic(err)
 	}
-	return &V2Key{id: d.ID, aead: aead, ack: km.ACK, nonce: km.Nonce, gen: hex.EncodeToString(km.Generation[:])}
+	k := &V2Key{id: d.ID, aead: aead, ack: km.ACK, nonce: km.Nonce, gen: hex.EncodeToString(km.Generation[:])}
+	k.mac = hmac.New(sha256.New, k.ack[:])
+	return k
 }
 
 // Generation is the key's public name (16 hex digits).
@@ -375,15 +386,19 @@ func (k *V2Key) Open(buf []byte, f *V2Frame) ([]byte, error) {
 // replyMAC is the MAC of a reply: HMAC-SHA256(ACK key, type ‖ seq ‖ code ‖
 // tag of the DATA frame replied to), first 16 bytes.
 func (k *V2Key) replyMAC(typ byte, seq uint64, code byte, tag []byte) [V2MACLen]byte {
-	m := hmac.New(sha256.New, k.ack[:])
 	var b [10]byte
 	b[0] = typ
 	binary.BigEndian.PutUint64(b[1:], seq)
 	b[9] = code
-	m.Write(b[:])
-	m.Write(tag)
+	var sum [sha256.Size]byte
+	k.macMu.Lock()
+	k.mac.Reset()
+	k.mac.Write(b[:])
+	k.mac.Write(tag)
+	k.mac.Sum(sum[:0])
+	k.macMu.Unlock()
 	var out [V2MACLen]byte
-	copy(out[:], m.Sum(nil))
+	copy(out[:], sum[:])
 	return out
 }
 
