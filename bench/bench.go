@@ -303,7 +303,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	defer cancel()
 	fleetDone := make(chan error, 1)
 	go func() { fleetDone <- fleet.Run(fctx) }()
-	o.Log.Info("bench running", "mode", o.Mode, "devices", o.Devices, "rate", o.Rate, "layout", o.Layout, "qos", o.QoS, "edge", st.edge, "nats", st.natsURL, "mqtt", st.mqttURL)
+	o.Log.Info("bench running", "mode", o.Mode, "devices", o.Devices, "rate", o.Rate, "layout", o.Layout, "qos", o.QoS, "edge", st.edge, "nats", bus.RedactURLs(st.natsURL), "mqtt", bus.RedactURLs(st.mqttURL))
 
 	if err := progressUntil(ctx, o, ledger, fleet, time.Now().Add(o.Ramp+o.Warmup)); err != nil {
 		return res, err

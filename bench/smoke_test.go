@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -40,9 +42,16 @@ func TestSmoke(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 			defer cancel()
 			out := t.TempDir()
-			rep, err := Run(ctx, Options{Binary: bin, Mode: mode, Devices: 200, Rate: 2, Warmup: 2 * time.Second, Duration: 8 * time.Second, Drain: 20 * time.Second, Ceilings: mode == ModeEmbedded, Out: out})
+			var logs testkit.SyncBuffer
+			rep, err := Run(ctx, Options{Binary: bin, Mode: mode, Devices: 200, Rate: 2, Warmup: 2 * time.Second, Duration: 8 * time.Second, Drain: 20 * time.Second, Ceilings: mode == ModeEmbedded, Out: out,
+				Log: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {
 				t.Fatal(err)
+			}
+			noPasswords(t, "the bench's log", logs.String())
+			for _, f := range []string{"report.md", "report.json"} {
+				b, _ := os.ReadFile(filepath.Join(out, f))
+				noPasswords(t, f, string(b))
 			}
 			r := rep.Results[0]
 			t.Logf("%s: %+v, latency %+v, %0.f readings/s", mode, r.Totals, r.Latency, r.Delivered)
@@ -92,5 +101,19 @@ func TestSmokeDrain(t *testing.T) {
 	}
 	if st, err := os.Stat(filepath.Join(out, "report.md")); err != nil || st.Size() == 0 {
 		t.Fatalf("report.md not written: %v", err)
+	}
+}
+
+// userinfo matches the user and password of a URL.
+var userinfo = regexp.MustCompile(`://[^:/@\s"]+:([^@\s"]*)@`)
+
+// noPasswords fails the test if text holds a URL with a password that is
+// not redacted (url.URL.Redacted writes xxxxx).
+func noPasswords(t *testing.T, what, text string) {
+	t.Helper()
+	for _, m := range userinfo.FindAllStringSubmatch(text, -1) {
+		if m[1] != "xxxxx" {
+			t.Errorf("%s holds a URL with its password: %s", what, m[0])
+		}
 	}
 }
