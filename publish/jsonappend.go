@@ -20,12 +20,17 @@ import (
 // the output never differs; TestReadingJSONMatchesEncodingJSON and
 // FuzzReadingJSON hold it to that.
 func appendReadingJSON(dst []byte, j *jsonReading) []byte {
+	return appendOrMarshal(dst, j, appendReadingJSONFast)
+}
+
+// appendOrMarshal appends v's JSON written by fast, or, where fast cannot
+// write it as encoding/json would, by json.Marshal.
+func appendOrMarshal[T any](dst []byte, v T, fast func([]byte, T) ([]byte, bool)) []byte {
 	start := len(dst)
-	out, ok := appendReadingJSONFast(dst, j)
-	if ok {
+	if out, ok := fast(dst, v); ok {
 		return out
 	}
-	b, _ := json.Marshal(j)
+	b, _ := json.Marshal(v)
 	return append(dst[:start], b...)
 }
 
@@ -71,13 +76,7 @@ func appendReadingJSONFast(dst []byte, j *jsonReading) ([]byte, bool) {
 
 // appendPulseBatchJSON appends p's JSON as json.Marshal writes it.
 func appendPulseBatchJSON(dst []byte, p *pulseBatch) []byte {
-	start := len(dst)
-	out, ok := appendPulseJSON(dst, p)
-	if ok {
-		return out
-	}
-	b, _ := json.Marshal(p)
-	return append(dst[:start], b...)
+	return appendOrMarshal(dst, p, appendPulseJSON)
 }
 
 func appendPulseJSON(dst []byte, p *pulseBatch) ([]byte, bool) {
