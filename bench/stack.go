@@ -187,23 +187,22 @@ func (s *stack) startNATS(ctx context.Context, o Options, dir string, mqtt bool)
 func (s *stack) startCluster(ctx context.Context, o Options, dir string) error {
 	routes := make([]string, o.Cluster)
 	var urls []string
-	ports := make([]int, o.Cluster)
+	ports, routePorts := make([]int, o.Cluster), make([]int, o.Cluster)
 	for i := range routes {
 		rp, err1 := freePort()
 		np, err2 := freePort()
 		if err := errors.Join(err1, err2); err != nil {
 			return err
 		}
-		routes[i], ports[i] = "127.0.0.1:"+strconv.Itoa(rp), np
+		routes[i], ports[i], routePorts[i] = "127.0.0.1:"+strconv.Itoa(rp), np, rp
 		urls = append(urls, "nats://127.0.0.1:"+strconv.Itoa(np))
 	}
 	s.natsURL = strings.Join(urls, ",")
 	procs := make([]*proc, o.Cluster)
 	for i := range procs {
-		_, rp, _ := net.SplitHostPort(routes[i])
 		p, err := s.launch(o, dir, fmt.Sprintf("nats-server-%d", i+1), nil, "bench", "--serve-nats", filepath.Join(dir, fmt.Sprintf("jetstream-%d", i+1)),
 			"--serve-nats-port", strconv.Itoa(ports[i]), "--serve-mqtt-port", "-2", "--serve-name", fmt.Sprintf("n%d", i+1),
-			"--serve-cluster-port", rp, "--serve-routes", strings.Join(routes, ","))
+			"--serve-cluster-port", strconv.Itoa(routePorts[i]), "--serve-routes", strings.Join(routes, ","))
 		if err != nil {
 			return err
 		}
