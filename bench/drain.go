@@ -162,6 +162,17 @@ func runDrain(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	end := ledger.LastDelivery()
+	if published.IsZero() && ledger.Totals().Lost == 0 {
+		// The subscriber can see the last reading before publish counts it
+		// (the counter moves on the broker's ack). The broker had every
+		// reading by the last delivery, so that bounds the hand-over, once
+		// the counter confirms publish saw them all.
+		if err := waitCounter(ctx, s, "medpipe_publish_readings_total", float64(total), o.Drain); err != nil {
+			o.Log.Warn("drain: publish's counter did not reach the total", "err", err)
+		} else {
+			published = end
+		}
+	}
 	after := s.usages()
 	if err := <-profiled; err != nil {
 		o.Log.Warn("profiles not saved", "err", err)
@@ -194,6 +205,24 @@ func runDrain(ctx context.Context, o Options) (Result, error) {
 	}
 	res.Delivered, res.Seconds, res.Usage = d.PerSec, d.Seconds, d.Usage
 	return res, nil
+}
+
+// waitCounter polls the stages' counters until name reaches want or
+// bound passes.
+func waitCounter(ctx context.Context, s *stack, name string, want float64, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for {
+		got := s.counters()[name]
+		if got >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: %s is %.0f after %v, want %.0f", name, got, bound, want)
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // waitRaw waits until RAW holds n frames, as long as the count grows.
