@@ -3,6 +3,7 @@ package bus_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -40,7 +41,12 @@ func grepStore(t *testing.T, dir string, needle []byte) []string {
 
 func startAtRest(t *testing.T, dir, key string) (*bus.Embedded, jetstream.JetStream) {
 	t.Helper()
-	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: dir, JetStreamKey: key})
+	return startAtRestWith(t, dir, key, "")
+}
+
+func startAtRestWith(t *testing.T, dir, key, cipher string) (*bus.Embedded, jetstream.JetStream) {
+	t.Helper()
+	e, err := bus.StartEmbedded(bus.EmbeddedOptions{Port: -1, MQTTPort: -2, HTTPPort: -2, StoreDir: dir, JetStreamKey: key, JetStreamCipher: cipher})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,5 +126,77 @@ func TestEncryptionTurnedOnKeepsAStore(t *testing.T) {
 	m, err := s.GetMsg(ctx, 1)
 	if err != nil || string(m.Data) != "old-frame-in-clear" {
 		t.Fatalf("the old frame after turning encryption on: %v", err)
+	}
+}
+
+// TestStoreCipherChangeKeepsAStore: a store written under one cipher (an
+// older up's ChaCha20, or a data dir moved to a CPU without AES
+// instructions) opens under the other with every message and consumer
+// position, and stays encrypted.
+func TestStoreCipherChangeKeepsAStore(t *testing.T) {
+	const key = "mpTestKeyForTheStoreAtRest0123456789abcdef"
+	const frames = 300
+	for _, tc := range []struct{ from, to string }{
+		{bus.CipherChaCha, bus.CipherAES},
+		{bus.CipherAES, bus.CipherChaCha},
+		{bus.CipherChaCha, ""},
+	} {
+		t.Run(tc.from+"→"+tc.to, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			dir := t.TempDir()
+			e, js := startAtRestWith(t, dir, key, tc.from)
+			if _, err := bus.ApplyStreams(ctx, js, bus.StreamOptions{Partitions: 1}); err != nil {
+				t.Fatal(err)
+			}
+			for i := range frames {
+				if _, err := js.Publish(ctx, bus.RawSubject(0), fmt.Appendf(nil, "secret-frame-%04d", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := js.CreateOrUpdateConsumer(ctx, bus.StreamRaw, jetstream.ConsumerConfig{Durable: "keep", AckPolicy: jetstream.AckAllPolicy})
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch, err := c.Fetch(100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var last jetstream.Msg
+			for m := range batch.Messages() {
+				last = m
+			}
+			if last == nil {
+				t.Fatal("no message fetched")
+			}
+			if err := last.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+			e.Shutdown()
+
+			e, js = startAtRestWith(t, dir, key, tc.to)
+			defer e.Shutdown()
+			s, err := js.Stream(ctx, bus.StreamRaw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, seq := range []uint64{1, frames / 2, frames} {
+				m, err := s.GetMsg(ctx, seq)
+				if want := fmt.Sprintf("secret-frame-%04d", seq-1); err != nil || string(m.Data) != want {
+					t.Fatalf("message %d after the cipher change: %v (want %q)", seq, err, want)
+				}
+			}
+			ci, err := s.Consumer(ctx, "keep")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info := ci.CachedInfo(); info.AckFloor.Stream != 100 || info.NumPending != frames-100 {
+				t.Fatalf("consumer after the cipher change: ack floor %d, pending %d (want 100, %d)", info.AckFloor.Stream, info.NumPending, frames-100)
+			}
+			e.Shutdown()
+			if hits := grepStore(t, dir, []byte("secret-frame-")); len(hits) > 0 {
+				t.Fatalf("plain text in the store after the cipher change: %v", hits)
+			}
+		})
 	}
 }

@@ -81,8 +81,8 @@ func startShipped(t *testing.T) *shipped {
 	sh.mqttPort = testkit.FreePort(t)
 	opts.MQTT.Host, opts.MQTT.Port = "127.0.0.1", sh.mqttPort
 	opts.StoreDir, opts.NoSigs, opts.NoLog = sh.storeDir, true, os.Getenv("NATSLOG") == ""
-	if opts.JetStreamCipher != server.ChaCha || opts.JetStreamKey == "" {
-		t.Fatalf("shipped config: JetStream cipher %v, key set %v: want chachapoly with a key", opts.JetStreamCipher, opts.JetStreamKey != "")
+	if opts.JetStreamCipher != server.AES || opts.JetStreamKey == "" {
+		t.Fatalf("shipped config: JetStream cipher %v, key set %v: want aes with a key", opts.JetStreamCipher, opts.JetStreamKey != "")
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

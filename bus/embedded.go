@@ -47,8 +47,12 @@ type EmbeddedOptions struct {
 	// the publish role may write (DefaultTopicPrefix when empty).
 	TopicPrefix string
 	// JetStreamKey, when set, encrypts JetStream's files at rest (streams,
-	// KV buckets, the MQTT store) with ChaCha20-Poly1305 under this key.
+	// KV buckets, the MQTT store) under this key, with JetStreamCipher.
 	JetStreamKey string
+	// JetStreamCipher is the store's cipher: CipherAES or CipherChaCha,
+	// or empty for the faster one on this CPU (HardwareCipher). A store
+	// written under the other cipher is converted when it is opened.
+	JetStreamCipher string
 	// ClusterName, ClusterPort and Routes, when ClusterPort is set, make
 	// the server a node of a JetStream cluster: it listens for routes on
 	// ClusterPort of Host and connects to Routes (host:port of every node,
@@ -155,7 +159,11 @@ func startEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		}
 	}
 	if o.JetStreamKey != "" {
-		opts.JetStreamKey, opts.JetStreamCipher = o.JetStreamKey, server.ChaCha
+		c, err := storeCipher(o.JetStreamCipher)
+		if err != nil {
+			return nil, err
+		}
+		opts.JetStreamKey, opts.JetStreamCipher = o.JetStreamKey, c
 	}
 	if o.Credentials != nil {
 		if opts.Users, err = serverUsers(o.Credentials, o.TopicPrefix); err != nil {
