@@ -51,6 +51,10 @@ type Options struct {
 	Cluster int
 	// NATS and MQTT are the servers of ModeExternal.
 	NATS, MQTT string
+	// Broker is the MQTT broker of the embedded and process modes:
+	// BrokerStack (default: nats-server's MQTT listener) or
+	// BrokerMosquitto (a Mosquitto the bench starts, as with Cluster).
+	Broker string
 	// Devices (required; the flag's default is DefaultDevices), Rate
 	// (readings/s each, DefaultRate), Mix of kinds (DefaultMix) and Ramp
 	// (spread of connection starts, 1 ms per device, at most 10 s).
@@ -97,6 +101,18 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Mode == "" {
 		o.Mode = ModeEmbedded
+	}
+	switch {
+	case o.Broker == "" && o.Cluster > 1:
+		o.Broker = BrokerMosquitto
+	case o.Broker == "":
+		o.Broker = BrokerStack
+	case o.Broker != BrokerStack && o.Broker != BrokerMosquitto:
+		return fmt.Errorf("bench: broker %q: want %s or %s", o.Broker, BrokerStack, BrokerMosquitto)
+	case o.Broker == BrokerStack && o.Cluster > 1:
+		return errors.New("bench: a --cluster run uses Mosquitto as its broker")
+	case o.Broker == BrokerMosquitto && o.Mode == ModeExternal:
+		return errors.New("bench: external mode uses --mqtt as its broker")
 	}
 	if o.Cluster > 1 && (o.Mode != ModeProcess || o.Scenario == ScenarioDrain) {
 		return errors.New("bench: --cluster needs --stages process and the live scenario")
@@ -244,7 +260,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 func runOnce(ctx context.Context, o Options) (Result, error) {
 	mode := o.Mode
 	if o.Cluster > 1 {
-		mode = fmt.Sprintf("%s, %d-node cluster, Mosquitto", o.Mode, o.Cluster)
+		mode = fmt.Sprintf("%s, %d-node cluster", o.Mode, o.Cluster)
+	}
+	if o.Broker == BrokerMosquitto {
+		mode += ", Mosquitto"
 	}
 	res := Result{Mode: mode, Devices: o.Devices, Rate: o.Rate, Layout: o.Layout, QoS: o.QoS, Offered: float64(o.Devices) * o.Rate}
 	dir, err := os.MkdirTemp("", "medpipe-bench-")

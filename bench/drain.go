@@ -260,7 +260,7 @@ func waitRaw(ctx context.Context, url string, n int) error {
 func (s *stack) startMosquitto(ctx context.Context, dir string) (string, error) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
-		return "", fmt.Errorf("bench: drain needs mosquitto on PATH, or --mqtt: %w", err)
+		return "", fmt.Errorf("bench: mosquitto is not on PATH (the drain, --broker mosquitto and --cluster start one; the drain also takes --mqtt): %w", err)
 	}
 	port, err := freePort()
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,13 +39,21 @@ func TestMain(m *testing.M) {
 // checks the accounting, not the speed.
 func TestSmoke(t *testing.T) {
 	bin := benchBinary(t)
-	for _, mode := range []string{ModeEmbedded, ModeProcess} {
-		t.Run(mode, func(t *testing.T) {
+	for _, tc := range []struct{ mode, broker string }{
+		{ModeEmbedded, BrokerStack},
+		{ModeProcess, BrokerStack},
+		{ModeEmbedded, BrokerMosquitto}, // up publishing to an external broker
+	} {
+		mode := tc.mode
+		t.Run(mode+"/"+tc.broker, func(t *testing.T) {
+			if _, err := exec.LookPath("mosquitto"); tc.broker == BrokerMosquitto && err != nil {
+				t.Skip("mosquitto not on PATH: this case starts one")
+			}
 			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 			defer cancel()
 			out := t.TempDir()
 			var logs testkit.SyncBuffer
-			rep, err := Run(ctx, Options{Binary: bin, Mode: mode, Devices: 200, Rate: 2, Warmup: 2 * time.Second, Duration: 8 * time.Second, Drain: 20 * time.Second, Ceilings: mode == ModeEmbedded, Out: out,
+			rep, err := Run(ctx, Options{Binary: bin, Mode: mode, Broker: tc.broker, Devices: 200, Rate: 2, Warmup: 2 * time.Second, Duration: 8 * time.Second, Drain: 20 * time.Second, Ceilings: mode == ModeEmbedded, Out: out,
 				Log: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -60,6 +70,9 @@ func TestSmoke(t *testing.T) {
 			}
 			if r.Latency.Count == 0 || r.FramesIn == 0 || r.MQTTMessages == 0 || len(r.Usage) == 0 {
 				t.Fatalf("figures missing: %+v", r)
+			}
+			if usedMosquitto := slices.ContainsFunc(r.Usage, func(u ProcUsage) bool { return u.Name == "mosquitto" }); usedMosquitto != (tc.broker == BrokerMosquitto) || strings.Contains(r.Mode, "Mosquitto") != usedMosquitto {
+				t.Fatalf("broker %s: mode %q, processes %+v", tc.broker, r.Mode, r.Usage)
 			}
 			if mode == ModeEmbedded && (r.Ceilings == nil || r.Ratio <= 0) {
 				t.Fatalf("ceilings missing: %+v", r.Ceilings)

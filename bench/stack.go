@@ -29,6 +29,12 @@ const (
 	ModeExternal = "external" // stage processes against the given NATS and MQTT
 )
 
+// MQTT brokers of the embedded and process modes.
+const (
+	BrokerStack     = "stack"     // nats-server's own MQTT listener (up's, or the bench's nats-server)
+	BrokerMosquitto = "mosquitto" // a Mosquitto the bench starts (max_queued_messages raised)
+)
+
 // stack is the pipeline under test.
 type stack struct {
 	// natsURL and mqttURL are what the bench's own clients use: against
@@ -93,6 +99,13 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		args := append([]string{"up", "--data-dir", filepath.Join(dir, "up"), "--keys", keys, "--nats-port", strconv.Itoa(np),
 			"--mqtt-port", strconv.Itoa(mp), "--monitor-port", "-2", "--listen", s.edge, "--status-every", "0"}, publishArgs(o)...)
 		args = append(args, oneAddressFleet...)
+		var mosquitto string
+		if o.Broker == BrokerMosquitto {
+			if mosquitto, err = s.startMosquitto(ctx, dir); err != nil {
+				return s, err
+			}
+			args = append(args, "--mqtt", mosquitto)
+		}
 		if _, err := s.start(ctx, o, dir, "up", nil, args...); err != nil {
 			return s, err
 		}
@@ -114,6 +127,11 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		mqttURL := s.mqttURL
 		var errN, errW, errR error
 		s.natsURL, errN = login(s.natsURL, bus.RoleAdmin)
+		if mosquitto != "" {
+			// The bench's Mosquitto is its own, on loopback, for anyone.
+			s.mqttURL = mosquitto
+			return s, errN
+		}
 		s.mqttURL, errW = login(mqttURL, bus.RolePublish)
 		s.mqttReadURL, errR = login(mqttURL, bus.RoleDashboard)
 		return s, errors.Join(errN, errW, errR)
@@ -131,8 +149,13 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		}
 		// nats-server (JetStream, MQTT) in a process of its own, so that
 		// its CPU time is reported apart from the simulator's.
-		if err := s.startNATS(ctx, o, dir, true); err != nil {
+		if err := s.startNATS(ctx, o, dir, o.Broker == BrokerStack); err != nil {
 			return s, err
+		}
+		if o.Broker == BrokerMosquitto {
+			if s.mqttURL, err = s.startMosquitto(ctx, dir); err != nil {
+				return s, err
+			}
 		}
 	case ModeExternal:
 		if o.NATS == "" || o.MQTT == "" {

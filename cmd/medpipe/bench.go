@@ -30,6 +30,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.Cluster, "cluster", 0, "process mode: run this many nats-servers as one JetStream cluster (3: streams with 3 replicas), with Mosquitto as the broker")
 	fs.StringVar(&o.NATS, "nats", "", "external mode: NATS URL(s)")
 	fs.StringVar(&o.MQTT, "mqtt", "", "external mode: MQTT broker URL")
+	fs.StringVar(&o.Broker, "broker", "", "embedded and process modes: the MQTT broker, stack (nats-server's MQTT listener) or mosquitto (started by the bench; the default with --cluster)")
 	fs.IntVar(&o.Devices, "devices", bench.DefaultDevices, "simulated devices")
 	fs.Float64Var(&o.Rate, "rate", bench.DefaultRate, "readings per second of each device (the first rate of a sweep)")
 	fs.StringVar(&o.Mix, "mix", bench.DefaultMix, "share of device kinds: pico, pseudo, v2")
