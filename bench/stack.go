@@ -87,6 +87,14 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 	if s.edge, err = freeAddr(); err != nil {
 		return nil, err
 	}
+	// The broker of the embedded and process modes, when it is not
+	// nats-server's own (setDefaults chose it, --cluster included).
+	var mosquitto string
+	if o.Broker == BrokerMosquitto {
+		if mosquitto, err = s.startMosquitto(ctx, dir); err != nil {
+			return s, err
+		}
+	}
 	switch o.Mode {
 	case ModeEmbedded:
 		np, err1 := freePort()
@@ -99,11 +107,7 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		args := append([]string{"up", "--data-dir", filepath.Join(dir, "up"), "--keys", keys, "--nats-port", strconv.Itoa(np),
 			"--mqtt-port", strconv.Itoa(mp), "--monitor-port", "-2", "--listen", s.edge, "--status-every", "0"}, publishArgs(o)...)
 		args = append(args, oneAddressFleet...)
-		var mosquitto string
-		if o.Broker == BrokerMosquitto {
-			if mosquitto, err = s.startMosquitto(ctx, dir); err != nil {
-				return s, err
-			}
+		if mosquitto != "" {
 			args = append(args, "--mqtt", mosquitto)
 		}
 		if _, err := s.start(ctx, o, dir, "up", nil, args...); err != nil {
@@ -138,24 +142,18 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 	case ModeProcess:
 		if o.Cluster > 1 {
 			// A JetStream cluster of nats-server processes, streams and
-			// buckets replicated on every node, and Mosquitto as the broker.
-			if err := s.startCluster(ctx, o, dir); err != nil {
-				return s, err
-			}
-			if s.mqttURL, err = s.startMosquitto(ctx, dir); err != nil {
-				return s, err
-			}
-			break
+			// buckets replicated on every node.
+			err = s.startCluster(ctx, o, dir)
+		} else {
+			// nats-server (JetStream, MQTT) in a process of its own, so
+			// that its CPU time is reported apart from the simulator's.
+			err = s.startNATS(ctx, o, dir, mosquitto == "")
 		}
-		// nats-server (JetStream, MQTT) in a process of its own, so that
-		// its CPU time is reported apart from the simulator's.
-		if err := s.startNATS(ctx, o, dir, o.Broker == BrokerStack); err != nil {
+		if err != nil {
 			return s, err
 		}
-		if o.Broker == BrokerMosquitto {
-			if s.mqttURL, err = s.startMosquitto(ctx, dir); err != nil {
-				return s, err
-			}
+		if mosquitto != "" {
+			s.mqttURL = mosquitto
 		}
 	case ModeExternal:
 		if o.NATS == "" || o.MQTT == "" {
