@@ -2,13 +2,9 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/medpipe/medpipe/bus"
@@ -251,53 +247,6 @@ func waitRaw(ctx context.Context, url string, n int) error {
 		}
 		if err := sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
-		}
-	}
-}
-
-// startMosquitto runs mosquitto from PATH on a free loopback port, its
-// queue deep enough that it drops nothing for the subscriber.
-func (s *stack) startMosquitto(ctx context.Context, dir string) (string, error) {
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		return "", fmt.Errorf("bench: mosquitto is not on PATH (the drain, --broker mosquitto and --cluster start one; the drain also takes --mqtt): %w", err)
-	}
-	port, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	conf := filepath.Join(dir, "mosquitto.conf")
-	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n", port)
-	if os.Geteuid() == 0 {
-		text = "user root\n" + text // as root it would switch to a user who cannot read dir
-	}
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		return "", err
-	}
-	lf, err := os.Create(filepath.Join(dir, "mosquitto.log"))
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return "", fmt.Errorf("bench: start mosquitto: %w", err)
-	}
-	p := &proc{name: "mosquitto", cmd: cmd, log: lf, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
-	s.procs = append(s.procs, p)
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return "tcp://" + addr, nil
-		}
-		if time.Now().After(deadline) {
-			return "", errors.New("bench: mosquitto not listening within 30 s; see " + lf.Name())
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return "", err
 		}
 	}
 }
