@@ -428,7 +428,7 @@ var readingPaths = func() []string {
 		return n
 	}
 	paths := []string{name("Device"), name("Seq")}
-	for _, f := range simulator.SeqFields {
+	for _, f := range simulator.SeqFields() {
 		paths = append(paths, name("Values")+"."+f.Name())
 	}
 	return paths
@@ -448,7 +448,7 @@ func readingFacts(payload []byte) (device string, seq uint64, ok bool) {
 	if raw != 0 {
 		return device, uint64(wire.V2SeqCounter(raw)), device != ""
 	}
-	seq, ok = simulator.DecodeSeq([len(simulator.SeqFields)]string{f[2].String(), f[3].String(), f[4].String(), f[5].String()})
+	seq, ok = simulator.DecodeSeq([4]string{f[2].String(), f[3].String(), f[4].String(), f[5].String()})
 	return device, seq, ok && device != ""
 }
 
