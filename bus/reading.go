@@ -103,26 +103,36 @@ func (v *Values) Wire() (w wire.Reading) {
 // body). READINGS messages are written with AppendReading.
 func MarshalReading(r *Reading) ([]byte, error) { return json.Marshal(r) }
 
-// readingBodyV1 and readingBodyV2 start a compact READINGS body. A JSON
-// body starts with '{', so UnmarshalReading tells them apart by the first
-// byte. V1 carried a pulse batch as its JSON; V2, written now, carries it
-// in binary: decoding 250 samples' JSON was most of publish's cost per v2
-// reading at 1 reading/s a device, and encoding it a good part of
-// decrypt's. V1 bodies still decode.
+// readingBodyV1, V2 and V3 start a compact READINGS body. A JSON body
+// starts with '{', so UnmarshalReading tells them apart by the first byte.
+// V1 carried a pulse batch as its JSON; V2 carries it in binary: decoding
+// 250 samples' JSON was most of publish's cost per v2 reading at 1
+// reading/s a device, and encoding it a good part of decrypt's. V3, written
+// now, stores samples that came from the device's ADC codes as those codes,
+// 2 bytes a sample instead of 8: a v2 reading's pulse batch is most of
+// READINGS' bytes, on disk and on every copy between server and stages.
+// V1 and V2 bodies still decode.
 const (
 	readingBodyV1 = 0xB1
 	readingBodyV2 = 0xB2
+	readingBodyV3 = 0xB3
+)
+
+// How a V3 body's pulse samples are written.
+const (
+	pulseSamplesFloat = 0 // IEEE 754 bits, 8 bytes a sample
+	pulseSamplesCode  = 1 // wire.PulseVolts codes, 2 bytes a sample
 )
 
 // AppendReading appends r's compact READINGS body to dst: a version byte,
 // then every field in the order of Reading, strings length-prefixed,
 // integers and times (Unix ns, UTC) as varints, numbers as IEEE 754 bits,
 // and a v2 pulse batch as its sample count (see appendPulse), rate, start
-// and samples. Against JSON it is less than half the
+// and samples (as ADC codes where every sample is one). Against JSON it is less than half the
 // bytes and an order of magnitude less CPU each way (BenchmarkReadingCodec),
 // paid once per reading by decrypt and once by publish.
 func AppendReading(dst []byte, r *Reading) ([]byte, error) {
-	dst = append(dst, readingBodyV2)
+	dst = append(dst, readingBodyV3)
 	for _, s := range [...]string{r.Device, r.Protocol, r.Variant} {
 		dst = appendString(dst, s)
 	}
@@ -152,9 +162,11 @@ func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 	return dst, nil
 }
 
-// appendPulse writes a pulse batch: 0 for none, 1 for one without samples
-// (nil), else 2 + the sample count; then the rate's bits, the start as a
-// varint and each sample's bits, exactly what the device's payload gave.
+// appendPulse writes a pulse batch (V3): 0 for none, 1 for one without
+// samples (nil), else 2 + the sample count; then the rate's bits, the start
+// as a varint and, when there are samples, how they are written
+// (pulseSamplesCode where every one is an ADC code's value, else
+// pulseSamplesFloat) and the samples: exactly what the device's payload gave.
 func appendPulse(dst []byte, p *wire.PulseBatch) []byte {
 	switch {
 	case p == nil:
@@ -166,14 +178,28 @@ func appendPulse(dst []byte, p *wire.PulseBatch) []byte {
 	}
 	dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(p.Rate))
 	dst = binary.AppendVarint(dst, p.Start)
+	if p.Samples == nil {
+		return dst
+	}
+	mark := len(dst)
+	dst = append(dst, pulseSamplesCode)
 	for _, v := range p.Samples {
-		dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+		c, ok := wire.PulseCodeOf(v)
+		if !ok {
+			dst = append(dst[:mark], pulseSamplesFloat)
+			for _, v := range p.Samples {
+				dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+			}
+			return dst
+		}
+		dst = binary.LittleEndian.AppendUint16(dst, c)
 	}
 	return dst
 }
 
-// pulse reads what appendPulse wrote.
-func (d *bodyReader) pulse() *wire.PulseBatch {
+// pulse reads what appendPulse wrote, or its V2 form (samples always as
+// IEEE 754 bits, no encoding byte).
+func (d *bodyReader) pulse(version byte) *wire.PulseBatch {
 	n := d.uvarint()
 	if n == 0 || d.err != nil {
 		return nil
@@ -189,15 +215,43 @@ func (d *bodyReader) pulse() *wire.PulseBatch {
 	if n == 1 {
 		return p
 	}
-	if n-2 > uint64(len(d.b)/8) { // checked before allocating
+	enc := byte(pulseSamplesFloat)
+	if version >= readingBodyV3 {
+		if len(d.b) == 0 {
+			d.err = errShortBody
+			return nil
+		}
+		enc, d.b = d.b[0], d.b[1:]
+	}
+	size := uint64(8)
+	switch enc {
+	case pulseSamplesFloat:
+	case pulseSamplesCode:
+		size = 2
+	default:
+		d.err, d.b = fmt.Errorf("%w: unknown pulse sample encoding %d", errShortBody, enc), nil
+		return nil
+	}
+	if n-2 > uint64(len(d.b))/size { // checked before allocating
 		d.err, d.b = errShortBody, nil
 		return nil
 	}
 	p.Samples = make([]float64, n-2)
-	for i := range p.Samples {
-		p.Samples[i] = math.Float64frombits(binary.LittleEndian.Uint64(d.b[8*i:]))
+	if enc == pulseSamplesFloat {
+		for i := range p.Samples {
+			p.Samples[i] = math.Float64frombits(binary.LittleEndian.Uint64(d.b[8*i:]))
+		}
+	} else {
+		for i := range p.Samples {
+			c := binary.LittleEndian.Uint16(d.b[2*i:])
+			if c > wire.PulseMaxCode {
+				d.err, d.b = fmt.Errorf("%w: pulse code %d over the ADC's %d", errShortBody, c, wire.PulseMaxCode), nil
+				return nil
+			}
+			p.Samples[i] = wire.PulseVolts(c)
+		}
 	}
-	d.b = d.b[8*len(p.Samples):]
+	d.b = d.b[int(size)*len(p.Samples):]
 	return p
 }
 
@@ -292,8 +346,8 @@ func decodeReadingBody(b []byte, r *Reading) error {
 	}
 	r.Seq = d.uvarint()
 	r.DeviceTime = d.time()
-	if b[0] == readingBodyV2 {
-		r.Pulse = d.pulse()
+	if b[0] >= readingBodyV2 {
+		r.Pulse = d.pulse(b[0])
 	} else if pulse := d.bytes(); len(pulse) > 0 && d.err == nil {
 		r.Pulse = new(wire.PulseBatch)
 		if err := json.Unmarshal(pulse, r.Pulse); err != nil {
@@ -327,7 +381,7 @@ func decodeReadingBody(b []byte, r *Reading) error {
 func UnmarshalReading(b []byte) (*Reading, error) {
 	var r Reading
 	var err error
-	if len(b) > 0 && (b[0] == readingBodyV1 || b[0] == readingBodyV2) {
+	if len(b) > 0 && b[0] >= readingBodyV1 && b[0] <= readingBodyV3 {
 		err = decodeReadingBody(b, &r)
 	} else {
 		err = json.Unmarshal(b, &r)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -128,13 +129,114 @@ func TestReadingBodyV1StillDecodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b[0] != readingBodyV2 {
-			t.Fatalf("body starts with %#x, want V2", b[0])
+		if b[0] != readingBodyV3 {
+			t.Fatalf("body starts with %#x, want V3", b[0])
 		}
 		got, err := UnmarshalReading(b)
 		if err != nil || !reflect.DeepEqual(got, r) {
 			t.Fatalf("%s: round trip gives %+v, %v", name, got, err)
 		}
+	}
+}
+
+// adcReading is a v2 reading whose pulse samples came from ADC codes, as
+// every reading decrypt makes does.
+func adcReading(samples int) *Reading {
+	r := sampleV2Reading()
+	r.Pulse.Samples = make([]float64, samples)
+	for i := range r.Pulse.Samples {
+		r.Pulse.Samples[i] = wire.PulseVolts(uint16((i * 37) % (wire.PulseMaxCode + 1)))
+	}
+	return r
+}
+
+// TestReadingBodyPulseCodes: samples that are ADC codes' values are stored
+// as the codes (2 bytes each) and come back bit for bit; a batch with one
+// sample that is not (a reading from elsewhere, -0) keeps every sample's
+// IEEE 754 bits.
+func TestReadingBodyPulseCodes(t *testing.T) {
+	notACode := adcReading(250)
+	notACode.Pulse.Samples[100] = 1.00005
+	negZero := adcReading(250)
+	negZero.Pulse.Samples[0] = math.Copysign(0, -1)
+	for _, tc := range []struct {
+		name      string
+		r         *Reading
+		perSample int
+	}{
+		{"ADC codes", adcReading(250), 2},
+		{"every code", adcReading(wire.PulseMaxCode + 1), 2},
+		{"one sample not a code", notACode, 8},
+		{"negative zero", negZero, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := AppendReading(nil, tc.r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			noPulse := *tc.r
+			noPulse.Pulse = &wire.PulseBatch{Rate: tc.r.Pulse.Rate, Start: tc.r.Pulse.Start, Samples: []float64{}}
+			base, _ := AppendReading(nil, &noPulse)
+			if got, want := len(b)-len(base), tc.perSample*len(tc.r.Pulse.Samples); got < want || got > want+4 {
+				t.Errorf("samples take %d bytes, want %d a sample (%d)", got, tc.perSample, want)
+			}
+			got, err := UnmarshalReading(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range got.Pulse.Samples {
+				if math.Float64bits(v) != math.Float64bits(tc.r.Pulse.Samples[i]) {
+					t.Fatalf("sample %d: got %v, want %v", i, v, tc.r.Pulse.Samples[i])
+				}
+			}
+			if !reflect.DeepEqual(got, tc.r) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", got, tc.r)
+			}
+		})
+	}
+	b, _ := AppendReading(nil, adcReading(3))
+	bad := append([]byte(nil), b...)
+	// The first code's high byte, after the encoding byte: 0xFF makes it
+	// over the ADC's range.
+	i := len(b) - len(appendTail(t, adcReading(3))) - 5
+	bad[i] = 0xFF
+	if _, err := UnmarshalReading(bad); err == nil {
+		t.Fatal("a code over the ADC's range decoded")
+	}
+}
+
+// appendTail is what AppendReading writes after the pulse batch.
+func appendTail(t *testing.T, r *Reading) []byte {
+	t.Helper()
+	dst := appendTime(nil, r.Received)
+	dst = appendString(dst, r.Conn)
+	dst = binary.AppendUvarint(dst, r.FrameSeq)
+	dst = binary.AppendUvarint(dst, r.RawSeq)
+	dst = appendString(dst, r.Remote)
+	return appendString(dst, r.Local)
+}
+
+// TestReadingBodyV2StillDecodes: a body as decrypt wrote it before V3
+// (testdata/reading-body-v2.bin: a v2 reading, its temperature sensor
+// missing, five pulse samples as IEEE 754 bits) decodes to that reading.
+func TestReadingBodyV2StillDecodes(t *testing.T) {
+	b, err := os.ReadFile("testdata/reading-body-v2.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != readingBodyV2 {
+		t.Fatalf("fixture starts with %#x, want V2", b[0])
+	}
+	want := sampleV2Reading()
+	want.Pulse.Samples = []float64{1.5, 1.6248, 0.0008, 3.2992, 0}
+	want.Sensors[wire.TempSensor] = wire.SensorMissing
+	want.Values.Temp, want.Numbers.Temp = "", 0
+	got, err := UnmarshalReading(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("V2 body decodes as\n %+v\nwant %+v", got, want)
 	}
 }
 
@@ -164,6 +266,10 @@ func FuzzUnmarshalReading(f *testing.F) {
 	}
 	f.Add([]byte{readingBodyV1})
 	f.Add([]byte{readingBodyV2})
+	f.Add([]byte{readingBodyV3})
+	if v2, err := os.ReadFile("testdata/reading-body-v2.bin"); err == nil {
+		f.Add(v2)
+	}
 	f.Add(appendReadingV1(f, sampleV2Reading()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := UnmarshalReading(b)
@@ -181,6 +287,19 @@ func FuzzUnmarshalReading(f *testing.F) {
 		}
 		if r2.Device != r.Device || r2.Values != r.Values || r2.Sensors != r.Sensors || r2.RawSeq != r.RawSeq || !r2.Received.Equal(r.Received) {
 			t.Fatalf("re-encoded reading differs: %+v vs %+v", r2, r)
+		}
+		if (r.Pulse == nil) != (r2.Pulse == nil) {
+			t.Fatalf("re-encoded pulse batch %v, was %v", r2.Pulse, r.Pulse)
+		}
+		if r.Pulse != nil {
+			if len(r2.Pulse.Samples) != len(r.Pulse.Samples) || math.Float64bits(r2.Pulse.Rate) != math.Float64bits(r.Pulse.Rate) || r2.Pulse.Start != r.Pulse.Start {
+				t.Fatalf("re-encoded pulse batch %+v, was %+v", r2.Pulse, r.Pulse)
+			}
+			for i, v := range r.Pulse.Samples {
+				if math.Float64bits(r2.Pulse.Samples[i]) != math.Float64bits(v) {
+					t.Fatalf("re-encoded sample %d is %v, was %v", i, r2.Pulse.Samples[i], v)
+				}
+			}
 		}
 	})
 }
@@ -210,13 +329,9 @@ func BenchmarkReadingCodec(b *testing.B) {
 			_, _ = MarshalReading(r)
 		}
 	})
-	// A v2 reading of a device at 1 reading/s: 250 pulse samples, as the
-	// 12-bit codes of its payload give them.
-	v2 := sampleV2Reading()
-	v2.Pulse.Samples = make([]float64, 250)
-	for i := range v2.Pulse.Samples {
-		v2.Pulse.Samples[i] = float64((i*37)%4096) * 3.3 / 4095
-	}
+	// A v2 reading of a device at 1 reading/s: 250 pulse samples, as
+	// decrypt makes them of the 12-bit codes of its payload.
+	v2 := adcReading(250)
 	v2c, err := AppendReading(nil, v2)
 	if err != nil {
 		b.Fatal(err)
