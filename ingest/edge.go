@@ -514,6 +514,9 @@ type conn struct {
 	tls, proxied          bool     // accepted on the TLS port; from a ProxyFrom proxy
 	id, remote, local, ip string   // ip: the per-address limits' key (addrKey)
 	log                   *slog.Logger
+	// headers are the RAW headers every frame of the connection carries
+	// alike, made at its first frame (after a PROXY header set remote).
+	headers *connHeaders
 	connLimits
 	wmu     sync.Mutex // v2 replies come from the reader (ERRORs), settleV2 and decrypt's relay
 	replies []byte     // reply frames queued, under wmu
@@ -644,19 +647,39 @@ var (
 	errTLSHandshake    = errors.New("ingest: TLS handshake failed")
 )
 
+// connHeaders are the values of a connection's RAW headers that do not
+// change from frame to frame, each made once: nats.Header.Set makes a new
+// one-string slice a call, eight a frame on every frame the edge reads.
+// The slices are shared by every message of the connection and never
+// written to.
+type connHeaders struct {
+	conn, edge, remote, local, protocol []string
+	frames                              prometheus.Counter // medpipe_ingest_frames_total of the protocol
+}
+
+// rawHeaderCount is how many headers rawMsg and its callers set: the
+// message's map is made that size at once.
+const rawHeaderCount = 9
+
 // rawMsg builds the RAW message of one frame.
 func (e *Edge) rawMsg(cn *conn, partitionKey, protocol string, seq uint64, frame []byte) *nats.Msg {
-	msg := &nats.Msg{Subject: bus.RawSubject(bus.Partition(partitionKey, e.o.Partitions)), Data: append([]byte(nil), frame...), Header: nats.Header{}}
-	msg.Header.Set(bus.HeaderConn, cn.id)
-	msg.Header.Set(bus.HeaderEdge, e.o.EdgeID)
-	msg.Header.Set(bus.HeaderFrameSeq, strconv.FormatUint(seq, 10))
-	msg.Header.Set(bus.HeaderRemote, cn.remote)
-	msg.Header.Set(bus.HeaderLocal, cn.local)
-	msg.Header.Set(bus.HeaderReceived, time.Now().UTC().Format(time.RFC3339Nano))
-	msg.Header.Set(bus.HeaderProtocol, protocol)
-	e.m.frames.WithLabelValues(protocol).Inc()
+	ch := cn.headers
+	if ch == nil || ch.protocol[0] != protocol {
+		ch = &connHeaders{conn: []string{cn.id}, edge: []string{e.o.EdgeID}, remote: []string{cn.remote}, local: []string{cn.local}, protocol: []string{protocol},
+			frames: e.m.frames.WithLabelValues(protocol)}
+		cn.headers = ch
+	}
+	h := make(nats.Header, rawHeaderCount)
+	h[bus.HeaderConn] = ch.conn
+	h[bus.HeaderEdge] = ch.edge
+	h[bus.HeaderFrameSeq] = []string{strconv.FormatUint(seq, 10)}
+	h[bus.HeaderRemote] = ch.remote
+	h[bus.HeaderLocal] = ch.local
+	h[bus.HeaderReceived] = []string{time.Now().UTC().Format(time.RFC3339Nano)}
+	h[bus.HeaderProtocol] = ch.protocol
+	ch.frames.Inc()
 	e.m.frameBytes.Add(float64(len(frame)))
-	return msg
+	return &nats.Msg{Subject: bus.RawSubject(bus.Partition(partitionKey, e.o.Partitions)), Data: append([]byte(nil), frame...), Header: h}
 }
 
 // serveLegacy reads a legacy stream's frames and publishes them in order.
