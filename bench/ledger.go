@@ -19,6 +19,7 @@ import (
 // of each first delivery. Safe for concurrent use.
 type Ledger struct {
 	mu      sync.Mutex
+	base    time.Time // sent times are kept as offsets from it
 	devices []deviceBook
 	byID    map[string]int
 	ids     []string
@@ -34,7 +35,11 @@ type Ledger struct {
 
 // deviceBook is one device's account. Sequence numbers start at 1.
 type deviceBook struct {
-	sent      []time.Time // sent[seq-1]: when the device wrote reading seq
+	// sent[seq-1] is when the device wrote reading seq, as 1 + nanoseconds
+	// since the ledger's base (0: not written yet). Not time.Time, whose
+	// location pointer would have the collector scan every reading of the
+	// run in the process that timestamps arrivals.
+	sent      []int64
 	delivered []bool
 	// early holds readings that arrived before their device goroutine got
 	// to record the write (it records after Write returns): seq → arrival.
@@ -57,7 +62,7 @@ type Second struct {
 // NewLedger accounts for devices named ids (index = the simulator's device
 // index).
 func NewLedger(ids []string) *Ledger {
-	l := &Ledger{devices: make([]deviceBook, len(ids)), byID: make(map[string]int, len(ids)), ids: ids, hist: newHist()}
+	l := &Ledger{base: time.Now(), devices: make([]deviceBook, len(ids)), byID: make(map[string]int, len(ids)), ids: ids, hist: newHist()}
 	for i, id := range ids {
 		l.byID[id] = i
 	}
@@ -73,13 +78,13 @@ func (l *Ledger) Sent(i int, seq uint64, t time.Time) {
 	defer l.mu.Unlock()
 	d := &l.devices[i]
 	for uint64(len(d.sent)) < seq {
-		d.sent = append(d.sent, time.Time{})
+		d.sent = append(d.sent, 0)
 		d.delivered = append(d.delivered, false)
 	}
-	if !d.sent[seq-1].IsZero() { // a v2 resend keeps the first write's time
+	if d.sent[seq-1] != 0 { // a v2 resend keeps the first write's time
 		return
 	}
-	d.sent[seq-1] = t
+	d.sent[seq-1] = 1 + int64(t.Sub(l.base))
 	if at, ok := d.early[seq]; ok {
 		delete(d.early, seq)
 		l.deliver(d, seq, at)
@@ -96,7 +101,7 @@ func (l *Ledger) Delivered(id string, seq uint64, t time.Time) bool {
 		return false
 	}
 	d := &l.devices[i]
-	if seq > uint64(len(d.sent)) || d.sent[seq-1].IsZero() {
+	if seq > uint64(len(d.sent)) || d.sent[seq-1] == 0 {
 		if d.early == nil {
 			d.early = map[uint64]time.Time{}
 		}
@@ -128,8 +133,9 @@ func (l *Ledger) deliver(d *deviceBook, seq uint64, t time.Time) {
 		}
 	}
 	d.last = max(d.last, seq)
-	if !l.open.IsZero() && !l.closed && !d.sent[seq-1].Before(l.open) {
-		us := t.Sub(d.sent[seq-1]).Microseconds()
+	sent := l.base.Add(time.Duration(d.sent[seq-1] - 1))
+	if !l.open.IsZero() && !l.closed && !sent.Before(l.open) {
+		us := t.Sub(sent).Microseconds()
 		_ = l.hist.RecordValue(max(us, 1))
 		s := int(t.Sub(l.open) / time.Second)
 		for len(l.second) <= s {
@@ -186,7 +192,7 @@ func (l *Ledger) Totals() Totals {
 	for di, d := range l.devices {
 		lost := false
 		for i, s := range d.sent {
-			if s.IsZero() {
+			if s == 0 {
 				continue
 			}
 			t.Sent++
