@@ -548,7 +548,9 @@ func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
 func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
 	size := 256 // a reading's fields, addresses and times
 	if r.Pulse != nil {
-		size += 8 * len(r.Pulse.Samples) // one float64 each: no regrowth for a v2 pulse batch
+		// An ADC code each (bus.AppendReading); a batch of other samples,
+		// 8 bytes each, regrows once.
+		size += 2 * len(r.Pulse.Samples)
 	}
 	data, err := bus.AppendReading(make([]byte, 0, size), r)
 	if err != nil {
