@@ -120,7 +120,7 @@ func runDrain(ctx context.Context, o Options) (Result, error) {
 		name string
 		args []string
 	}{
-		{"decrypt", []string{"decrypt", "--keys", keys}},
+		{"decrypt", decryptArgs(keys)},
 		{"publish", append([]string{"publish", "--mqtt", broker}, publishArgs(o)...)},
 	} {
 		if _, err := s.start(ctx, o, dir, st.name, env, st.args...); err != nil {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/decrypt"
 )
 
 // Stack modes.
@@ -172,7 +173,7 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		args []string
 	}{
 		{"ingest", append([]string{"ingest", "--listen", s.edge}, oneAddressFleet...)},
-		{"decrypt", []string{"decrypt", "--keys", keys}},
+		{"decrypt", decryptArgs(keys)},
 		{"publish", append([]string{"publish", "--mqtt", s.mqttURL}, publishArgs(o)...)},
 	} {
 		if _, err := s.start(ctx, o, dir, st.name, env, st.args...); err != nil {
@@ -180,6 +181,12 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		}
 	}
 	return s, nil
+}
+
+// decryptArgs are a decrypt process's arguments: the bench's stages are
+// all of this build, so decrypt stores readings in batches, as up does.
+func decryptArgs(keys string) []string {
+	return []string{"decrypt", "--keys", keys, "--readings-batch", strconv.Itoa(decrypt.DefaultReadingsBatch)}
 }
 
 // startNATS starts the bench's nats-server as a child process (medpipe

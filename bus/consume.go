@@ -44,6 +44,13 @@ type ConsumeOptions struct {
 	DrainTimeout time.Duration
 	// Handle is called for every message, in order within a partition.
 	Handle HandleFunc
+	// Flush, when set, is called with a partition's number whenever its
+	// handler is about to wait (no message is ready, or MaxInFlight is
+	// reached) and when the partition stops: a handler that gathers
+	// outputs (several readings in one message) sends what it holds. A
+	// Completion may therefore wait on work Flush starts, never on a later
+	// message.
+	Flush func(ctx context.Context, p int)
 	// Log receives errors; nil uses slog.Default().
 	Log *slog.Logger
 	// Latency, when set, observes each acknowledged message's time in the
@@ -210,10 +217,31 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 		defer close(incoming)
 		r.read(ctx, work, it, &live, incoming)
 	}()
+	flush := func() {
+		if o.Flush != nil {
+			o.Flush(work, p)
+		}
+	}
 	stopped := false
-	for msg := range incoming {
+	for {
+		var msg jetstream.Msg
+		var ok bool
+		select {
+		case msg, ok = <-incoming:
+		default: // about to wait for the next message: send what is gathered
+			flush()
+			msg, ok = <-incoming
+		}
+		if !ok {
+			break
+		}
 		start := time.Now()
-		slots <- struct{}{}
+		select {
+		case slots <- struct{}{}:
+		default: // the oldest in flight may be waiting for a flush
+			flush()
+			slots <- struct{}{}
+		}
 		var done Completion
 		if !stopped {
 			done, err = handleInPlace(ctx, work, msg, p, o)
@@ -227,6 +255,7 @@ func consumePartition(ctx, work context.Context, js jetstream.JetStream, c jetst
 		}
 		handled <- inFlight{msg: msg, done: done, start: start}
 	}
+	flush()
 	close(handled)
 	acker.Wait()
 	if ctx.Err() != nil && work.Err() == nil && !stopped {

@@ -132,7 +132,20 @@ const (
 // bytes and an order of magnitude less CPU each way (BenchmarkReadingCodec),
 // paid once per reading by decrypt and once by publish.
 func AppendReading(dst []byte, r *Reading) ([]byte, error) {
-	dst = append(dst, readingBodyV3)
+	return appendReading(dst, r, readingBodyV3)
+}
+
+// AppendReadingV2 appends r's body as version 0xB2, which publish processes
+// before 0xB3 read too: pulse samples always as 8-byte floats. decrypt
+// writes it for READINGS messages of one reading, which such a publish may
+// still be reading during an upgrade; batches (AppendReadingBatch), which
+// only newer publish processes read, carry 0xB3.
+func AppendReadingV2(dst []byte, r *Reading) ([]byte, error) {
+	return appendReading(dst, r, readingBodyV2)
+}
+
+func appendReading(dst []byte, r *Reading, version byte) ([]byte, error) {
+	dst = append(dst, version)
 	for _, s := range [...]string{r.Device, r.Protocol, r.Variant} {
 		dst = appendString(dst, s)
 	}
@@ -144,7 +157,7 @@ func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 	}
 	dst = binary.AppendUvarint(dst, r.Seq)
 	dst = appendTime(dst, r.DeviceTime)
-	dst = appendPulse(dst, r.Pulse)
+	dst = appendPulse(dst, r.Pulse, version)
 	dst = appendTime(dst, r.Received)
 	dst = appendString(dst, r.Conn)
 	dst = binary.AppendUvarint(dst, r.FrameSeq)
@@ -167,7 +180,7 @@ func AppendReading(dst []byte, r *Reading) ([]byte, error) {
 // as a varint and, when there are samples, how they are written
 // (pulseSamplesCode where every one is an ADC code's value, else
 // pulseSamplesFloat) and the samples: exactly what the device's payload gave.
-func appendPulse(dst []byte, p *wire.PulseBatch) []byte {
+func appendPulse(dst []byte, p *wire.PulseBatch, version byte) []byte {
 	switch {
 	case p == nil:
 		return append(dst, 0)
@@ -179,6 +192,12 @@ func appendPulse(dst []byte, p *wire.PulseBatch) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(p.Rate))
 	dst = binary.AppendVarint(dst, p.Start)
 	if p.Samples == nil {
+		return dst
+	}
+	if version < readingBodyV3 { // V2: the samples' bits, no encoding byte
+		for _, v := range p.Samples {
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(v))
+		}
 		return dst
 	}
 	mark := len(dst)

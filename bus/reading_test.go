@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"math"
@@ -410,5 +411,30 @@ func TestValuesFollowTheFieldTable(t *testing.T) {
 		if got := rv.Field(i).String(); got != tag {
 			t.Errorf("Values.%s (JSON %q) is the table's %q", rv.Type().Field(i).Name, tag, got)
 		}
+	}
+}
+
+// TestAppendReadingV2: the body decrypt writes for a READINGS message of
+// one reading is the previous release's (0xB2, samples as floats), byte
+// for byte what that release wrote, and decodes to the reading.
+func TestAppendReadingV2(t *testing.T) {
+	r := sampleV2Reading()
+	r.Pulse.Samples = []float64{1.5, 1.6248, 0.0008, 3.2992, 0}
+	r.Sensors[wire.TempSensor] = wire.SensorMissing
+	r.Values.Temp, r.Numbers.Temp = "", 0
+	b, err := AppendReadingV2(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("testdata/reading-body-v2.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, want) {
+		t.Fatalf("V2 body differs from the previous release's:\n got %x\nwant %x", b, want)
+	}
+	got, err := UnmarshalReading(b)
+	if err != nil || !reflect.DeepEqual(got, r) {
+		t.Fatalf("V2 body decodes as %+v, %v", got, err)
 	}
 }

@@ -395,31 +395,31 @@ func (s *markStore) fold(ctx context.Context, p int, from, to uint64, marks map[
 			break
 		}
 		seq = msg.Sequence + 1
-		gen := msg.Header.Get(bus.HeaderKeyGen)
-		if gen == "" {
+		if msg.Header.Get(bus.HeaderKeyGen) == "" && !bus.IsReadingBatch(msg.Data) {
 			continue // a legacy reading
 		}
-		r, err := bus.UnmarshalReading(msg.Data)
+		rs, err := bus.DecodeReadings(msg.Data, msg.Header)
 		if err != nil {
 			// Not one decrypt wrote (it never publishes a reading that
-			// fails this): nothing to record.
-			s.log.Warn("a READINGS message with a key generation is unreadable: not folded into the marks", "seq", msg.Sequence, "err", err)
-			continue
+			// fails this): nothing to record of what does not decode.
+			s.log.Warn("a READINGS message is unreadable, in part or whole: what does not decode is not folded into the marks", "seq", msg.Sequence, "err", err)
 		}
-		if r.Protocol != bus.ProtocolV2 || r.Seq == 0 {
-			continue
+		for _, r := range rs {
+			if r.KeyGen == "" || r.Protocol != bus.ProtocolV2 || r.Seq == 0 {
+				continue
+			}
+			s.mu.Lock()
+			t, reset := s.resets[r.Device]
+			s.mu.Unlock()
+			if reset && !msg.Time.After(t) {
+				continue
+			}
+			mid := markID{r.Device, r.KeyGen}
+			if m, ok := marks[mid].record(frameRef{seq: r.Seq, raw: r.RawSeq, recv: r.Received.UnixNano()}); ok {
+				marks[mid] = m
+			}
+			n++
 		}
-		s.mu.Lock()
-		t, reset := s.resets[r.Device]
-		s.mu.Unlock()
-		if reset && !msg.Time.After(t) {
-			continue
-		}
-		mid := markID{r.Device, gen}
-		if m, ok := marks[mid].record(frameRef{seq: r.Seq, raw: r.RawSeq, recv: r.Received.UnixNano()}); ok {
-			marks[mid] = m
-		}
-		n++
 	}
 	return n, nil
 }

@@ -19,7 +19,7 @@ type metrics struct {
 	replies, replyErrors, duplicates        prometheus.Counter
 	replayedDevices                         prometheus.Gauge
 	readings, deadLetters                   *prometheus.CounterVec
-	latency                                 prometheus.Histogram
+	latency, batchSize                      prometheus.Histogram
 }
 
 // newMetrics makes the worker's metrics and registers them with reg (none
@@ -60,6 +60,10 @@ func newMetrics(reg prometheus.Registerer, ix *KeyIndex) (*metrics, error) {
 	var err error
 	m.latency, err = register(reg, ops.NewLatency("medpipe_decrypt_frame_latency_seconds",
 		"RAW frames' time in decrypt: from delivery to the acknowledgement of their READINGS (or DEADLETTER) output."))
+	errs = append(errs, err)
+	m.batchSize, err = register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "medpipe_decrypt_readings_per_message",
+		Help:    "Readings in each READINGS message a partition's gathered readings were stored in (bounded by --readings-batch).",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}}))
 	errs = append(errs, err)
 	m.replayedDevices, err = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "medpipe_decrypt_v2_replayed_devices",
 		Help: "v2 devices whose frames have been refused as replayed for over 5 s with none accepted (see /healthz for their ids)."}))

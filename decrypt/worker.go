@@ -58,6 +58,12 @@ type Options struct {
 	ConnCacheSize int
 	// DrainTimeout bounds in-flight work after cancellation (default 10 s).
 	DrainTimeout time.Duration
+	// ReadingsBatch is the most readings of a partition stored in one
+	// READINGS message, when they are ready together (see
+	// DefaultReadingsBatch); 0 or 1 stores each reading in a message of its
+	// own, which publish processes older than batches read. It is bounded
+	// by MaxInFlight.
+	ReadingsBatch int
 	// Log receives errors; nil uses slog.Default().
 	Log *slog.Logger
 	// Metrics registers the worker's metrics; nil registers nowhere.
@@ -80,6 +86,10 @@ type Worker struct {
 	store   *markStore // the live marks (nil without Options.Seqs)
 	stuck   *stuckDevices
 	pins    pins
+	// gather holds each RAW partition's readings not yet sent (see
+	// gatherReading); batchMax is ReadingsBatch within MaxInFlight.
+	gather   []*readingsBatch
+	batchMax int
 }
 
 // New checks the options and builds the key index.
@@ -124,6 +134,10 @@ func newWorker(js jetstream.JetStream, o Options) (*Worker, error) {
 		w.marks = w.store
 	}
 	w.bufs.New = func() any { return &scratch{} }
+	if o.ReadingsBatch > 1 {
+		w.gather = make([]*readingsBatch, o.Partitions)
+		w.batchMax = min(o.ReadingsBatch, o.MaxInFlight)
+	}
 	return w, nil
 }
 
@@ -193,7 +207,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	err := bus.ConsumePartitions(ctx, w.js, bus.ConsumeOptions{
 		Stage: "decrypt", Stream: bus.StreamRaw, Partitions: w.o.Partitions, Filter: bus.RawSubject,
-		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Log: w.log,
+		MaxInFlight: w.o.MaxInFlight, DrainTimeout: w.o.DrainTimeout, Handle: w.handle, Flush: w.flush, Log: w.log,
 		Latency: w.m.latency,
 	})
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
@@ -293,13 +307,24 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		w.sendReply(f.header, out.reply)
 		return w.deadLetter(f, out)
 	}
+	if w.gathers(f.part) {
+		w.m.readings.WithLabelValues(out.Reading.Protocol, out.Reading.Variant).Inc()
+		b := w.gatherReading(ctx, f.part, out.Reading, out.keyGen)
+		if out.accepted != nil {
+			return &v2Output{w: w, stored: b.stored, accepted: out.accepted, header: f.header, ack: out.reply}, nil
+		}
+		if out.reply != nil {
+			return replyAfter{batchMember{b}, w, f.header, out.reply}, nil
+		}
+		return batchMember{b}, nil
+	}
 	if out.accepted != nil {
 		fut, err := w.publish(out.Reading, out.keyGen)
 		if err != nil {
 			w.marks.stored(out.accepted, 0, err)
 			return nil, err
 		}
-		return &v2Output{w: w, fut: fut, accepted: out.accepted, header: f.header, ack: out.reply}, nil
+		return &v2Output{w: w, stored: func(ctx context.Context) (uint64, error) { return storedAt(ctx, w.js, fut) }, accepted: out.accepted, header: f.header, ack: out.reply}, nil
 	}
 	c, err := w.publishReading(out.Reading)
 	if err != nil || out.reply == nil {
@@ -330,8 +355,10 @@ func (r replyAfter) Wait(ctx context.Context) error {
 // then sends the device's verified ACK to the edge that received the
 // frame: an ACK always follows acceptance and storage.
 type v2Output struct {
-	w        *Worker
-	fut      jetstream.PubAckFuture
+	w *Worker
+	// stored waits until READINGS has the reading (alone, or in a batch)
+	// and returns its READINGS sequence.
+	stored   func(ctx context.Context) (uint64, error)
 	accepted *acceptance
 	header   nats.Header
 	ack      []byte
@@ -339,7 +366,7 @@ type v2Output struct {
 
 // Wait waits until READINGS has the reading.
 func (o *v2Output) Wait(ctx context.Context) error {
-	seq, err := storedAt(ctx, o.w.js, o.fut)
+	seq, err := o.stored(ctx)
 	o.w.marks.stored(o.accepted, seq, err)
 	if err != nil {
 		return err
@@ -360,15 +387,21 @@ func storedAt(ctx context.Context, js jetstream.JetStream, f jetstream.PubAckFut
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+	return republish(ctx, js, f.Msg(), err)
+}
+
+// republish publishes msg again, after a failure err, until it is stored
+// or ctx ends, and returns the stream sequence it was stored at.
+func republish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error) (uint64, error) {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("publish to %s not confirmed: %w", f.Msg().Subject, err)
+			return 0, fmt.Errorf("publish to %s not confirmed: %w", msg.Subject, err)
 		case <-time.After(wait):
 		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var ack *jetstream.PubAck
-		ack, err = js.PublishMsg(pctx, f.Msg())
+		ack, err = js.PublishMsg(pctx, msg)
 		cancel()
 		if err == nil {
 			return ack.Sequence, nil
@@ -546,13 +579,9 @@ func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
 // publish sends a reading to READINGS; keyGen, for a v2 reading, is the
 // generation of the key that opened it (bus.HeaderKeyGen).
 func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
-	size := 256 // a reading's fields, addresses and times
-	if r.Pulse != nil {
-		// An ADC code each (bus.AppendReading); a batch of other samples,
-		// 8 bytes each, regrows once.
-		size += 2 * len(r.Pulse.Samples)
-	}
-	data, err := bus.AppendReading(make([]byte, 0, size), r)
+	// One reading alone: the body a publish from before batches reads too
+	// (READINGS messages may outlive an upgrade of publish).
+	data, err := bus.AppendReadingV2(make([]byte, 0, readingSize(r)+6*pulseSamples(r)), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}

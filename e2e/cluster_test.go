@@ -54,7 +54,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 		return p
 	}
 	start("ingest", "ingest", "--listen", edge)
-	start("decrypt", "decrypt", "--keys", keys)
+	start("decrypt", "decrypt", "--keys", keys, "--readings-batch", batched)
 	start("publish", "publish", "--mqtt", mq.URL(), "--json-topic")
 
 	sim := testkit.StartMedpipe(t, "simulate", nil, "simulate", "--json", "--server", edge, "--keys", keys,

@@ -96,7 +96,7 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	start("ingest", "ingest", "--listen", edgeAddr)
 	var decrypts []*testkit.Proc
 	for i := range 4 {
-		decrypts = append(decrypts, start("decrypt-"+string(rune('1'+i)), "decrypt", "--keys", keys))
+		decrypts = append(decrypts, start("decrypt-"+string(rune('1'+i)), "decrypt", "--keys", keys, "--readings-batch", batched))
 	}
 	start("publish-1", "publish", "--mqtt", e.MQTTURL(), "--json-topic")
 	start("publish-2", "publish", "--mqtt", e.MQTTURL(), "--json-topic")

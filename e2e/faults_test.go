@@ -40,7 +40,7 @@ func TestStageFaults(t *testing.T) {
 			col := c.collector("Pico/+/reading", "faults")
 			args := map[string][]string{
 				"ingest":  {"ingest", "--listen", c.edge},
-				"decrypt": {"decrypt", "--keys", c.keys},
+				"decrypt": {"decrypt", "--keys", c.keys, "--readings-batch", batched},
 				"publish": {"publish", "--mqtt", c.srv.MQTTURL(), "--json-topic"},
 			}
 			procs := map[string]*testkit.Proc{}

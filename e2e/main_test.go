@@ -16,10 +16,17 @@ import (
 	"time"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/decrypt"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
+
+// batched is --readings-batch for the decrypt processes of the fault
+// tests (stage kills, failover, a cluster's leader lost): they prove
+// batches of readings lose nothing; the other tests run decrypt's default,
+// a message a reading.
+var batched = strconv.Itoa(decrypt.DefaultReadingsBatch)
 
 func TestMain(m *testing.M) {
 	code := m.Run()

@@ -94,8 +94,8 @@ func TestRegistryLiveChanges(t *testing.T) {
 	var outcomes []outcome
 	record := func(o outcome) { mu.Lock(); outcomes = append(outcomes, o); mu.Unlock() }
 	if _, err := nc.Subscribe(bus.SubjectReadingsPrefix+">", func(m *nats.Msg) {
-		r, err := bus.UnmarshalReading(m.Data)
-		if err == nil {
+		rs, _ := bus.DecodeReadings(m.Data, m.Header)
+		for _, r := range rs {
 			record(outcome{time.Now(), r.Device, r.Values.PulseSig, ""})
 		}
 	}); err != nil {

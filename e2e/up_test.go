@@ -198,11 +198,12 @@ func TestUpUsesTheRegistry(t *testing.T) {
 	var mu sync.Mutex
 	readings, reasons := map[string]int{}, map[string]string{}
 	if _, err := nc.Subscribe(bus.SubjectReadingsPrefix+">", func(m *nats.Msg) {
-		if r, err := bus.UnmarshalReading(m.Data); err == nil {
-			mu.Lock()
+		rs, _ := bus.DecodeReadings(m.Data, m.Header) // up stores readings in batches
+		mu.Lock()
+		for _, r := range rs {
 			readings[r.Device]++
-			mu.Unlock()
 		}
+		mu.Unlock()
 	}); err != nil {
 		t.Fatal(err)
 	}

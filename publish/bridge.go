@@ -120,12 +120,19 @@ func (b *Bridge) Run(ctx context.Context) error {
 }
 
 func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion, error) {
-	r, err := bus.UnmarshalReading(msg.Data())
+	keyed, err := bus.DecodeReadings(msg.Data(), msg.Headers())
 	if err != nil {
-		// Not a reading: nothing to republish; keep it from blocking the partition.
+		// Not a reading, or a batch with readings that are not: nothing to
+		// republish of those; keep them from blocking the partition.
 		b.m.invalid.Inc()
-		b.log.Error("READINGS message is not a reading; skipped", "subject", msg.Subject(), "err", err)
-		return nil, nil
+		b.log.Error("READINGS message is not a reading, in part or whole; what is not was skipped", "subject", msg.Subject(), "readings", len(keyed), "err", err)
+		if len(keyed) == 0 {
+			return nil, nil
+		}
+	}
+	rs := make([]*bus.Reading, len(keyed))
+	for i, k := range keyed {
+		rs[i] = k.Reading
 	}
 	var streamSeq uint64
 	if meta, err := msg.Metadata(); err == nil {
@@ -139,20 +146,19 @@ func (b *Bridge) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			return nil, nil
 		}
 	}
-	ack, err := b.o.Sink.WriteBatch(ctx, []*bus.Reading{r})
+	ack, err := b.o.Sink.WriteBatch(ctx, rs)
 	if err != nil {
 		return nil, err
 	}
-	return &completion{b: b, ack: ack, seq: streamSeq, received: r.Received}, nil
+	return &completion{b: b, ack: ack, seq: streamSeq, readings: rs}, nil
 }
 
 // completion is one READINGS message's sink acknowledgement.
 type completion struct {
-	b   *Bridge
-	ack sink.Ack
-	seq uint64 // READINGS stream sequence
-
-	received time.Time // when the edge read the reading's frame
+	b        *Bridge
+	ack      sink.Ack
+	seq      uint64         // READINGS stream sequence
+	readings []*bus.Reading // its readings, for the end-to-end latency
 }
 
 func (c *completion) Wait(ctx context.Context) error {
@@ -163,8 +169,11 @@ func (c *completion) Wait(ctx context.Context) error {
 		return err
 	}
 	c.b.markDelivered(c.seq)
-	if !c.received.IsZero() {
-		c.b.m.endToEnd.Observe(time.Since(c.received).Seconds())
+	now := time.Now()
+	for _, r := range c.readings {
+		if !r.Received.IsZero() { // when the edge read the reading's frame
+			c.b.m.endToEnd.Observe(now.Sub(r.Received).Seconds())
+		}
 	}
 	return nil
 }

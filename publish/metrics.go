@@ -22,7 +22,7 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		invalid: counter("invalid_readings_total", "READINGS messages that were not readings."),
+		invalid: counter("invalid_readings_total", "READINGS messages that were not readings, or held readings that were not (those readings are skipped)."),
 		// An ack lost or late brings a reading back; this process knows
 		// whether the sink has it already.
 		redeliveriesSkipped: counter("redeliveries_skipped_total", "Redelivered READINGS messages not published again: this process had delivered them."),

@@ -75,6 +75,10 @@ type MQTTSink struct {
 	m      *mqttMetrics
 	client mqtt.Client
 	window chan struct{} // one slot per MQTT message in flight
+	// windowMu makes taking a write's slots one step: two writes (two
+	// partitions' batches) each holding part of the window and waiting
+	// for the rest would wait for ever.
+	windowMu sync.Mutex
 
 	connected   atomic.Bool
 	epoch       atomic.Uint64 // connection losses so far
@@ -267,17 +271,24 @@ func (s *MQTTSink) WriteBatch(ctx context.Context, batch []*bus.Reading) (sink.A
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	for i := range msgs {
+	// A write of more messages than the window holds (a READINGS batch of
+	// many readings, a small window) takes the whole window: it is alone
+	// in flight, and may exceed the bound by what it is over.
+	slots := min(len(msgs), cap(s.window))
+	s.windowMu.Lock()
+	for i := range slots {
 		select {
 		case s.window <- struct{}{}:
 		case <-ctx.Done():
 			for range i {
 				<-s.window
 			}
+			s.windowMu.Unlock()
 			return nil, ctx.Err()
 		}
 	}
-	d := &delivery{s: s, epoch: epoch, tokens: make([]mqtt.Token, len(msgs))}
+	s.windowMu.Unlock()
+	d := &delivery{s: s, epoch: epoch, tokens: make([]mqtt.Token, len(msgs)), slots: slots}
 	for i, m := range msgs {
 		d.tokens[i] = s.client.Publish(m.Topic, s.o.QoS, s.o.Retain || m.Retain, m.Payload)
 	}
@@ -303,11 +314,12 @@ type delivery struct {
 	s      *MQTTSink
 	epoch  uint64
 	tokens []mqtt.Token
+	slots  int // of the window, freed once the write is done
 }
 
 func (d *delivery) Wait(ctx context.Context) error {
 	defer func() {
-		for range d.tokens {
+		for range d.slots {
 			<-d.s.window
 		}
 	}()

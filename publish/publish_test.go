@@ -346,3 +346,56 @@ func TestRedeliveryKnowledge(t *testing.T) {
 		t.Error("the set does not keep exactly the last 4")
 	}
 }
+
+// publishBatches puts n readings of each device on READINGS as a
+// batching decrypt would: each partition's readings in batches of size.
+func (v *env) publishBatches(t *testing.T, devs []string, n, size int) {
+	t.Helper()
+	byPart := map[int][]bus.KeyedReading{}
+	for i := range n {
+		for _, d := range devs {
+			p := bus.Partition(d, v.parts)
+			byPart[p] = append(byPart[p], bus.KeyedReading{Reading: reading(d, i)})
+		}
+	}
+	for p, rs := range byPart {
+		for len(rs) > 0 {
+			k := min(size, len(rs))
+			b, err := bus.AppendReadingBatch(nil, rs[:k])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := v.js.PublishMsgAsync(&nats.Msg{Subject: bus.ReadingsBatchSubject(p), Data: b}); err != nil {
+				t.Fatal(err)
+			}
+			rs = rs[k:]
+		}
+	}
+	<-v.js.PublishAsyncComplete()
+}
+
+// TestBridgeBatches: every reading of a READINGS batch reaches the broker
+// in order, the batch is acknowledged once the broker has them all, and a
+// batch needing more MQTT messages than the in-flight window holds goes
+// through alone instead of waiting for ever.
+func TestBridgeBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		window int
+	}{{"default window", 0}, {"batch over the window", 20}} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newEnv(t)
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			col := testkit.NewCollector(t, testkit.CollectorOptions{URL: v.e.MQTTURL(), Filter: "Pico/#", ClientID: "col", QoS: 1, CleanSession: true})
+			devs := []string{"a", "b", "c", "d", "e"}
+			const n = 120
+			v.publishBatches(t, devs, n, 16)
+			v.runBridge(t, Options{MQTT: MQTTOptions{URL: v.e.MQTTURL()}, MaxInFlightMessages: tc.window})
+			want := len(devs) * (n*int(wire.NumFields) + 4*3) // addresses on readings 1, 51, 101
+			waitExactly(ctx, t, col, want)
+			checkOrder(t, col.Messages(), devs, n, false)
+			waitNothingPending(t, v)
+		})
+	}
+}

@@ -87,7 +87,7 @@ func TestFlagsAnywhere(t *testing.T) {
 			var nats string
 			var df decryptFlags
 			fs.StringVar(&nats, "nats", "d", "")
-			df.register(fs)
+			df.register(fs, 1)
 			pos, err := parseArgs(fs, tt.args)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {

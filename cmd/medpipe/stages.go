@@ -104,17 +104,23 @@ func tlsAddr(e *ingest.Edge) string {
 
 // decryptFlags configures the decrypt workers.
 type decryptFlags struct {
-	keys        string
-	maxInFlight int
+	keys          string
+	maxInFlight   int
+	readingsBatch int
 }
 
-func (f *decryptFlags) register(fs *flag.FlagSet) {
+// register adds the decrypt flags; readingsBatch is --readings-batch's
+// default: `up` batches (its publish is its own, of the same version), a
+// decrypt process does not unless told, since publish processes older
+// than batches would skip them.
+func (f *decryptFlags) register(fs *flag.FlagSet, readingsBatch int) {
 	fs.StringVar(&f.keys, "keys", "", "device keys file: JSON lines {\"id\":…,\"key\":…,\"iv\":…}; without it, keys come from the registry in JetStream KV (see medpipe keys)")
 	fs.IntVar(&f.maxInFlight, "decrypt-in-flight", decrypt.DefaultMaxInFlight, "frames in flight per partition")
+	fs.IntVar(&f.readingsBatch, "readings-batch", readingsBatch, fmt.Sprintf("most readings of a partition stored in one READINGS message when ready together (%d in up; 1: a message each, as publish before batches reads; raise it once every publish process reads batches)", decrypt.DefaultReadingsBatch))
 }
 
 func (f *decryptFlags) options(devs []wire.Device, parts int, log *slog.Logger, reg prometheus.Registerer) decrypt.Options {
-	return decrypt.Options{Keys: devs, Partitions: parts, MaxInFlight: f.maxInFlight, Log: log.With("stage", "decrypt"), Metrics: reg}
+	return decrypt.Options{Keys: devs, Partitions: parts, MaxInFlight: f.maxInFlight, ReadingsBatch: f.readingsBatch, Log: log.With("stage", "decrypt"), Metrics: reg}
 }
 
 // publishFlags configures the MQTT bridge.
@@ -307,7 +313,7 @@ func runDecrypt(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var sf stageFlags
 	var df decryptFlags
 	sf.register(fs, decryptHTTP, bus.RoleDecrypt)
-	df.register(fs)
+	df.register(fs, 1)
 	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err

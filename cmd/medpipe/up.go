@@ -36,7 +36,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.IntVar(&o.MonitorPort, "monitor-port", bus.DefaultMonitorPort, "embedded nats-server monitoring port (-2: off)")
 	nf.registerStreams(fs)
 	inf.register(fs)
-	df.register(fs)
+	df.register(fs, decrypt.DefaultReadingsBatch)
 	fs.Lookup("keys").Usage = "device keys file (JSON lines) that seeds the device registry in JetStream KV at start; devices already there keep their keys, rotations and revocations (medpipe keys works live against up)"
 	pf.register(fs, "")
 	fs.IntVar(&o.Simulate, "simulate", 0, "start this many simulated legacy devices in the process (keys kept in the data dir)")
