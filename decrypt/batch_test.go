@@ -71,6 +71,25 @@ func batchedReadings(t *testing.T, js jetstream.JetStream, want int) (rs []bus.K
 	return rs, msgs, largest
 }
 
+// checkOnceInOrder fails on a reading stored twice (by connection and
+// value) or out of its connection's order.
+func checkOnceInOrder(t *testing.T, rs []bus.KeyedReading) {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]uint64{}
+	for _, r := range rs {
+		key := r.Conn + "/" + r.Values.PulseSig
+		if seen[key] {
+			t.Fatalf("reading %s stored twice", key)
+		}
+		seen[key] = true
+		if r.FrameSeq <= last[r.Conn] {
+			t.Fatalf("%s: frame %d after %d", r.Conn, r.FrameSeq, last[r.Conn])
+		}
+		last[r.Conn] = r.FrameSeq
+	}
+}
+
 // TestWorkerBatchesReadings: frames that are ready together are stored a
 // batch a partition's pull, every reading once, in order per connection,
 // and RAW is left acknowledged; batches never exceed the bound.
@@ -88,19 +107,7 @@ func TestWorkerBatchesReadings(t *testing.T) {
 			w := runBatchingWorker(t, js, devs, batch)
 			rs, msgs, largest := batchedReadings(t, js, n*conns)
 			waitRawDone(t, js)
-			last := map[string]uint64{}
-			seen := map[string]bool{}
-			for _, r := range rs {
-				key := r.Conn + "/" + r.Values.PulseSig
-				if seen[key] {
-					t.Fatalf("reading %s stored twice", key)
-				}
-				seen[key] = true
-				if r.FrameSeq <= last[r.Conn] {
-					t.Fatalf("%s: frame %d after %d", r.Conn, r.FrameSeq, last[r.Conn])
-				}
-				last[r.Conn] = r.FrameSeq
-			}
+			checkOnceInOrder(t, rs)
 			if msgs*2 > len(rs) {
 				t.Errorf("%d readings in %d READINGS messages: not gathered", len(rs), msgs)
 			}
@@ -134,19 +141,7 @@ func TestBatchingWorkersShareTheStream(t *testing.T) {
 		}
 	}
 	rs, msgs, _ := batchedReadings(t, js, n*conns)
-	seen := map[string]bool{}
-	last := map[string]uint64{}
-	for _, r := range rs {
-		key := r.Conn + "/" + r.Values.PulseSig
-		if seen[key] {
-			t.Fatalf("reading %s stored twice", key)
-		}
-		seen[key] = true
-		if r.FrameSeq <= last[r.Conn] {
-			t.Fatalf("%s: frame %d after %d", r.Conn, r.FrameSeq, last[r.Conn])
-		}
-		last[r.Conn] = r.FrameSeq
-	}
+	checkOnceInOrder(t, rs)
 	waitRawDone(t, js)
 	t.Logf("%d readings in %d READINGS messages", len(rs), msgs)
 }

@@ -420,24 +420,15 @@ func TestTwoWorkersShareTheStream(t *testing.T) {
 			publishRaw(t, js, fmt.Sprintf("conn-%d", c), i, wireFrame(d, wire.Pico+wire.Variant(c%2), i))
 		}
 	}
-	readings := streamMsgs(t, js, bus.StreamReadings, n*conns)
-	seen := map[string]bool{}
-	last := map[string]uint64{}
-	for _, m := range readings {
+	var rs []bus.KeyedReading
+	for _, m := range streamMsgs(t, js, bus.StreamReadings, n*conns) {
 		r, err := bus.UnmarshalReading(m.Data())
 		if err != nil {
 			t.Fatal(err)
 		}
-		key := r.Conn + "/" + r.Values.PulseSig
-		if seen[key] {
-			t.Fatalf("reading %s stored twice", key)
-		}
-		seen[key] = true
-		if r.FrameSeq <= last[r.Conn] {
-			t.Fatalf("%s: frame %d after %d", r.Conn, r.FrameSeq, last[r.Conn])
-		}
-		last[r.Conn] = r.FrameSeq
+		rs = append(rs, bus.KeyedReading{Reading: r})
 	}
+	checkOnceInOrder(t, rs)
 	waitRawDone(t, js)
 	total := testutil.ToFloat64(a.m.frames) + testutil.ToFloat64(b.m.frames)
 	if total < n*float64(conns) {
