@@ -203,7 +203,7 @@ func appendPulse(dst []byte, p *wire.PulseBatch, version byte) []byte {
 	mark := len(dst)
 	dst = append(dst, pulseSamplesCode)
 	for _, v := range p.Samples {
-		c, ok := wire.PulseCodeOf(v)
+		c, ok := pulseCodeOf(v)
 		if !ok {
 			dst = append(dst[:mark], pulseSamplesFloat)
 			for _, v := range p.Samples {
@@ -267,7 +267,7 @@ func (d *bodyReader) pulse(version byte) *wire.PulseBatch {
 				d.err, d.b = fmt.Errorf("%w: pulse code %d over the ADC's %d", errShortBody, c, wire.PulseMaxCode), nil
 				return nil
 			}
-			p.Samples[i] = wire.PulseVolts(c)
+			p.Samples[i] = pulseVolts[c]
 		}
 	}
 	d.b = d.b[int(size)*len(p.Samples):]
@@ -416,4 +416,29 @@ func UnmarshalReading(b []byte) (*Reading, error) {
 		return nil, fmt.Errorf("bus: READINGS message: %w", err)
 	}
 	return &r, nil
+}
+
+// pulseVolts is wire.PulseVolts of every code: the conversion runs for
+// every sample of every batch read. Here, not in wire, which the firmware
+// links: 32 KB of RAM a device does not need.
+var pulseVolts = func() (t [wire.PulseMaxCode + 1]float64) {
+	for c := range t {
+		t[c] = wire.PulseVolts(uint16(c))
+	}
+	return t
+}()
+
+// pulseCodeOf returns the code whose wire.PulseVolts is v, bit for bit,
+// and whether there is one: a sample that came from a code goes back to it
+// exactly, so it can be stored in 2 bytes instead of 8.
+func pulseCodeOf(v float64) (uint16, bool) {
+	// The nearest code by a multiplication, not wire.PulseCode's division
+	// and rounding: this runs for every sample stored, and the bit
+	// comparison below decides anyway.
+	x := v*(1/wire.PulseVoltsPerCode) + 0.5
+	if !(x >= 0 && x < wire.PulseMaxCode+1) { // NaN too
+		return 0, false
+	}
+	c := uint16(x)
+	return c, math.Float64bits(pulseVolts[c]) == math.Float64bits(v)
 }

@@ -438,3 +438,18 @@ func TestAppendReadingV2(t *testing.T) {
 		t.Fatalf("V2 body decodes as %+v, %v", got, err)
 	}
 }
+
+// TestPulseCodeOf: every code's value maps back to that code; values
+// that are no code's (between codes, out of range, -0, NaN) do not.
+func TestPulseCodeOf(t *testing.T) {
+	for c := uint16(0); c <= wire.PulseMaxCode; c++ {
+		if got, ok := pulseCodeOf(wire.PulseVolts(c)); !ok || got != c {
+			t.Fatalf("pulseCodeOf(PulseVolts(%d)) = %d, %v", c, got, ok)
+		}
+	}
+	for _, v := range []float64{1.00005, -0.0008, 3.5, math.Copysign(0, -1), math.NaN(), math.Inf(1)} {
+		if c, ok := pulseCodeOf(v); ok {
+			t.Errorf("pulseCodeOf(%v) = %d, true", v, c)
+		}
+	}
+}

@@ -526,38 +526,7 @@ func PulseCode(volts float64) uint16 {
 // PulseVolts converts an ADC code to volts, rounded to 0.1 mV (the ADC
 // resolves 0.8 mV) so that READINGS carries short numbers.
 func PulseVolts(code uint16) float64 {
-	if code <= PulseMaxCode {
-		return pulseVolts[code]
-	}
-	return pulseVoltsOf(code)
-}
-
-func pulseVoltsOf(code uint16) float64 {
 	return math.Round(float64(code)*PulseVoltsPerCode*1e4) / 1e4
-}
-
-// pulseVolts is PulseVolts of every code: the conversion runs for every
-// sample, in decrypt and again wherever READINGS is read.
-var pulseVolts = func() (t [PulseMaxCode + 1]float64) {
-	for c := range t {
-		t[c] = pulseVoltsOf(uint16(c))
-	}
-	return t
-}()
-
-// PulseCodeOf returns the code whose PulseVolts is v, bit for bit, and
-// whether there is one: a sample that came from a code goes back to it
-// exactly, so it can be stored in 2 bytes instead of 8.
-func PulseCodeOf(v float64) (uint16, bool) {
-	// The nearest code by a multiplication, not PulseCode's division and
-	// rounding: this runs for every sample stored, and the bit comparison
-	// below decides anyway.
-	x := v*(1/PulseVoltsPerCode) + 0.5
-	if !(x >= 0 && x < PulseMaxCode+1) { // NaN too
-		return 0, false
-	}
-	c := uint16(x)
-	return c, math.Float64bits(pulseVolts[c]) == math.Float64bits(v)
 }
 
 // Batch returns the samples in volts, as READINGS carries them.

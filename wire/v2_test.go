@@ -588,18 +588,3 @@ func TestV2ValuesFollowTheFieldTable(t *testing.T) {
 		t.Errorf("ValuesOf(Array()) = %+v, want %+v", back, v)
 	}
 }
-
-// TestPulseCodeOf: every code's value maps back to that code; values
-// that are no code's (between codes, out of range, -0, NaN) do not.
-func TestPulseCodeOf(t *testing.T) {
-	for c := uint16(0); c <= PulseMaxCode; c++ {
-		if got, ok := PulseCodeOf(PulseVolts(c)); !ok || got != c {
-			t.Fatalf("PulseCodeOf(PulseVolts(%d)) = %d, %v", c, got, ok)
-		}
-	}
-	for _, v := range []float64{1.00005, -0.0008, 3.5, math.Copysign(0, -1), math.NaN(), math.Inf(1)} {
-		if c, ok := PulseCodeOf(v); ok {
-			t.Errorf("PulseCodeOf(%v) = %d, true", v, c)
-		}
-	}
-}
