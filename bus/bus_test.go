@@ -419,3 +419,101 @@ func TestFailedOutputIsNotAckedByALaterOne(t *testing.T) {
 		}
 	}
 }
+
+// gathered is the outputs a gathering handler holds for a partition until
+// Flush; done is closed by the flush that sends them.
+type gathered struct{ done chan struct{} }
+
+func (g *gathered) Wait(ctx context.Context) error {
+	select {
+	case <-g.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestFlushBeforeWaiting: a handler whose outputs complete only when Flush
+// sends them (decrypt's READINGS batches) gets every message acknowledged,
+// with a MaxInFlight smaller than what arrives at once: Flush comes before
+// the partition waits for a message or for an in-flight slot, and at stop.
+func TestFlushBeforeWaiting(t *testing.T) {
+	for _, maxInFlight := range []int{1, 3, 64} {
+		t.Run(strconv.Itoa(maxInFlight), func(t *testing.T) {
+			ctx, js, parts := startStreams(t, 2, 20*time.Second)
+			const perPartition = 200
+			for i := range perPartition {
+				for p := range parts {
+					if _, err := js.PublishAsync(RawSubject(p), []byte(strconv.Itoa(i))); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			<-js.PublishAsyncComplete()
+			var mu sync.Mutex
+			open := make([]*gathered, parts) // each partition's handler and Flush run on one goroutine
+			flushes, handled := 0, 0
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() {
+				done <- ConsumePartitions(runCtx, js, ConsumeOptions{
+					Stage: "flush", Stream: StreamRaw, Partitions: parts, Filter: RawSubject, MaxInFlight: maxInFlight,
+					Handle: func(_ context.Context, m jetstream.Msg) (Completion, error) {
+						p, _ := strconv.Atoi(m.Subject()[len(SubjectRawPrefix):])
+						if open[p] == nil {
+							open[p] = &gathered{done: make(chan struct{})}
+						}
+						mu.Lock()
+						handled++
+						mu.Unlock()
+						return open[p], nil
+					},
+					Flush: func(_ context.Context, p int) {
+						if open[p] != nil {
+							close(open[p].done)
+							open[p] = nil
+							mu.Lock()
+							flushes++
+							mu.Unlock()
+						}
+					},
+				})
+			}()
+			waitAcked := func() error {
+				for p := range parts {
+					c, err := js.Consumer(ctx, StreamRaw, "flush-"+strconv.Itoa(p))
+					if err != nil {
+						return err
+					}
+					info, err := c.Info(ctx)
+					if err != nil {
+						return err
+					}
+					if info.NumAckPending != 0 || info.NumPending != 0 {
+						return fmt.Errorf("partition %d: %d unacknowledged, %d pending", p, info.NumAckPending, info.NumPending)
+					}
+				}
+				return nil
+			}
+			var err error
+			for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if err = waitAcked(); err == nil {
+					break
+				}
+			}
+			stop()
+			if rerr := <-done; rerr != nil {
+				t.Fatal(rerr)
+			}
+			if err != nil {
+				t.Fatalf("outputs that complete on Flush were not all acknowledged (stuck): %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if handled != parts*perPartition || flushes == 0 || flushes > handled {
+				t.Fatalf("handled %d of %d, %d flushes", handled, parts*perPartition, flushes)
+			}
+			t.Logf("%d messages, %d flushes", handled, flushes)
+		})
+	}
+}
