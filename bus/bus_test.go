@@ -117,10 +117,11 @@ func splitPort(addr string) (string, int, error) {
 // TestConsumePartitionsOrder publishes to several partitions and checks that
 // every message is handled once, in order per partition, and acked only
 // after its completion.
-func TestConsumePartitionsOrder(t *testing.T) {
-	ctx, js, parts := startStreams(t, 4, 20*time.Second)
-	const perPartition = 500
-	for i := range perPartition {
+// publishNumbered stores n messages in each RAW partition, numbered 0 to
+// n-1 in their data.
+func publishNumbered(t *testing.T, js jetstream.JetStream, parts, n int) {
+	t.Helper()
+	for i := range n {
 		for p := range parts {
 			if _, err := js.PublishAsync(RawSubject(p), []byte(strconv.Itoa(i))); err != nil {
 				t.Fatal(err)
@@ -128,6 +129,12 @@ func TestConsumePartitionsOrder(t *testing.T) {
 		}
 	}
 	<-js.PublishAsyncComplete()
+}
+
+func TestConsumePartitionsOrder(t *testing.T) {
+	ctx, js, parts := startStreams(t, 4, 20*time.Second)
+	const perPartition = 500
+	publishNumbered(t, js, parts, perPartition)
 
 	var mu sync.Mutex
 	next := make([]int, parts)
@@ -442,14 +449,7 @@ func TestFlushBeforeWaiting(t *testing.T) {
 		t.Run(strconv.Itoa(maxInFlight), func(t *testing.T) {
 			ctx, js, parts := startStreams(t, 2, 20*time.Second)
 			const perPartition = 200
-			for i := range perPartition {
-				for p := range parts {
-					if _, err := js.PublishAsync(RawSubject(p), []byte(strconv.Itoa(i))); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			<-js.PublishAsyncComplete()
+			publishNumbered(t, js, parts, perPartition)
 			var mu sync.Mutex
 			open := make([]*gathered, parts) // each partition's handler and Flush run on one goroutine
 			flushes, handled := 0, 0
