@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // DefaultReadingsBatch is how many readings of a partition `medpipe up`
@@ -56,7 +57,7 @@ func (m batchMember) Wait(ctx context.Context) error {
 // gathers reports whether readings of RAW partition part are gathered in
 // batches (else each is published as it is made).
 func (w *Worker) gathers(part int) bool {
-	return w.o.ReadingsBatch > 1 && part >= 0 && part < len(w.gather)
+	return part >= 0 && part < len(w.gather) // gather is nil without ReadingsBatch above 1
 }
 
 // gatherReading adds a reading to its partition's batch; the batch is sent
@@ -71,7 +72,7 @@ func (w *Worker) gatherReading(ctx context.Context, part int, r *bus.Reading, ke
 	}
 	b.rs = append(b.rs, bus.KeyedReading{Reading: r, KeyGen: keyGen})
 	b.last = r.RawSeq
-	b.size += readingSize(r) + len(keyGen) + 2*binaryVarint
+	b.size += readingSize(r, codeBytes) + len(keyGen) + 2*binaryVarint
 	if len(b.rs) >= w.batchMax || b.size >= maxBatchBytes-maxReadingSize {
 		w.flush(ctx, part)
 	}
@@ -83,23 +84,22 @@ const binaryVarint = 3
 
 // maxReadingSize bounds a reading's compact body: the wire's bound on
 // pulse samples as floats, with its fields and addresses.
-const maxReadingSize = 1024 + 8*10000
+const maxReadingSize = 1024 + floatBytes*wire.MaxPulseSamples
 
-// pulseSamples is how many pulse samples r carries.
-func pulseSamples(r *bus.Reading) int {
-	if r.Pulse == nil {
-		return 0
-	}
-	return len(r.Pulse.Samples)
-}
+// Bytes a pulse sample takes in a reading's body: as its ADC code (a
+// batch's 0xB3 body) or as a float (a single reading's 0xB2 body, and a
+// 0xB3 body whose samples are not all codes, which regrows once).
+const (
+	codeBytes  = 2
+	floatBytes = 8
+)
 
-// readingSize is about the bytes of r's compact body.
-func readingSize(r *bus.Reading) int {
+// readingSize is about the bytes of r's compact body, its pulse samples
+// perSample bytes each.
+func readingSize(r *bus.Reading, perSample int) int {
 	size := 256 // a reading's fields, addresses and times
 	if r.Pulse != nil {
-		// An ADC code each (bus.AppendReading); a batch of other samples,
-		// 8 bytes each, regrows once.
-		size += 2 * len(r.Pulse.Samples)
+		size += perSample * len(r.Pulse.Samples)
 	}
 	return size
 }
@@ -108,7 +108,7 @@ func readingSize(r *bus.Reading) int {
 // message; the publish is retried, under the same message id, until stored
 // or ctx ends, as a single reading's is.
 func (w *Worker) flush(ctx context.Context, part int) {
-	if part < 0 || part >= len(w.gather) {
+	if !w.gathers(part) {
 		return
 	}
 	b := w.gather[part]

@@ -581,7 +581,7 @@ func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
 func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
 	// One reading alone: the body a publish from before batches reads too
 	// (READINGS messages may outlive an upgrade of publish).
-	data, err := bus.AppendReadingV2(make([]byte, 0, readingSize(r)+6*pulseSamples(r)), r)
+	data, err := bus.AppendReadingV2(make([]byte, 0, readingSize(r, floatBytes)), r)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: encode reading: %w", err)
 	}
