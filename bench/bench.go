@@ -372,7 +372,7 @@ func runOnce(ctx context.Context, o Options) (Result, error) {
 	_ = sleep(ctx, 500*time.Millisecond) // duplicates would come now
 	res.Totals, res.Latency, res.Series, res.cdf = ledger.Totals(), ledger.Latency(), ledger.Series(), ledger.CDF()
 	res.Delivered = float64(res.Latency.Count) / res.Seconds
-	res.RawBytesPerFrame = rawBytesPerFrame(ctx, st.natsURL)
+	res.RawBytesPerFrame = rawBytesPerFrame(ctx, st.natsURL, res.Totals.Sent)
 	if ceilings != nil {
 		res.Ceilings = ceilings
 		res.Ratio = res.Delivered / ceilings.BottleneckPerSec
@@ -513,8 +513,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// rawBytesPerFrame is RAW's stored bytes over its frames.
-func rawBytesPerFrame(ctx context.Context, url string) float64 {
+// rawBytesPerFrame is RAW's stored bytes over the frames the devices sent
+// (a RAW message may hold several: bus.ProtocolLegacyBatch).
+func rawBytesPerFrame(ctx context.Context, url string, frames uint64) float64 {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a saturated server answers late
 	defer cancel()
 	nc, js, err := bus.Connect(ctx, bus.ConnectOptions{URLs: url, Name: "medpipe-bench-info"})
@@ -527,10 +528,10 @@ func rawBytesPerFrame(ctx context.Context, url string) float64 {
 		return 0
 	}
 	info, err := s.Info(ctx)
-	if err != nil || info.State.Msgs == 0 {
+	if err != nil || frames == 0 {
 		return 0
 	}
-	return float64(info.State.Bytes) / float64(info.State.Msgs)
+	return float64(info.State.Bytes) / float64(frames)
 }
 
 // machine describes the host: CPU model and count.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/ingest"
 )
 
 // Stack modes.
@@ -172,7 +173,7 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 		name string
 		args []string
 	}{
-		{"ingest", append([]string{"ingest", "--listen", s.edge}, oneAddressFleet...)},
+		{"ingest", append([]string{"ingest", "--listen", s.edge, "--raw-batch", strconv.Itoa(ingest.DefaultRawBatch)}, oneAddressFleet...)},
 		{"decrypt", decryptArgs(keys)},
 		{"publish", append([]string{"publish", "--mqtt", s.mqttURL}, publishArgs(o)...)},
 	} {
@@ -184,7 +185,8 @@ func startStack(ctx context.Context, o Options, keys, dir string) (*stack, error
 }
 
 // decryptArgs are a decrypt process's arguments: the bench's stages are
-// all of this build, so decrypt stores readings in batches, as up does.
+// all of this build, so decrypt stores readings in batches (and ingest
+// frames), as up does.
 func decryptArgs(keys string) []string {
 	return []string{"decrypt", "--keys", keys, "--readings-batch", strconv.Itoa(decrypt.DefaultReadingsBatch)}
 }

@@ -3,7 +3,6 @@ package decrypt
 import (
 	"context"
 	"fmt"
-	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +27,7 @@ const maxBatchBytes = 512 << 10
 // message; done is closed once it is stored (seq) or given up (err).
 type readingsBatch struct {
 	rs          []bus.KeyedReading
-	first, last uint64 // RAW sequences of its first and last reading
+	first, last string // its first and last reading's frame (rawFrame.ref)
 	size        int    // its body's bytes, about
 	done        chan struct{}
 	seq         uint64
@@ -64,14 +63,15 @@ func (w *Worker) gathers(part int) bool {
 // when full, or when the partition's handler is about to wait (flush).
 // ConsumePartitions calls handle and flush of one partition from one
 // goroutine, so a partition's batch needs no lock.
-func (w *Worker) gatherReading(ctx context.Context, part int, r *bus.Reading, keyGen string) *readingsBatch {
+func (w *Worker) gatherReading(ctx context.Context, f *rawFrame, r *bus.Reading, keyGen string) *readingsBatch {
+	part, ref := f.part, f.ref()
 	b := w.gather[part]
 	if b == nil {
-		b = &readingsBatch{first: r.RawSeq, done: make(chan struct{})}
+		b = &readingsBatch{first: ref, done: make(chan struct{})}
 		w.gather[part] = b
 	}
 	b.rs = append(b.rs, bus.KeyedReading{Reading: r, KeyGen: keyGen})
-	b.last = r.RawSeq
+	b.last = ref
 	b.size += readingSize(r, codeBytes) + len(keyGen) + 2*binaryVarint
 	if len(b.rs) >= w.batchMax || b.size >= maxBatchBytes-maxReadingSize {
 		w.flush(ctx, part)
@@ -128,7 +128,7 @@ func (w *Worker) flush(ctx context.Context, part int) {
 		Data:    data,
 		// The id makes the batch of redelivered frames, gathered the same
 		// way, a duplicate that JetStream drops.
-		Header: nats.Header{jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(b.first, 10) + "-" + strconv.FormatUint(b.last, 10)}},
+		Header: nats.Header{jetstream.MsgIDHeader: {"r:" + b.first + "-" + b.last}},
 	}
 	fut, err := w.js.PublishMsgAsync(msg, bus.Backpressure)
 	if err != nil {

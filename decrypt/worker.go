@@ -232,14 +232,18 @@ type scratch struct{ ct, plain []byte }
 
 // rawFrame is a RAW message's parts that a reading or dead letter carries on.
 type rawFrame struct {
-	header   nats.Header
-	data     []byte
-	seq      uint64 // RAW stream sequence
-	part     int    // RAW partition (-1: not from a partition, e.g. replay)
-	pin      string // the partition's pin when delivered (bus.HeaderPinID)
-	conn     string
-	frameSeq uint64
-	received time.Time
+	header nats.Header
+	data   []byte
+	seq    uint64 // RAW stream sequence
+	part   int    // RAW partition (-1: not from a partition, e.g. replay)
+	pin    string // the partition's pin when delivered (bus.HeaderPinID)
+	// index is the frame's place, from 1, in its RAW batch (0: a message
+	// of its own); its per-frame fields then come from the batch's body.
+	index         int
+	conn          string
+	frameSeq      uint64
+	received      time.Time
+	remote, local string
 }
 
 // errBadHeaders marks RAW messages whose edge headers are missing or garbled.
@@ -268,7 +272,44 @@ func (f *rawFrame) parseHeaders(h nats.Header) error {
 	default:
 		return fmt.Errorf("%w: unsupported %s %q", errBadHeaders, bus.HeaderProtocol, clip(p))
 	}
+	f.remote, f.local = h.Get(bus.HeaderRemote), h.Get(bus.HeaderLocal)
 	return nil
+}
+
+// checkBatched checks what a RAW batch's body says of one of its frames,
+// as parseHeaders checks a single frame's headers.
+func (f *rawFrame) checkBatched() error {
+	switch {
+	case f.conn == "":
+		return fmt.Errorf("%w: batched frame %d: no connection", errBadHeaders, f.index)
+	case !utf8.ValidString(f.conn):
+		return fmt.Errorf("%w: batched frame %d: connection %q is not UTF-8", errBadHeaders, f.index, clip(f.conn))
+	case f.frameSeq == 0:
+		return fmt.Errorf("%w: batched frame %d: frame number 0", errBadHeaders, f.index)
+	case f.received.IsZero():
+		return fmt.Errorf("%w: batched frame %d: no receive time", errBadHeaders, f.index)
+	}
+	return nil
+}
+
+// frameHeader is the frame's RAW headers: its message's, or for a batched
+// frame those a message of its own would have carried.
+func (f *rawFrame) frameHeader() nats.Header {
+	if f.index == 0 {
+		return f.header
+	}
+	bf := bus.RawFrame{Conn: f.conn, Seq: f.frameSeq, Received: f.received, Remote: f.remote, Local: f.local}
+	return bf.Header(f.header)
+}
+
+// ref names the frame in the message ids of its outputs: its RAW sequence,
+// and its place in a batch.
+func (f *rawFrame) ref() string {
+	s := strconv.FormatUint(f.seq, 10)
+	if f.index > 0 {
+		s += "." + strconv.Itoa(f.index)
+	}
+	return s
 }
 
 // clip shortens a header value quoted in an error: the dead letter keeps
@@ -282,7 +323,6 @@ func clip(s string) string {
 }
 
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion, error) {
-	w.m.frames.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
 		return nil, fmt.Errorf("decrypt: RAW message metadata: %w", err)
@@ -294,7 +334,59 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 			f.part = n
 		}
 	}
-	out, err := w.decode(ctx, &f)
+	if bus.IsRawBatch(f.header) {
+		return w.handleBatch(ctx, f)
+	}
+	w.m.frames.Inc()
+	return w.handleFrame(ctx, &f)
+}
+
+// handleBatch handles each frame of a RAW batch as a frame of its own, in
+// order; the message is acknowledged once every frame's output is stored.
+// A body that cannot be read goes to DEADLETTER whole.
+func (w *Worker) handleBatch(ctx context.Context, batch rawFrame) (bus.Completion, error) {
+	frames, err := bus.DecodeRawBatch(batch.data)
+	if err != nil {
+		w.m.frames.Inc()
+		return w.deadLetter(batch, Outcome{Reason: bus.ReasonMalformed, Err: err})
+	}
+	w.m.frames.Add(float64(len(frames)))
+	all := make(allStored, 0, len(frames))
+	for i := range frames {
+		f := batch
+		f.index, f.data = i+1, frames[i].Data
+		f.conn, f.frameSeq, f.received = frames[i].Conn, frames[i].Seq, frames[i].Received
+		f.remote, f.local = frames[i].Remote, frames[i].Local
+		c, err := w.handleFrame(ctx, &f)
+		if err != nil {
+			// Redelivered whole: the outputs already made are stored again
+			// under the same ids, which JetStream drops as duplicates.
+			return nil, err
+		}
+		if c != nil {
+			all = append(all, c)
+		}
+	}
+	return all, nil
+}
+
+// allStored waits for every output of a RAW batch's frames.
+type allStored []bus.Completion
+
+// Wait waits for each output in turn.
+func (a allStored) Wait(ctx context.Context) error {
+	for _, c := range a {
+		if err := c.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleFrame turns one frame into its output: a reading stored (or
+// gathered for a batch), a dead letter, or a v2 reply.
+func (w *Worker) handleFrame(ctx context.Context, f *rawFrame) (bus.Completion, error) {
+	out, err := w.decode(ctx, f)
 	if err != nil {
 		return nil, err
 	}
@@ -305,11 +397,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 	}
 	if out.Reading == nil {
 		w.sendReply(f.header, out.reply)
-		return w.deadLetter(f, out)
+		return w.deadLetter(*f, out)
 	}
 	if w.gathers(f.part) {
 		w.m.readings.WithLabelValues(out.Reading.Protocol, out.Reading.Variant).Inc()
-		b := w.gatherReading(ctx, f.part, out.Reading, out.keyGen)
+		b := w.gatherReading(ctx, f, out.Reading, out.keyGen)
 		if out.accepted != nil {
 			return &v2Output{w: w, stored: b.stored, accepted: out.accepted, header: f.header, ack: out.reply}, nil
 		}
@@ -319,14 +411,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (bus.Completion,
 		return batchMember{b}, nil
 	}
 	if out.accepted != nil {
-		fut, err := w.publish(out.Reading, out.keyGen)
+		fut, err := w.publish(out.Reading, f.ref(), out.keyGen)
 		if err != nil {
 			w.marks.stored(out.accepted, 0, err)
 			return nil, err
 		}
 		return &v2Output{w: w, stored: func(ctx context.Context) (uint64, error) { return storedAt(ctx, w.js, fut) }, accepted: out.accepted, header: f.header, ack: out.reply}, nil
 	}
-	c, err := w.publishReading(out.Reading)
+	c, err := w.publishReading(out.Reading, f.ref())
 	if err != nil || out.reply == nil {
 		return c, err
 	}
@@ -433,7 +525,11 @@ func dead(reason bus.Reason, device string, err error) (Outcome, error) {
 // decode turns one RAW frame into a reading or a dead-letter reason; an
 // error means the frame could not be decided now and is to be retried.
 func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
-	if err := f.parseHeaders(f.header); err != nil {
+	check := f.checkBatched
+	if f.index == 0 {
+		check = func() error { return f.parseHeaders(f.header) }
+	}
+	if err := check(); err != nil {
 		return dead(bus.ReasonMalformed, "", err)
 	}
 	sc := w.bufs.Get().(*scratch)
@@ -561,24 +657,26 @@ func (w *Worker) reading(f *rawFrame, id *Identified) *bus.Reading {
 	r := &bus.Reading{
 		Device: id.Device, Protocol: bus.ProtocolLegacy, Variant: id.Variant.String(),
 		Received: f.received, Conn: f.conn, FrameSeq: f.frameSeq, RawSeq: f.seq,
-		Remote: f.header.Get(bus.HeaderRemote), Local: f.header.Get(bus.HeaderLocal),
+		Remote: f.remote, Local: f.local,
 	}
 	r.SetWire(&id.Reading)
 	return r
 }
 
-// publishReading stores a reading in READINGS.
-func (w *Worker) publishReading(r *bus.Reading) (bus.Completion, error) {
-	fut, err := w.publish(r, "")
+// publishReading stores a reading in READINGS; ref names its frame
+// (rawFrame.ref).
+func (w *Worker) publishReading(r *bus.Reading, ref string) (bus.Completion, error) {
+	fut, err := w.publish(r, ref, "")
 	if err != nil {
 		return nil, err
 	}
 	return bus.PubAck(w.js, fut), nil
 }
 
-// publish sends a reading to READINGS; keyGen, for a v2 reading, is the
-// generation of the key that opened it (bus.HeaderKeyGen).
-func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture, error) {
+// publish sends a reading to READINGS; ref names its frame
+// (rawFrame.ref), and keyGen, for a v2 reading, is the generation of the
+// key that opened it (bus.HeaderKeyGen).
+func (w *Worker) publish(r *bus.Reading, ref, keyGen string) (jetstream.PubAckFuture, error) {
 	// One reading alone: the body a publish from before batches reads too
 	// (READINGS messages may outlive an upgrade of publish).
 	data, err := bus.AppendReadingV2(make([]byte, 0, readingSize(r, floatBytes)), r)
@@ -589,7 +687,7 @@ func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture,
 		Subject: bus.ReadingsSubject(bus.Partition(r.Device, w.o.Partitions), r.Device),
 		Data:    data,
 		// The id makes the reading of a redelivered frame a duplicate that JetStream drops.
-		Header: nats.Header{bus.HeaderDevice: {r.Device}, jetstream.MsgIDHeader: {"r:" + strconv.FormatUint(r.RawSeq, 10)}},
+		Header: nats.Header{bus.HeaderDevice: {r.Device}, jetstream.MsgIDHeader: {"r:" + ref}},
 	}
 	if keyGen != "" {
 		out.Header[bus.HeaderKeyGen] = []string{keyGen}
@@ -608,7 +706,7 @@ func (w *Worker) publish(r *bus.Reading, keyGen string) (jetstream.PubAckFuture,
 func (w *Worker) deadLetter(f rawFrame, out Outcome) (bus.Completion, error) {
 	reason, device, cause := out.Reason, out.Device, out.Err
 	h := nats.Header{}
-	for k, v := range f.header {
+	for k, v := range f.frameHeader() {
 		// The edge's message id, or any other JetStream control header
 		// (expected stream, TTL...), would act on the DEADLETTER publish.
 		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
@@ -618,7 +716,7 @@ func (w *Worker) deadLetter(f rawFrame, out Outcome) (bus.Completion, error) {
 	h.Set(bus.HeaderReason, string(reason))
 	h.Set(bus.HeaderError, cause.Error()) // no error built here or in wire quotes key material
 	h.Set(bus.HeaderRawSeq, strconv.FormatUint(f.seq, 10))
-	h.Set(jetstream.MsgIDHeader, "dl:"+strconv.FormatUint(f.seq, 10))
+	h.Set(jetstream.MsgIDHeader, "dl:"+f.ref())
 	if device != "" {
 		h.Set(bus.HeaderDevice, device)
 	}

@@ -53,7 +53,7 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 		watch.stages[name] = addr
 		return p
 	}
-	start("ingest", "ingest", "--listen", edge)
+	start("ingest", "ingest", "--listen", edge, "--raw-batch", rawBatched)
 	start("decrypt", "decrypt", "--keys", keys, "--readings-batch", batched)
 	start("publish", "publish", "--mqtt", mq.URL(), "--json-topic")
 

@@ -93,7 +93,7 @@ func TestDecryptFailoverKill9(t *testing.T) {
 	c := newStageCluster(ctx, t, 16, devices, "fo")
 	col := c.collector("Pico/+/reading", "failover")
 	e, keys, edgeAddr, start := c.srv, c.keys, c.edge, c.start
-	start("ingest", "ingest", "--listen", edgeAddr)
+	start("ingest", "ingest", "--listen", edgeAddr, "--raw-batch", rawBatched)
 	var decrypts []*testkit.Proc
 	for i := range 4 {
 		decrypts = append(decrypts, start("decrypt-"+string(rune('1'+i)), "decrypt", "--keys", keys, "--readings-batch", batched))

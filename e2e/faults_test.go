@@ -39,7 +39,7 @@ func TestStageFaults(t *testing.T) {
 			c := newStageCluster(ctx, t, 8, devices, "flt")
 			col := c.collector("Pico/+/reading", "faults")
 			args := map[string][]string{
-				"ingest":  {"ingest", "--listen", c.edge},
+				"ingest":  {"ingest", "--listen", c.edge, "--raw-batch", rawBatched},
 				"decrypt": {"decrypt", "--keys", c.keys, "--readings-batch", batched},
 				"publish": {"publish", "--mqtt", c.srv.MQTTURL(), "--json-topic"},
 			}

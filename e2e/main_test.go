@@ -17,16 +17,21 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/simulator"
 	"github.com/medpipe/medpipe/testkit"
 	"github.com/medpipe/medpipe/wire"
 )
 
-// batched is --readings-batch for the decrypt processes of the fault
-// tests (stage kills, failover, a cluster's leader lost): they prove
-// batches of readings lose nothing; the other tests run decrypt's default,
-// a message a reading.
-var batched = strconv.Itoa(decrypt.DefaultReadingsBatch)
+// batched is --readings-batch for the decrypt processes, and rawBatched
+// --raw-batch for the ingest processes, of the fault tests (stage kills,
+// failover, a cluster's leader lost): they prove batches of readings and
+// of frames lose nothing; the other tests run the stages' defaults, a
+// message a reading and a frame.
+var (
+	batched    = strconv.Itoa(decrypt.DefaultReadingsBatch)
+	rawBatched = strconv.Itoa(ingest.DefaultRawBatch)
+)
 
 func TestMain(m *testing.M) {
 	code := m.Run()

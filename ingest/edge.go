@@ -111,6 +111,14 @@ type Options struct {
 	// whereas nats.go wakes every stalled publisher at once, which with
 	// thousands of connections costs more than the publishes themselves.
 	MaxPendingFrames int
+	// RawBatch is the most legacy frames of a RAW partition stored in one
+	// RAW message (bus.ProtocolLegacyBatch) when they are ready together
+	// (DefaultRawBatch in up). 0 or 1 stores each frame in a message of
+	// its own, which a decrypt from before batches reads: raise it once
+	// every decrypt process reads batches. v2 frames are always stored one
+	// a message: their message id (bus.V2MsgID) is how RAW recognises a
+	// device's resend.
+	RawBatch int
 	// DrainTimeout bounds the wait for pending publishes at shutdown (default 10 s).
 	DrainTimeout time.Duration
 	// Log receives connection events; nil uses slog.Default().
@@ -209,7 +217,13 @@ type Edge struct {
 	log     *slog.Logger
 	m       *metrics
 	pending chan pendingPublish
-	window  chan struct{} // one slot per frame awaiting RAW's ack
+	window  chan struct{} // one slot per single frame awaiting RAW's ack
+	// gathers are the RAW partitions' legacy frames gathered for their
+	// next message (nil: RawBatch is off); batchedFrames counts the frames
+	// of batches awaiting RAW's ack, batchIDPrefix starts their ids.
+	gathers       []*rawGather
+	batchedFrames atomic.Int64
+	batchIDPrefix string
 
 	connSeq     atomic.Uint64
 	active      atomic.Int64
@@ -238,10 +252,15 @@ type Edge struct {
 	unconfirmed   atomic.Int64
 }
 
-// pendingPublish is a frame published to RAW whose ack is awaited.
+// pendingPublish is a frame, or a batch of frames, published to RAW whose
+// ack is awaited.
 type pendingPublish struct {
 	msg    *nats.Msg
 	future jetstream.PubAckFuture
+	// batch is a batch's partition, whose slot it holds, and frames how
+	// many frames it holds (nil and 0: a single frame, holding a window slot).
+	batch  *rawGather
+	frames int
 	// v2 is a v2 frame's connection (nil for legacy), seq the frame's
 	// sequence number and n its number in the connection: what settleV2
 	// needs to answer the device.
@@ -284,7 +303,11 @@ func New(js jetstream.JetStream, o Options) (*Edge, error) {
 		stopping: make(chan struct{}),
 		abandon:  abandon, abandonCancel: abandonCancel,
 	}
-	e.m = newMetrics(o.Metrics, func() float64 { return float64(len(window)) }, e.penalisedAddrs)
+	if o.RawBatch > 1 {
+		e.gathers = newRawGathers(o.Partitions)
+		e.batchIDPrefix = o.EdgeID + ":" + randomID() + ":b"
+	}
+	e.m = newMetrics(o.Metrics, func() float64 { return float64(len(window)) + float64(e.batchedFrames.Load()) }, e.penalisedAddrs)
 	return e, nil
 }
 
@@ -332,6 +355,10 @@ func (e *Edge) Run(ctx context.Context) error {
 		}
 		defer func() { _ = sub.Unsubscribe() }()
 	}
+	var flushers sync.WaitGroup
+	for _, g := range e.gathers {
+		flushers.Go(func() { e.flushRaw(g) })
+	}
 	var conns sync.WaitGroup
 	stop := context.AfterFunc(ctx, e.beginShutdown)
 	defer stop()
@@ -361,6 +388,10 @@ func (e *Edge) Run(ctx context.Context) error {
 	})
 	defer forceClose()
 	conns.Wait()
+	for _, g := range e.gathers {
+		g.close()
+	}
+	flushers.Wait()
 	close(e.pending)
 	watchers.Wait()
 	select {
@@ -688,6 +719,11 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 	fr := wire.NewFrameReaderFrom(br, cn.Conn, wire.FrameReaderOptions{
 		MaxBlocks: e.o.MaxBlocks, MinBlocks: wire.MinReadingBlocks, IdleGap: e.o.IdleGap, FrameTimeout: e.o.FrameTimeout, IdleTimeout: e.o.IdleTimeout,
 	})
+	var g *rawGather
+	if e.gathers != nil {
+		g = e.gathers[bus.Partition(cn.id, e.o.Partitions)]
+	}
+	frames := e.m.frames.WithLabelValues(bus.ProtocolLegacy)
 	for seq := uint64(1); ; seq++ {
 		frame, err := fr.Next()
 		if err != nil {
@@ -696,6 +732,12 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 		}
 		e.frameValid(cn)
 		e.throttle(cn)
+		if g != nil {
+			e.gatherLegacy(cn, g, seq, frame)
+			frames.Inc()
+			e.m.frameBytes.Add(float64(len(frame)))
+			continue
+		}
 		msg := e.rawMsg(cn, cn.id, bus.ProtocolLegacy, seq, frame)
 		msg.Header.Set(jetstream.MsgIDHeader, cn.id+":"+strconv.FormatUint(seq, 10))
 		f, err := e.publish(msg)
@@ -965,9 +1007,9 @@ func (e *Edge) awaitStored(p pendingPublish) publishOutcome {
 // the message (its id within the duplicate window) when the first publish
 // was acknowledged.
 func (e *Edge) awaitStoredDup(p pendingPublish) (publishOutcome, bool) {
-	defer func() { <-e.window }()
+	defer e.released(p)
 	if e.abandon.Err() != nil {
-		e.unconfirmed.Add(1)
+		e.unconfirmed.Add(p.count())
 		return unconfirmed, false
 	}
 	select {
@@ -980,14 +1022,33 @@ func (e *Edge) awaitStoredDup(p pendingPublish) (publishOutcome, bool) {
 			return stored, false
 		}
 		if e.abandon.Err() != nil {
-			e.unconfirmed.Add(1)
+			e.unconfirmed.Add(p.count())
 			return unconfirmed, false
 		}
 		return lost, false
 	case <-e.abandon.Done():
-		e.unconfirmed.Add(1)
+		e.unconfirmed.Add(p.count())
 		return unconfirmed, false
 	}
+}
+
+// count is how many frames a publish holds.
+func (p *pendingPublish) count() int64 {
+	if p.batch == nil {
+		return 1
+	}
+	return int64(p.frames)
+}
+
+// released frees what a publish held: its partition's batch slot, or its
+// window slot.
+func (e *Edge) released(p pendingPublish) {
+	if p.batch == nil {
+		<-e.window
+		return
+	}
+	e.batchedFrames.Add(-int64(p.frames))
+	<-p.batch.slots
 }
 
 // retry republishes a frame synchronously with backoff until RAW stores it

@@ -282,21 +282,31 @@ func TestMaxConns(t *testing.T) {
 }
 
 // TestShutdownDrains: frames written before the cancel are in RAW when Run returns.
+// rawBatches is the --raw-batch values the drain tests run with: single
+// frames, and batches.
+var rawBatches = []int{1, DefaultRawBatch}
+
 func TestShutdownDrains(t *testing.T) {
-	h := start(t, Options{})
-	c := dial(t, h)
-	var all []byte
-	for i := 1; i <= 200; i++ {
-		all = append(all, frame(i)...)
+	for _, batch := range rawBatches {
+		t.Run("raw-batch="+strconv.Itoa(batch), func(t *testing.T) {
+			h := start(t, Options{RawBatch: batch})
+			c := dial(t, h)
+			var all []byte
+			for i := 1; i <= 200; i++ {
+				all = append(all, frame(i)...)
+			}
+			if _, err := c.Write(all); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if err := h.stop(); err != nil {
+				t.Fatal(err)
+			}
+			if fs := rawFrames(t, h.js, 200); fs[199].Seq != 200 {
+				t.Fatalf("last frame %d, want 200", fs[199].Seq)
+			}
+		})
 	}
-	if _, err := c.Write(all); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if err := h.stop(); err != nil {
-		t.Fatal(err)
-	}
-	rawMessages(t, h.js, 200)
 }
 
 // TestShutdownWhileDeviceKeepsSending: a device that never pauses cannot
@@ -333,7 +343,13 @@ func TestShutdownWhileDeviceKeepsSending(t *testing.T) {
 // TestDrainBoundedWithoutJetStream: with the NATS server gone, Run gives up
 // on unacknowledged frames after DrainTimeout and says so.
 func TestDrainBoundedWithoutJetStream(t *testing.T) {
-	h := start(t, Options{DrainTimeout: time.Second})
+	for _, batch := range rawBatches {
+		t.Run("raw-batch="+strconv.Itoa(batch), func(t *testing.T) { testDrainBoundedWithoutJetStream(t, batch) })
+	}
+}
+
+func testDrainBoundedWithoutJetStream(t *testing.T, batch int) {
+	h := start(t, Options{DrainTimeout: time.Second, RawBatch: batch})
 	c := dial(t, h)
 	if _, err := c.Write(frame(1)); err != nil {
 		t.Fatal(err)

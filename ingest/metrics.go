@@ -34,6 +34,8 @@ type metrics struct {
 	penalties                               prometheus.Counter
 	// stored is a frame's time from the edge reading it to RAW's ack.
 	stored prometheus.Histogram
+	// framesPerMessage is the frames in each RAW batch (RawBatch).
+	framesPerMessage prometheus.Histogram
 }
 
 // newMetrics makes the edge's metrics; pending reports the frames awaiting
@@ -54,7 +56,10 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 		repliesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_dropped_total", Help: "v2 replies from decrypt for connections already closed (the device resends)."}),
 		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
 		penalties:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_penalties_total", Help: "Times an address was penalised (refused new connections for --penalty) for being cut for abuse --penalty-strikes times."}),
-		stored:         ops.NewLatency("medpipe_ingest_store_latency_seconds", "Frames' time in the edge: from reading the frame's end to RAW's acknowledgement (retries included)."),
+		framesPerMessage: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "medpipe_ingest_frames_per_message",
+			Help:    "Legacy frames in each RAW message a partition's gathered frames were stored in (bounded by --raw-batch; without it, every frame is a message of its own and this stays empty).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}}),
+		stored: ops.NewLatency("medpipe_ingest_store_latency_seconds", "Frames' time in the edge: from reading the frame's end to RAW's acknowledgement (retries included)."),
 	}
 	for _, r := range []string{"not_hex", "too_long", "too_short", "idle", "frame_timeout", "first_frame_timeout", "truncated", "read", "unknown_protocol",
 		"malformed", "bad_frames", "unknown_device", "tls_handshake", "proxy_header", "proxy_untrusted", "penalised"} {
@@ -64,9 +69,9 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 		m.rejected.WithLabelValues(l)
 	}
 	if reg != nil {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while it is at --max-pending-frames."}, pending))
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while single frames are at --ingest-in-flight, or a partition's batches at their bound."}, pending))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_penalised_addresses", Help: "Addresses refused new connections now for a penalty (--penalty)."}, penalised))
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends, m.stored)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends, m.stored, m.framesPerMessage)
 	}
 	return m
 }

@@ -140,57 +140,67 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 		o.Progress(Progress{Frames: sum.Scanned, Readings: sum.Readings, Done: done, Total: total, Unit: src.Unit(), Elapsed: time.Since(start), Final: final})
 	}
 	var pace pacer
+	var frames []*archive.Frame
 	err := func() error {
 		for {
-			f, err := src.Next(ctx)
+			msg, err := src.Next(ctx)
 			if err == io.EOF {
 				return nil
 			}
 			if err != nil {
 				return err
 			}
-			sum.Scanned++
-			if now := time.Now(); now.After(nextProgress) {
-				report(false)
-				nextProgress = now.Add(o.ProgressEvery)
-			}
-			switch o.Select.judge(f) {
-			case stop:
-				return nil
-			case skip:
-				continue
-			}
-			if sum.Frames == 0 {
-				sum.FirstSeq = f.Seq
-			}
-			sum.Frames++
-			sum.LastSeq = f.Seq
-			out, err := o.Decoder.Decode(ctx, rawSeq(f), nats.Header(f.Header), f.Data)
+			frames, err = unbatch(frames[:0], msg)
 			if err != nil {
-				return fmt.Errorf("replay: frame %d: %w", f.Seq, err)
+				sum.Scanned++
+				sum.DeadLetters[bus.ReasonMalformed]++
+				o.Log.Warn("a RAW batch that cannot be read", "seq", msg.Seq, "err", err)
+				continue
 			}
-			if out.Reading == nil {
-				if out.Device == "" || o.Select.MatchDevice(out.Device) {
-					sum.DeadLetters[out.Reason]++
+			for _, f := range frames {
+				sum.Scanned++
+				if now := time.Now(); now.After(nextProgress) {
+					report(false)
+					nextProgress = now.Add(o.ProgressEvery)
 				}
-				continue
-			}
-			if !o.Select.MatchDevice(out.Reading.Device) {
-				continue
-			}
-			if o.Speed > 0 {
-				if err := pace.wait(ctx, out.Reading.Received, o.Speed); err != nil {
+				switch o.Select.judge(f) {
+				case stop:
+					return nil
+				case skip:
+					continue
+				}
+				if sum.Frames == 0 {
+					sum.FirstSeq = f.Seq
+				}
+				sum.Frames++
+				sum.LastSeq = f.Seq
+				out, err := o.Decoder.Decode(ctx, rawSeq(f), nats.Header(f.Header), f.Data)
+				if err != nil {
+					return fmt.Errorf("replay: frame %d: %w", f.Seq, err)
+				}
+				if out.Reading == nil {
+					if out.Device == "" || o.Select.MatchDevice(out.Device) {
+						sum.DeadLetters[out.Reason]++
+					}
+					continue
+				}
+				if !o.Select.MatchDevice(out.Reading.Device) {
+					continue
+				}
+				if o.Speed > 0 {
+					if err := pace.wait(ctx, out.Reading.Received, o.Speed); err != nil {
+						return err
+					}
+				}
+				ack, err := o.Sink.WriteBatch(ctx, []*bus.Reading{out.Reading})
+				if err != nil {
 					return err
 				}
+				if err := window.Add(ctx, ack); err != nil {
+					return err
+				}
+				sum.Readings++
 			}
-			ack, err := o.Sink.WriteBatch(ctx, []*bus.Reading{out.Reading})
-			if err != nil {
-				return err
-			}
-			if err := window.Add(ctx, ack); err != nil {
-				return err
-			}
-			sum.Readings++
 		}
 	}()
 	if err == nil {
@@ -202,6 +212,25 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 	sum.Elapsed = time.Since(start)
 	report(true)
 	return sum, err
+}
+
+// unbatch appends to dst the frames of a RAW message: itself, or each
+// frame of a batch (bus.ProtocolLegacyBatch) with the headers a message of
+// its own would have carried, so that selection and decoding see what they
+// see of single frames.
+func unbatch(dst []*archive.Frame, msg *archive.Frame) ([]*archive.Frame, error) {
+	h := nats.Header(msg.Header)
+	if !bus.IsRawBatch(h) {
+		return append(dst, msg), nil
+	}
+	fs, err := bus.DecodeRawBatch(msg.Data)
+	if err != nil {
+		return dst, err
+	}
+	for i := range fs {
+		dst = append(dst, &archive.Frame{Seq: msg.Seq, Time: msg.Time, Subject: msg.Subject, Header: fs[i].Header(h), Data: fs[i].Data})
+	}
+	return dst, nil
 }
 
 // rawSeq is the frame's sequence in the stream that first stored it: an

@@ -34,6 +34,7 @@ type ingestFlags struct {
 	maxBad      int
 	maxFrame    int
 	maxPending  int
+	rawBatch    int
 	idleGap     time.Duration
 	idleTimeout time.Duration
 	tlsListen   string
@@ -50,7 +51,10 @@ type ingestFlags struct {
 	proxyFrom         string
 }
 
-func (f *ingestFlags) register(fs *flag.FlagSet) {
+// register adds the ingest flags; rawBatch is --raw-batch's default: 1 in
+// an ingest process, as a decrypt from before RAW batches reads, and
+// ingest.DefaultRawBatch in up, whose decrypt is of the same build.
+func (f *ingestFlags) register(fs *flag.FlagSet, rawBatch int) {
 	fs.StringVar(&f.listen, "listen", ingest.DefaultListen, "address devices connect to")
 	fs.IntVar(&f.maxConns, "max-conns", ingest.DefaultMaxConns, "most device connections at once; more are closed on arrival")
 	fs.StringVar(&f.tlsListen, "tls-listen", ingest.DefaultTLSListen, "address of the TLS device port, opened when --tls-cert is given (the plain --listen port stays)")
@@ -69,6 +73,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
 	fs.IntVar(&f.maxPending, "ingest-in-flight", ingest.DefaultMaxPendingFrames, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
+	fs.IntVar(&f.rawBatch, "raw-batch", rawBatch, fmt.Sprintf("most legacy frames of a partition stored in one RAW message when ready together (%d in up; 1: a message each, as decrypt before batches reads; raise it once every decrypt process reads batches)", ingest.DefaultRawBatch))
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", ingest.DefaultIdleTimeout, "close a device connection silent for this long")
 }
@@ -77,7 +82,7 @@ func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Regist
 	defer func() { err = usageErr(err) }() // flag values that do not make options
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
-		MaxPendingFrames: f.maxPending, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+		MaxPendingFrames: f.maxPending, RawBatch: f.rawBatch, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
 		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
 	}
@@ -286,7 +291,7 @@ func runIngest(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var sf stageFlags
 	var inf ingestFlags
 	sf.register(fs, ingestHTTP, bus.RoleIngest)
-	inf.register(fs)
+	inf.register(fs, 1)
 	p, err := sf.process(fs, args, stderr)
 	if err != nil {
 		return err

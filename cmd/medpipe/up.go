@@ -9,6 +9,7 @@ import (
 
 	"github.com/medpipe/medpipe/bus"
 	"github.com/medpipe/medpipe/decrypt"
+	"github.com/medpipe/medpipe/ingest"
 	"github.com/medpipe/medpipe/ops"
 	"github.com/medpipe/medpipe/pipeline"
 	"github.com/medpipe/medpipe/simulator"
@@ -35,7 +36,7 @@ func runUp(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.IntVar(&o.MQTTPort, "mqtt-port", bus.DefaultMQTTPort, "embedded MQTT port (MQTT 3.1.1)")
 	fs.IntVar(&o.MonitorPort, "monitor-port", bus.DefaultMonitorPort, "embedded nats-server monitoring port (-2: off)")
 	nf.registerStreams(fs)
-	inf.register(fs)
+	inf.register(fs, ingest.DefaultRawBatch)
 	df.register(fs, decrypt.DefaultReadingsBatch)
 	fs.Lookup("keys").Usage = "device keys file (JSON lines) that seeds the device registry in JetStream KV at start; devices already there keep their keys, rotations and revocations (medpipe keys works live against up)"
 	pf.register(fs, "")

@@ -1,0 +1,117 @@
+package bus
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ProtocolLegacyBatch is the HeaderProtocol of a RAW message that holds
+// several legacy frames of one partition (AppendRawBatch): storing,
+// delivering and acknowledging a message costs JetStream and both stages
+// about the same whatever its size, so under load the edge stores what a
+// partition has ready in one. Each frame keeps in the body what its
+// headers would have said alone (RawFrame); the message's own headers are
+// those common to its frames (HeaderEdge, HeaderProtocol, and
+// HeaderReceived of its first frame).
+const ProtocolLegacyBatch = "legacy-batch"
+
+// rawBatchV1 starts a RAW batch body. It is no hex digit, so no legacy
+// frame, which is hex text, begins with it.
+const rawBatchV1 = 0xBA
+
+// RawFrame is one frame of a RAW batch and what the edge's headers would
+// have said of it in a message of its own.
+type RawFrame struct {
+	Conn          string    // HeaderConn
+	Seq           uint64    // HeaderFrameSeq
+	Received      time.Time // HeaderReceived
+	Remote, Local string    // HeaderRemote, HeaderLocal
+	Data          []byte    // the frame, as the device sent it
+}
+
+// AppendRawFrame appends one frame's record of a RAW batch body to dst;
+// AppendRawBatch makes the body of n such records.
+func AppendRawFrame(dst []byte, f *RawFrame) []byte {
+	dst = appendString(dst, f.Conn)
+	dst = binary.AppendUvarint(dst, f.Seq)
+	dst = appendTime(dst, f.Received)
+	dst = appendString(dst, f.Remote)
+	dst = appendString(dst, f.Local)
+	dst = binary.AppendUvarint(dst, uint64(len(f.Data)))
+	return append(dst, f.Data...)
+}
+
+// AppendRawBatch appends to dst a RAW batch body of n frame records, as
+// AppendRawFrame wrote them one after the other into records.
+func AppendRawBatch(dst []byte, n int, records []byte) []byte {
+	dst = append(dst, rawBatchV1)
+	dst = binary.AppendUvarint(dst, uint64(n))
+	return append(dst, records...)
+}
+
+// IsRawBatch reports whether a RAW message is a batch of frames.
+func IsRawBatch(h nats.Header) bool { return h.Get(HeaderProtocol) == ProtocolLegacyBatch }
+
+// ErrRawBatch marks a RAW batch body that cannot be read.
+var ErrRawBatch = errors.New("bus: RAW batch")
+
+// minRawRecord is the fewest bytes a frame record takes: five length or
+// number bytes and the receive time's one.
+const minRawRecord = 6
+
+// DecodeRawBatch decodes a RAW batch body. The frames' Data alias data.
+func DecodeRawBatch(data []byte) ([]RawFrame, error) {
+	if len(data) == 0 || data[0] != rawBatchV1 {
+		return nil, fmt.Errorf("%w: not a batch body", ErrRawBatch)
+	}
+	d := bodyReader{b: data[1:]}
+	n := d.uvarint()
+	// A count beyond what the bytes could hold is a lie, refused before
+	// anything is allocated for it.
+	if d.err != nil || n == 0 || n > uint64(len(d.b))/minRawRecord {
+		return nil, fmt.Errorf("%w: bad frame count", ErrRawBatch)
+	}
+	out := make([]RawFrame, n)
+	for i := range out {
+		f := &out[i]
+		f.Conn = d.string()
+		f.Seq = d.uvarint()
+		f.Received = d.time()
+		f.Remote = d.string()
+		f.Local = d.string()
+		f.Data = d.bytes()
+		if d.err != nil {
+			return nil, fmt.Errorf("%w: frame %d of %d: %w", ErrRawBatch, i+1, n, d.err)
+		}
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last frame", ErrRawBatch, len(d.b))
+	}
+	return out, nil
+}
+
+// Header returns the headers a RAW message of f alone would carry: those
+// of its batch (batch), but for the ones that describe one frame, and its
+// own. A JetStream control header of the batch's (its message id) is left
+// out: it names the batch.
+func (f *RawFrame) Header(batch nats.Header) nats.Header {
+	h := make(nats.Header, len(batch)+4)
+	for k, v := range batch {
+		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
+			h[k] = v
+		}
+	}
+	h[HeaderConn] = []string{f.Conn}
+	h[HeaderFrameSeq] = []string{strconv.FormatUint(f.Seq, 10)}
+	h[HeaderReceived] = []string{f.Received.UTC().Format(time.RFC3339Nano)}
+	h[HeaderRemote] = []string{f.Remote}
+	h[HeaderLocal] = []string{f.Local}
+	h[HeaderProtocol] = []string{ProtocolLegacy}
+	return h
+}

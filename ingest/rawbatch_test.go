@@ -1,0 +1,181 @@
+package ingest
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/medpipe/medpipe/bus"
+)
+
+// rawFrame is a frame as RAW holds it, alone or in a batch, with the
+// message that carried it.
+type rawFrame struct {
+	bus.RawFrame
+	subject   string
+	msgFrames int // frames in its message
+}
+
+// rawFrames reads RAW until it has want frames, unbatching batches; more
+// is a failure.
+func rawFrames(t testing.TB, js jetstream.JetStream, want int) []rawFrame {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []rawFrame
+	for len(out) < want {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("after %d of %d frames: %v", len(out), want, err)
+		}
+		out = append(out, unbatched(t, m.Subject(), m.Headers(), m.Data())...)
+	}
+	if len(out) > want {
+		t.Fatalf("%d frames in RAW, want %d", len(out), want)
+	}
+	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
+		t.Fatalf("extra RAW message: %q", m.Data())
+	}
+	return out
+}
+
+func unbatched(t testing.TB, subject string, h nats.Header, data []byte) []rawFrame {
+	t.Helper()
+	if !bus.IsRawBatch(h) {
+		seq, err := strconv.ParseUint(h.Get(bus.HeaderFrameSeq), 10, 64)
+		if err != nil {
+			t.Fatalf("frame header: %v", err)
+		}
+		recv, err := time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived))
+		if err != nil {
+			t.Fatalf("received header: %v", err)
+		}
+		return []rawFrame{{RawFrame: bus.RawFrame{Conn: h.Get(bus.HeaderConn), Seq: seq, Received: recv, Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal), Data: data}, subject: subject, msgFrames: 1}}
+	}
+	fs, err := bus.DecodeRawBatch(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived)); err != nil || h.Get(bus.HeaderEdge) == "" || h.Get(jetstream.MsgIDHeader) == "" {
+		t.Fatalf("batch headers %v", h)
+	}
+	out := make([]rawFrame, len(fs))
+	for i := range fs {
+		out[i] = rawFrame{RawFrame: fs[i], subject: subject, msgFrames: len(fs)}
+	}
+	return out
+}
+
+// TestBatchedFramesLandInRaw: with RawBatch, connections sending in bursts
+// have their frames stored in batches of at most RawBatch, each frame
+// once, byte for byte, in its connection's order, in its connection's
+// partition, with what its headers would have said.
+func TestBatchedFramesLandInRaw(t *testing.T) {
+	for _, batch := range []int{2, DefaultRawBatch} {
+		t.Run("raw-batch="+strconv.Itoa(batch), func(t *testing.T) {
+			h := start(t, Options{RawBatch: batch})
+			const conns, perConn = 20, 50
+			var wg sync.WaitGroup
+			for range conns {
+				c := dial(t, h)
+				wg.Go(func() {
+					var burst []byte
+					for i := 1; i <= perConn; i++ {
+						burst = append(burst, frame(i)...)
+					}
+					if _, err := c.Write(burst); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			fs := rawFrames(t, h.js, conns*perConn)
+			next := map[string]int{}
+			largest := 0
+			for _, f := range fs {
+				next[f.Conn]++
+				if int(f.Seq) != next[f.Conn] {
+					t.Fatalf("conn %s: frame %d, want %d", f.Conn, f.Seq, next[f.Conn])
+				}
+				if string(f.Data) != string(frame(next[f.Conn])) {
+					t.Fatalf("conn %s frame %d differs from what was sent", f.Conn, f.Seq)
+				}
+				if want := bus.RawSubject(bus.Partition(f.Conn, parts)); f.subject != want {
+					t.Fatalf("subject %s, want %s", f.subject, want)
+				}
+				if !strings.HasPrefix(f.Remote, "127.0.0.1:") || f.Local != h.edge.Addr().String() || time.Since(f.Received) > time.Minute {
+					t.Fatalf("frame %+v", f.RawFrame)
+				}
+				if f.msgFrames > batch {
+					t.Fatalf("a RAW message of %d frames, above --raw-batch %d", f.msgFrames, batch)
+				}
+				largest = max(largest, f.msgFrames)
+			}
+			if len(next) != conns {
+				t.Fatalf("%d connection ids, want %d", len(next), conns)
+			}
+			if largest < 2 {
+				t.Fatalf("%d frames sent in bursts were all stored one a message", len(fs))
+			}
+			t.Logf("%d frames, largest RAW message %d frames", len(fs), largest)
+		})
+	}
+}
+
+// TestBatchedFramesWaitForRaw: while RAW does not acknowledge, a
+// partition's frames gather up to RawBatch and then its connections are
+// not read; once RAW is back, every frame is stored.
+func TestBatchedFramesWaitForRaw(t *testing.T) {
+	h := start(t, Options{RawBatch: 4})
+	c := dial(t, h)
+	if _, err := c.Write(frame(1)); err != nil {
+		t.Fatal(err)
+	}
+	rawFrames(t, h.js, 1)
+	// RAW refuses new messages: the publishes fail and are retried.
+	ctx := context.Background()
+	s, err := h.js.Stream(ctx, bus.StreamRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgs, cfg.Discard = 1, jetstream.DiscardNew
+	if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	var burst []byte
+	for i := 2; i <= 40; i++ {
+		burst = append(burst, frame(i)...)
+	}
+	go func() { _, _ = c.Write(burst) }()
+	// Two messages retried, one of up to 4 frames gathered: at most 12
+	// frames read, the rest wait in the socket.
+	time.Sleep(500 * time.Millisecond)
+	if n := h.edge.batchedFrames.Load(); n > rawBatchesInFlight*4 {
+		t.Fatalf("%d frames in batches awaiting RAW, above the bound", n)
+	}
+	cfg.MaxMsgs, cfg.Discard = -1, jetstream.DiscardOld
+	if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	fs := rawFrames(t, h.js, 40)
+	for i, f := range fs {
+		if int(f.Seq) != i+1 {
+			t.Fatalf("frame %d at %d: order lost", f.Seq, i+1)
+		}
+	}
+}
