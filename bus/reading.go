@@ -34,11 +34,15 @@ type Reading struct {
 	Sensors wire.SensorStates `json:"sensors,omitzero"`
 	// Received is when the edge read the frame.
 	Received time.Time `json:"received"`
-	Conn     string    `json:"conn"`
-	FrameSeq uint64    `json:"frame_seq"`
-	RawSeq   uint64    `json:"raw_seq"`
-	Remote   string    `json:"remote"`
-	Local    string    `json:"local"`
+	// Conn and FrameSeq name the frame: the edge's connection and the
+	// frame's number in it, unique across edges and restarts.
+	Conn     string `json:"conn"`
+	FrameSeq uint64 `json:"frame_seq"`
+	// RawSeq is the RAW stream sequence of the message that held the
+	// frame; the frames an edge stored in one batch share it.
+	RawSeq uint64 `json:"raw_seq"`
+	Remote string `json:"remote"`
+	Local  string `json:"local"`
 }
 
 // Values holds a reading's values as the device formatted them; "" is a

@@ -8,7 +8,9 @@
 // with exponential backoff (honouring Retry-After) until RetryFor has
 // passed; the batch's acknowledgements then fail and publish redelivers
 // the readings later, so nothing is lost. Delivery is at least once:
-// receivers drop repeats by (device, raw_seq).
+// receivers drop repeats by (conn, frame_seq), which name the frame a
+// reading came from (frames the edge stored in one RAW batch share a
+// raw_seq).
 package webhook
 
 import (
