@@ -41,10 +41,30 @@ func runBatchingWorker(t *testing.T, js jetstream.JetStream, devs []wire.Device,
 // batches, and fails on more.
 func batchedReadings(t *testing.T, js jetstream.JetStream, want int) (rs []bus.KeyedReading, msgs, largest int) {
 	t.Helper()
+	rs = readReadings(t, js, want, func(m jetstream.Msg, got []bus.KeyedReading) {
+		meta, _ := m.Metadata()
+		if !bus.IsReadingBatch(m.Data()) || !strings.HasSuffix(m.Subject(), ".~batch") {
+			t.Fatalf("READINGS message %d on %s is not a batch", meta.Sequence.Stream, m.Subject())
+		}
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != "r:"+strconv.FormatUint(got[0].RawSeq, 10)+"-"+strconv.FormatUint(got[len(got)-1].RawSeq, 10) {
+			t.Fatalf("batch of RAW %d-%d has message id %q", got[0].RawSeq, got[len(got)-1].RawSeq, id)
+		}
+		msgs++
+		largest = max(largest, len(got))
+	})
+	return rs, msgs, largest
+}
+
+// readReadings reads READINGS until it holds want readings, single or
+// batched, calling check on each message with its readings; more readings
+// than want is a failure.
+func readReadings(t *testing.T, js jetstream.JetStream, want int, check func(jetstream.Msg, []bus.KeyedReading)) []bus.KeyedReading {
+	t.Helper()
 	c, err := js.OrderedConsumer(t.Context(), bus.StreamReadings, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rs []bus.KeyedReading
 	for len(rs) < want {
 		m, err := c.Next(jetstream.FetchMaxWait(10 * time.Second))
 		if err != nil {
@@ -54,21 +74,18 @@ func batchedReadings(t *testing.T, js jetstream.JetStream, want int) (rs []bus.K
 		if err != nil {
 			t.Fatal(err)
 		}
-		meta, _ := m.Metadata()
-		if !bus.IsReadingBatch(m.Data()) || !strings.HasSuffix(m.Subject(), ".~batch") {
-			t.Fatalf("READINGS message %d on %s is not a batch", meta.Sequence.Stream, m.Subject())
-		}
-		if id := m.Headers().Get(jetstream.MsgIDHeader); id != "r:"+strconv.FormatUint(got[0].RawSeq, 10)+"-"+strconv.FormatUint(got[len(got)-1].RawSeq, 10) {
-			t.Fatalf("batch of RAW %d-%d has message id %q", got[0].RawSeq, got[len(got)-1].RawSeq, id)
+		if check != nil {
+			check(m, got)
 		}
 		rs = append(rs, got...)
-		msgs++
-		largest = max(largest, len(got))
+	}
+	if len(rs) > want {
+		t.Fatalf("READINGS: %d readings, want %d", len(rs), want)
 	}
 	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
 		t.Fatalf("READINGS: extra message %s", m.Subject())
 	}
-	return rs, msgs, largest
+	return rs
 }
 
 // checkOnceInOrder fails on a reading stored twice (by connection and

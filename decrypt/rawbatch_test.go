@@ -29,35 +29,6 @@ func publishRawBatch(t *testing.T, js jetstream.JetStream, part int, id string, 
 	}})
 }
 
-// allReadings reads READINGS until it holds want readings, single or
-// batched, and fails on more.
-func allReadings(t *testing.T, js jetstream.JetStream, want int) []bus.KeyedReading {
-	t.Helper()
-	var rs []bus.KeyedReading
-	c, err := js.OrderedConsumer(t.Context(), bus.StreamReadings, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for len(rs) < want {
-		m, err := c.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatalf("READINGS: %d of %d readings: %v", len(rs), want, err)
-		}
-		got, err := bus.DecodeReadings(m.Data(), m.Headers())
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs = append(rs, got...)
-	}
-	if len(rs) > want {
-		t.Fatalf("READINGS: %d readings, want %d", len(rs), want)
-	}
-	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
-		t.Fatalf("READINGS: extra message %s", m.Subject())
-	}
-	return rs
-}
-
 // TestWorkerReadsRawBatches: RAW batches of frames of several connections
 // give every reading once, in its connection's order, whether READINGS
 // takes them one a message or in batches smaller than a RAW batch (their
@@ -96,7 +67,7 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 			garbled := publishRawMsg(t, js, &nats.Msg{Subject: bus.RawSubject(0), Data: []byte{0xBA, 3, 1, 2}, Header: nats.Header{bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolLegacyBatch}}})
 
 			w := runBatchingWorker(t, js, devs, readingsBatch)
-			rs := allReadings(t, js, n*conns-1)
+			rs := readReadings(t, js, n*conns-1, nil)
 			waitRawDone(t, js)
 			checkOnceInOrder(t, rs)
 			for _, r := range rs {

@@ -61,24 +61,36 @@ func frame(i int) []byte {
 // rawMessages reads every message in RAW.
 func rawMessages(t testing.TB, js jetstream.JetStream, want int) []jetstream.Msg {
 	t.Helper()
+	var out []jetstream.Msg
+	readRaw(t, js, want, func(m jetstream.Msg) int {
+		out = append(out, m)
+		return 1
+	})
+	return out
+}
+
+// readRaw reads RAW until take, given each message, has counted want
+// (messages, or frames); more is a failure.
+func readRaw(t testing.TB, js jetstream.JetStream, want int, take func(jetstream.Msg) int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []jetstream.Msg
-	for len(out) < want {
+	for n := 0; n < want; {
 		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
 		if err != nil {
-			t.Fatalf("after %d of %d RAW messages: %v", len(out), want, err)
+			t.Fatalf("after %d of %d in RAW: %v", n, want, err)
 		}
-		out = append(out, m)
+		if n += take(m); n > want {
+			t.Fatalf("%d in RAW, want %d", n, want)
+		}
 	}
 	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
 		t.Fatalf("extra RAW message: %q", m.Data())
 	}
-	return out
 }
 
 func dial(t testing.TB, h *harness) net.Conn {

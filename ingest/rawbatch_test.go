@@ -26,26 +26,12 @@ type rawFrame struct {
 // is a failure.
 func rawFrames(t testing.TB, js jetstream.JetStream, want int) []rawFrame {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := js.OrderedConsumer(ctx, bus.StreamRaw, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []rawFrame
-	for len(out) < want {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			t.Fatalf("after %d of %d frames: %v", len(out), want, err)
-		}
-		out = append(out, unbatched(t, m.Subject(), m.Headers(), m.Data())...)
-	}
-	if len(out) > want {
-		t.Fatalf("%d frames in RAW, want %d", len(out), want)
-	}
-	if m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond)); err == nil {
-		t.Fatalf("extra RAW message: %q", m.Data())
-	}
+	readRaw(t, js, want, func(m jetstream.Msg) int {
+		fs := unbatched(t, m.Subject(), m.Headers(), m.Data())
+		out = append(out, fs...)
+		return len(fs)
+	})
 	return out
 }
 

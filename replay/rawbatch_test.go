@@ -91,19 +91,8 @@ func TestReplayRawBatches(t *testing.T) {
 	devs := rawgen.Devices(12, "dev", 5)
 	const n = 12 * 2 * 30
 	want := storeBatched(ctx, t, b.JS, rawgen.New(rawgen.Options{Devices: devs, Start: t0, Rate: 2, Partitions: b.Partitions, Seed: 5}), devs, b.Partitions, n, 16)
-	lines := func(out string) []string {
-		var got []string
-		for line := range strings.Lines(out) {
-			r, err := bus.UnmarshalReading([]byte(line))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, fmt.Sprintf("%s %d %v", r.Device, r.RawSeq, r.Values.Wire()))
-		}
-		return got
-	}
 	out, sum := replayJSON(ctx, t, openRaw(ctx, t, b.JS, Selection{}), devs, Selection{})
-	if got := lines(out); strings.Join(got, "\n") != strings.Join(want, "\n") || sum.Scanned != n || sum.Readings != n || len(sum.DeadLetters) != 0 {
+	if got := readingLines(t, out); strings.Join(got, "\n") != strings.Join(want, "\n") || sum.Scanned != n || sum.Readings != n || len(sum.DeadLetters) != 0 {
 		t.Fatalf("replay of batches: %s; %d readings, want %d\nfirst got:  %.300q\nfirst want: %.300q", sum, len(got), len(want), got, want)
 	}
 

@@ -126,14 +126,7 @@ func TestSelection(t *testing.T) {
 					want = append(want, fmt.Sprintf("%s %d %v", devs[f.Device].ID, i+1, f.Reading))
 				}
 			}
-			var got []string
-			for line := range strings.Lines(out) {
-				r, err := bus.UnmarshalReading([]byte(line))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got = append(got, fmt.Sprintf("%s %d %v", r.Device, r.RawSeq, r.Values.Wire()))
-			}
+			got := readingLines(t, out)
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("got %d readings, want %d\nfirst got:  %.200q\nfirst want: %.200q", len(got), len(want), got, want)
 			}
@@ -142,6 +135,20 @@ func TestSelection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readingLines is a replay's JSON lines as "device raw-seq values" lines.
+func readingLines(t testing.TB, out string) []string {
+	t.Helper()
+	var got []string
+	for line := range strings.Lines(out) {
+		r, err := bus.UnmarshalReading([]byte(line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %d %v", r.Device, r.RawSeq, r.Values.Wire()))
+	}
+	return got
 }
 
 // TestExportImportReplay: RAW → archive → a fresh server (twice: stored
