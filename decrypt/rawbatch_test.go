@@ -34,7 +34,8 @@ func publishRawBatch(t *testing.T, js jetstream.JetStream, part int, id string, 
 // takes them one a message or in batches smaller than a RAW batch (their
 // ids name each frame, so two never collide); a batched frame that fits
 // no key goes to DEADLETTER alone, with the headers it would have had as a
-// message of its own; a batch whose body cannot be read goes whole.
+// message of its own, as does one whose record says what no edge writes
+// (frame number 0); a batch whose body cannot be read goes whole.
 func TestWorkerReadsRawBatches(t *testing.T) {
 	for _, readingsBatch := range []int{1, 5, DefaultReadingsBatch} {
 		t.Run("readings-batch="+strconv.Itoa(readingsBatch), func(t *testing.T) {
@@ -64,6 +65,8 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 					fs = fs[k:]
 				}
 			}
+			// A frame whose record the edge could not have written (frame 0).
+			unnumbered := publishRawBatch(t, js, 1, "unnumbered", []bus.RawFrame{{Conn: "edge1-x", Seq: 0, Received: baseTime, Data: wireFrame(devs[0], wire.Pico, 1)}})
 			garbled := publishRawMsg(t, js, &nats.Msg{Subject: bus.RawSubject(0), Data: []byte{0xBA, 3, 1, 2}, Header: nats.Header{bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolLegacyBatch}}})
 
 			w := runBatchingWorker(t, js, devs, readingsBatch)
@@ -75,7 +78,7 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 					t.Fatalf("reading %+v lost its frame's addresses or time", r.Reading)
 				}
 			}
-			dls := streamMsgs(t, js, bus.StreamDeadLetter, 2)
+			dls := streamMsgs(t, js, bus.StreamDeadLetter, 3)
 			for _, m := range dls {
 				h := m.Headers()
 				switch h.Get(bus.HeaderReason) {
@@ -88,15 +91,21 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 						t.Fatal("dead letter of a batched frame does not hold the frame alone")
 					}
 				case string(bus.ReasonMalformed):
-					if h.Get(bus.HeaderRawSeq) != strconv.FormatUint(garbled, 10) {
-						t.Fatalf("malformed dead letter %v, want RAW %d", h, garbled)
+					switch h.Get(bus.HeaderRawSeq) {
+					case strconv.FormatUint(garbled, 10):
+					case strconv.FormatUint(unnumbered, 10):
+						if h.Get(jetstream.MsgIDHeader) != "dl:"+strconv.FormatUint(unnumbered, 10)+".1" || !strings.Contains(h.Get(bus.HeaderError), "frame number 0") {
+							t.Fatalf("dead letter of an unnumbered batched frame: %v", h)
+						}
+					default:
+						t.Fatalf("malformed dead letter %v, want RAW %d or %d", h, garbled, unnumbered)
 					}
 				default:
 					t.Fatalf("dead letter %v", h)
 				}
 			}
-			if got := int(testutil.ToFloat64(w.m.frames)); got != n*conns+1 {
-				t.Errorf("medpipe_decrypt_frames_total %d, want %d (each batched frame, and the garbled batch)", got, n*conns+1)
+			if got := int(testutil.ToFloat64(w.m.frames)); got != n*conns+2 {
+				t.Errorf("medpipe_decrypt_frames_total %d, want %d (each batched frame, and the garbled batch)", got, n*conns+2)
 			}
 		})
 	}
