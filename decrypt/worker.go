@@ -525,11 +525,13 @@ func dead(reason bus.Reason, device string, err error) (Outcome, error) {
 // decode turns one RAW frame into a reading or a dead-letter reason; an
 // error means the frame could not be decided now and is to be retried.
 func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
-	check := f.checkBatched
-	if f.index == 0 {
-		check = func() error { return f.parseHeaders(f.header) }
+	var err error
+	if f.index > 0 {
+		err = f.checkBatched()
+	} else {
+		err = f.parseHeaders(f.header)
 	}
-	if err := check(); err != nil {
+	if err != nil {
 		return dead(bus.ReasonMalformed, "", err)
 	}
 	sc := w.bufs.Get().(*scratch)
@@ -540,7 +542,6 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 		}
 		return w.decodeV2(ctx, f, sc)
 	}
-	var err error
 	sc.ct, err = wire.DecodeFrame(sc.ct[:0], f.data)
 	if err != nil {
 		return dead(bus.ReasonMalformed, "", err)
