@@ -105,8 +105,9 @@ func TestClusterSurvivesStreamLeaderLoss(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("RAW leader lost: sent %d, acknowledged %d, received %d distinct, lost 0, duplicated %d, %d of %d devices with a reading out of order; all delivered %v after the loss",
-		summary.Sent, summary.Acked, devices*count, dups, reordered, devices, time.Since(killedAt).Round(100*time.Millisecond))
+	t.Logf("RAW leader lost: sent %d, acknowledged %d, received %d distinct, lost 0, duplicated %d, %d of %d devices with a reading out of order; all delivered %v after the loss; %v frames published again under a new id (theirs was in process)",
+		summary.Sent, summary.Acked, devices*count, dups, reordered, devices, time.Since(killedAt).Round(100*time.Millisecond),
+		scrape(t, watch.stages["ingest"])["medpipe_ingest_publish_renamed_total"])
 	if summary.Acked != devices*count {
 		t.Errorf("devices had %d of %d frames acknowledged", summary.Acked, devices*count)
 	}

@@ -1059,9 +1059,25 @@ func (e *Edge) released(p pendingPublish) {
 // fills and reads stop. It reports whether the frame is stored. A frame
 // abandoned at shutdown is not counted lost: whether it was stored is
 // unknown, and Run's drain error counts it.
+//
+// One answer is not waited out: a message id "in process" (a publish
+// staged it and was never stored, which after a clustered stream's leader
+// is lost lasts the whole duplicate window). After maxInProcess such
+// answers in a row the frame is published under a new id: its first copy
+// may still land, and decrypt's replay marks acknowledge a v2 frame's
+// second copy again without storing it twice; a legacy frame's reading
+// may then be delivered twice (at least once), where waiting would have
+// held every device of the edge for minutes.
 func (e *Edge) retry(msg *nats.Msg, err error) bool {
 	e.m.publishErrors.Inc()
+	id, inProcess, renamed := msg.Header.Get(jetstream.MsgIDHeader), 0, 0
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if inProcess = inProcessCount(err, inProcess); inProcess >= maxInProcess {
+			renamed++
+			inProcess = 0
+			msg.Header.Set(jetstream.MsgIDHeader, id+retryIDMark+strconv.Itoa(renamed))
+			e.m.publishRenamed.Inc()
+		}
 		if e.retryLog.allow() {
 			e.log.Warn("RAW is not taking frames; retrying (devices are slowed meanwhile)", "conn", msg.Header.Get(bus.HeaderConn), "err", err)
 		}
@@ -1078,6 +1094,26 @@ func (e *Edge) retry(msg *nats.Msg, err error) bool {
 			return true
 		}
 	}
+}
+
+// errCodeMsgIDInProcess is JetStream's answer to a publish whose message id
+// an earlier publish staged but never stored (JSStreamDuplicateMessageConflict).
+const errCodeMsgIDInProcess jetstream.ErrorCode = 10158
+
+// maxInProcess is how many "in process" answers in a row retry waits out
+// (about 0.7 s of backoff) before it renames the frame's message.
+const maxInProcess = 3
+
+// retryIDMark joins a renamed message's original id and its renaming count.
+const retryIDMark = ":retry"
+
+// inProcessCount is the run of "in process" answers after err.
+func inProcessCount(err error, run int) int {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeMsgIDInProcess {
+		return run + 1
+	}
+	return 0
 }
 
 // rateLimiter allows one event per second, for log lines under abuse.

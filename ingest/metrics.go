@@ -28,6 +28,9 @@ type metrics struct {
 	connErrors     *prometheus.CounterVec
 	publishErrors  prometheus.Counter
 	publishRetries prometheus.Counter
+	// publishRenamed counts frames published again under a new message id
+	// (retry: an id "in process" that JetStream never stored).
+	publishRenamed prometheus.Counter
 	// v2 replies: decrypt's relayed to devices, dropped (connection gone),
 	// and resent frames stored again to be acknowledged again.
 	repliesRelayed, repliesDropped, resends prometheus.Counter
@@ -52,6 +55,7 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 		connErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "medpipe_ingest_connection_errors_total", Help: "Connections closed for bad input or read errors, by reason."}, []string{"reason"}),
 		publishErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_errors_total", Help: "Publishes to RAW that failed at first."}),
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_retries_total", Help: "Publish retries to RAW."}),
+		publishRenamed: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_publish_renamed_total", Help: "Frames published to RAW again under a new message id: JetStream kept answering that their id was in process (after a stream leader was lost); a legacy frame's reading may then be delivered twice."}),
 		repliesRelayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_relayed_total", Help: "v2 replies from decrypt (ACK, REFUSED) written to devices."}),
 		repliesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_replies_dropped_total", Help: "v2 replies from decrypt for connections already closed (the device resends)."}),
 		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
@@ -71,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 	if reg != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_pending_frames", Help: "Frames published to RAW and awaiting its acknowledgement; reads wait while single frames are at --ingest-in-flight, or a partition's batches at their bound."}, pending))
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "medpipe_ingest_penalised_addresses", Help: "Addresses refused new connections now for a penalty (--penalty)."}, penalised))
-		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends, m.stored, m.framesPerMessage)
+		reg.MustRegister(m.active, m.conns, m.rejected, m.throttled, m.frames, m.frameBytes, m.connErrors, m.publishErrors, m.publishRetries, m.publishRenamed, m.penalties, m.repliesRelayed, m.repliesDropped, m.resends, m.stored, m.framesPerMessage)
 	}
 	return m
 }
