@@ -3,6 +3,7 @@ package bus
 import (
 	"hash/fnv"
 	"strconv"
+	"strings"
 )
 
 // Stream names.
@@ -49,6 +50,13 @@ const (
 	// moves to another worker.
 	HeaderPinID = "Nats-Pin-Id"
 )
+
+// IsControlHeader reports whether a header is one of JetStream's (Nats-*:
+// a message id, an expected stream, a TTL, a pin id). Copied onto another
+// publish, it would act on that publish, so copies leave it out.
+func IsControlHeader(name string) bool {
+	return len(name) >= 5 && strings.EqualFold(name[:5], "Nats-")
+}
 
 // SubjectAckPrefix + edge instance id is the core NATS subject on which
 // decrypt sends v2 replies (ACK, REFUSED: frames made with the device's

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,7 +102,7 @@ func DecodeRawBatch(data []byte) ([]RawFrame, error) {
 func (f *RawFrame) Header(batch nats.Header) nats.Header {
 	h := make(nats.Header, len(batch)+4)
 	for k, v := range batch {
-		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
+		if !IsControlHeader(k) {
 			h[k] = v
 		}
 	}

@@ -100,12 +100,7 @@ func appendReadingV1(t testing.TB, r *Reading) []byte {
 	dst = appendTime(dst, r.DeviceTime)
 	dst = binary.AppendUvarint(dst, uint64(len(pulse)))
 	dst = append(dst, pulse...)
-	dst = appendTime(dst, r.Received)
-	dst = appendString(dst, r.Conn)
-	dst = binary.AppendUvarint(dst, r.FrameSeq)
-	dst = binary.AppendUvarint(dst, r.RawSeq)
-	dst = appendString(dst, r.Remote)
-	return appendString(dst, r.Local)
+	return append(dst, appendTail(t, r)...)
 }
 
 // TestReadingBodyV1StillDecodes: READINGS stored with the pulse batch as
@@ -207,7 +202,7 @@ func TestReadingBodyPulseCodes(t *testing.T) {
 }
 
 // appendTail is what AppendReading writes after the pulse batch.
-func appendTail(t *testing.T, r *Reading) []byte {
+func appendTail(t testing.TB, r *Reading) []byte {
 	t.Helper()
 	dst := appendTime(nil, r.Received)
 	dst = appendString(dst, r.Conn)

@@ -710,7 +710,7 @@ func (w *Worker) deadLetter(f rawFrame, out Outcome) (bus.Completion, error) {
 	for k, v := range f.frameHeader() {
 		// The edge's message id, or any other JetStream control header
 		// (expected stream, TTL...), would act on the DEADLETTER publish.
-		if len(k) < 5 || !strings.EqualFold(k[:5], "Nats-") {
+		if !bus.IsControlHeader(k) {
 			h[k] = v
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"io"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -262,7 +261,7 @@ func Import(ctx context.Context, js jetstream.JetStream, r *archive.Reader, o Im
 		for k, vs := range f.Header {
 			// JetStream control headers (the edge's message id, expected
 			// stream…) would act on this publish; the origin replaces them.
-			if len(k) >= 5 && strings.EqualFold(k[:5], "Nats-") {
+			if bus.IsControlHeader(k) {
 				continue
 			}
 			msg.Header[k] = vs
