@@ -514,7 +514,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // rawBytesPerFrame is RAW's stored bytes over the frames the devices sent
-// (a RAW message may hold several: bus.ProtocolLegacyBatch).
+// (a RAW message may hold several: bus.ProtocolBatch).
 func rawBytesPerFrame(ctx context.Context, url string, frames uint64) float64 {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a saturated server answers late
 	defer cancel()

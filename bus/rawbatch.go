@@ -10,23 +10,31 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// ProtocolLegacyBatch is the HeaderProtocol of a RAW message that holds
-// several legacy frames of one partition (AppendRawBatch): storing,
+// ProtocolBatch is the HeaderProtocol of a RAW message that holds several
+// frames of one partition, legacy and v2 (AppendRawBatch): storing,
 // delivering and acknowledging a message costs JetStream and both stages
 // about the same whatever its size, so under load the edge stores what a
 // partition has ready in one. Each frame keeps in the body what its
 // headers would have said alone (RawFrame); the message's own headers are
 // those common to its frames (HeaderEdge, HeaderProtocol, and
 // HeaderReceived of its first frame).
-const ProtocolLegacyBatch = "legacy-batch"
+const ProtocolBatch = "batch"
 
-// rawBatchV1 starts a RAW batch body. It is no hex digit, so no legacy
-// frame, which is hex text, begins with it.
-const rawBatchV1 = 0xBA
+// rawBatchBody starts a RAW batch body. It is no hex digit, so no legacy
+// frame, which is hex text, begins with it, nor a v2 frame's first byte.
+const rawBatchBody = 0xBB
+
+// A batched frame's protocol, as its record's first byte.
+const (
+	rawFrameLegacy = 0
+	rawFrameV2     = 1
+)
 
 // RawFrame is one frame of a RAW batch and what the edge's headers would
 // have said of it in a message of its own.
 type RawFrame struct {
+	Protocol      string    // HeaderProtocol: ProtocolLegacy or ProtocolV2
+	Device        string    // HeaderDevice: a v2 frame's device ("" for legacy)
 	Conn          string    // HeaderConn
 	Seq           uint64    // HeaderFrameSeq
 	Received      time.Time // HeaderReceived
@@ -34,39 +42,52 @@ type RawFrame struct {
 	Data          []byte    // the frame, as the device sent it
 }
 
+// ErrRawFrameProtocol marks a frame AppendRawFrame cannot batch: its
+// protocol is neither legacy nor v2.
+var ErrRawFrameProtocol = errors.New("bus: a RAW batch holds legacy and v2 frames only")
+
 // AppendRawFrame appends one frame's record of a RAW batch body to dst;
 // AppendRawBatch makes the body of n such records.
-func AppendRawFrame(dst []byte, f *RawFrame) []byte {
+func AppendRawFrame(dst []byte, f *RawFrame) ([]byte, error) {
+	switch f.Protocol {
+	case ProtocolLegacy:
+		dst = append(dst, rawFrameLegacy)
+	case ProtocolV2:
+		dst = append(dst, rawFrameV2)
+	default:
+		return dst, fmt.Errorf("%w: %q", ErrRawFrameProtocol, f.Protocol)
+	}
+	dst = appendString(dst, f.Device)
 	dst = appendString(dst, f.Conn)
 	dst = binary.AppendUvarint(dst, f.Seq)
 	dst = appendTime(dst, f.Received)
 	dst = appendString(dst, f.Remote)
 	dst = appendString(dst, f.Local)
 	dst = binary.AppendUvarint(dst, uint64(len(f.Data)))
-	return append(dst, f.Data...)
+	return append(dst, f.Data...), nil
 }
 
 // AppendRawBatch appends to dst a RAW batch body of n frame records, as
 // AppendRawFrame wrote them one after the other into records.
 func AppendRawBatch(dst []byte, n int, records []byte) []byte {
-	dst = append(dst, rawBatchV1)
+	dst = append(dst, rawBatchBody)
 	dst = binary.AppendUvarint(dst, uint64(n))
 	return append(dst, records...)
 }
 
 // IsRawBatch reports whether a RAW message is a batch of frames.
-func IsRawBatch(h nats.Header) bool { return h.Get(HeaderProtocol) == ProtocolLegacyBatch }
+func IsRawBatch(h nats.Header) bool { return h.Get(HeaderProtocol) == ProtocolBatch }
 
 // ErrRawBatch marks a RAW batch body that cannot be read.
 var ErrRawBatch = errors.New("bus: RAW batch")
 
-// minRawRecord is the fewest bytes a frame record takes: five length or
-// number bytes and the receive time's one.
-const minRawRecord = 6
+// minRawRecord is the fewest bytes a frame record takes: the protocol
+// byte, six length or number bytes and the receive time's one.
+const minRawRecord = 8
 
 // DecodeRawBatch decodes a RAW batch body. The frames' Data alias data.
 func DecodeRawBatch(data []byte) ([]RawFrame, error) {
-	if len(data) == 0 || data[0] != rawBatchV1 {
+	if len(data) == 0 || data[0] != rawBatchBody {
 		return nil, fmt.Errorf("%w: not a batch body", ErrRawBatch)
 	}
 	d := bodyReader{b: data[1:]}
@@ -79,6 +100,22 @@ func DecodeRawBatch(data []byte) ([]RawFrame, error) {
 	out := make([]RawFrame, n)
 	for i := range out {
 		f := &out[i]
+		if len(d.b) == 0 {
+			return nil, fmt.Errorf("%w: frame %d of %d: %w", ErrRawBatch, i+1, n, errShortBody)
+		}
+		switch d.b[0] {
+		case rawFrameLegacy:
+			f.Protocol = ProtocolLegacy
+		case rawFrameV2:
+			f.Protocol = ProtocolV2
+		default:
+			return nil, fmt.Errorf("%w: frame %d of %d: protocol %d", ErrRawBatch, i+1, n, d.b[0])
+		}
+		d.b = d.b[1:]
+		f.Device = d.string()
+		if (f.Device == "") != (f.Protocol == ProtocolLegacy) {
+			return nil, fmt.Errorf("%w: frame %d of %d: a %s frame with device %q", ErrRawBatch, i+1, n, f.Protocol, f.Device)
+		}
 		f.Conn = d.string()
 		f.Seq = d.uvarint()
 		f.Received = d.time()
@@ -100,7 +137,7 @@ func DecodeRawBatch(data []byte) ([]RawFrame, error) {
 // own. A JetStream control header of the batch's (its message id) is left
 // out: it names the batch.
 func (f *RawFrame) Header(batch nats.Header) nats.Header {
-	h := make(nats.Header, len(batch)+4)
+	h := make(nats.Header, len(batch)+5)
 	for k, v := range batch {
 		if !IsControlHeader(k) {
 			h[k] = v
@@ -111,6 +148,9 @@ func (f *RawFrame) Header(batch nats.Header) nats.Header {
 	h[HeaderReceived] = []string{f.Received.UTC().Format(time.RFC3339Nano)}
 	h[HeaderRemote] = []string{f.Remote}
 	h[HeaderLocal] = []string{f.Local}
-	h[HeaderProtocol] = []string{ProtocolLegacy}
+	h[HeaderProtocol] = []string{f.Protocol}
+	if f.Device != "" {
+		h[HeaderDevice] = []string{f.Device}
+	}
 	return h
 }

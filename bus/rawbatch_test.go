@@ -12,16 +12,20 @@ import (
 func sampleRawFrames() []RawFrame {
 	at := time.Date(2026, 12, 3, 10, 4, 5, 123456789, time.UTC)
 	return []RawFrame{
-		{Conn: "edge1-1", Seq: 1, Received: at, Remote: "10.0.0.7:51000", Local: "10.0.0.1:5000", Data: []byte("0a1b2c3d\n")},
-		{Conn: "edge1-2", Seq: 7, Received: at.Add(time.Millisecond), Remote: "[2001:db8::1]:4000", Local: "10.0.0.1:5000", Data: []byte("ff00\n")},
-		{Conn: "edge1-1", Seq: 2, Received: at.Add(2 * time.Millisecond), Remote: "10.0.0.7:51000", Local: "10.0.0.1:5000", Data: []byte{}},
+		{Protocol: ProtocolLegacy, Conn: "edge1-1", Seq: 1, Received: at, Remote: "10.0.0.7:51000", Local: "10.0.0.1:5000", Data: []byte("0a1b2c3d\n")},
+		{Protocol: ProtocolV2, Device: "pico-7", Conn: "edge1-2", Seq: 7, Received: at.Add(time.Millisecond), Remote: "[2001:db8::1]:4000", Local: "10.0.0.1:5000", Data: []byte{0x03, 0x01, 0xff}},
+		{Protocol: ProtocolLegacy, Conn: "edge1-1", Seq: 2, Received: at.Add(2 * time.Millisecond), Remote: "10.0.0.7:51000", Local: "10.0.0.1:5000", Data: []byte{}},
 	}
 }
 
-func rawBatchOf(fs []RawFrame) []byte {
+func rawBatchOf(t testing.TB, fs []RawFrame) []byte {
+	t.Helper()
 	var records []byte
 	for i := range fs {
-		records = AppendRawFrame(records, &fs[i])
+		var err error
+		if records, err = AppendRawFrame(records, &fs[i]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return AppendRawBatch(nil, len(fs), records)
 }
@@ -35,7 +39,7 @@ func TestRawBatchRoundTrip(t *testing.T) {
 		{"one", sampleRawFrames()[1:2]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := DecodeRawBatch(rawBatchOf(tc.fs))
+			got, err := DecodeRawBatch(rawBatchOf(t, tc.fs))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +56,19 @@ func TestRawBatchRoundTrip(t *testing.T) {
 }
 
 func TestDecodeRawBatchRefuses(t *testing.T) {
-	good := rawBatchOf(sampleRawFrames())
+	good := rawBatchOf(t, sampleRawFrames())
+	record := func(f RawFrame) []byte {
+		b, err := AppendRawFrame(nil, &f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	legacyWithDevice := record(RawFrame{Protocol: ProtocolLegacy, Device: "pico-7", Conn: "c", Seq: 1, Data: []byte("ab")})
+	v2WithoutDevice := record(RawFrame{Protocol: ProtocolLegacy, Conn: "c", Seq: 1, Data: []byte("ab")})
+	v2WithoutDevice[0] = rawFrameV2
+	unknownProtocol := record(RawFrame{Protocol: ProtocolLegacy, Conn: "c", Seq: 1, Data: []byte("ab")})
+	unknownProtocol[0] = 7
 	for _, tc := range []struct {
 		name string
 		body []byte
@@ -64,6 +80,10 @@ func TestDecodeRawBatchRefuses(t *testing.T) {
 		{"count above the records", AppendRawBatch(nil, 4, good[2:])},
 		{"truncated", good[:len(good)-1]},
 		{"trailing bytes", append(append([]byte(nil), good...), 0)},
+		{"a legacy frame naming a device", AppendRawBatch(nil, 1, legacyWithDevice)},
+		{"a v2 frame naming none", AppendRawBatch(nil, 1, v2WithoutDevice)},
+		{"an unknown protocol", AppendRawBatch(nil, 1, unknownProtocol)},
+		{"the development body 0xBA", append([]byte{0xBA}, good[1:]...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if fs, err := DecodeRawBatch(tc.body); !errors.Is(err, ErrRawBatch) {
@@ -74,16 +94,19 @@ func TestDecodeRawBatchRefuses(t *testing.T) {
 }
 
 func TestRawFrameHeader(t *testing.T) {
-	batch := nats.Header{HeaderEdge: {"edge1"}, HeaderProtocol: {ProtocolLegacyBatch}, HeaderReceived: {"x"}, "Nats-Msg-Id": {"edge1:b3:9"}, "Medpipe-Origin-Seq": {"41"}}
+	batch := nats.Header{HeaderEdge: {"edge1"}, HeaderProtocol: {ProtocolBatch}, HeaderReceived: {"x"}, "Nats-Msg-Id": {"edge1:b3:9"}, "Medpipe-Origin-Seq": {"41"}}
 	f := sampleRawFrames()[1]
 	h := f.Header(batch)
 	want := nats.Header{
 		HeaderEdge: {"edge1"}, "Medpipe-Origin-Seq": {"41"},
 		HeaderConn: {"edge1-2"}, HeaderFrameSeq: {"7"}, HeaderReceived: {"2026-12-03T10:04:05.124456789Z"},
-		HeaderRemote: {"[2001:db8::1]:4000"}, HeaderLocal: {"10.0.0.1:5000"}, HeaderProtocol: {ProtocolLegacy},
+		HeaderRemote: {"[2001:db8::1]:4000"}, HeaderLocal: {"10.0.0.1:5000"}, HeaderProtocol: {ProtocolV2}, HeaderDevice: {"pico-7"},
 	}
 	if !reflect.DeepEqual(h, want) {
 		t.Fatalf("headers\n%v\nwant\n%v", h, want)
+	}
+	if legacy := sampleRawFrames()[0].Header(batch); legacy.Get(HeaderProtocol) != ProtocolLegacy || legacy.Get(HeaderDevice) != "" {
+		t.Fatalf("a legacy frame's headers: %v", legacy)
 	}
 	if IsRawBatch(h) || !IsRawBatch(batch) {
 		t.Fatal("IsRawBatch does not tell a batch from its frames")
@@ -94,9 +117,9 @@ func TestRawFrameHeader(t *testing.T) {
 // to the same bytes, or is refused with ErrRawBatch; never a panic, never
 // an allocation a forged count asks for.
 func FuzzDecodeRawBatch(f *testing.F) {
-	f.Add(rawBatchOf(sampleRawFrames()))
-	f.Add(rawBatchOf(sampleRawFrames()[:1]))
-	f.Add([]byte{rawBatchV1, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add(rawBatchOf(f, sampleRawFrames()))
+	f.Add(rawBatchOf(f, sampleRawFrames()[:1]))
+	f.Add([]byte{rawBatchBody, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fs, err := DecodeRawBatch(body)
 		if err != nil {
@@ -105,7 +128,7 @@ func FuzzDecodeRawBatch(f *testing.F) {
 			}
 			return
 		}
-		if again := rawBatchOf(fs); string(again) != string(body) {
+		if again := rawBatchOf(t, fs); string(again) != string(body) {
 			// Only a varint written longer than it needs may differ.
 			if refs, err := DecodeRawBatch(again); err != nil || !reflect.DeepEqual(refs, fs) {
 				t.Fatalf("re-encoded batch decodes to %+v, %v; want %+v", refs, err, fs)

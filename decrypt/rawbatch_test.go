@@ -21,10 +21,13 @@ func publishRawBatch(t *testing.T, js jetstream.JetStream, part int, id string, 
 	t.Helper()
 	var records []byte
 	for i := range fs {
-		records = bus.AppendRawFrame(records, &fs[i])
+		var err error
+		if records, err = bus.AppendRawFrame(records, &fs[i]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return publishRawMsg(t, js, &nats.Msg{Subject: bus.RawSubject(part), Data: bus.AppendRawBatch(nil, len(fs), records), Header: nats.Header{
-		bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolLegacyBatch}, bus.HeaderReceived: {baseTime.Format(time.RFC3339Nano)},
+		bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolBatch}, bus.HeaderReceived: {baseTime.Format(time.RFC3339Nano)},
 		jetstream.MsgIDHeader: {id},
 	}})
 }
@@ -53,7 +56,7 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 						data = wireFrame(stranger, wire.Pico, i) // fits no key of this connection's
 					}
 					p := bus.Partition(conn, parts)
-					byPart[p] = append(byPart[p], bus.RawFrame{Conn: conn, Seq: uint64(i), Received: receivedAt(i), Remote: "127.0.0.1:4000" + strconv.Itoa(c), Local: "127.0.0.1:9998", Data: data})
+					byPart[p] = append(byPart[p], bus.RawFrame{Protocol: bus.ProtocolLegacy, Conn: conn, Seq: uint64(i), Received: receivedAt(i), Remote: "127.0.0.1:4000" + strconv.Itoa(c), Local: "127.0.0.1:9998", Data: data})
 				}
 			}
 			batches := 0
@@ -66,8 +69,8 @@ func TestWorkerReadsRawBatches(t *testing.T) {
 				}
 			}
 			// A frame whose record the edge could not have written (frame 0).
-			unnumbered := publishRawBatch(t, js, 1, "unnumbered", []bus.RawFrame{{Conn: "edge1-x", Seq: 0, Received: baseTime, Data: wireFrame(devs[0], wire.Pico, 1)}})
-			garbled := publishRawMsg(t, js, &nats.Msg{Subject: bus.RawSubject(0), Data: []byte{0xBA, 3, 1, 2}, Header: nats.Header{bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolLegacyBatch}}})
+			unnumbered := publishRawBatch(t, js, 1, "unnumbered", []bus.RawFrame{{Protocol: bus.ProtocolLegacy, Conn: "edge1-x", Seq: 0, Received: baseTime, Data: wireFrame(devs[0], wire.Pico, 1)}})
+			garbled := publishRawMsg(t, js, &nats.Msg{Subject: bus.RawSubject(0), Data: []byte{0xBB, 3, 1, 2}, Header: nats.Header{bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolBatch}}})
 
 			w := runBatchingWorker(t, js, devs, readingsBatch)
 			rs := readReadings(t, js, n*conns-1, nil)

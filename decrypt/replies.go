@@ -20,18 +20,21 @@ import (
 // key) to the edge that received the frame, which relays it to the
 // connection. It is core NATS, fire and forget: a lost reply costs the
 // device a resend, which is acknowledged again.
-func (w *Worker) sendReply(h nats.Header, reply []byte) {
-	edge, conn := h.Get(bus.HeaderEdge), h.Get(bus.HeaderConn)
-	if len(reply) == 0 || edge == "" || conn == "" || w.js == nil || strings.ContainsAny(edge, ".*> \t") {
+func (w *Worker) sendReply(to replyTo, reply []byte) {
+	if len(reply) == 0 || to.edge == "" || to.conn == "" || w.js == nil || strings.ContainsAny(to.edge, ".*> \t") {
 		return
 	}
-	msg := &nats.Msg{Subject: bus.AckSubject(edge), Data: reply, Header: nats.Header{bus.HeaderConn: {conn}}}
+	msg := &nats.Msg{Subject: bus.AckSubject(to.edge), Data: reply, Header: nats.Header{bus.HeaderConn: {to.conn}}}
 	if err := w.js.Conn().PublishMsg(msg); err != nil {
 		w.m.replyErrors.Inc()
 		return
 	}
 	w.m.replies.Inc()
 }
+
+// replyTo is where a frame's v2 reply goes: the edge that received it and
+// the connection that carried it.
+type replyTo struct{ edge, conn string }
 
 // StuckAfter is how long a device's frames must keep being refused as
 // replayed, with none accepted, before the device is reported stuck: a

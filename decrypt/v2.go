@@ -57,8 +57,12 @@ func (w *Worker) decodeV2(ctx context.Context, f *rawFrame, sc *scratch) (Outcom
 		// not authoritative (ingest partitions v2 frames by device id).
 		return dead(bus.ReasonMalformed, fr.Device, fmt.Errorf("decrypt: v2 frame in RAW partition %d, its device's is %d", f.part, part))
 	}
+	place, err := f.place()
+	if err != nil {
+		return dead(bus.ReasonMalformed, fr.Device, err)
+	}
 	gen := key.Generation()
-	v, acc, err := w.marks.accept(ctx, v2Ref{id: markID{fr.Device, gen}, part: part, pin: f.pin, frameRef: frameRef{fr.Seq, f.seq, f.received.UnixNano()}})
+	v, acc, err := w.marks.accept(ctx, v2Ref{id: markID{fr.Device, gen}, part: part, pin: f.pin, frameRef: frameRef{fr.Seq, place, f.received.UnixNano()}})
 	if err != nil {
 		return Outcome{}, err // the partition's marks could not be loaded: retry the frame later
 	}
@@ -96,7 +100,11 @@ const (
 )
 
 // frameRef is what the replay check knows of a v2 frame: its sequence
-// number, the RAW message holding it, and when the edge received it (Unix ns).
+// number, its place in RAW (rawFrame.place: the message holding it, and
+// its index in a batch), and when the edge received it (Unix ns). A mark
+// folded in from READINGS knows a batched frame's message only (the
+// reading's RawSeq): the frame, if redelivered, is then found accepted
+// before, which it was, and its reading is not stored again.
 type frameRef struct {
 	seq, raw uint64
 	recv     int64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,8 +36,16 @@ func v2FrameFor(t testing.TB, d wire.Device, seq uint64, withPulse bool) []byte 
 // message id so the test can store the same frame twice (a replay).
 func publishV2Raw(t *testing.T, js jetstream.JetStream, device string, n int, frame []byte) {
 	t.Helper()
+	publishV2RawOn(t, js, device, "v2conn", n, frame)
+}
+
+// publishV2RawOn is publishV2Raw for a frame of connection conn, from
+// edge1.
+func publishV2RawOn(t *testing.T, js jetstream.JetStream, device, conn string, n int, frame []byte) {
+	t.Helper()
 	h := nats.Header{}
-	h.Set(bus.HeaderConn, "v2conn")
+	h.Set(bus.HeaderEdge, "edge1")
+	h.Set(bus.HeaderConn, conn)
 	h.Set(bus.HeaderFrameSeq, strconv.Itoa(n))
 	h.Set(bus.HeaderRemote, "127.0.0.1:40000")
 	h.Set(bus.HeaderLocal, "127.0.0.1:9998")
@@ -69,11 +78,24 @@ func runV2Worker(t *testing.T, js jetstream.JetStream, devs []wire.Device) *Work
 // taken for resends (acknowledged again, not stored) by either of two
 // workers; a frame stored out of order accepted once within the replay
 // window and refused as replayed beyond it; a tampered frame and an
-// unknown device refused.
+// unknown device refused. The same whether the edge stored each frame
+// alone or in RAW batches (a frame and its resend in one batch are two
+// frames, not one redelivered), and each reply goes to the connection
+// that carried its frame.
 func TestV2Frames(t *testing.T) {
+	for _, batch := range []int{0, 3, 64} {
+		t.Run("raw-batch="+strconv.Itoa(batch), func(t *testing.T) { testV2Frames(t, batch) })
+	}
+}
+
+func testV2Frames(t *testing.T, batch int) {
 	js := setup(t)
 	devs := loadKeys(t)
 	d := devs[1]
+	replies, err := js.Conn().SubscribeSync(bus.AckSubject("edge1"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	runV2Worker(t, js, devs)
 	runV2Worker(t, js, devs)
 	tampered := v2FrameFor(t, d, 9, false)
@@ -91,8 +113,21 @@ func TestV2Frames(t *testing.T) {
 		v2FrameFor(t, d, 7+ReplayWindow, false),
 		v2FrameFor(t, d, 7, false), // not seen, but the window moved past it
 	}
-	for i, f := range frames {
-		publishV2Raw(t, js, d.ID, i+1, f)
+	conn := func(i int) string { return "v2conn-" + strconv.Itoa(i) }
+	if batch == 0 {
+		for i, f := range frames {
+			publishV2RawOn(t, js, d.ID, conn(i), i+1, f)
+		}
+	} else {
+		var fs []bus.RawFrame
+		for i, f := range frames {
+			fs = append(fs, bus.RawFrame{Protocol: bus.ProtocolV2, Device: d.ID, Conn: conn(i), Seq: uint64(i + 1), Received: time.Now(), Remote: "127.0.0.1:40000", Local: "127.0.0.1:9998", Data: f})
+		}
+		for n := 0; len(fs) > 0; n++ {
+			k := min(batch, len(fs))
+			publishRawBatch(t, js, bus.Partition(d.ID, parts), "b"+strconv.Itoa(n), fs[:k])
+			fs = fs[k:]
+		}
 	}
 	readings := streamMsgs(t, js, bus.StreamReadings, 6)
 	var seqs []uint64
@@ -114,11 +149,37 @@ func TestV2Frames(t *testing.T) {
 	}
 	reasons := map[string]int{}
 	for _, m := range streamMsgs(t, js, bus.StreamDeadLetter, 3) {
-		reasons[m.Headers().Get(bus.HeaderReason)]++
+		h := m.Headers()
+		reasons[h.Get(bus.HeaderReason)]++
+		if h.Get(bus.HeaderProtocol) != bus.ProtocolV2 || !strings.HasPrefix(h.Get(bus.HeaderConn), "v2conn-") {
+			t.Fatalf("dead letter headers %v", h)
+		}
 	}
 	want := map[string]int{string(bus.ReasonReplayed): 1, string(bus.ReasonTampered): 1, string(bus.ReasonUnknownDevice): 1}
 	if fmt.Sprint(reasons) != fmt.Sprint(want) {
 		t.Fatalf("dead letters %v, want %v", reasons, want)
+	}
+	// Six ACKs of readings, two of resends, two REFUSED (replayed,
+	// tampered); none for the unknown device, whose key is not known.
+	wantReply := map[int]byte{0: wire.V2Ack, 1: wire.V2Ack, 2: wire.V2Ack, 3: wire.V2Ack, 4: wire.V2Ack, 5: wire.V2Ack, 6: wire.V2Refused, 8: wire.V2Ack, 9: wire.V2Ack, 10: wire.V2Refused}
+	for range len(wantReply) {
+		m, err := replies.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("replies: %v", err)
+		}
+		i, err := strconv.Atoi(strings.TrimPrefix(m.Header.Get(bus.HeaderConn), "v2conn-"))
+		if err != nil {
+			t.Fatalf("a reply for connection %q", m.Header.Get(bus.HeaderConn))
+		}
+		f, err := wire.ParseV2(m.Data)
+		sent, _ := wire.ParseV2(frames[i])
+		if err != nil || f.Type != wantReply[i] || f.Seq != sent.Seq {
+			t.Fatalf("reply on the connection of frame %d: %+v, %v; want type %d for seq %d", i, f, err, wantReply[i], sent.Seq)
+		}
+		delete(wantReply, i)
+	}
+	if len(wantReply) != 0 {
+		t.Fatalf("no reply for frames %v", wantReply)
 	}
 }
 

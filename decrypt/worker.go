@@ -240,6 +240,8 @@ type rawFrame struct {
 	// index is the frame's place, from 1, in its RAW batch (0: a message
 	// of its own); its per-frame fields then come from the batch's body.
 	index         int
+	protocol      string // bus.ProtocolLegacy or bus.ProtocolV2 ("": legacy)
+	device        string // a batched v2 frame's device, as the edge read it
 	conn          string
 	frameSeq      uint64
 	received      time.Time
@@ -267,10 +269,10 @@ func (f *rawFrame) parseHeaders(h nats.Header) error {
 	if f.received, err = time.Parse(time.RFC3339Nano, h.Get(bus.HeaderReceived)); err != nil {
 		return fmt.Errorf("%w: %s %q is not an RFC 3339 time", errBadHeaders, bus.HeaderReceived, clip(h.Get(bus.HeaderReceived)))
 	}
-	switch p := h.Get(bus.HeaderProtocol); p {
+	switch f.protocol = h.Get(bus.HeaderProtocol); f.protocol {
 	case "", bus.ProtocolLegacy, bus.ProtocolV2:
 	default:
-		return fmt.Errorf("%w: unsupported %s %q", errBadHeaders, bus.HeaderProtocol, clip(p))
+		return fmt.Errorf("%w: unsupported %s %q", errBadHeaders, bus.HeaderProtocol, clip(f.protocol))
 	}
 	f.remote, f.local = h.Get(bus.HeaderRemote), h.Get(bus.HeaderLocal)
 	return nil
@@ -298,9 +300,36 @@ func (f *rawFrame) frameHeader() nats.Header {
 	if f.index == 0 {
 		return f.header
 	}
-	bf := bus.RawFrame{Conn: f.conn, Seq: f.frameSeq, Received: f.received, Remote: f.remote, Local: f.local}
+	bf := bus.RawFrame{Protocol: f.protocol, Device: f.device, Conn: f.conn, Seq: f.frameSeq, Received: f.received, Remote: f.remote, Local: f.local}
 	return bf.Header(f.header)
 }
+
+// replyTo is where the frame's v2 reply goes.
+func (f *rawFrame) replyTo() replyTo {
+	return replyTo{edge: f.header.Get(bus.HeaderEdge), conn: f.conn}
+}
+
+// place tells the frame from every other in RAW for the v2 replay marks
+// (frameRef.raw): its RAW sequence, or for a batched frame its sequence
+// and index under batchPlace, so that two frames of one batch (a device's
+// frame and its resend, say) are never taken for one redelivered.
+func (f *rawFrame) place() (uint64, error) {
+	if f.index == 0 {
+		return f.seq, nil
+	}
+	if f.seq >= 1<<batchSeqBits || f.index >= 1<<batchIndexBits {
+		return 0, fmt.Errorf("%w: batched frame %d of RAW message %d has no place the replay marks can hold", errBadHeaders, f.index, f.seq)
+	}
+	return batchPlace | f.seq<<batchIndexBits | uint64(f.index), nil
+}
+
+// A batched frame's place: the top bit set (no RAW sequence reaches it),
+// then the message's sequence and the frame's index.
+const (
+	batchPlace     = 1 << 63
+	batchIndexBits = 16
+	batchSeqBits   = 63 - batchIndexBits
+)
 
 // ref names the frame in the message ids of its outputs: its RAW sequence,
 // and its place in a batch.
@@ -355,6 +384,7 @@ func (w *Worker) handleBatch(ctx context.Context, batch rawFrame) (bus.Completio
 	for i := range frames {
 		f := batch
 		f.index, f.data = i+1, frames[i].Data
+		f.protocol, f.device = frames[i].Protocol, frames[i].Device
 		f.conn, f.frameSeq, f.received = frames[i].Conn, frames[i].Seq, frames[i].Received
 		f.remote, f.local = frames[i].Remote, frames[i].Local
 		c, err := w.handleFrame(ctx, &f)
@@ -392,21 +422,21 @@ func (w *Worker) handleFrame(ctx context.Context, f *rawFrame) (bus.Completion, 
 	}
 	if out.Duplicate {
 		w.m.duplicates.Inc()
-		w.sendReply(f.header, out.reply)
+		w.sendReply(f.replyTo(), out.reply)
 		return nil, nil
 	}
 	if out.Reading == nil {
-		w.sendReply(f.header, out.reply)
+		w.sendReply(f.replyTo(), out.reply)
 		return w.deadLetter(*f, out)
 	}
 	if w.gathers(f.part) {
 		w.m.readings.WithLabelValues(out.Reading.Protocol, out.Reading.Variant).Inc()
 		b := w.gatherReading(ctx, f, out.Reading, out.keyGen)
 		if out.accepted != nil {
-			return &v2Output{w: w, stored: b.stored, accepted: out.accepted, header: f.header, ack: out.reply}, nil
+			return &v2Output{w: w, stored: b.stored, accepted: out.accepted, to: f.replyTo(), ack: out.reply}, nil
 		}
 		if out.reply != nil {
-			return replyAfter{batchMember{b}, w, f.header, out.reply}, nil
+			return replyAfter{batchMember{b}, w, f.replyTo(), out.reply}, nil
 		}
 		return batchMember{b}, nil
 	}
@@ -416,21 +446,21 @@ func (w *Worker) handleFrame(ctx context.Context, f *rawFrame) (bus.Completion, 
 			w.marks.stored(out.accepted, 0, err)
 			return nil, err
 		}
-		return &v2Output{w: w, stored: func(ctx context.Context) (uint64, error) { return storedAt(ctx, w.js, fut) }, accepted: out.accepted, header: f.header, ack: out.reply}, nil
+		return &v2Output{w: w, stored: func(ctx context.Context) (uint64, error) { return storedAt(ctx, w.js, fut) }, accepted: out.accepted, to: f.replyTo(), ack: out.reply}, nil
 	}
 	c, err := w.publishReading(out.Reading, f.ref())
 	if err != nil || out.reply == nil {
 		return c, err
 	}
-	return replyAfter{c, w, f.header, out.reply}, nil
+	return replyAfter{c, w, f.replyTo(), out.reply}, nil
 }
 
 // replyAfter sends a v2 ACK once the reading's publish is acknowledged.
 type replyAfter struct {
 	bus.Completion
-	w      *Worker
-	header nats.Header
-	reply  []byte
+	w     *Worker
+	to    replyTo
+	reply []byte
 }
 
 // Wait waits for the reading, then acknowledges the frame to the device.
@@ -438,7 +468,7 @@ func (r replyAfter) Wait(ctx context.Context) error {
 	if err := r.Completion.Wait(ctx); err != nil {
 		return err
 	}
-	r.w.sendReply(r.header, r.reply)
+	r.w.sendReply(r.to, r.reply)
 	return nil
 }
 
@@ -452,7 +482,7 @@ type v2Output struct {
 	// and returns its READINGS sequence.
 	stored   func(ctx context.Context) (uint64, error)
 	accepted *acceptance
-	header   nats.Header
+	to       replyTo
 	ack      []byte
 }
 
@@ -463,7 +493,7 @@ func (o *v2Output) Wait(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	o.w.sendReply(o.header, o.ack)
+	o.w.sendReply(o.to, o.ack)
 	return nil
 }
 
@@ -536,7 +566,7 @@ func (w *Worker) decode(ctx context.Context, f *rawFrame) (Outcome, error) {
 	}
 	sc := w.bufs.Get().(*scratch)
 	defer w.bufs.Put(sc)
-	if f.header.Get(bus.HeaderProtocol) == bus.ProtocolV2 {
+	if f.protocol == bus.ProtocolV2 {
 		if w.marks == nil {
 			return Outcome{}, errors.New("decrypt: a v2 frame, but no high-water mark store (Options.Seqs)")
 		}

@@ -111,13 +111,14 @@ type Options struct {
 	// whereas nats.go wakes every stalled publisher at once, which with
 	// thousands of connections costs more than the publishes themselves.
 	MaxPendingFrames int
-	// RawBatch is the most legacy frames of a RAW partition stored in one
-	// RAW message (bus.ProtocolLegacyBatch) when they are ready together
+	// RawBatch is the most frames of a RAW partition stored in one RAW
+	// message (bus.ProtocolBatch) when they are ready together
 	// (DefaultRawBatch in up). 0 or 1 stores each frame in a message of
 	// its own, which a decrypt from before batches reads: raise it once
-	// every decrypt process reads batches. v2 frames are always stored one
-	// a message: their message id (bus.V2MsgID) is how RAW recognises a
-	// device's resend.
+	// every decrypt process reads batches. A v2 frame of its own carries
+	// its message id (bus.V2MsgID), by which RAW stores a device's resend
+	// once; batched, a resend is stored again and decrypt's replay marks
+	// answer it as accepted before.
 	RawBatch int
 	// DrainTimeout bounds the wait for pending publishes at shutdown (default 10 s).
 	DrainTimeout time.Duration
@@ -218,7 +219,7 @@ type Edge struct {
 	m       *metrics
 	pending chan pendingPublish
 	window  chan struct{} // one slot per single frame awaiting RAW's ack
-	// gathers are the RAW partitions' legacy frames gathered for their
+	// gathers are the RAW partitions' frames gathered for their
 	// next message (nil: RawBatch is off); batchedFrames counts the frames
 	// of batches awaiting RAW's ack, batchIDPrefix starts their ids.
 	gathers       []*rawGather
@@ -266,6 +267,8 @@ type pendingPublish struct {
 	// needs to answer the device.
 	v2     *conn
 	seq, n uint64
+	// owed are a batch's v2 frames, told if the batch is lost.
+	owed []owedV2
 }
 
 // New binds the listener but does not accept yet.
@@ -733,7 +736,10 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 		e.frameValid(cn)
 		e.throttle(cn)
 		if g != nil {
-			e.gatherLegacy(cn, g, seq, frame)
+			if err := e.gather(cn, g, seq, frame, nil); err != nil {
+				e.closed(cn, err, seq)
+				return
+			}
 			frames.Inc()
 			e.m.frameBytes.Add(float64(len(frame)))
 			continue
@@ -752,7 +758,8 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 }
 
 // serveV2 reads a v2 stream. RAW partitions v2 frames by device, so a
-// device's frames stay in order across reconnects, and their message id
+// device's frames stay in order across reconnects. With batches (RawBatch)
+// a frame joins its partition's next message; alone, its message id
 // (bus.V2MsgID: device, seq and the tag, which only the genuine frame has)
 // stores a retransmission once. A stored frame's publish is followed up by
 // the edge's one watcher (watchAcks), as legacy frames are: the ACK comes
@@ -761,6 +768,7 @@ func (e *Edge) serveLegacy(cn *conn, br *bufio.Reader) {
 // (settleV2).
 func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 	var buf []byte
+	v2Frames := e.m.frames.WithLabelValues(bus.ProtocolV2)
 	for n := uint64(1); ; n++ {
 		frame, err := e.readV2Frame(cn, br, buf)
 		if err == nil {
@@ -772,6 +780,15 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 			if err == nil {
 				e.frameValid(cn)
 				e.throttle(cn)
+				if e.gathers != nil {
+					if err = e.gather(cn, e.gathers[bus.Partition(f.Device, e.o.Partitions)], n, frame, &f); err != nil {
+						e.closed(cn, err, n)
+						return
+					}
+					v2Frames.Inc()
+					e.m.frameBytes.Add(float64(len(frame)))
+					continue
+				}
 				msg := e.rawMsg(cn, f.Device, bus.ProtocolV2, n, frame)
 				msg.Header.Set(bus.HeaderDevice, f.Device)
 				msg.Header.Set(jetstream.MsgIDHeader, bus.V2MsgID(f.Device, f.Seq, f.Tag()))
@@ -984,7 +1001,9 @@ func (e *Edge) watchAcks() {
 			e.settleV2(p)
 			continue
 		}
-		e.awaitStored(p)
+		if e.awaitStored(p) == lost {
+			e.owedErrors(p)
+		}
 	}
 }
 

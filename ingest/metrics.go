@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, pending, penalised func() float64) *m
 		resends:        prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_v2_resends_total", Help: "v2 frames RAW already held, stored again for decrypt to acknowledge again."}),
 		penalties:      prometheus.NewCounter(prometheus.CounterOpts{Name: "medpipe_ingest_penalties_total", Help: "Times an address was penalised (refused new connections for --penalty) for being cut for abuse --penalty-strikes times."}),
 		framesPerMessage: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "medpipe_ingest_frames_per_message",
-			Help:    "Legacy frames in each RAW message a partition's gathered frames were stored in (bounded by --raw-batch; without it, every frame is a message of its own and this stays empty).",
+			Help:    "Frames in each RAW message a partition's gathered frames were stored in (bounded by --raw-batch; without it, every frame is a message of its own and this stays empty).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}}),
 		stored: ops.NewLatency("medpipe_ingest_store_latency_seconds", "Frames' time in the edge: from reading the frame's end to RAW's acknowledgement (retries included)."),
 	}

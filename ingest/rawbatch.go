@@ -10,10 +10,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
 )
 
-// DefaultRawBatch is how many legacy frames of a RAW partition `medpipe
-// up` stores in one RAW message when they are ready together. A partition
+// DefaultRawBatch is how many frames of a RAW partition `medpipe up`
+// stores in one RAW message when they are ready together. A partition
 // with one frame ready and a message slot free sends it at once: frames
 // gather only while the partition's earlier messages await RAW's ack, so
 // batching adds no delay of its own.
@@ -29,9 +30,9 @@ const rawBatchesInFlight = 1
 // default 1 MB message limit.
 const maxRawBatchBytes = 256 << 10
 
-// rawGather is one RAW partition's legacy frames gathered for its next
-// message. Connections add frames (gatherLegacy); the partition's flusher
-// (flushRaw) takes them all whenever one of its message slots is free.
+// rawGather is one RAW partition's frames gathered for its next message.
+// Connections add frames (gather); the partition's flusher (flushRaw)
+// takes them all whenever one of its message slots is free.
 type rawGather struct {
 	part    int
 	mu      sync.Mutex
@@ -40,7 +41,10 @@ type rawGather struct {
 	records []byte    // the frames, as bus.AppendRawFrame writes them
 	n       int       // how many
 	first   time.Time // the first one's receive time
-	closed  bool      // no more frames: flush what is left and stop
+	// owed are the v2 frames gathered: each is owed an ERROR if the
+	// message is lost (when it is stored, decrypt answers each).
+	owed   []owedV2
+	closed bool // no more frames: flush what is left and stop
 	// slots holds one token per message of the partition awaiting RAW's
 	// ack; watchAcks takes it back.
 	slots chan struct{}
@@ -56,22 +60,42 @@ func newRawGathers(parts int) []*rawGather {
 	return gs
 }
 
-// gatherLegacy adds a connection's frame to its partition's next RAW
-// message. It waits while that message is full: a partition whose
-// messages RAW does not acknowledge slows its connections' reads.
-func (e *Edge) gatherLegacy(cn *conn, g *rawGather, seq uint64, frame []byte) {
-	now := time.Now()
+// owedV2 is a batched v2 frame's connection and sequence number: what the
+// edge needs to tell the device that its frame was not stored.
+type owedV2 struct {
+	cn  *conn
+	seq uint64
+}
+
+// gather adds a connection's frame (the n-th it read) to its partition's
+// next RAW message; a v2 frame comes with its device and sequence number.
+// It waits while that message is full: a partition whose messages RAW does
+// not acknowledge slows its connections' reads.
+func (e *Edge) gather(cn *conn, g *rawGather, n uint64, frame []byte, v2 *wire.V2Frame) error {
+	f := bus.RawFrame{Protocol: bus.ProtocolLegacy, Conn: cn.id, Seq: n, Remote: cn.remote, Local: cn.local, Data: frame}
+	if v2 != nil {
+		f.Protocol, f.Device = bus.ProtocolV2, v2.Device
+	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	for g.n >= e.o.RawBatch || len(g.records) >= maxRawBatchBytes {
 		g.room.Wait()
 	}
-	if g.n == 0 {
-		g.first = now
+	f.Received = time.Now()
+	records, err := bus.AppendRawFrame(g.records, &f)
+	if err != nil {
+		return err
 	}
-	g.records = bus.AppendRawFrame(g.records, &bus.RawFrame{Conn: cn.id, Seq: seq, Received: now, Remote: cn.remote, Local: cn.local, Data: frame})
+	if g.n == 0 {
+		g.first = f.Received
+	}
+	g.records = records
 	g.n++
+	if v2 != nil {
+		g.owed = append(g.owed, owedV2{cn, v2.Seq})
+	}
 	g.ready.Signal()
-	g.mu.Unlock()
+	return nil
 }
 
 // closeGather ends a partition's gathering: its flusher sends what is left
@@ -94,8 +118,8 @@ func (e *Edge) flushRaw(g *rawGather) {
 		for g.n == 0 && !g.closed {
 			g.ready.Wait()
 		}
-		n, records, first := g.n, g.records, g.first
-		g.records, g.n = spare[:0], 0
+		n, records, first, owed := g.n, g.records, g.first, g.owed
+		g.records, g.n, g.owed = spare[:0], 0, nil
 		g.room.Broadcast()
 		g.mu.Unlock()
 		if n == 0 { // closed
@@ -107,7 +131,7 @@ func (e *Edge) flushRaw(g *rawGather) {
 			Data:    bus.AppendRawBatch(make([]byte, 0, 1+binary.MaxVarintLen64+len(records)), n, records),
 			Header: nats.Header{
 				bus.HeaderEdge:     {e.o.EdgeID},
-				bus.HeaderProtocol: {bus.ProtocolLegacyBatch},
+				bus.HeaderProtocol: {bus.ProtocolBatch},
 				bus.HeaderReceived: {first.UTC().Format(time.RFC3339Nano)},
 				// A retried publish of the batch is stored once; the
 				// process's own prefix keeps ids apart across restarts of
@@ -118,7 +142,7 @@ func (e *Edge) flushRaw(g *rawGather) {
 		spare = records
 		e.m.framesPerMessage.Observe(float64(n))
 		e.batchedFrames.Add(int64(n))
-		p := pendingPublish{msg: msg, batch: g, frames: n}
+		p := pendingPublish{msg: msg, batch: g, frames: n, owed: owed}
 		if e.abandon.Err() != nil {
 			e.unconfirmed.Add(int64(n))
 			e.released(p)
@@ -128,6 +152,7 @@ func (e *Edge) flushRaw(g *rawGather) {
 		if err != nil {
 			if !e.retry(msg, err) {
 				e.unconfirmed.Add(int64(n))
+				e.owedErrors(p) // as serveV2 does for a frame of its own
 			}
 			e.released(p)
 			continue
@@ -135,4 +160,18 @@ func (e *Edge) flushRaw(g *rawGather) {
 		p.future = f
 		e.pending <- p
 	}
+}
+
+// owedErrors tells each v2 device of a batch RAW could not store that its
+// frame was not stored: it keeps the frame and sends it again. Written
+// aside, as settleV2 does: the watcher must not wait on devices' sockets.
+func (e *Edge) owedErrors(p pendingPublish) {
+	if len(p.owed) == 0 {
+		return
+	}
+	go func() {
+		for _, o := range p.owed {
+			o.cn.writeReply(wire.AppendV2Error(nil, o.seq, wire.V2ErrStore, "frame not stored"))
+		}
+	}()
 }

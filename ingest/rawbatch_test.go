@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bufio"
 	"context"
 	"strconv"
 	"strings"
@@ -10,8 +11,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/wire"
 )
 
 // rawFrame is a frame as RAW holds it, alone or in a batch, with the
@@ -46,7 +49,7 @@ func unbatched(t testing.TB, subject string, h nats.Header, data []byte) []rawFr
 		if err != nil {
 			t.Fatalf("received header: %v", err)
 		}
-		return []rawFrame{{RawFrame: bus.RawFrame{Conn: h.Get(bus.HeaderConn), Seq: seq, Received: recv, Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal), Data: data}, subject: subject, msgFrames: 1}}
+		return []rawFrame{{RawFrame: bus.RawFrame{Protocol: h.Get(bus.HeaderProtocol), Device: h.Get(bus.HeaderDevice), Conn: h.Get(bus.HeaderConn), Seq: seq, Received: recv, Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal), Data: data}, subject: subject, msgFrames: 1}}
 	}
 	fs, err := bus.DecodeRawBatch(data)
 	if err != nil {
@@ -163,5 +166,78 @@ func TestBatchedFramesWaitForRaw(t *testing.T) {
 		if int(f.Seq) != i+1 {
 			t.Fatalf("frame %d at %d: order lost", f.Seq, i+1)
 		}
+	}
+}
+
+// TestBatchedV2Frames: with RawBatch, v2 frames join their device's
+// partition's batches beside legacy frames, each with its protocol and
+// device, in the device's order; decrypt's replies reach each frame's
+// connection, and a resend is stored again (no duplicate window for a
+// batched frame) and answered again.
+func TestBatchedV2Frames(t *testing.T) {
+	h := start(t, Options{RawBatch: DefaultRawBatch})
+	ackAsDecrypt(t, h.js.Conn(), map[string]*wire.V2Key{testDev.ID: v2Key})
+	v2 := dial(t, h)
+	legacy := dial(t, h)
+	r := bufio.NewReader(v2)
+	const frames = 40
+	var v2Burst, legacyBurst []byte
+	for seq := uint64(1); seq <= frames; seq++ {
+		v2Burst = append(v2Burst, v2Frame(t, seq)...)
+		legacyBurst = append(legacyBurst, frame(int(seq))...)
+	}
+	go func() { _, _ = legacy.Write(legacyBurst) }()
+	if _, err := v2.Write(v2Burst); err != nil {
+		t.Fatal(err)
+	}
+	acked := map[uint64]bool{}
+	for range frames {
+		f := readReply(t, r)
+		if f.Type != wire.V2Ack || !v2Key.VerifyReply(&f, v2Frame(t, f.Seq)) {
+			t.Fatalf("reply %+v does not verify", f)
+		}
+		acked[f.Seq] = true
+	}
+	if len(acked) != frames {
+		t.Fatalf("ACKs for %d frames, want %d", len(acked), frames)
+	}
+	if _, err := v2.Write(v2Frame(t, 7)); err != nil { // a resend after a lost ACK
+		t.Fatal(err)
+	}
+	if f := readReply(t, r); f.Type != wire.V2Ack || f.Seq != 7 {
+		t.Fatalf("resend: reply %+v", f)
+	}
+	fs := rawFrames(t, h.js, 2*frames+1)
+	var seqs []uint64
+	batched := 0
+	for _, f := range fs {
+		if f.Protocol != bus.ProtocolV2 {
+			continue
+		}
+		if f.Device != testDev.ID || f.subject != bus.RawSubject(bus.Partition(testDev.ID, parts)) {
+			t.Fatalf("v2 frame %+v in %s: wrong device or partition", f.RawFrame, f.subject)
+		}
+		p, err := wire.ParseV2(f.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, p.Seq)
+		if f.msgFrames > 1 {
+			batched++
+		}
+	}
+	if len(seqs) != frames+1 || seqs[frames] != 7 {
+		t.Fatalf("v2 frames in RAW: %v, want 1..%d then the resend of 7", seqs, frames)
+	}
+	for i, seq := range seqs[:frames] {
+		if seq != uint64(i+1) {
+			t.Fatalf("v2 frames in RAW: %v: order lost", seqs)
+		}
+	}
+	if batched == 0 {
+		t.Fatal("no v2 frame sent in a burst shared a RAW message")
+	}
+	if n := testutil.ToFloat64(h.edge.m.frames.WithLabelValues(bus.ProtocolV2)); n != frames+1 {
+		t.Fatalf("medpipe_ingest_frames_total{protocol=v2} %v, want %d", n, frames+1)
 	}
 }

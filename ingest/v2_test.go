@@ -50,11 +50,8 @@ func readReply(t testing.TB, r *bufio.Reader) wire.V2Frame {
 // tested in decrypt and end to end in cmd/medpipe).
 func ackAsDecrypt(t testing.TB, nc *nats.Conn, keys map[string]*wire.V2Key) {
 	t.Helper()
-	sub, err := nc.Subscribe(bus.SubjectRawPrefix+">", func(m *nats.Msg) {
-		if m.Header.Get(bus.HeaderProtocol) != bus.ProtocolV2 {
-			return
-		}
-		f, err := wire.ParseV2(m.Data)
+	ack := func(edge, conn string, data []byte) {
+		f, err := wire.ParseV2(data)
 		if err != nil {
 			return
 		}
@@ -65,8 +62,23 @@ func ackAsDecrypt(t testing.TB, nc *nats.Conn, keys map[string]*wire.V2Key) {
 		if _, err := k.Open(nil, &f); err != nil {
 			return
 		}
-		_ = nc.PublishMsg(&nats.Msg{Subject: bus.AckSubject(m.Header.Get(bus.HeaderEdge)), Data: k.AppendAck(nil, f.Seq, f.Tag()),
-			Header: nats.Header{bus.HeaderConn: {m.Header.Get(bus.HeaderConn)}}})
+		_ = nc.PublishMsg(&nats.Msg{Subject: bus.AckSubject(edge), Data: k.AppendAck(nil, f.Seq, f.Tag()), Header: nats.Header{bus.HeaderConn: {conn}}})
+	}
+	sub, err := nc.Subscribe(bus.SubjectRawPrefix+">", func(m *nats.Msg) {
+		switch m.Header.Get(bus.HeaderProtocol) {
+		case bus.ProtocolV2:
+			ack(m.Header.Get(bus.HeaderEdge), m.Header.Get(bus.HeaderConn), m.Data)
+		case bus.ProtocolBatch:
+			fs, err := bus.DecodeRawBatch(m.Data)
+			if err != nil {
+				return
+			}
+			for _, f := range fs {
+				if f.Protocol == bus.ProtocolV2 {
+					ack(m.Header.Get(bus.HeaderEdge), f.Conn, f.Data)
+				}
+			}
+		}
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -19,8 +19,8 @@ import (
 )
 
 // storeBatched stores n generated frames in RAW as an edge with --raw-batch
-// does: a partition's legacy frames in batches of up to size, v2 frames
-// one a message. It returns what replay must give, in RAW's order, as
+// does: a partition's frames, legacy and v2, in batches of up to size. It
+// returns what replay must give, in RAW's order, as
 // "device raw-seq values" lines.
 func storeBatched(ctx context.Context, t testing.TB, js jetstream.JetStream, g *rawgen.Generator, devs []rawgen.Device, parts, n, size int) []string {
 	t.Helper()
@@ -47,11 +47,14 @@ func storeBatched(ctx context.Context, t testing.TB, js jetstream.JetStream, g *
 		}
 		var records []byte
 		for i := range pd.bodies {
-			records = bus.AppendRawFrame(records, &pd.bodies[i])
+			var err error
+			if records, err = bus.AppendRawFrame(records, &pd.bodies[i]); err != nil {
+				t.Fatal(err)
+			}
 		}
 		batches++
 		store(&nats.Msg{Subject: bus.RawSubject(p), Data: bus.AppendRawBatch(nil, len(pd.bodies), records), Header: nats.Header{
-			bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolLegacyBatch},
+			bus.HeaderEdge: {"edge1"}, bus.HeaderProtocol: {bus.ProtocolBatch},
 			bus.HeaderReceived: {pd.bodies[0].Received.Format(time.RFC3339Nano)}, jetstream.MsgIDHeader: {"edge1:x:b" + strconv.Itoa(batches)},
 		}}, pd.frames)
 		*pd = pending{}
@@ -62,14 +65,10 @@ func storeBatched(ctx context.Context, t testing.TB, js jetstream.JetStream, g *
 			t.Fatal(err)
 		}
 		h := f.Msg.Header
-		if h.Get(bus.HeaderProtocol) == bus.ProtocolV2 {
-			store(f.Msg, []rawgen.Frame{f})
-			continue
-		}
 		p, _ := strconv.Atoi(strings.TrimPrefix(f.Msg.Subject, bus.SubjectRawPrefix))
 		pd := &gathered[p]
 		pd.frames = append(pd.frames, f)
-		pd.bodies = append(pd.bodies, bus.RawFrame{Conn: h.Get(bus.HeaderConn), Seq: f.Seq, Received: f.Received, Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal), Data: f.Msg.Data})
+		pd.bodies = append(pd.bodies, bus.RawFrame{Protocol: h.Get(bus.HeaderProtocol), Device: h.Get(bus.HeaderDevice), Conn: h.Get(bus.HeaderConn), Seq: f.Seq, Received: f.Received, Remote: h.Get(bus.HeaderRemote), Local: h.Get(bus.HeaderLocal), Data: f.Msg.Data})
 		if len(pd.bodies) == size {
 			flush(p)
 		}
@@ -118,7 +117,7 @@ func TestReplayRawBatches(t *testing.T) {
 	}
 
 	// A batch whose body cannot be read is counted as malformed, once.
-	if _, err := b.JS.PublishMsg(ctx, &nats.Msg{Subject: bus.RawSubject(1), Data: []byte{0xBA, 9}, Header: nats.Header{bus.HeaderProtocol: {bus.ProtocolLegacyBatch}}}); err != nil {
+	if _, err := b.JS.PublishMsg(ctx, &nats.Msg{Subject: bus.RawSubject(1), Data: []byte{0xBB, 9}, Header: nats.Header{bus.HeaderProtocol: {bus.ProtocolBatch}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, sum := replayJSON(ctx, t, openRaw(ctx, t, b.JS, Selection{}), devs, Selection{}); sum.DeadLetters[bus.ReasonMalformed] != 1 || sum.Readings != n {

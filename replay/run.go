@@ -215,7 +215,7 @@ func Run(ctx context.Context, src Source, o Options) (Summary, error) {
 }
 
 // unbatch appends to dst the frames of a RAW message: itself, or each
-// frame of a batch (bus.ProtocolLegacyBatch) with the headers a message of
+// frame of a batch (bus.ProtocolBatch) with the headers a message of
 // its own would have carried, so that selection and decoding see what they
 // see of single frames.
 func unbatch(dst []*archive.Frame, msg *archive.Frame) ([]*archive.Frame, error) {

@@ -73,7 +73,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet, rawBatch int) {
 	fs.IntVar(&f.penaltyStrikes, "penalty-strikes", ingest.DefaultPenaltyStrikes, "abuse cuts (bad bytes, timeouts, unknown key) of one address that earn it a --penalty")
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
 	fs.IntVar(&f.maxPending, "ingest-in-flight", ingest.DefaultMaxPendingFrames, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
-	fs.IntVar(&f.rawBatch, "raw-batch", rawBatch, fmt.Sprintf("most legacy frames of a partition stored in one RAW message when ready together (%d in up; 1: a message each, as decrypt before batches reads; raise it once every decrypt process reads batches)", ingest.DefaultRawBatch))
+	fs.IntVar(&f.rawBatch, "raw-batch", rawBatch, fmt.Sprintf("most frames of a partition stored in one RAW message when ready together (%d in up; 1: a message each, as decrypt before batches reads; raise it once every decrypt process reads batches)", ingest.DefaultRawBatch))
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", ingest.DefaultIdleTimeout, "close a device connection silent for this long")
 }
