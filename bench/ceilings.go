@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/medpipe/medpipe/bus"
+	"github.com/medpipe/medpipe/mqttconn"
 )
 
 // Ceilings are what the pipeline's parts give on this machine at this
@@ -110,7 +111,8 @@ const ceilingTopic = bus.DefaultTopicPrefix + "/medpipe-bench/ceiling"
 func mqttRate(ctx context.Context, url, readURL string, qos byte, n, size int) (float64, error) {
 	var got atomic.Int64
 	done := make(chan struct{})
-	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(readURL).SetClientID("medpipe-bench-ceiling-sub").SetCleanSession(true))
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(readURL).SetClientID("medpipe-bench-ceiling-sub").SetCleanSession(true).
+		SetCustomOpenConnectionFn(mqttconn.Open)) // the client publish uses: the ceiling is the broker's, not paho's
 	if t := sub.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return 0, fmt.Errorf("subscriber connect: %v", t.Error())
 	}
@@ -122,7 +124,8 @@ func mqttRate(ctx context.Context, url, readURL string, qos byte, n, size int) (
 	}); !t.WaitTimeout(10*time.Second) || subscribeError(t, ceilingTopic) != nil {
 		return 0, fmt.Errorf("subscribe: %v", subscribeError(t, ceilingTopic))
 	}
-	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-ceiling-pub").SetCleanSession(true))
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("medpipe-bench-ceiling-pub").SetCleanSession(true).
+		SetCustomOpenConnectionFn(mqttconn.Open))
 	if t := pub.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return 0, fmt.Errorf("publisher connect: %v", t.Error())
 	}
