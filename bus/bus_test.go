@@ -63,6 +63,29 @@ func TestApplyStreams(t *testing.T) {
 	if cfg := s.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Compression != jetstream.NoCompression || cfg.Storage != jetstream.FileStorage {
 		t.Fatalf("RAW config %+v", cfg)
 	}
+	// The duplicate window: the default on a new stream, then what is
+	// given, kept by a stage without an opinion.
+	for _, name := range []string{StreamRaw, StreamReadings, StreamDeadLetter} {
+		s, _ := js.Stream(ctx, name)
+		if d := s.CachedInfo().Config.Duplicates; d != DefaultDuplicateWindow {
+			t.Fatalf("%s created with a duplicate window of %v, want %v", name, d, DefaultDuplicateWindow)
+		}
+	}
+	if _, err := ApplyStreams(ctx, js, StreamOptions{DuplicateWindow: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ApplyStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{StreamRaw, StreamReadings, StreamDeadLetter} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := s.CachedInfo().Config.Duplicates; d != 5*time.Second {
+			t.Fatalf("%s keeps a duplicate window of %v, want the 5s given", name, d)
+		}
+	}
 	// Compression is a setting of every stream, changed in place; limits
 	// not given stay as they are.
 	if _, err := ApplyStreams(ctx, js, StreamOptions{Compression: jetstream.S2Compression, CompressionSet: true}); err != nil {

@@ -77,7 +77,7 @@ func Export(ctx context.Context, src *RawSource, sel Selection, w io.Writer, pro
 
 // ImportBucket is the KV bucket recording which frames of which origin
 // were imported, so that importing an archive again stores nothing twice
-// however long after (JetStream's duplicate window alone is minutes).
+// however long after (a stream's duplicate window is seconds: bus.DefaultDuplicateWindow).
 const ImportBucket = bus.ImportBucket
 
 // Import header names set on imported frames.

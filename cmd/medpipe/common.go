@@ -102,6 +102,9 @@ func (n *natsFlags) givenStreams() bus.StreamOptions {
 	if !given["readings-max-age"] {
 		o.ReadingsMaxAge = 0
 	}
+	if !given["duplicate-window"] {
+		o.DuplicateWindow = 0
+	}
 	o.CompressionSet = given["stream-compression"]
 	return o
 }
@@ -113,6 +116,7 @@ func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
 	fs.Int64Var(&n.streams.RawMaxBytes, "raw-max-bytes", bus.DefaultRawMaxBytes, "RAW size limit in bytes; the oldest frames go first")
 	fs.DurationVar(&n.streams.ReadingsMaxAge, "readings-max-age", bus.DefaultReadingsMaxAge, "how long READINGS keeps readings")
+	fs.DurationVar(&n.streams.DuplicateWindow, "duplicate-window", bus.DefaultDuplicateWindow, "how long the streams remember a message id, so that a retried publish is stored once (longer: more server memory and a longer latency tail)")
 	fs.Var((*compressionFlag)(&n.streams.Compression), "stream-compression", "compression of the streams on disk (`algorithm`): none, or s2 (35 % less disk for RAW, and a longer latency tail)")
 }
 
