@@ -20,6 +20,11 @@ import (
 // HeaderReceived of its first frame).
 const ProtocolBatch = "batch"
 
+// MaxRawBatchFrames is the most frames a RAW batch may hold: decrypt tells
+// a batched frame from every other by the batch's RAW sequence and the
+// frame's index, which it keeps in 16 bits.
+const MaxRawBatchFrames = 4096
+
 // rawBatchBody starts a RAW batch body. It is no hex digit, so no legacy
 // frame, which is hex text, begins with it, nor a v2 frame's first byte.
 const rawBatchBody = 0xBB
@@ -94,7 +99,7 @@ func DecodeRawBatch(data []byte) ([]RawFrame, error) {
 	n := d.uvarint()
 	// A count beyond what the bytes could hold is a lie, refused before
 	// anything is allocated for it.
-	if d.err != nil || n == 0 || n > uint64(len(d.b))/minRawRecord {
+	if d.err != nil || n == 0 || n > uint64(len(d.b))/minRawRecord || n > MaxRawBatchFrames {
 		return nil, fmt.Errorf("%w: bad frame count", ErrRawBatch)
 	}
 	out := make([]RawFrame, n)

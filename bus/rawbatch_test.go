@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"testing"
@@ -64,6 +65,10 @@ func TestDecodeRawBatchRefuses(t *testing.T) {
 		}
 		return b
 	}
+	legacyRecord := record(RawFrame{Protocol: ProtocolLegacy, Conn: "c", Seq: 1, Data: []byte("ab")})
+	if fs, err := DecodeRawBatch(AppendRawBatch(nil, MaxRawBatchFrames, bytes.Repeat(legacyRecord, MaxRawBatchFrames))); err != nil || len(fs) != MaxRawBatchFrames {
+		t.Fatalf("a batch of MaxRawBatchFrames: %d frames, %v", len(fs), err)
+	}
 	legacyWithDevice := record(RawFrame{Protocol: ProtocolLegacy, Device: "pico-7", Conn: "c", Seq: 1, Data: []byte("ab")})
 	v2WithoutDevice := record(RawFrame{Protocol: ProtocolLegacy, Conn: "c", Seq: 1, Data: []byte("ab")})
 	v2WithoutDevice[0] = rawFrameV2
@@ -77,6 +82,7 @@ func TestDecodeRawBatchRefuses(t *testing.T) {
 		{"single frame text", []byte("0a1b2c\n")},
 		{"no frames", AppendRawBatch(nil, 0, nil)},
 		{"count beyond the bytes", AppendRawBatch(nil, 4_000_000_000, []byte("abcdef"))},
+		{"more frames than a batch may hold", AppendRawBatch(nil, MaxRawBatchFrames+1, bytes.Repeat(legacyRecord, MaxRawBatchFrames+1))},
 		{"count above the records", AppendRawBatch(nil, 4, good[2:])},
 		{"truncated", good[:len(good)-1]},
 		{"trailing bytes", append(append([]byte(nil), good...), 0)},

@@ -324,7 +324,8 @@ func (f *rawFrame) place() (uint64, error) {
 }
 
 // A batched frame's place: the top bit set (no RAW sequence reaches it),
-// then the message's sequence and the frame's index.
+// then the message's sequence and the frame's index (at most
+// bus.MaxRawBatchFrames).
 const (
 	batchPlace     = 1 << 63
 	batchIndexBits = 16

@@ -192,6 +192,9 @@ func (o *Options) setDefaults() error {
 	if o.MaxPendingFrames <= 0 {
 		o.MaxPendingFrames = DefaultMaxPendingFrames
 	}
+	if o.RawBatch > bus.MaxRawBatchFrames {
+		return fmt.Errorf("ingest: raw batch of %d frames: at most %d", o.RawBatch, bus.MaxRawBatchFrames)
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}

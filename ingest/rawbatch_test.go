@@ -241,3 +241,18 @@ func TestBatchedV2Frames(t *testing.T) {
 		t.Fatalf("medpipe_ingest_frames_total{protocol=v2} %v, want %d", n, frames+1)
 	}
 }
+
+// TestRawBatchBound: an edge asked for larger RAW batches than a batch may
+// hold (bus.MaxRawBatchFrames) refuses to start, naming the bound.
+func TestRawBatchBound(t *testing.T) {
+	for _, tc := range []struct {
+		batch int
+		ok    bool
+	}{{bus.MaxRawBatchFrames, true}, {bus.MaxRawBatchFrames + 1, false}} {
+		o := Options{EdgeID: "edge1", Partitions: 4, RawBatch: tc.batch}
+		err := o.setDefaults()
+		if (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), strconv.Itoa(bus.MaxRawBatchFrames))) {
+			t.Fatalf("RawBatch %d: %v", tc.batch, err)
+		}
+	}
+}
