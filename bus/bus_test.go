@@ -116,6 +116,19 @@ func TestApplyStreams(t *testing.T) {
 	}
 }
 
+// TestNewPartitions: NewPartitions is the count of streams created now;
+// existing streams keep theirs whatever a later start says.
+func TestNewPartitions(t *testing.T) {
+	_, js := startServer(t)
+	ctx := t.Context()
+	if n, err := ApplyStreams(ctx, js, StreamOptions{NewPartitions: 6}); err != nil || n != 6 {
+		t.Fatalf("create: %d partitions, %v; want 6", n, err)
+	}
+	if n, err := ApplyStreams(ctx, js, StreamOptions{NewPartitions: 9}); err != nil || n != 6 {
+		t.Fatalf("restart: %d partitions, %v; want the existing 6", n, err)
+	}
+}
+
 func TestEmbeddedBusyPort(t *testing.T) {
 	e, _ := startServer(t)
 	port := e.Server.Addr().(interface{ String() string }).String()

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,9 +32,13 @@ const metaPartitions = "medpipe_partitions"
 // given: a new stream takes the default, an existing one keeps its own.
 type StreamOptions struct {
 	// Partitions of RAW and READINGS. Zero adopts the existing streams'
-	// count, or DefaultPartitions for new streams; a non-zero value that
+	// count, or NewPartitions for new streams; a non-zero value that
 	// differs from existing streams is an error.
 	Partitions int
+	// NewPartitions is the partition count of streams created now when
+	// Partitions is zero (default DefaultPartitions); existing streams
+	// keep theirs.
+	NewPartitions int
 	// Replicas of every stream (1; 3 on a JetStream cluster).
 	Replicas int
 	// RawMaxAge and RawMaxBytes bound RAW, which keeps frames for replay
@@ -49,9 +54,9 @@ type StreamOptions struct {
 	// stages' own retries: the edge's backoff (at most 2 s a try), a RAW
 	// message redelivered after DefaultAckWait, a partition taken over
 	// after DefaultPinnedTTL. The server keeps every id of the window in
-	// memory, and the collector scans them: at 8,000 readings/s JetStream's
-	// 2 min default held about 170 MB of them in `up` and its p99 latency
-	// grew with the window (bench/README.md). A publish retried after the
+	// memory, and the collector scans them: with JetStream's 2 min default
+	// the ids were most of `up`'s heap under load and its p99 latency grew
+	// with the window (bench/README.md, sixth round). A publish retried after the
 	// window, past a longer outage, may be stored twice: a legacy reading
 	// then reaches MQTT twice (at least once), a v2 frame's second copy is
 	// answered as accepted before.
@@ -145,7 +150,7 @@ var ErrNotAdmin = errors.New("create it as admin: medpipe streams apply (medpipe
 func partitionsInForce(ctx context.Context, js jetstream.JetStream, o StreamOptions) (int, error) {
 	partitions := o.Partitions
 	if partitions == 0 {
-		partitions = DefaultPartitions
+		partitions = cmp.Or(o.NewPartitions, DefaultPartitions)
 		if s, err := js.Stream(ctx, StreamRaw); err == nil {
 			if n, err := strconv.Atoi(s.CachedInfo().Config.Metadata[metaPartitions]); err == nil && n > 0 {
 				partitions = n

@@ -111,7 +111,7 @@ func (n *natsFlags) givenStreams() bus.StreamOptions {
 
 func (n *natsFlags) registerStreams(fs *flag.FlagSet) {
 	n.fs = fs
-	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams', %d for new ones)", bus.DefaultPartitions))
+	fs.IntVar(&n.streams.Partitions, "partitions", 0, fmt.Sprintf("RAW/READINGS partitions when creating the streams (0: adopt the existing streams'; for new ones %d, and in up two a core from 4 to %[1]d)", bus.DefaultPartitions))
 	fs.IntVar(&n.streams.Replicas, "replicas", bus.DefaultReplicas, "stream replicas (3 on a JetStream cluster)")
 	fs.DurationVar(&n.streams.RawMaxAge, "raw-max-age", bus.DefaultRawMaxAge, "how long RAW keeps frames")
 	fs.Int64Var(&n.streams.RawMaxBytes, "raw-max-bytes", bus.DefaultRawMaxBytes, "RAW size limit in bytes; the oldest frames go first")
