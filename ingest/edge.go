@@ -798,7 +798,7 @@ func (e *Edge) serveV2(cn *conn, br *bufio.Reader) {
 				fut, perr := e.publish(msg)
 				if perr != nil {
 					if !e.retry(msg, perr) {
-						cn.writeReply(wire.AppendV2Error(nil, f.Seq, wire.V2ErrStore, "frame not stored"))
+						cn.writeReply(notStored(f.Seq))
 					}
 					continue // stored by the synchronous retry, or owed an ERROR
 				}
@@ -846,9 +846,15 @@ func (e *Edge) settleV2(p pendingPublish) {
 		// Written aside: the one watcher must not wait on a device's
 		// socket (a write may take up to its deadline), and a lost frame
 		// is rare (every retry failed).
-		go p.v2.writeReply(wire.AppendV2Error(nil, p.seq, wire.V2ErrStore, "frame not stored"))
+		go p.v2.writeReply(notStored(p.seq))
 	}
 	// unconfirmed: shutdown gave up waiting; say nothing, the device resends.
+}
+
+// notStored is the ERROR a v2 device gets for frame seq when RAW could not
+// store it: the device keeps the frame and sends it again.
+func notStored(seq uint64) []byte {
+	return wire.AppendV2Error(nil, seq, wire.V2ErrStore, "frame not stored")
 }
 
 // askReack stores a resent v2 frame again, marked HeaderResend, under a

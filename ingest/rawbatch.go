@@ -163,15 +163,15 @@ func (e *Edge) flushRaw(g *rawGather) {
 }
 
 // owedErrors tells each v2 device of a batch RAW could not store that its
-// frame was not stored: it keeps the frame and sends it again. Written
-// aside, as settleV2 does: the watcher must not wait on devices' sockets.
+// frame was not stored (notStored). Written aside, as settleV2 does: the
+// watcher must not wait on devices' sockets.
 func (e *Edge) owedErrors(p pendingPublish) {
 	if len(p.owed) == 0 {
 		return
 	}
 	go func() {
 		for _, o := range p.owed {
-			o.cn.writeReply(wire.AppendV2Error(nil, o.seq, wire.V2ErrStore, "frame not stored"))
+			o.cn.writeReply(notStored(o.seq))
 		}
 	}()
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/medpipe/medpipe/testkit"
 )
 
 // pair returns a Conn wrapping one end of a loopback TCP connection, and
@@ -137,28 +139,15 @@ func TestStuckPeerFailsTheConn(t *testing.T) {
 
 // TestOpenSchemes: Open dials the schemes paho dials and refuses others.
 func TestOpenSchemes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	addr := testkit.ServeTCP(t, func(net.Conn) {}).String()
 	opts := mqtt.NewClientOptions()
 	for _, tc := range []struct {
 		url string
 		ok  bool
 	}{
-		{"tcp://" + ln.Addr().String(), true},
-		{"mqtt://" + ln.Addr().String(), true},
-		{"gopher://" + ln.Addr().String(), false},
+		{"tcp://" + addr, true},
+		{"mqtt://" + addr, true},
+		{"gopher://" + addr, false},
 	} {
 		u, err := url.Parse(tc.url)
 		if err != nil {

@@ -443,9 +443,8 @@ func devices(o Options) ([]wire.Device, []simulator.Device, error) {
 // messages, each with its own store, delivery, ack and message id: on 2
 // cores, 4 partitions instead of 16 held the same maximum with a much
 // shorter latency tail at half of it (bench/README.md, sixth round). The
-// scale-out path (`streams apply`)
-// keeps bus.DefaultPartitions: there partitions bound how many processes
-// share a stage.
+// scale-out path (`streams apply`) keeps bus.DefaultPartitions: there
+// partitions bound how many processes share a stage.
 func PartitionsFor(cores int) int {
 	return min(max(2*cores, minUpPartitions), bus.DefaultPartitions)
 }
