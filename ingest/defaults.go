@@ -21,6 +21,9 @@ const (
 	// over all connections, below the NATS connection's 4,096 pending
 	// asynchronous publishes.
 	DefaultMaxPendingFrames = 2048
+	// DefaultRawLinger is Options.RawLinger's default: a busy partition
+	// stores at most one RAW message every 2 ms.
+	DefaultRawLinger = 2 * time.Millisecond
 	// DefaultIdleTimeout closes a device connection silent for this long.
 	DefaultIdleTimeout = 2 * time.Minute
 )

@@ -120,6 +120,14 @@ type Options struct {
 	// once; batched, a resend is stored again and decrypt's replay marks
 	// answer it as accepted before.
 	RawBatch int
+	// RawLinger spaces a busy partition's RAW messages: a batch that would
+	// leave less than this after the partition's previous one waits for
+	// more frames until then (or until it is full). A partition that was
+	// quiet that long sends its frame at once, so light load gets no delay;
+	// under load, messages (and the message ids RAW keeps for its duplicate
+	// window) fall from one per ack round trip to at most one per linger.
+	// 0 means DefaultRawLinger, a negative value none. Only with RawBatch.
+	RawLinger time.Duration
 	// DrainTimeout bounds the wait for pending publishes at shutdown (default 10 s).
 	DrainTimeout time.Duration
 	// Log receives connection events; nil uses slog.Default().
@@ -164,6 +172,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.FirstFrameTimeout <= 0 {
 		o.FirstFrameTimeout = DefaultFirstFrameTimeout
+	}
+	if o.RawLinger == 0 {
+		o.RawLinger = DefaultRawLinger
 	}
 	if o.Penalty == 0 {
 		o.Penalty = DefaultPenalty

@@ -15,9 +15,10 @@ import (
 
 // DefaultRawBatch is how many frames of a RAW partition `medpipe up`
 // stores in one RAW message when they are ready together. A partition
-// with one frame ready and a message slot free sends it at once: frames
-// gather only while the partition's earlier messages await RAW's ack, so
-// batching adds no delay of its own.
+// with one frame ready and a message slot free sends it at once unless it
+// sent a message less than Options.RawLinger ago: frames gather while the
+// partition's earlier message awaits RAW's ack, and for the rest of the
+// linger, so only a busy partition's frames wait (at most the linger).
 const DefaultRawBatch = 64
 
 // rawBatchesInFlight bounds a partition's batches awaiting RAW's ack:
@@ -45,6 +46,8 @@ type rawGather struct {
 	// message is lost (when it is stored, decrypt answers each).
 	owed   []owedV2
 	closed bool // no more frames: flush what is left and stop
+	// lingering is set while the flusher waits for more frames (linger).
+	lingering bool
 	// slots holds one token per message of the partition awaiting RAW's
 	// ack; watchAcks takes it back.
 	slots chan struct{}
@@ -78,7 +81,7 @@ func (e *Edge) gather(cn *conn, g *rawGather, n uint64, frame []byte, v2 *wire.V
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for g.n >= e.o.RawBatch || len(g.records) >= maxRawBatchBytes {
+	for g.full(e.o.RawBatch) {
 		g.room.Wait()
 	}
 	f.Received = time.Now()
@@ -94,8 +97,37 @@ func (e *Edge) gather(cn *conn, g *rawGather, n uint64, frame []byte, v2 *wire.V
 	if v2 != nil {
 		g.owed = append(g.owed, owedV2{cn, v2.Seq})
 	}
-	g.ready.Signal()
+	if g.n == 1 || g.full(e.o.RawBatch) { // what the flusher waits for
+		g.ready.Signal()
+	}
 	return nil
+}
+
+// linger waits, with g.mu held, until the partition's gathered frames
+// fill a message of batch frames, the partition closes, or until, when
+// that is still ahead.
+func (g *rawGather) linger(until time.Time, batch int) {
+	wait := time.Until(until)
+	if wait <= 0 || g.full(batch) || g.closed {
+		return
+	}
+	g.lingering = true
+	t := time.AfterFunc(wait, func() {
+		g.mu.Lock()
+		g.lingering = false
+		g.ready.Signal()
+		g.mu.Unlock()
+	})
+	for g.lingering && !g.full(batch) && !g.closed {
+		g.ready.Wait()
+	}
+	g.lingering = false
+	t.Stop()
+}
+
+// full reports whether the gathered frames make a whole message.
+func (g *rawGather) full(batch int) bool {
+	return g.n >= batch || len(g.records) >= maxRawBatchBytes
 }
 
 // closeGather ends a partition's gathering: its flusher sends what is left
@@ -112,12 +144,15 @@ func (g *rawGather) close() {
 // followed up by watchAcks like single frames, retried under their id.
 func (e *Edge) flushRaw(g *rawGather) {
 	var spare []byte
+	var sent time.Time // when the partition's previous message left
 	for batch := uint64(1); ; batch++ {
 		g.slots <- struct{}{}
 		g.mu.Lock()
 		for g.n == 0 && !g.closed {
 			g.ready.Wait()
 		}
+		g.linger(sent.Add(e.o.RawLinger), e.o.RawBatch)
+		sent = time.Now()
 		n, records, first, owed := g.n, g.records, g.first, g.owed
 		g.records, g.n, g.owed = spare[:0], 0, nil
 		g.room.Broadcast()

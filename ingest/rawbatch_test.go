@@ -256,3 +256,48 @@ func TestRawBatchBound(t *testing.T) {
 		}
 	}
 }
+
+// TestRawLinger: a partition quiet for RawLinger stores its frame at once;
+// one that stored a message less than RawLinger ago gathers frames until a
+// batch is full or the linger ends, and shutting down sends what lingers.
+func TestRawLinger(t *testing.T) {
+	// An hour: only a full batch or the edge's end can send a lingering one.
+	h := start(t, Options{RawBatch: 3, RawLinger: time.Hour})
+	c := dial(t, h)
+	send := func(i int) {
+		t.Helper()
+		if _, err := c.Write(frame(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(1)
+	if fs := rawFrames(t, h.js, 1); fs[0].msgFrames != 1 {
+		t.Fatalf("a quiet partition's frame was stored in a message of %d", fs[0].msgFrames)
+	}
+	for i := 2; i <= 4; i++ {
+		send(i)
+		time.Sleep(10 * time.Millisecond) // each frame ends on its own (idle gap)
+	}
+	fs := rawFrames(t, h.js, 4)
+	for _, f := range fs[1:] {
+		if f.msgFrames != 3 {
+			t.Fatalf("frame %d in a message of %d, want the 3 sent within the linger together", f.Seq, f.msgFrames)
+		}
+	}
+	send(5)
+	metricIs(t, "frames gathered", func() float64 {
+		n := 0
+		for _, g := range h.edge.gathers {
+			g.mu.Lock()
+			n += g.n
+			g.mu.Unlock()
+		}
+		return float64(n)
+	}, 1)
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if fs := rawFrames(t, h.js, 5); fs[4].Seq != 5 || fs[4].msgFrames != 1 {
+		t.Fatalf("last frame %+v in a message of %d", fs[4].RawFrame, fs[4].msgFrames)
+	}
+}

@@ -56,7 +56,7 @@ var flagGroups = []flagGroup{
 	{title: "NATS", names: []string{"nats"}, prefixes: []string{"nats-"}},
 	{title: "Streams", names: []string{"partitions", "replicas", "raw-max-age", "raw-max-bytes", "readings-max-age", "duplicate-window", "stream-compression"}},
 	{title: "Device edge", names: []string{"listen", "tls-listen", "tls-ca", "tls-cert", "tls-key", "proxy-protocol-from", "idle-gap", "idle-timeout", "first-frame-timeout", "frame-timeout", "max-legacy-blocks"}},
-	{title: "Limits", names: []string{"ingest-in-flight", "decrypt-in-flight", "publish-in-flight", "raw-batch", "readings-batch"}, prefixes: []string{"max-", "accept-", "penalty"}},
+	{title: "Limits", names: []string{"ingest-in-flight", "decrypt-in-flight", "publish-in-flight", "raw-batch", "raw-linger", "readings-batch"}, prefixes: []string{"max-", "accept-", "penalty"}},
 	{title: "Device keys", names: []string{"keys", "archive-key-file"}},
 	{title: "MQTT", names: []string{"sink", "mqtt", "prefix", "qos", "retain", "json-only", "json-topic", "address-every"}, prefixes: []string{"mqtt-"}},
 	{title: "Webhook sink", prefixes: []string{"webhook-"}},

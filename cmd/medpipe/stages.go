@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -35,6 +36,7 @@ type ingestFlags struct {
 	maxFrame    int
 	maxPending  int
 	rawBatch    int
+	rawLinger   time.Duration
 	idleGap     time.Duration
 	idleTimeout time.Duration
 	tlsListen   string
@@ -74,6 +76,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet, rawBatch int) {
 	fs.StringVar(&f.proxyFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR prefixes of proxies (haproxy send-proxy-v2) whose connections start with a PROXY protocol v1/v2 header giving the device's address; a header from any other address is refused (empty: no PROXY protocol)")
 	fs.IntVar(&f.maxPending, "ingest-in-flight", ingest.DefaultMaxPendingFrames, "most frames awaiting RAW's acknowledgement over all connections; reads wait beyond it (keep below the NATS connection's 4096)")
 	fs.IntVar(&f.rawBatch, "raw-batch", rawBatch, fmt.Sprintf("most frames of a partition stored in one RAW message when ready together (%d in up; 1: a message each, as decrypt before batches reads; raise it once every decrypt process reads batches)", ingest.DefaultRawBatch))
+	fs.DurationVar(&f.rawLinger, "raw-linger", ingest.DefaultRawLinger, "with --raw-batch: a busy partition stores at most one RAW message this often, gathering frames in between (a partition quiet for as long sends at once; 0: no linger)")
 	fs.DurationVar(&f.idleGap, "idle-gap", wire.DefaultIdleGap, "a legacy frame ends when no byte follows its last block for this long")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", ingest.DefaultIdleTimeout, "close a device connection silent for this long")
 }
@@ -82,7 +85,7 @@ func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Regist
 	defer func() { err = usageErr(err) }() // flag values that do not make options
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
-		MaxPendingFrames: f.maxPending, RawBatch: f.rawBatch, IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
+		MaxPendingFrames: f.maxPending, RawBatch: f.rawBatch, RawLinger: cmp.Or(f.rawLinger, -1), IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
 		MaxBlocks: f.maxBlocks, MaxPreFramePerIP: f.maxPreFrameIP, AcceptRatePerIP: f.acceptRateIP, AcceptBurstPerIP: f.acceptBurstIP,
 		FirstFrameTimeout: f.firstFrameTimeout, FrameTimeout: f.frameTimeout, Penalty: f.penalty, PenaltyStrikes: f.penaltyStrikes,
 	}
