@@ -46,8 +46,6 @@ type rawGather struct {
 	// message is lost (when it is stored, decrypt answers each).
 	owed   []owedV2
 	closed bool // no more frames: flush what is left and stop
-	// lingering is set while the flusher waits for more frames (linger).
-	lingering bool
 	// slots holds one token per message of the partition awaiting RAW's
 	// ack; watchAcks takes it back.
 	slots chan struct{}
@@ -104,25 +102,23 @@ func (e *Edge) gather(cn *conn, g *rawGather, n uint64, frame []byte, v2 *wire.V
 }
 
 // linger waits, with g.mu held, until the partition's gathered frames
-// fill a message of batch frames, the partition closes, or until, when
-// that is still ahead.
+// fill a message of batch frames, the partition closes, or until passes.
 func (g *rawGather) linger(until time.Time, batch int) {
 	wait := time.Until(until)
 	if wait <= 0 || g.full(batch) || g.closed {
 		return
 	}
-	g.lingering = true
+	// The timer only wakes the flusher; a wake-up from a timer of an
+	// earlier linger finds its own until still ahead and waits on.
 	t := time.AfterFunc(wait, func() {
 		g.mu.Lock()
-		g.lingering = false
 		g.ready.Signal()
 		g.mu.Unlock()
 	})
-	for g.lingering && !g.full(batch) && !g.closed {
+	defer t.Stop()
+	for !g.full(batch) && !g.closed && time.Now().Before(until) {
 		g.ready.Wait()
 	}
-	g.lingering = false
-	t.Stop()
 }
 
 // full reports whether the gathered frames make a whole message.

@@ -83,6 +83,7 @@ func (f *ingestFlags) register(fs *flag.FlagSet, rawBatch int) {
 
 func (f *ingestFlags) options(parts int, log *slog.Logger, reg prometheus.Registerer) (_ ingest.Options, err error) {
 	defer func() { err = usageErr(err) }() // flag values that do not make options
+	// --raw-linger 0 is no linger; ingest.Options' 0 is its default.
 	o := ingest.Options{
 		Listen: f.listen, Partitions: parts, MaxConns: f.maxConns, MaxConnsPerIP: f.maxConnsIP, MaxFrameRate: f.maxRate, MaxBadFrames: f.maxBad, MaxFrame: f.maxFrame,
 		MaxPendingFrames: f.maxPending, RawBatch: f.rawBatch, RawLinger: cmp.Or(f.rawLinger, -1), IdleGap: f.idleGap, IdleTimeout: f.idleTimeout, Log: log.With("stage", "ingest"), Metrics: reg,
